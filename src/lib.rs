@@ -1,7 +1,143 @@
+//! ferricorn's core: everything after `argv`. The Python package only calls [`run`].
+//!
+//! Layout mirrors the processes: `config` (settings, command line), `sock` (listeners), `arbiter` (the
+//! master), `scoreboard` (shared state between master and workers), `worker` (I/O loop and Python threads),
+//! `http` (parsing and serialization), `wsgi` (the bridge to the app), `python` (interpreter and app
+//! loading), `log` (error and access logs), `signals` (self-pipe).
+
+pub mod arbiter;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod python;
+pub mod scoreboard;
+pub mod signals;
+pub mod sock;
+pub mod worker;
+pub mod wsgi;
+
+use std::sync::Arc;
+
 use pyo3::prelude::*;
+
+use config::Action;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Exit status for a bad command line or configuration value.
+const USAGE_ERROR: i32 = 2;
+
+/// The console script's body: parse the command line and run the server. Returns the exit status.
+#[pyfunction]
+fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match config::from_args(&argv, &env, VERSION) {
+        Ok(Action::Run(cfg)) => cfg,
+        Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
+            println!("{}", text.trim_end());
+            return 0;
+        }
+        Ok(Action::PrintConfig(cfg)) => {
+            print!("{}", cfg.print_config());
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{}", e.message);
+            return e.exit_code;
+        }
+    };
+    serve(py, cfg)
+}
+
+fn serve(py: Python<'_>, cfg: config::Config) -> i32 {
+    let level = cfg
+        .loglevel
+        .parse::<log::Level>()
+        .unwrap_or(log::Level::Info);
+    let log = match log::ErrorLog::open(&cfg.errorlog, level) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "ferricorn: error: cannot open error log {}: {e}",
+                cfg.errorlog
+            );
+            return USAGE_ERROR;
+        }
+    };
+    if cfg.app_uri.is_none() {
+        eprintln!("ferricorn: error: No application module specified.");
+        return USAGE_ERROR;
+    }
+    if let Err(e) = python::prepare(py, cfg.chdir.as_deref(), &cfg.pythonpath, &cfg.raw_env) {
+        log.error(&format!(
+            "Cannot prepare the Python environment:\n{}",
+            python::format_exception(py, &e)
+        ));
+        return 1;
+    }
+    if cfg.check_config {
+        return check_config(py, &cfg, &log);
+    }
+    let preloaded = if cfg.preload_app {
+        match load_or_report(py, &cfg, &log) {
+            Some(app) => Some(app),
+            None => return worker::WORKER_BOOT_ERROR,
+        }
+    } else {
+        None
+    };
+
+    log.info(&format!("Starting ferricorn {VERSION}"));
+    let listeners = match sock::bind_all(&cfg.binds, cfg.backlog, &log) {
+        Ok(l) => l,
+        Err(e) => {
+            log.error(&e.to_string());
+            return 1;
+        }
+    };
+    let shown: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
+    log.info(&format!(
+        "Listening at: {} ({})",
+        shown.join(","),
+        std::process::id()
+    ));
+    log.info(&format!(
+        "Using worker: {}",
+        arbiter::worker_class_name(&cfg)
+    ));
+    let cfg = Arc::new(cfg);
+    match arbiter::Arbiter::new(cfg, log.clone(), listeners, preloaded) {
+        Ok(a) => a.run(py),
+        Err(e) => {
+            log.error(&format!("Cannot start the master: {e}"));
+            1
+        }
+    }
+}
+
+fn load_or_report(py: Python<'_>, cfg: &config::Config, log: &log::ErrorLog) -> Option<Py<PyAny>> {
+    let uri = cfg.app_uri.as_deref()?;
+    match python::app::load(py, uri) {
+        Ok(app) => Some(app),
+        Err(e) => {
+            log.error(&format!("Error while loading the application:\n{e}"));
+            None
+        }
+    }
+}
+
+/// `--check-config`: load the configuration and the app, then exit 0 (good) or 1.
+fn check_config(py: Python<'_>, cfg: &config::Config, log: &log::ErrorLog) -> i32 {
+    match load_or_report(py, cfg, log) {
+        Some(_) => 0,
+        None => 1,
+    }
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("__version__", VERSION)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     Ok(())
 }

@@ -1,0 +1,416 @@
+//! The master process ("arbiter"): owns the listening sockets, the scoreboard and the signals, forks the
+//! workers and keeps their number right. It never serves a client and starts no threads, so every fork
+//! happens from a single-threaded process. Its loop wakes once a second (or on a signal) to handle signals,
+//! reap workers, enforce `--timeout` from the scoreboard and spawn replacements.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use pyo3::prelude::*;
+
+use crate::config::{Config, WorkerClass};
+use crate::log::ErrorLog;
+use crate::scoreboard::{now_ns, Scoreboard};
+use crate::signals::{self, SignalPipe};
+use crate::sock::Listener;
+use crate::worker::{self, WORKER_BOOT_ERROR};
+
+const MASTER_SIGNALS: [Signal; 10] = [
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCHLD,
+];
+
+struct WorkerProc {
+    slot: usize,
+    /// WORKER TIMEOUT was logged and SIGABRT sent; the next tick escalates to SIGKILL.
+    aborted: bool,
+    /// Spawn order, to retire the oldest first.
+    age: u64,
+}
+
+/// Why the master stops, and with which exit status.
+struct Halt {
+    reason: Option<String>,
+    status: i32,
+    graceful: bool,
+}
+
+pub struct Arbiter {
+    cfg: Arc<Config>,
+    log: ErrorLog,
+    listeners: Vec<Listener>,
+    board: Scoreboard,
+    workers: BTreeMap<i32, WorkerProc>,
+    /// Workers told to stop (TTOU, HUP) that have not exited yet: no longer counted, still reaped.
+    retiring: Vec<(i32, WorkerProc)>,
+    num_workers: usize,
+    sigpipe: SignalPipe,
+    pidfile: Option<PathBuf>,
+    spawned: u64,
+    preloaded: Option<Py<PyAny>>,
+}
+
+pub fn worker_class_name(cfg: &Config) -> &'static str {
+    match cfg.worker_class {
+        WorkerClass::Sync => "sync",
+        WorkerClass::Gthread => "gthread",
+    }
+}
+
+impl Arbiter {
+    pub fn new(
+        cfg: Arc<Config>,
+        log: ErrorLog,
+        listeners: Vec<Listener>,
+        preloaded: Option<Py<PyAny>>,
+    ) -> std::io::Result<Arbiter> {
+        let board = Scoreboard::create()?;
+        let sigpipe = SignalPipe::install(&MASTER_SIGNALS)?;
+        Ok(Arbiter {
+            num_workers: cfg.workers.max(1),
+            pidfile: cfg.pidfile.clone(),
+            cfg,
+            log,
+            listeners,
+            board,
+            workers: BTreeMap::new(),
+            retiring: Vec::new(),
+            sigpipe,
+            spawned: 0,
+            preloaded,
+        })
+    }
+
+    /// The master loop. Returns the process exit status.
+    pub fn run(mut self, py: Python<'_>) -> i32 {
+        let pid = std::process::id();
+        if let Some(p) = &self.pidfile {
+            if let Err(e) = std::fs::write(p, format!("{pid}\n")) {
+                self.log
+                    .error(&format!("Cannot write pidfile {}: {e}", p.display()));
+                return 1;
+            }
+        }
+        let halt = py.detach(|| loop {
+            if let Err(h) = self.manage_workers() {
+                break h;
+            }
+            self.sigpipe.wait(1000);
+            if let Err(h) = self.handle_signals() {
+                break h;
+            }
+            if let Err(h) = self.reap_workers() {
+                break h;
+            }
+            self.murder_workers();
+        });
+        self.halt(py, halt)
+    }
+
+    fn handle_signals(&mut self) -> Result<(), Halt> {
+        for sig in self.sigpipe.drain() {
+            if sig == Signal::SIGCHLD {
+                continue;
+            }
+            self.log
+                .info(&format!("Handling signal: {}", signals::name(sig)));
+            match sig {
+                Signal::SIGTERM => {
+                    return Err(Halt {
+                        reason: None,
+                        status: 0,
+                        graceful: true,
+                    })
+                }
+                Signal::SIGINT | Signal::SIGQUIT => {
+                    return Err(Halt {
+                        reason: None,
+                        status: 0,
+                        graceful: false,
+                    })
+                }
+                Signal::SIGHUP => self.reload(),
+                Signal::SIGTTIN => {
+                    self.num_workers += 1;
+                }
+                Signal::SIGTTOU if self.num_workers > 1 => {
+                    self.num_workers -= 1;
+                }
+                Signal::SIGUSR1 => {
+                    let _ = self.log.reopen();
+                    self.signal_workers(Signal::SIGUSR1);
+                }
+                Signal::SIGWINCH => self.log.debug("SIGWINCH ignored. Not daemonized"),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `HUP`: start a fresh set of workers, then retire the old ones gracefully.
+    fn reload(&mut self) {
+        self.log.info("Hang up: Master");
+        let old: Vec<i32> = self.workers.keys().copied().collect();
+        for _ in 0..self.num_workers {
+            if let Err(h) = self.spawn_worker() {
+                self.log
+                    .error(&h.reason.unwrap_or_else(|| "spawn failed".into()));
+            }
+        }
+        for pid in old {
+            self.kill_worker(pid, Signal::SIGTERM);
+            if let Some(w) = self.workers.remove(&pid) {
+                self.retiring.push((pid, w));
+            }
+        }
+    }
+
+    fn signal_workers(&self, sig: Signal) {
+        for pid in self.workers.keys() {
+            self.kill_worker(*pid, sig);
+        }
+    }
+
+    fn kill_worker(&self, pid: i32, sig: Signal) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+
+    fn manage_workers(&mut self) -> Result<(), Halt> {
+        while self.workers.len() < self.num_workers {
+            self.spawn_worker()?;
+        }
+        // Too many (after TTOU): retire the oldest.
+        while self.workers.len() > self.num_workers {
+            let Some((&pid, _)) = self.workers.iter().min_by_key(|(_, w)| w.age) else {
+                break;
+            };
+            self.kill_worker(pid, Signal::SIGTERM);
+            // It stays in the table until reaped; stop counting it so one TTOU retires one worker.
+            if let Some(w) = self.workers.remove(&pid) {
+                self.retiring.push((pid, w));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_worker(&mut self) -> Result<(), Halt> {
+        let Some(slot) = self.board.free_slot() else {
+            self.log.error("No free scoreboard slot for a new worker");
+            return Ok(());
+        };
+        self.spawned += 1;
+        self.board.claim(slot, self.spawned as u32);
+        let pid = Python::attach(|py| match crate::python::fork(py) {
+            Ok(0) => {
+                let handle = self.board.worker(slot);
+                let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
+                worker::run(
+                    py,
+                    self.cfg.clone(),
+                    self.log.clone(),
+                    &self.listeners,
+                    handle,
+                    preloaded,
+                )
+            }
+            other => other,
+        });
+        match pid {
+            Ok(pid) => {
+                self.board.set_pid(slot, pid);
+                self.workers.insert(
+                    pid,
+                    WorkerProc {
+                        slot,
+                        aborted: false,
+                        age: self.spawned,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.board.release(slot);
+                Err(Halt {
+                    reason: Some(format!("Cannot fork a worker: {e}")),
+                    status: 1,
+                    graceful: false,
+                })
+            }
+        }
+    }
+
+    fn reap_workers(&mut self) -> Result<(), Halt> {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
+                Ok(s) => s,
+            };
+            let (pid, exitcode) = match status {
+                WaitStatus::Exited(pid, code) => (pid.as_raw(), Some(code)),
+                WaitStatus::Signaled(pid, sig, _) => {
+                    let msg = format!("Worker (pid:{}) was sent {}!", pid.as_raw(), sig.as_str());
+                    match sig {
+                        Signal::SIGKILL => self.log.error(&format!("{msg} Perhaps out of memory?")),
+                        Signal::SIGTERM => self.log.info(&msg),
+                        _ => self.log.warning(&msg),
+                    }
+                    (pid.as_raw(), None)
+                }
+                _ => continue,
+            };
+            let proc = match self.workers.remove(&pid) {
+                Some(w) => Some(w),
+                None => self
+                    .retiring
+                    .iter()
+                    .position(|(p, _)| *p == pid)
+                    .map(|i| self.retiring.swap_remove(i).1),
+            };
+            let Some(proc) = proc else {
+                self.log
+                    .debug(&format!("Reaped unknown child process (pid:{pid})"));
+                continue;
+            };
+            self.board.release(proc.slot);
+            if let Some(code) = exitcode.filter(|c| *c != 0) {
+                self.log
+                    .error(&format!("Worker (pid:{pid}) exited with code {code}."));
+                if code == WORKER_BOOT_ERROR {
+                    return Err(Halt {
+                        reason: Some("Worker failed to boot.".into()),
+                        status: WORKER_BOOT_ERROR,
+                        graceful: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// `--timeout`: a worker whose request has run too long, or whose I/O loop stopped beating, is
+    /// aborted; if it is still there on the next tick, killed.
+    fn murder_workers(&mut self) {
+        if self.cfg.timeout == 0 {
+            return;
+        }
+        let limit = self.cfg.timeout * 1_000_000_000;
+        let now = now_ns();
+        let mut to_abort = Vec::new();
+        for (&pid, w) in self.workers.iter_mut() {
+            let handle = self.board.worker(w.slot);
+            let stale_heartbeat = now.saturating_sub(handle.last_heartbeat_ns()) > limit;
+            let oldest = handle.oldest_request();
+            let stuck = oldest
+                .as_ref()
+                .filter(|(_, r)| now.saturating_sub(r.started_ns) > limit);
+            if !stale_heartbeat && stuck.is_none() {
+                continue;
+            }
+            if w.aborted {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                continue;
+            }
+            w.aborted = true;
+            to_abort.push((pid, stuck.map(|(_, r)| r.clone())));
+        }
+        for (pid, req) in to_abort {
+            self.log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
+            if let Some(r) = req {
+                let secs = now.saturating_sub(r.started_ns) as f64 / 1e9;
+                let client = if r.client.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.client.clone()
+                };
+                self.log.critical(&format!(
+                    "Request in flight on worker {pid}: {} {} from {client}, running for {secs:.1}s",
+                    r.method, r.path
+                ));
+            }
+            self.kill_worker(pid, Signal::SIGABRT);
+        }
+    }
+
+    /// Stop the workers: TERM (graceful) or QUIT (quick), wait up to `--graceful-timeout`, then SIGKILL.
+    fn stop(&mut self, graceful: bool) {
+        for l in &self.listeners {
+            l.unlink();
+        }
+        self.listeners.clear();
+        let mut quick = !graceful;
+        self.signal_workers(if graceful {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGQUIT
+        });
+        for (pid, _) in &self.retiring {
+            self.kill_worker(
+                *pid,
+                if graceful {
+                    Signal::SIGTERM
+                } else {
+                    Signal::SIGQUIT
+                },
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.graceful_timeout);
+        while (!self.workers.is_empty() || !self.retiring.is_empty()) && Instant::now() < deadline {
+            if !quick {
+                let sigs = self.sigpipe.drain();
+                if sigs
+                    .iter()
+                    .any(|s| *s == Signal::SIGINT || *s == Signal::SIGQUIT)
+                {
+                    self.log.info("Quick shutdown requested");
+                    quick = true;
+                    self.signal_workers(Signal::SIGQUIT);
+                }
+            }
+            let _ = self.reap_workers();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal_workers(Signal::SIGKILL);
+        for (pid, _) in &self.retiring {
+            self.kill_worker(*pid, Signal::SIGKILL);
+        }
+        let wait_until = Instant::now() + Duration::from_secs(2);
+        while (!self.workers.is_empty() || !self.retiring.is_empty()) && Instant::now() < wait_until
+        {
+            let _ = self.reap_workers();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn halt(mut self, py: Python<'_>, halt: Halt) -> i32 {
+        py.detach(|| self.stop(halt.graceful));
+        let msg = "Shutting down: Master";
+        if halt.status == 0 {
+            self.log.info(msg);
+        } else {
+            self.log.error(msg);
+        }
+        if let Some(reason) = &halt.reason {
+            if halt.status == 0 {
+                self.log.info(&format!("Reason: {reason}"));
+            } else {
+                self.log.error(&format!("Reason: {reason}"));
+            }
+        }
+        if let Some(p) = &self.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        halt.status
+    }
+}

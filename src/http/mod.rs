@@ -1,0 +1,23 @@
+//! The HTTP/1.x wire protocol of ferricorn: parsing request heads
+//! ([`parse`]), decoding request bodies ([`body`]), writing responses
+//! ([`response`]), and the protocol violations shared by all three
+//! ([`errors`]). Nothing here does I/O: callers push bytes in and get bytes out.
+
+pub mod body;
+pub mod errors;
+pub mod parse;
+pub mod response;
+
+#[cfg(test)]
+mod corpus_tests;
+
+pub use body::ChunkedDecoder;
+pub use errors::HttpError;
+pub use parse::{
+    max_head_size, parse_request, BodyKind, HeaderMap, Parsed, ParserOptions, RequestHead,
+};
+pub use response::{
+    error_response, is_hop_by_hop, reason_phrase, simple_response, valid_header_name,
+    valid_header_value, write_chunk, write_content_length, write_date_header, write_header,
+    write_last_chunk, write_status_line,
+};

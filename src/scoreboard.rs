@@ -1,0 +1,342 @@
+//! The scoreboard: one `MAP_SHARED` anonymous mapping, created by the master before the first fork, with a
+//! fixed-size slot per worker and, inside it, one entry per Python thread.
+//!
+//! Workers write their own slot (heartbeat of the I/O loop, state, requests served, the request each thread
+//! is running); the master reads every slot on each tick to enforce `--timeout` and, later, to report who is
+//! busy with what. Fields are atomics so that a reader in another process never sees a torn integer; the
+//! short strings of a request (method, path, client) are guarded by a per-entry sequence counter (a seqlock)
+//! because they are written and read by different processes without any lock that both could share.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+/// How many worker slots the mapping holds. `TTIN` can grow the worker count past the configured number, so
+/// the table is sized generously; an untouched slot costs no resident memory.
+pub const MAX_WORKERS: usize = 512;
+/// How many Python threads per worker the scoreboard can describe; more threads still run, but only the
+/// first `MAX_THREADS` are shown.
+pub const MAX_THREADS: usize = 128;
+
+const METHOD_LEN: usize = 16;
+const PATH_LEN: usize = 192;
+const CLIENT_LEN: usize = 48;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WorkerState {
+    Free = 0,
+    Booting = 1,
+    Idle = 2,
+    Busy = 3,
+    Stopping = 4,
+}
+
+impl WorkerState {
+    fn from_u32(v: u32) -> WorkerState {
+        match v {
+            1 => WorkerState::Booting,
+            2 => WorkerState::Idle,
+            3 => WorkerState::Busy,
+            4 => WorkerState::Stopping,
+            _ => WorkerState::Free,
+        }
+    }
+}
+
+#[repr(C)]
+struct ThreadEntry {
+    seq: AtomicU32,
+    /// Monotonic ns when the request started; 0 when the thread is idle.
+    started_ns: AtomicU64,
+    method: [AtomicU8Array; METHOD_LEN],
+    path: [AtomicU8Array; PATH_LEN],
+    client: [AtomicU8Array; CLIENT_LEN],
+}
+
+/// Bytes are stored as relaxed atomics: the seqlock orders them, and atomics keep the cross-process reads
+/// free of undefined behaviour even when a read races with a write.
+type AtomicU8Array = std::sync::atomic::AtomicU8;
+
+#[repr(C)]
+struct WorkerSlot {
+    pid: AtomicI32,
+    state: AtomicU32,
+    generation: AtomicU32,
+    booted_ns: AtomicU64,
+    heartbeat_ns: AtomicU64,
+    requests: AtomicU64,
+    threads: [ThreadEntry; MAX_THREADS],
+}
+
+/// A snapshot of one thread's request, read consistently.
+#[derive(Clone, Debug, Default)]
+pub struct RequestInFlight {
+    pub started_ns: u64,
+    pub method: String,
+    pub path: String,
+    pub client: String,
+}
+
+/// The shared table. Cloning shares the same mapping (it is never unmapped: it lives as long as the process).
+#[derive(Clone, Copy)]
+pub struct Scoreboard {
+    base: NonNull<WorkerSlot>,
+}
+
+// SAFETY: every field of the mapping is an atomic; the pointer itself is never freed.
+unsafe impl Send for Scoreboard {}
+unsafe impl Sync for Scoreboard {}
+
+/// Monotonic clock in nanoseconds; `CLOCK_MONOTONIC` is system-wide, so values compare across processes.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Scoreboard {
+    /// Map the table. Must be called before the first fork so every worker inherits the same pages.
+    pub fn create() -> std::io::Result<Scoreboard> {
+        let len = std::mem::size_of::<WorkerSlot>() * MAX_WORKERS;
+        // SAFETY: an anonymous shared mapping; zeroed pages are a valid `WorkerSlot` (all atomics at 0).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        NonNull::new(ptr as *mut WorkerSlot)
+            .map(|base| Scoreboard { base })
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))
+    }
+
+    fn slot(&self, index: usize) -> &WorkerSlot {
+        assert!(index < MAX_WORKERS, "scoreboard slot out of range");
+        // SAFETY: index is in range of the mapping, which is never unmapped.
+        unsafe { &*self.base.as_ptr().add(index) }
+    }
+
+    /// A free slot index for a new worker, or None if the table is full.
+    pub fn free_slot(&self) -> Option<usize> {
+        (0..MAX_WORKERS).find(|&i| self.slot(i).pid.load(Ordering::Acquire) == 0)
+    }
+
+    /// Claim `index` for a worker about to be forked (called by the master before fork).
+    pub fn claim(&self, index: usize, generation: u32) {
+        let s = self.slot(index);
+        s.pid.store(-1, Ordering::Release);
+        s.generation.store(generation, Ordering::Relaxed);
+        s.requests.store(0, Ordering::Relaxed);
+        let now = now_ns();
+        s.booted_ns.store(now, Ordering::Relaxed);
+        s.heartbeat_ns.store(now, Ordering::Relaxed);
+        s.state
+            .store(WorkerState::Booting as u32, Ordering::Release);
+        for t in s.threads.iter() {
+            t.started_ns.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_pid(&self, index: usize, pid: i32) {
+        self.slot(index).pid.store(pid, Ordering::Release);
+    }
+
+    /// Give the slot back (the master, after reaping the worker).
+    pub fn release(&self, index: usize) {
+        let s = self.slot(index);
+        s.state.store(WorkerState::Free as u32, Ordering::Release);
+        s.pid.store(0, Ordering::Release);
+    }
+
+    pub fn worker(&self, index: usize) -> WorkerHandle {
+        WorkerHandle {
+            board: *self,
+            index,
+        }
+    }
+}
+
+/// A worker's view of its own slot (and the master's view of one worker).
+#[derive(Clone, Copy)]
+pub struct WorkerHandle {
+    board: Scoreboard,
+    index: usize,
+}
+
+impl WorkerHandle {
+    fn slot(&self) -> &WorkerSlot {
+        self.board.slot(self.index)
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn set_pid(&self, pid: i32) {
+        self.slot().pid.store(pid, Ordering::Release);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.slot().pid.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u32(self.slot().state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, state: WorkerState) {
+        self.slot().state.store(state as u32, Ordering::Release);
+    }
+
+    pub fn heartbeat(&self) {
+        self.slot().heartbeat_ns.store(now_ns(), Ordering::Release);
+    }
+
+    pub fn last_heartbeat_ns(&self) -> u64 {
+        self.slot().heartbeat_ns.load(Ordering::Acquire)
+    }
+
+    pub fn booted_ns(&self) -> u64 {
+        self.slot().booted_ns.load(Ordering::Acquire)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.slot().requests.load(Ordering::Relaxed)
+    }
+
+    /// Record that thread `thread` starts a request. Called by the Python thread, not the I/O loop, so the
+    /// start time is when Python got the request.
+    pub fn request_started(&self, thread: usize, method: &str, path: &str, client: &str) {
+        let Some(t) = self.slot().threads.get(thread) else {
+            return;
+        };
+        let seq = t.seq.load(Ordering::Relaxed);
+        t.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        write_str(&t.method, method);
+        write_str(&t.path, path);
+        write_str(&t.client, client);
+        t.started_ns.store(now_ns(), Ordering::Relaxed);
+        fence(Ordering::Release);
+        t.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    pub fn request_finished(&self, thread: usize) {
+        let s = self.slot();
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = s.threads.get(thread) {
+            t.started_ns.store(0, Ordering::Release);
+        }
+    }
+
+    /// The oldest request in flight on any thread, if any: (thread index, snapshot).
+    pub fn oldest_request(&self) -> Option<(usize, RequestInFlight)> {
+        self.requests_in_flight()
+            .into_iter()
+            .min_by_key(|(_, r)| r.started_ns)
+    }
+
+    /// Every thread's request in flight, read consistently (retrying while a writer is mid-update).
+    pub fn requests_in_flight(&self) -> Vec<(usize, RequestInFlight)> {
+        let mut out = Vec::new();
+        for (i, t) in self.slot().threads.iter().enumerate() {
+            if t.started_ns.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            for _ in 0..8 {
+                let before = t.seq.load(Ordering::Acquire);
+                if before % 2 == 1 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let snap = RequestInFlight {
+                    started_ns: t.started_ns.load(Ordering::Relaxed),
+                    method: read_str(&t.method),
+                    path: read_str(&t.path),
+                    client: read_str(&t.client),
+                };
+                fence(Ordering::Acquire);
+                if t.seq.load(Ordering::Relaxed) == before {
+                    if snap.started_ns != 0 {
+                        out.push((i, snap));
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn write_str(dst: &[AtomicU8Array], s: &str) {
+    let bytes = s.as_bytes();
+    // Keep the last byte as a terminator so a full field still reads back as a bounded string.
+    let n = bytes.len().min(dst.len() - 1);
+    for (d, b) in dst.iter().zip(bytes[..n].iter()) {
+        d.store(*b, Ordering::Relaxed);
+    }
+    dst[n].store(0, Ordering::Relaxed);
+}
+
+fn read_str(src: &[AtomicU8Array]) -> String {
+    let mut v = Vec::with_capacity(src.len());
+    for b in src {
+        let b = b.load(Ordering::Relaxed);
+        if b == 0 {
+            break;
+        }
+        v.push(b);
+    }
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_across_fork() {
+        let board = Scoreboard::create().expect("mmap");
+        let idx = board.free_slot().expect("slot");
+        board.claim(idx, 1);
+        // SAFETY: the child only touches the shared mapping and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let w = board.worker(idx);
+            w.request_started(3, "GET", "/slow", "127.0.0.1:5555");
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let w = board.worker(idx);
+        let (thread, req) = w.oldest_request().expect("request in flight");
+        assert_eq!(thread, 3);
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/slow");
+        assert_eq!(req.client, "127.0.0.1:5555");
+        w.request_finished(3);
+        assert!(w.oldest_request().is_none());
+        assert_eq!(w.requests(), 1);
+    }
+
+    #[test]
+    fn long_strings_are_truncated() {
+        let board = Scoreboard::create().expect("mmap");
+        let w = board.worker(0);
+        let long = "x".repeat(1000);
+        w.request_started(0, "GET", &long, "c");
+        let (_, req) = w.oldest_request().expect("in flight");
+        assert_eq!(req.path.len(), PATH_LEN - 1);
+    }
+}

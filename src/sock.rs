@@ -1,0 +1,211 @@
+//! Listening sockets: bound by the master (or inherited as a file descriptor) and shared with every worker
+//! through fork.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::config::BindAddress;
+use crate::log::ErrorLog;
+
+/// What a listener is bound to, as printed in `Listening at:` and used for `SERVER_NAME`/`SERVER_PORT`.
+#[derive(Clone, Debug)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(SocketAddr::V4(a)) => write!(f, "http://{}:{}", a.ip(), a.port()),
+            ListenAddr::Tcp(SocketAddr::V6(a)) => write!(f, "http://[{}]:{}", a.ip(), a.port()),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+pub struct Listener {
+    pub socket: Socket,
+    pub addr: ListenAddr,
+    /// Unix socket files we created are removed on shutdown; inherited ones are not ours to remove.
+    owns_path: bool,
+}
+
+impl Listener {
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Remove the socket file of a unix listener this process bound.
+    pub fn unlink(&self) {
+        if let (ListenAddr::Unix(p), true) = (&self.addr, self.owns_path) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum BindError {
+    Resolve(String, io::Error),
+    InUse(String),
+    Other(String, io::Error),
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Resolve(a, e) => write!(f, "Invalid address: {a}: {e}"),
+            BindError::InUse(a) => write!(f, "Can't connect to {a}"),
+            BindError::Other(a, e) => write!(f, "Can't bind {a}: {e}"),
+        }
+    }
+}
+
+/// How many times an address in use is retried, a second apart, before giving up (as gunicorn).
+const BIND_ATTEMPTS: usize = 5;
+
+/// Bind every address. An address still in use after the retries is fatal.
+pub fn bind_all(
+    binds: &[BindAddress],
+    backlog: i32,
+    log: &ErrorLog,
+) -> Result<Vec<Listener>, BindError> {
+    let mut out = Vec::with_capacity(binds.len());
+    for bind in binds {
+        out.push(bind_one(bind, backlog, log)?);
+    }
+    Ok(out)
+}
+
+fn bind_one(bind: &BindAddress, backlog: i32, log: &ErrorLog) -> Result<Listener, BindError> {
+    match bind {
+        BindAddress::Fd(fd) => from_fd(*fd),
+        BindAddress::Unix(path) => bind_unix(path, backlog),
+        BindAddress::Tcp { host, port } => {
+            let shown = format!("{host}:{port}");
+            let addr = resolve(host, *port).map_err(|e| BindError::Resolve(shown.clone(), e))?;
+            let mut attempt = 0;
+            loop {
+                match bind_tcp(addr, backlog) {
+                    Ok(l) => return Ok(l),
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                        log.error(&format!("Connection in use: {shown}"));
+                        attempt += 1;
+                        if attempt >= BIND_ATTEMPTS {
+                            return Err(BindError::InUse(shown));
+                        }
+                        log.error("Retrying in 1 second.");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(BindError::Other(shown, e)),
+                }
+            }
+        }
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    // A name such as `localhost` may resolve to both families; prefer IPv4 as a plain
+    // `socket.bind((host, port))` on an AF_INET socket would.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found"))
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an inet socket"))?;
+    Ok(Listener {
+        socket,
+        addr: ListenAddr::Tcp(local),
+        owns_path: false,
+    })
+}
+
+fn bind_unix(path: &std::path::Path, backlog: i32) -> Result<Listener, BindError> {
+    let shown = format!("unix:{}", path.display());
+    // A socket file left by a previous run blocks bind(); remove it, but never a regular file.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            return Err(BindError::Other(
+                shown,
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "path exists and is not a socket",
+                ),
+            ));
+        }
+    }
+    let err = |e| BindError::Other(shown.clone(), e);
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    let addr = SockAddr::unix(path).map_err(err)?;
+    socket.bind(&addr).map_err(err)?;
+    socket.listen(backlog).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(Listener {
+        socket,
+        addr: ListenAddr::Unix(path.to_path_buf()),
+        owns_path: true,
+    })
+}
+
+/// Adopt an already listening socket (`fd://N`, systemd, re-exec).
+pub fn from_fd(fd: RawFd) -> Result<Listener, BindError> {
+    let shown = format!("fd://{fd}");
+    // SAFETY: fstat on an fd number only reads; an invalid fd is reported as an error.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+        return Err(BindError::Other(
+            shown,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a socket"),
+        ));
+    }
+    // SAFETY: the fd is a socket handed to this process to own.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| BindError::Other(shown.clone(), e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| BindError::Other(shown.clone(), e))?;
+    let addr = if let Some(a) = local.as_socket() {
+        ListenAddr::Tcp(a)
+    } else {
+        ListenAddr::Unix(
+            local
+                .as_pathname()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+        )
+    };
+    Ok(Listener {
+        socket,
+        addr,
+        owns_path: false,
+    })
+}

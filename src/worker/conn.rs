@@ -1,0 +1,502 @@
+//! One client connection on a worker's I/O thread: read and parse request heads (with the idle and header
+//! timeouts), refuse malformed requests, hand each request to the Python threads, stream its body to
+//! `wsgi.input` on demand, write the response pieces as they come, and keep the connection alive or close it.
+//!
+//! Requests on one connection are handled strictly one after another, so pipelined requests are answered in
+//! order without any reordering logic: the next head is parsed from the buffer only after the previous
+//! response is complete.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use super::exchange::{
+    BodyChunk, BodyStream, Job, Out, Peer, RequestBody, ServerAddr, BODY_CHUNK, BODY_QUEUE,
+    REPLY_QUEUE,
+};
+use super::IoState;
+use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
+
+/// A byte stream the worker serves: TCP or a unix socket.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + AsRawFd {
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+impl Stream for tokio::net::TcpStream {
+    async fn writable(&self) -> io::Result<()> {
+        tokio::net::TcpStream::writable(self).await
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        tokio::net::TcpStream::try_io(self, interest, f)
+    }
+}
+
+impl Stream for tokio::net::UnixStream {
+    async fn writable(&self) -> io::Result<()> {
+        tokio::net::UnixStream::writable(self).await
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        tokio::net::UnixStream::try_io(self, interest, f)
+    }
+}
+
+/// How long a freshly accepted connection keeps its claim on the worker's capacity while its first request
+/// head arrives. A client slower than this stops counting as "about to run", so a trickling client cannot
+/// stop the worker from accepting others.
+const RESERVATION_GRACE: Duration = Duration::from_millis(200);
+/// Body left unread by the app is drained (to keep the connection) up to this much; beyond it the
+/// connection is closed instead, so an unwanted upload never costs more than this.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+const READ_SIZE: usize = 16 * 1024;
+
+enum HeadOutcome {
+    Head(Box<RequestHead>),
+    /// Clean end: the client closed or idled out between requests.
+    Closed,
+    /// The client sent something that is not a request, or timed out mid-head: answer (if a status is
+    /// given) and close.
+    Refused(Option<HttpError>),
+}
+
+/// The connection's claim on worker capacity, if it still holds one.
+struct Claim<'a> {
+    io: &'a IoState,
+    held: bool,
+}
+
+impl Claim<'_> {
+    fn release(&mut self) {
+        if self.held {
+            self.held = false;
+            self.io.release();
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+pub async fn serve<S: Stream>(
+    mut stream: S,
+    peer: Arc<Peer>,
+    server: Arc<ServerAddr>,
+    io: Rc<IoState>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    // The accept loop took one unit of capacity for this connection before accepting it.
+    let mut claim = Claim {
+        io: &io,
+        held: true,
+    };
+    let mut first = true;
+    loop {
+        let head = match read_head(&mut stream, &mut buf, &io, first, &mut claim).await {
+            HeadOutcome::Head(h) => h,
+            HeadOutcome::Closed => break,
+            HeadOutcome::Refused(err) => {
+                if let Some(err) = err {
+                    let _ = stream.write_all(&http::error_response(&err)).await;
+                }
+                break;
+            }
+        };
+        first = false;
+        // The request runs now: it holds one unit of capacity until its response is complete, whether it
+        // converts the accept-time claim or takes a new one.
+        if !claim.held {
+            io.acquire();
+            claim.held = true;
+        }
+        let keep = handle_request(&mut stream, &mut buf, *head, &peer, &server, &io).await;
+        claim.release();
+        if !keep || io.shutting_down.get() {
+            break;
+        }
+    }
+    drop(claim);
+    let _ = stream.shutdown().await;
+    io.connection_closed();
+}
+
+fn head_complete(buf: &[u8], scanned_from: usize) -> bool {
+    let start = scanned_from.saturating_sub(3);
+    memchr::memmem::find(&buf[start..], b"\r\n\r\n").is_some()
+        || memchr::memmem::find(&buf[start..], b"\n\n").is_some()
+}
+
+async fn read_head<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    io: &IoState,
+    first: bool,
+    claim: &mut Claim<'_>,
+) -> HeadOutcome {
+    let started = Instant::now();
+    // Between requests the client may idle for `--keep-alive`; once it has sent a byte the whole head must
+    // arrive within the header timeout.
+    let idle_deadline = started + io.idle_timeout(first);
+    let mut header_deadline: Option<Instant> = None;
+    let mut scanned = 0;
+    let max_head = http::max_head_size(&io.parser);
+    loop {
+        if !buf.is_empty() {
+            // Parse only when the head can be complete (or a limit is certainly exceeded), so a client
+            // sending one byte at a time costs one scan per byte, not one parse per byte.
+            if head_complete(buf, scanned) || buf.len() > max_head || no_line_within_limit(buf, io)
+            {
+                match http::parse_request(buf, &io.parser) {
+                    Ok(Parsed::Complete { head, consumed }) => {
+                        buf.drain(..consumed);
+                        return HeadOutcome::Head(Box::new(head));
+                    }
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return HeadOutcome::Refused(Some(e)),
+                }
+            }
+            scanned = buf.len();
+            if header_deadline.is_none() {
+                header_deadline = Some(Instant::now() + io.header_timeout);
+            }
+        }
+        if io.shutting_down.get() && buf.is_empty() {
+            return HeadOutcome::Closed;
+        }
+        let deadline = header_deadline.unwrap_or(idle_deadline);
+        let grace = if claim.held {
+            started + RESERVATION_GRACE
+        } else {
+            deadline
+        };
+        let wake = grace.min(deadline);
+        buf.reserve(READ_SIZE);
+        tokio::select! {
+            r = stream.read_buf(buf) => match r {
+                Ok(0) | Err(_) => {
+                    // EOF mid-head is a truncated request: close without an answer, as there is no
+                    // complete request to answer.
+                    return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
+                }
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if wake == grace && claim.held && grace < deadline {
+                    claim.release();
+                    continue;
+                }
+                return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
+            }
+            _ = io.shutdown_signal.notified(), if buf.is_empty() => {
+                return HeadOutcome::Closed;
+            }
+        }
+    }
+}
+
+/// True when the buffer holds more than a request line may be and still no line end: refuse now rather
+/// than buffer up to the whole head size first.
+fn no_line_within_limit(buf: &[u8], io: &IoState) -> bool {
+    let limit = io.parser.limit_request_line;
+    limit > 0 && buf.len() > limit + 2 && memchr::memchr(b'\n', &buf[..limit + 2]).is_none()
+}
+
+/// The request body still on the socket.
+enum BodyState {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    Done,
+}
+
+#[derive(Debug)]
+enum BodyError {
+    Io,
+    Timeout,
+    Closed,
+    Http(HttpError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Io => f.write_str("error reading the request body"),
+            BodyError::Timeout => f.write_str("timed out reading the request body"),
+            BodyError::Closed => f.write_str("client closed the connection before the body ended"),
+            BodyError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl BodyState {
+    fn is_done(&self) -> bool {
+        matches!(self, BodyState::Done)
+    }
+
+    /// The next piece of decoded body, reading from the socket as needed; None at the end of the body.
+    async fn next<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+        read_timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, BodyError> {
+        loop {
+            match self {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(remaining) => {
+                    if *remaining == 0 {
+                        *self = BodyState::Done;
+                        return Ok(None);
+                    }
+                    if !buf.is_empty() {
+                        let n = (*remaining).min(buf.len() as u64).min(BODY_CHUNK as u64) as usize;
+                        let piece: Vec<u8> = buf.drain(..n).collect();
+                        *remaining -= n as u64;
+                        if *remaining == 0 {
+                            *self = BodyState::Done;
+                        }
+                        return Ok(Some(piece));
+                    }
+                }
+                BodyState::Chunked(dec) => {
+                    if !buf.is_empty() {
+                        let mut out = Vec::new();
+                        let (consumed, done) =
+                            dec.decode(buf, &mut out).map_err(BodyError::Http)?;
+                        buf.drain(..consumed);
+                        if done {
+                            *self = BodyState::Done;
+                        }
+                        if !out.is_empty() {
+                            return Ok(Some(out));
+                        }
+                        if done {
+                            return Ok(None);
+                        }
+                        if consumed > 0 {
+                            continue;
+                        }
+                    }
+                }
+            }
+            buf.reserve(BODY_CHUNK);
+            match timeout(read_timeout, stream.read_buf(buf)).await {
+                Err(_) => return Err(BodyError::Timeout),
+                Ok(Err(_)) => return Err(BodyError::Io),
+                Ok(Ok(0)) => return Err(BodyError::Closed),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Run one request through the Python threads and write its response. Returns whether the connection
+/// may carry another request.
+async fn handle_request<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    head: RequestHead,
+    peer: &Arc<Peer>,
+    server: &Arc<ServerAddr>,
+    io: &IoState,
+) -> bool {
+    let mut body = match head.body {
+        BodyKind::Empty => BodyState::Done,
+        BodyKind::Length(n) => BodyState::Length(n),
+        BodyKind::Chunked => BodyState::Chunked(Box::new(ChunkedDecoder::new(&io.parser))),
+    };
+    let expect_continue = head.expect_continue && !body.is_done();
+
+    // A small body that has already arrived (the common POST) goes to Python with the request, saving a
+    // round trip between the threads for every read.
+    let mut prefetched = Vec::new();
+    if let BodyState::Length(n) = body {
+        if (buf.len() as u64) >= n {
+            prefetched = buf.drain(..n as usize).collect();
+            body = BodyState::Done;
+        }
+    }
+
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let mut start_rx: Option<oneshot::Receiver<()>> = None;
+    let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
+    let stream_parts = if body.is_done() {
+        None
+    } else {
+        let (s_tx, s_rx) = oneshot::channel();
+        let (b_tx, b_rx) = mpsc::channel::<BodyChunk>(BODY_QUEUE);
+        start_rx = Some(s_rx);
+        body_tx = Some(b_tx);
+        Some(BodyStream {
+            start: Some(s_tx),
+            rx: b_rx,
+        })
+    };
+    let job = Job {
+        head,
+        peer: peer.clone(),
+        server: server.clone(),
+        body: RequestBody {
+            prefetched,
+            stream: stream_parts,
+        },
+        reply: reply_tx,
+    };
+    if io.queue.send(job).is_err() {
+        return false;
+    }
+
+    let mut continue_sent = false;
+    // Set when the body could not be read to its end: whatever the app answers, the connection ends after
+    // it because the framing of anything that follows is unknown.
+    let mut framing_lost = false;
+    let keep_alive = loop {
+        let pumping = start_rx.is_none() && body_tx.is_some();
+        // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
+        let mut body_finished = false;
+        tokio::select! {
+            biased;
+            out = reply_rx.recv() => match out {
+                Some(Out::Bytes(bytes)) => {
+                    if stream.write_all(&bytes).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Out::File { file, offset, count }) => {
+                    if send_file(stream, &file, offset, count).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Out::Done { keep_alive }) => break keep_alive,
+                Some(Out::Abort) | None => return false,
+            },
+            r = wait_start(start_rx.as_mut()) => {
+                start_rx = None;
+                if r.is_err() {
+                    // The app finished with `wsgi.input` without reading past the prefetched part.
+                    body_finished = true;
+                } else if expect_continue && !continue_sent {
+                    continue_sent = true;
+                    if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            permit = reserve(body_tx.as_ref()), if pumping => {
+                match permit {
+                    // The app dropped `wsgi.input`: stop pumping; the rest is drained after the response.
+                    Err(_) => body_finished = true,
+                    Ok(permit) => match body.next(stream, buf, io.header_timeout).await {
+                        Ok(Some(data)) => permit.send(BodyChunk::Data(data)),
+                        Ok(None) => {
+                            permit.send(BodyChunk::End);
+                            body_finished = true;
+                        }
+                        Err(e) => {
+                            permit.send(BodyChunk::Failed(e.to_string()));
+                            body_finished = true;
+                            body = BodyState::Done;
+                            framing_lost = true;
+                        }
+                    },
+                }
+            }
+        }
+        if body_finished {
+            body_tx = None;
+        }
+    };
+    if !keep_alive || framing_lost || io.shutting_down.get() {
+        return false;
+    }
+    if body.is_done() {
+        return true;
+    }
+    // The client was told to wait for 100 Continue and never got it: it may not send the body at all, so
+    // the framing of what follows is unknown.
+    if expect_continue && !continue_sent {
+        return false;
+    }
+    drain(stream, buf, body, io.header_timeout).await
+}
+
+async fn wait_start(
+    rx: Option<&mut oneshot::Receiver<()>>,
+) -> Result<(), oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reserve(
+    tx: Option<&mpsc::Sender<BodyChunk>>,
+) -> Result<mpsc::Permit<'_, BodyChunk>, mpsc::error::SendError<()>> {
+    match tx {
+        Some(tx) => tx.reserve().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn drain<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    mut body: BodyState,
+    read_timeout: Duration,
+) -> bool {
+    let mut drained = 0u64;
+    while drained <= DRAIN_LIMIT {
+        match body.next(stream, buf, read_timeout).await {
+            Ok(Some(d)) => drained += d.len() as u64,
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Send `count` bytes of `file` from `offset` with sendfile(2), waiting for the socket to drain as needed.
+async fn send_file<S: Stream>(
+    stream: &mut S,
+    file: &std::fs::File,
+    offset: u64,
+    count: u64,
+) -> io::Result<()> {
+    stream.flush().await?;
+    let out_fd: RawFd = stream.as_raw_fd();
+    let in_fd = file.as_raw_fd();
+    let mut off = offset as libc::off_t;
+    let end = offset + count;
+    while (off as u64) < end {
+        stream.writable().await?;
+        let want = ((end - off as u64) as usize).min(1 << 30);
+        let res = stream.try_io(Interest::WRITABLE, || {
+            // SAFETY: both fds are open for the duration of the call; `off` is ours.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match res {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

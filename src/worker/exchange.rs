@@ -1,0 +1,77 @@
+//! What crosses between a worker's I/O thread and its Python threads: the `Job` handed to Python (a parsed
+//! request, its body source and a reply channel), the body chunks streamed to `wsgi.input`, and the
+//! response pieces (`Out`) streamed back to the connection.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::RequestHead;
+
+/// The client of a connection as the app sees it (`REMOTE_ADDR`, `REMOTE_PORT`).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub ip: String,
+    pub port: u16,
+}
+
+/// The listener a request came in on: the fallback for `SERVER_NAME`/`SERVER_PORT` without a Host header.
+#[derive(Clone, Debug)]
+pub struct ServerAddr {
+    pub name: String,
+    pub port: String,
+}
+
+/// A piece of request body for `wsgi.input`.
+pub enum BodyChunk {
+    Data(Vec<u8>),
+    End,
+    /// The client went away or sent a malformed body: `wsgi.input` raises.
+    Failed(String),
+}
+
+/// Body still to come from the socket. The I/O thread starts pumping (and sends `100 Continue` where the
+/// client asked for it) only once `start` fires, i.e. when the app first reads past what was prefetched.
+pub struct BodyStream {
+    pub start: Option<oneshot::Sender<()>>,
+    pub rx: mpsc::Receiver<BodyChunk>,
+}
+
+/// The request body as handed to Python: what was already read with the head (a small body is usually read
+/// whole before dispatch) and, if more is to come, the stream.
+pub struct RequestBody {
+    pub prefetched: Vec<u8>,
+    pub stream: Option<BodyStream>,
+}
+
+/// A response piece, in order. `Done` ends the exchange; the connection stays open only if it says so.
+pub enum Out {
+    Bytes(Vec<u8>),
+    /// `count` bytes of `file` from `offset`, sent with sendfile(2) — the body never passes through Python.
+    File {
+        file: File,
+        offset: u64,
+        count: u64,
+    },
+    Done {
+        keep_alive: bool,
+    },
+    /// The response cannot be completed (the app failed after the head was sent): cut the connection.
+    Abort,
+}
+
+pub struct Job {
+    pub head: RequestHead,
+    pub peer: Arc<Peer>,
+    pub server: Arc<ServerAddr>,
+    pub body: RequestBody,
+    pub reply: mpsc::Sender<Out>,
+}
+
+/// Capacity of the reply channel: enough that a small response (head + body + done) never blocks the
+/// Python thread, small enough that a streaming response to a slow client stays bounded.
+pub const REPLY_QUEUE: usize = 8;
+/// Capacity of the body channel, in chunks of at most `BODY_CHUNK` bytes.
+pub const BODY_QUEUE: usize = 4;
+pub const BODY_CHUNK: usize = 64 * 1024;

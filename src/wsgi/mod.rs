@@ -1,0 +1,321 @@
+//! The WSGI bridge: runs one request through the app on a Python thread — environ, `start_response`,
+//! iterating the result, `close()`, errors — and streams the response to the I/O thread.
+
+pub mod environ;
+pub mod file_wrapper;
+pub mod input;
+pub mod response;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::config::WorkerClass;
+use crate::log::AccessRecord;
+use crate::worker::exchange::Job;
+use crate::worker::WorkerContext;
+use environ::EnvironBuilder;
+use file_wrapper::FileWrapper;
+use input::WsgiInput;
+use response::Responder;
+
+/// gunicorn's body for an error the app caused.
+const ERROR_500_BODY: &[u8] = b"<html><head><title>Internal Server Error</title></head><body><h1><p>Internal Server Error</p></h1></body></html>";
+
+/// `wsgi.errors`: text written here goes to the error log as is.
+#[pyclass(module = "ferricorn")]
+pub struct ErrorStream {
+    log: crate::log::ErrorLog,
+}
+
+#[pymethods]
+impl ErrorStream {
+    fn write(&self, s: &str) {
+        self.log.write_raw(s.as_bytes());
+    }
+    fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        for line in lines.try_iter()? {
+            let line = line?;
+            self.log.write_raw(line.extract::<String>()?.as_bytes());
+        }
+        Ok(())
+    }
+    fn flush(&self) {}
+}
+
+/// One Python thread's request runner.
+pub struct WsgiRunner {
+    ctx: Arc<WorkerContext>,
+    thread: usize,
+    environ: EnvironBuilder,
+}
+
+impl WsgiRunner {
+    pub fn new(py: Python<'_>, ctx: Arc<WorkerContext>, thread: usize) -> PyResult<WsgiRunner> {
+        let cfg = &ctx.cfg;
+        let base = PyDict::new(py);
+        base.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        base.set_item(
+            "wsgi.errors",
+            Py::new(
+                py,
+                ErrorStream {
+                    log: ctx.log.clone(),
+                },
+            )?,
+        )?;
+        base.set_item(
+            "wsgi.multithread",
+            cfg.worker_class == WorkerClass::Gthread && cfg.threads > 1,
+        )?;
+        base.set_item("wsgi.multiprocess", cfg.workers > 1)?;
+        base.set_item("wsgi.run_once", false)?;
+        base.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        base.set_item("wsgi.input_terminated", true)?;
+        base.set_item(
+            "SERVER_SOFTWARE",
+            concat!("ferricorn/", env!("CARGO_PKG_VERSION")),
+        )?;
+        let environ = EnvironBuilder::new(py, cfg, base);
+        Ok(WsgiRunner {
+            ctx,
+            thread,
+            environ,
+        })
+    }
+
+    pub fn handle(&mut self, py: Python<'_>, job: Job) {
+        let started_at = SystemTime::now();
+        let t0 = Instant::now();
+        let Job {
+            head,
+            peer,
+            server,
+            body,
+            reply,
+        } = job;
+        let board = self.ctx.board;
+        let client = if peer.ip.is_empty() {
+            String::new()
+        } else {
+            format!("{}:{}", peer.ip, peer.port)
+        };
+        board.request_started(self.thread, &head.method, &head.target, &client);
+
+        let keep_alive = head.keep_alive
+            && self.ctx.cfg.keepalive > 0
+            && !self.ctx.shutting_down.load(Ordering::Relaxed);
+        let head_only = head.method == "HEAD";
+        let responder = match Py::new(
+            py,
+            Responder::new(reply, head.version_minor, head_only, keep_alive),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                self.ctx.log.error(&format!("Cannot create response: {e}"));
+                board.request_finished(self.thread);
+                return;
+            }
+        };
+        let input = match Py::new(py, WsgiInput::new(body.prefetched, body.stream)) {
+            Ok(i) => i,
+            Err(e) => {
+                self.ctx
+                    .log
+                    .error(&format!("Cannot create wsgi.input: {e}"));
+                board.request_finished(self.thread);
+                return;
+            }
+        };
+        let environ =
+            self.environ
+                .build(py, &head, &peer, &server, input.into_bound(py).into_any());
+        let outcome = match environ {
+            Ok(env) => {
+                let outcome = self.run_app(py, &env, &responder);
+                if let Err(err) = &outcome {
+                    self.app_failed(py, &responder, &head.method, &head.target, err);
+                }
+                Some(env)
+            }
+            Err(err) => {
+                self.app_failed(py, &responder, &head.method, &head.target, &err);
+                None
+            }
+        };
+
+        if let Some(access) = &self.ctx.access_log {
+            let r = responder.borrow(py);
+            let version = if head.version_minor == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            };
+            let env = outcome.as_ref();
+            let lookup = |key: &str| -> Option<String> {
+                env.and_then(|e| e.get_item(key).ok().flatten())
+                    .and_then(|v| v.str().ok().map(|s| s.to_string()))
+            };
+            let rec = AccessRecord {
+                remote_addr: &peer.ip,
+                method: &head.method,
+                target: &head.target,
+                path: &head.path,
+                query: &head.query,
+                version,
+                status: r.status_code,
+                response_length: if r.headers_sent() {
+                    Some(r.body_sent)
+                } else {
+                    None
+                },
+                request_headers: &head.headers,
+                response_headers: &r.headers,
+                start: started_at,
+                duration: t0.elapsed(),
+                environ: if access.wants_environ() {
+                    Some(&lookup)
+                } else {
+                    None
+                },
+            };
+            access.log(&rec);
+        }
+        board.request_finished(self.thread);
+    }
+
+    /// Call the app and send its response. Errors are returned for the caller to log and answer.
+    fn run_app(
+        &self,
+        py: Python<'_>,
+        env: &Bound<'_, PyDict>,
+        responder: &Py<Responder>,
+    ) -> PyResult<()> {
+        let result = self.ctx.app.bind(py).call1((env, responder.bind(py)))?;
+        let sent = self.send_result(py, &result, responder);
+        // PEP 3333: close() is called however the iteration ended.
+        let closed = match result.getattr_opt("close") {
+            Ok(Some(close)) => close.call0().map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        sent?;
+        closed
+    }
+
+    fn send_result(
+        &self,
+        py: Python<'_>,
+        result: &Bound<'_, PyAny>,
+        responder: &Py<Responder>,
+    ) -> PyResult<()> {
+        let disconnected = || pyo3::exceptions::PyOSError::new_err("client disconnected");
+        // A list or tuple of bytes is the whole body in hand: send head, body and end in one write, with
+        // a Content-Length we can compute.
+        if let Ok(list) = result.cast::<PyList>() {
+            return self.send_sequence(py, list.iter().collect(), responder);
+        }
+        if let Ok(tuple) = result.cast::<PyTuple>() {
+            return self.send_sequence(py, tuple.iter().collect(), responder);
+        }
+        if let Ok(wrapper) = result.cast::<FileWrapper>() {
+            let mut r = responder.borrow_mut(py);
+            if !r.started() {
+                return Err(pyo3::exceptions::PyAssertionError::new_err(
+                    "start_response() was not called",
+                ));
+            }
+            if !r.headers_sent() {
+                if let Some((file, offset, len)) =
+                    file_wrapper::sendfile_source(py, &wrapper.borrow())
+                {
+                    r.send_file(py, file, offset, len)
+                        .map_err(|_| disconnected())?;
+                    return r.finish(py).map_err(|_| disconnected());
+                }
+            }
+        }
+        for item in result.try_iter()? {
+            let item = item?;
+            let bytes = item
+                .cast::<PyBytes>()
+                .map_err(|_| pyo3::exceptions::PyTypeError::new_err("the app must yield bytes"))?;
+            let mut r = responder.borrow_mut(py);
+            if !r.started() {
+                return Err(pyo3::exceptions::PyAssertionError::new_err(
+                    "start_response() was not called",
+                ));
+            }
+            if bytes.as_bytes().is_empty() {
+                continue;
+            }
+            if r.send_body(py, bytes.as_bytes()).is_err() {
+                return Ok(());
+            }
+        }
+        let mut r = responder.borrow_mut(py);
+        if !r.started() {
+            return Err(pyo3::exceptions::PyAssertionError::new_err(
+                "start_response() was not called",
+            ));
+        }
+        let _ = r.finish(py);
+        Ok(())
+    }
+
+    fn send_sequence(
+        &self,
+        py: Python<'_>,
+        items: Vec<Bound<'_, PyAny>>,
+        responder: &Py<Responder>,
+    ) -> PyResult<()> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(items.len());
+        let mut owned = Vec::with_capacity(items.len());
+        for item in &items {
+            let b = item
+                .cast::<PyBytes>()
+                .map_err(|_| pyo3::exceptions::PyTypeError::new_err("the app must return bytes"))?;
+            owned.push(b.clone());
+        }
+        for b in &owned {
+            parts.push(b.as_bytes());
+        }
+        let mut r = responder.borrow_mut(py);
+        if !r.started() {
+            return Err(pyo3::exceptions::PyAssertionError::new_err(
+                "start_response() was not called",
+            ));
+        }
+        let _ = r.send_complete(py, &parts);
+        Ok(())
+    }
+
+    /// The app raised (or broke the protocol): log it as gunicorn does, and answer 500 if the head has not
+    /// gone out yet; otherwise the connection is cut, since the response cannot be completed.
+    fn app_failed(
+        &self,
+        py: Python<'_>,
+        responder: &Py<Responder>,
+        method: &str,
+        target: &str,
+        err: &PyErr,
+    ) {
+        let tb = crate::python::format_exception(py, err);
+        self.ctx
+            .log
+            .error(&format!("Error handling request {method} {target}\n{tb}"));
+        let mut r = responder.borrow_mut(py);
+        if r.disconnected {
+            return;
+        }
+        if r.headers_sent() {
+            r.abort(py);
+            return;
+        }
+        r.set_error(500);
+        let _ = r.send_complete(py, &[ERROR_500_BODY]);
+    }
+}

@@ -1,0 +1,425 @@
+//! The response side of a WSGI call: `start_response` (with PEP 3333's `exc_info` rules), the `write()`
+//! callable, and the framing of the body (the app's Content-Length, a length we know because the whole body
+//! is in hand, chunked on HTTP/1.1, or close-delimited on HTTP/1.0).
+//!
+//! Everything is serialized on the Python thread and handed to the I/O thread as ready-to-write bytes, so
+//! the I/O thread only copies buffers to sockets.
+
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::http;
+use crate::worker::exchange::Out;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body may be sent (HEAD, 1xx, 204, 304).
+    NoBody,
+    /// Content-Length: at most this many bytes are still to be sent.
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends when the connection closes.
+    UntilClose,
+}
+
+#[pyclass(module = "ferricorn")]
+pub struct Responder {
+    reply: mpsc::Sender<Out>,
+    version_minor: u8,
+    head_only: bool,
+    keep_alive: bool,
+    status: Option<String>,
+    pub status_code: u16,
+    pub headers: Vec<(String, String)>,
+    content_length: Option<u64>,
+    headers_sent: bool,
+    framing: Framing,
+    pub body_sent: u64,
+    /// The client is gone: nothing more is sent.
+    pub disconnected: bool,
+}
+
+/// The client went away while the response was being sent.
+pub struct Disconnected;
+
+impl Responder {
+    pub fn new(
+        reply: mpsc::Sender<Out>,
+        version_minor: u8,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> Self {
+        Responder {
+            reply,
+            version_minor,
+            head_only,
+            keep_alive,
+            status: None,
+            status_code: 0,
+            headers: Vec::new(),
+            content_length: None,
+            headers_sent: false,
+            framing: Framing::NoBody,
+            body_sent: 0,
+            disconnected: false,
+        }
+    }
+
+    pub fn started(&self) -> bool {
+        self.status.is_some()
+    }
+
+    pub fn headers_sent(&self) -> bool {
+        self.headers_sent
+    }
+
+    /// Queue a piece for the I/O thread. Blocks (with the GIL released) only when the client reads more
+    /// slowly than the app produces.
+    pub fn send(&mut self, py: Python<'_>, out: Out) -> Result<(), Disconnected> {
+        if self.disconnected {
+            return Err(Disconnected);
+        }
+        let res = match self.reply.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(out)) => {
+                let reply = &self.reply;
+                py.detach(|| reply.blocking_send(out))
+                    .map_err(|_| Disconnected)
+            }
+            Err(TrySendError::Closed(_)) => Err(Disconnected),
+        };
+        if res.is_err() {
+            self.disconnected = true;
+        }
+        res
+    }
+
+    /// Serialize the head, deciding the framing. `known_total` is the body length when the whole body is
+    /// already in hand.
+    fn write_head(&mut self, buf: &mut Vec<u8>, known_total: Option<u64>) {
+        let status = self
+            .status
+            .as_deref()
+            .unwrap_or("500 Internal Server Error");
+        let code = self.status_code;
+        let no_body = self.head_only || code < 200 || code == 204 || code == 304;
+        self.framing = if let Some(n) = self.content_length {
+            if no_body {
+                Framing::NoBody
+            } else {
+                Framing::Length(n)
+            }
+        } else if no_body {
+            Framing::NoBody
+        } else if let Some(n) = known_total {
+            Framing::Length(n)
+        } else if self.version_minor >= 1 {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+        if self.framing == Framing::UntilClose {
+            self.keep_alive = false;
+        }
+        // The status was validated by start_response; the fallback above is well-formed too.
+        let _ = http::write_status_line(buf, self.version_minor, status);
+        let mut has_date = false;
+        let mut has_server = false;
+        for (name, value) in &self.headers {
+            if name.eq_ignore_ascii_case("date") {
+                has_date = true;
+            } else if name.eq_ignore_ascii_case("server") {
+                has_server = true;
+            }
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        if !has_server {
+            buf.extend_from_slice(b"Server: ferricorn\r\n");
+        }
+        if !has_date {
+            http::write_date_header(buf);
+        }
+        if self.content_length.is_none() {
+            match (self.framing, known_total) {
+                (Framing::Length(n), _) | (Framing::NoBody, Some(n))
+                    if code >= 200 && code != 204 && code != 304 =>
+                {
+                    buf.extend_from_slice(b"Content-Length: ");
+                    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    buf.extend_from_slice(b"\r\n");
+                }
+                (Framing::Chunked, _) => buf.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+                _ => {}
+            }
+        }
+        if !self.keep_alive {
+            buf.extend_from_slice(b"Connection: close\r\n");
+        } else if self.version_minor == 0 {
+            buf.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+        self.headers_sent = true;
+    }
+
+    /// Append body bytes under the chosen framing (truncating past a declared Content-Length, as a client
+    /// would misread anything beyond it).
+    fn frame_body(&mut self, buf: &mut Vec<u8>, data: &[u8]) {
+        match self.framing {
+            Framing::NoBody => {}
+            Framing::Length(left) => {
+                let n = (data.len() as u64).min(left) as usize;
+                buf.extend_from_slice(&data[..n]);
+                self.framing = Framing::Length(left - n as u64);
+                self.body_sent += n as u64;
+            }
+            Framing::Chunked => {
+                http::write_chunk(buf, data);
+                self.body_sent += data.len() as u64;
+            }
+            Framing::UntilClose => {
+                buf.extend_from_slice(data);
+                self.body_sent += data.len() as u64;
+            }
+        }
+    }
+
+    /// Send one piece of body (the head first if it has not gone yet).
+    pub fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Disconnected> {
+        if self.headers_sent && data.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(data.len() + 256);
+        if !self.headers_sent {
+            self.write_head(&mut buf, None);
+        }
+        self.frame_body(&mut buf, data);
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.send(py, Out::Bytes(buf))
+    }
+
+    /// Send the whole response at once (head, the complete body and the end): one buffer, one write.
+    pub fn send_complete(&mut self, py: Python<'_>, parts: &[&[u8]]) -> Result<(), Disconnected> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut buf = Vec::with_capacity(total + 256);
+        if !self.headers_sent {
+            self.write_head(&mut buf, Some(total as u64));
+        }
+        for p in parts {
+            if !p.is_empty() {
+                self.frame_body(&mut buf, p);
+            }
+        }
+        self.end_body(&mut buf);
+        if !buf.is_empty() {
+            self.send(py, Out::Bytes(buf))?;
+        }
+        self.send(
+            py,
+            Out::Done {
+                keep_alive: self.keep_alive,
+            },
+        )
+    }
+
+    /// Head for a body sent as a file (sendfile): the length is the file's unless the app declared one.
+    pub fn send_file(
+        &mut self,
+        py: Python<'_>,
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Disconnected> {
+        let mut buf = Vec::with_capacity(256);
+        if !self.headers_sent {
+            self.write_head(&mut buf, Some(len));
+        }
+        let count = match self.framing {
+            Framing::Length(left) => left.min(len),
+            Framing::UntilClose => len,
+            Framing::NoBody => 0,
+            Framing::Chunked => {
+                // A head already sent as chunked cannot carry a raw file; frame it through Python instead.
+                return Err(Disconnected);
+            }
+        };
+        self.send(py, Out::Bytes(buf))?;
+        if count > 0 {
+            self.send(
+                py,
+                Out::File {
+                    file,
+                    offset,
+                    count,
+                },
+            )?;
+            if let Framing::Length(left) = self.framing {
+                self.framing = Framing::Length(left - count);
+            }
+            self.body_sent += count;
+        }
+        Ok(())
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.framing == Framing::Chunked
+    }
+
+    fn end_body(&mut self, buf: &mut Vec<u8>) {
+        match self.framing {
+            Framing::Chunked => http::write_last_chunk(buf),
+            // Fewer bytes than the declared Content-Length: the client would wait for the rest, so the
+            // connection must close to end the response.
+            Framing::Length(left) if left > 0 => self.keep_alive = false,
+            _ => {}
+        }
+    }
+
+    /// End the response after streaming: the last chunk (if chunked) and the end marker.
+    pub fn finish(&mut self, py: Python<'_>) -> Result<(), Disconnected> {
+        let mut buf = Vec::new();
+        if !self.headers_sent {
+            self.write_head(&mut buf, Some(0));
+        }
+        self.end_body(&mut buf);
+        if !buf.is_empty() {
+            self.send(py, Out::Bytes(buf))?;
+        }
+        self.send(
+            py,
+            Out::Done {
+                keep_alive: self.keep_alive,
+            },
+        )
+    }
+
+    /// Replace whatever the app set with an error response (only before the head went out).
+    pub fn set_error(&mut self, code: u16) {
+        self.status = Some(format!("{code} {}", http::reason_phrase(code)));
+        self.status_code = code;
+        self.headers = vec![("Content-Type".into(), "text/html".into())];
+        self.content_length = None;
+        self.keep_alive = false;
+    }
+
+    pub fn abort(&mut self, py: Python<'_>) {
+        let _ = self.send(py, Out::Abort);
+    }
+
+    fn set_status_and_headers(
+        &mut self,
+        status: String,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let code = parse_status(&status)?;
+        let mut out = Vec::new();
+        let mut content_length = None;
+        for item in headers.try_iter()? {
+            let item = item?;
+            let tuple = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err("response headers must be a list of (name, value) tuples")
+            })?;
+            if tuple.len() != 2 {
+                return Err(PyTypeError::new_err(
+                    "a response header must be a (name, value) tuple",
+                ));
+            }
+            let name: String = tuple
+                .get_item(0)?
+                .extract()
+                .map_err(|_| PyTypeError::new_err("header name must be a str"))?;
+            let value: String = tuple.get_item(1)?.extract().map_err(|_| {
+                PyTypeError::new_err(format!("value of header {name:?} must be a str"))
+            })?;
+            let name = name.trim().to_string();
+            if !http::valid_header_name(name.as_bytes()) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid header name {name:?}"
+                )));
+            }
+            let value = value.trim().to_string();
+            if !http::valid_header_value(value.as_bytes()) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid value for header {name:?}"
+                )));
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = value.parse::<u64>().map_err(|_| {
+                    PyValueError::new_err(format!("invalid Content-Length {value:?}"))
+                })?;
+                content_length = Some(n);
+            } else if http::is_hop_by_hop(&name) {
+                // Connection management belongs to the server, as in gunicorn.
+                continue;
+            }
+            out.push((name, value));
+        }
+        self.status = Some(status);
+        self.status_code = code;
+        self.headers = out;
+        self.content_length = content_length;
+        Ok(())
+    }
+}
+
+fn parse_status(status: &str) -> PyResult<u16> {
+    let bytes = status.as_bytes();
+    let ok = bytes.len() >= 3
+        && bytes[..3].iter().all(|b| b.is_ascii_digit())
+        && (bytes.len() == 3 || bytes[3] == b' ')
+        && !bytes.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0);
+    if !ok {
+        return Err(PyValueError::new_err(format!("invalid status {status:?}")));
+    }
+    Ok(status[..3].parse::<u16>().unwrap_or(500))
+}
+
+#[pymethods]
+impl Responder {
+    /// `start_response(status, response_headers, exc_info=None)`; returns `write`.
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let this = slf.borrow();
+            if let Some(info) = exc_info {
+                if this.headers_sent {
+                    // Too late to change the response: PEP 3333 says re-raise the original exception.
+                    let value = info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+            } else if this.status.is_some() {
+                return Err(PyAssertionError::new_err("Response headers already set!"));
+            }
+        }
+        let status: String = status
+            .extract()
+            .map_err(|_| PyTypeError::new_err("status must be a str"))?;
+        slf.borrow_mut().set_status_and_headers(status, headers)?;
+        slf.getattr("write")
+    }
+
+    /// The legacy `write(data)` callable returned by `start_response`.
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.status.is_none() {
+            return Err(PyAssertionError::new_err("write() before start_response()"));
+        }
+        let bytes = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("write() argument must be bytes"))?;
+        self.send_body(py, bytes.as_bytes())
+            .map_err(|_| PyOSError::new_err("client disconnected"))
+    }
+}
