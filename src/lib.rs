@@ -16,6 +16,7 @@ pub mod sock;
 pub mod worker;
 pub mod wsgi;
 
+use std::io::Write;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -34,11 +35,12 @@ fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
     let cfg = match config::from_args(&argv, &env, VERSION) {
         Ok(Action::Run(cfg)) => cfg,
         Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
-            println!("{}", text.trim_end());
+            // A closed stdout (`ferricorn --help | head`) is not an error worth reporting.
+            let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
             return 0;
         }
         Ok(Action::PrintConfig(cfg)) => {
-            print!("{}", cfg.print_config());
+            let _ = write!(std::io::stdout(), "{}", cfg.print_config());
             return 0;
         }
         Err(e) => {

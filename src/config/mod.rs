@@ -1,40 +1,73 @@
-#![allow(dead_code)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+//! Configuration: the resolved [`Config`] the server runs with, and how it is produced from the
+//! settings table (`settings`), the command line and `*_CMD_ARGS` environment variables (`cli`),
+//! bind-address parsing (`bind`) and `--print-config`.
+//!
+//! Precedence, lowest first, as in gunicorn: built-in defaults (some taken from `PORT`,
+//! `WEB_CONCURRENCY`, `FORWARDED_ALLOW_IPS`), the config file (applied through [`apply_setting`]),
+//! `GUNICORN_CMD_ARGS`, `FERRICORN_CMD_ARGS`, then the real command line.
+
+pub mod bind;
+pub mod cli;
+pub mod settings;
+pub mod shell_words;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use bind::{BindAddress, BindError};
+pub use cli::{from_args, help_text, parse_command_line, CliError, CommandLine, Origin};
+pub use settings::{
+    apply_setting, find_setting, Kind, Section, Setting, SettingValue, ValueError, SETTINGS,
+};
+
+/// The worker implementation, after gunicorn's rule that a sync worker with more than one thread
+/// is a threaded worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WorkerClass {
+    #[default]
     Sync,
     Gthread,
 }
-#[derive(Clone, Debug)]
-pub enum BindAddress {
-    Tcp { host: String, port: u16 },
-    Unix(std::path::PathBuf),
-    Fd(i32),
-}
-#[derive(Clone, Debug, Default)]
+
+/// Every setting, resolved. Field names follow gunicorn's setting names where they differ from
+/// the flag (`keepalive` is `--keep-alive`, `preload_app` is `--preload`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub app_uri: Option<String>,
     pub binds: Vec<BindAddress>,
     pub workers: usize,
+    /// The class that will run, resolved from `worker_class_name` and `threads`.
     pub worker_class: WorkerClass,
+    /// The class as the user spelled it (`--print-config` shows this, like gunicorn).
+    pub worker_class_name: String,
     pub threads: usize,
     pub timeout: u64,
     pub graceful_timeout: u64,
     pub keepalive: u64,
     pub backlog: i32,
     pub worker_connections: usize,
-    pub chdir: Option<std::path::PathBuf>,
+    pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<String>,
     pub raw_env: Vec<(String, String)>,
     pub accesslog: Option<String>,
     pub access_log_format: String,
+    /// `-` is standard error.
     pub errorlog: String,
+    /// One of [`settings::LOG_LEVELS`], lower-case.
     pub loglevel: String,
+    /// 0 means no limit.
     pub limit_request_line: usize,
+    /// Always 1..=32768 (a configured 0 is stored as 32768).
     pub limit_request_fields: usize,
+    /// 0 means no limit.
     pub limit_request_field_size: usize,
+    /// Canonical IP addresses, or `*`.
     pub forwarded_allow_ips: Vec<String>,
     pub proc_name: Option<String>,
-    pub pidfile: Option<std::path::PathBuf>,
+    pub pidfile: Option<PathBuf>,
     pub check_config: bool,
     pub print_config: bool,
     pub config_file: Option<String>,
@@ -42,50 +75,126 @@ pub struct Config {
     pub max_requests_jitter: u64,
     pub preload_app: bool,
     pub permit_missing_host: bool,
+    /// Upper-case header name and the value that marks a request as HTTPS.
     pub secure_scheme_headers: Vec<(String, String)>,
 }
-impl Default for WorkerClass {
+
+impl Default for Config {
+    /// Built-in defaults. The environment-dependent ones (`PORT`, `WEB_CONCURRENCY`,
+    /// `FORWARDED_ALLOW_IPS`) are applied by [`from_args`].
     fn default() -> Self {
-        WorkerClass::Sync
+        Config {
+            app_uri: None,
+            binds: vec![BindAddress::Tcp {
+                host: "127.0.0.1".to_string(),
+                port: bind::DEFAULT_PORT,
+            }],
+            workers: 1,
+            worker_class: WorkerClass::Sync,
+            worker_class_name: "sync".to_string(),
+            threads: 1,
+            timeout: 30,
+            graceful_timeout: 30,
+            keepalive: 2,
+            backlog: 2048,
+            worker_connections: 1000,
+            chdir: None,
+            pythonpath: Vec::new(),
+            raw_env: Vec::new(),
+            accesslog: None,
+            access_log_format: settings::DEFAULT_ACCESS_LOG_FORMAT.to_string(),
+            errorlog: "-".to_string(),
+            loglevel: "info".to_string(),
+            limit_request_line: 4094,
+            limit_request_fields: 100,
+            limit_request_field_size: 8190,
+            forwarded_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
+            proc_name: None,
+            pidfile: None,
+            check_config: false,
+            print_config: false,
+            config_file: None,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            preload_app: false,
+            permit_missing_host: false,
+            secure_scheme_headers: [
+                ("X-FORWARDED-PROTOCOL", "ssl"),
+                ("X-FORWARDED-PROTO", "https"),
+                ("X-FORWARDED-SSL", "on"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
     }
 }
+
 impl Config {
+    /// Every setting as `name = value`, one per line, sorted by name with the names padded to one
+    /// width (gunicorn's `--print-config` layout). Ends with a newline.
     pub fn print_config(&self) -> String {
-        String::new()
+        let mut settings: Vec<&Setting> = SETTINGS.iter().collect();
+        settings.sort_by_key(|s| s.name);
+        let width = settings.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        settings
+            .iter()
+            .map(|s| format!("{:width$} = {}\n", s.name, (s.show)(self)))
+            .collect()
+    }
+
+    /// Re-derive `worker_class` after `worker_class_name` or `threads` changed. Called by the
+    /// table entries of both, so the order in which they are set does not matter.
+    pub fn resolve_worker_class(&mut self) {
+        if let Ok(requested) = settings::parse_worker_class(&self.worker_class_name) {
+            self.worker_class = match requested {
+                WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
+                other => other,
+            };
+        }
     }
 }
+
+/// What the caller should do after reading the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Run(Config),
+    /// `--print-config`: print [`Config::print_config`] and exit 0.
     PrintConfig(Config),
+    /// `-h/--help`: print the text and exit 0.
     Help(String),
+    /// `-v/--version`: print the text and exit 0.
     Version(String),
 }
+
+/// A bad command line or setting. `message` is the whole line to print on standard error
+/// (`ferricorn: error: argument -w/--workers: invalid int value: 'abc'`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub message: String,
+    /// 2, as argparse uses for usage errors.
     pub exit_code: i32,
 }
-pub fn from_args(argv: &[String], _env: &dyn Fn(&str) -> Option<String>, _version: &str) -> Result<Action, ConfigError> {
-    let mut c = Config { workers: 1, threads: 1, timeout: 30, graceful_timeout: 30, keepalive: 2, backlog: 2048, worker_connections: 1000,
-        errorlog: "-".into(), loglevel: "info".into(), limit_request_line: 4094, limit_request_fields: 100, limit_request_field_size: 8190,
-        forwarded_allow_ips: vec!["127.0.0.1".into(), "::1".into()], access_log_format: "%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\"".into(),
-        secure_scheme_headers: vec![("X-FORWARDED-PROTOCOL".into(), "ssl".into()), ("X-FORWARDED-PROTO".into(), "https".into()), ("X-FORWARDED-SSL".into(), "on".into())],
-        ..Default::default() };
-    let mut i = 1;
-    while i < argv.len() {
-        let a = argv[i].as_str(); let v = argv.get(i + 1).cloned().unwrap_or_default();
-        match a {
-            "-b" => { let (h, p) = v.rsplit_once(':').unwrap(); c.binds.push(BindAddress::Tcp { host: h.into(), port: p.parse().unwrap() }); i += 1; }
-            "-w" => { c.workers = v.parse().unwrap(); i += 1; }
-            "-k" => { if v == "gthread" { c.worker_class = WorkerClass::Gthread }; i += 1; }
-            "--threads" => { c.threads = v.parse().unwrap(); i += 1; }
-            "-t" | "--timeout" => { c.timeout = v.parse().unwrap(); i += 1; }
-            "--access-logfile" => { c.accesslog = Some(v); i += 1; }
-            "--permit-missing-host" => { c.permit_missing_host = true; }
-            _ => c.app_uri = Some(a.to_string()),
+
+/// Exit status for usage errors.
+pub const USAGE_EXIT_CODE: i32 = 2;
+
+/// Program name in messages.
+pub const PROG: &str = "ferricorn";
+
+impl From<CliError> for ConfigError {
+    fn from(e: CliError) -> Self {
+        ConfigError {
+            message: format!("{PROG}: error: {e}"),
+            exit_code: USAGE_EXIT_CODE,
         }
-        i += 1;
     }
-    if c.threads > 1 { c.worker_class = WorkerClass::Gthread }
-    if c.binds.is_empty() { c.binds.push(BindAddress::Tcp { host: "127.0.0.1".into(), port: 8000 }); }
-    Ok(Action::Run(c))
 }
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -2,6 +2,7 @@
 //! rendering Python errors for the error log.
 
 pub mod app;
+pub mod stacks;
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;

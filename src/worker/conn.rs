@@ -55,6 +55,8 @@ const RESERVATION_GRACE: Duration = Duration::from_millis(200);
 /// connection is closed instead, so an unwanted upload never costs more than this.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 const READ_SIZE: usize = 16 * 1024;
+/// How much body is read before the app is called (see `handle_request`).
+const PREFETCH_LIMIT: usize = 64 * 1024;
 
 enum HeadOutcome {
     Head(Box<RequestHead>),
@@ -314,13 +316,22 @@ async fn handle_request<S: Stream>(
     };
     let expect_continue = head.expect_continue && !body.is_done();
 
-    // A small body that has already arrived (the common POST) goes to Python with the request, saving a
-    // round trip between the threads for every read.
+    // Read (and so validate) the start of the body before the app runs: a small body — the common POST —
+    // goes to Python whole with the request, saving a round trip between the threads per read, and a
+    // malformed one is refused before the app is ever called. A client that waits for `100 Continue` sends
+    // nothing until the app asks, so its body is left for the app to pull.
     let mut prefetched = Vec::new();
-    if let BodyState::Length(n) = body {
-        if (buf.len() as u64) >= n {
-            prefetched = buf.drain(..n as usize).collect();
-            body = BodyState::Done;
+    if !expect_continue {
+        while !body.is_done() && prefetched.len() < PREFETCH_LIMIT {
+            match body.next(stream, buf, io.header_timeout).await {
+                Ok(Some(d)) => prefetched.extend_from_slice(&d),
+                Ok(None) => break,
+                Err(BodyError::Http(e)) => {
+                    let _ = stream.write_all(&http::error_response(&e)).await;
+                    return false;
+                }
+                Err(_) => return false,
+            }
         }
     }
 
@@ -357,6 +368,10 @@ async fn handle_request<S: Stream>(
     // Set when the body could not be read to its end: whatever the app answers, the connection ends after
     // it because the framing of anything that follows is unknown.
     let mut framing_lost = false;
+    // A body that turned out malformed after the app started is answered with the parser's status instead
+    // of whatever the app makes of the failed read — as long as no response byte has gone out yet.
+    let mut body_error: Option<HttpError> = None;
+    let mut response_started = false;
     let keep_alive = loop {
         let pumping = start_rx.is_none() && body_tx.is_some();
         // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
@@ -365,6 +380,11 @@ async fn handle_request<S: Stream>(
             biased;
             out = reply_rx.recv() => match out {
                 Some(Out::Bytes(bytes)) => {
+                    if let (Some(e), false) = (&body_error, response_started) {
+                        let _ = stream.write_all(&http::error_response(e)).await;
+                        return false;
+                    }
+                    response_started = true;
                     if stream.write_all(&bytes).await.is_err() {
                         return false;
                     }
@@ -404,6 +424,9 @@ async fn handle_request<S: Stream>(
                             body_finished = true;
                             body = BodyState::Done;
                             framing_lost = true;
+                            if let BodyError::Http(e) = e {
+                                body_error = Some(e);
+                            }
                         }
                     },
                 }

@@ -427,7 +427,16 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                             }
                         }
                         Signal::SIGINT | Signal::SIGQUIT => return 0,
-                        Signal::SIGABRT => return 1,
+                        Signal::SIGABRT => {
+                            // The master gave up on a request: show where every app thread is before
+                            // the worker goes.
+                            ctx.log.critical(&format!(
+                                "Python stacks of worker {} at the timeout:",
+                                std::process::id()
+                            ));
+                            crate::python::stacks::dump_all_threads(ctx.log.raw_fd());
+                            return 1;
+                        }
                         Signal::SIGUSR1 => {
                             let _ = ctx.log.reopen();
                             if let Some(a) = &ctx.access_log {

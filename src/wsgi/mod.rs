@@ -155,9 +155,14 @@ impl WsgiRunner {
                 "HTTP/1.1"
             };
             let env = outcome.as_ref();
+            // `{var}e` names come lower-cased and match environ keys case-insensitively, as in gunicorn.
             let lookup = |key: &str| -> Option<String> {
-                env.and_then(|e| e.get_item(key).ok().flatten())
-                    .and_then(|v| v.str().ok().map(|s| s.to_string()))
+                env?.iter()
+                    .find(|(k, _)| {
+                        k.extract::<String>()
+                            .is_ok_and(|k| k.eq_ignore_ascii_case(key))
+                    })
+                    .and_then(|(_, v)| v.str().ok().map(|s| s.to_string()))
             };
             let rec = AccessRecord {
                 remote_addr: &peer.ip,

@@ -1,0 +1,1229 @@
+//! The settings table: every setting declared once (config-file name, command-line flags, default,
+//! how a value is checked and stored, one line of help, manual section). The clap command, the
+//! config-file entry point [`apply_setting`], `--print-config` and `--help` are all generated from
+//! [`SETTINGS`], so adding a setting means adding one entry here (and its field on `Config`).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use super::bind::{BindAddress, BindError};
+use super::{Config, WorkerClass};
+
+/// gunicorn's hard ceiling on the request line; larger values are refused.
+pub const MAX_REQUEST_LINE: usize = 8190;
+/// gunicorn's hard ceiling on the number of header fields.
+pub const MAX_HEADERS: usize = 32768;
+/// Ceiling for second counts: keeps `seconds * 1e9` (nanosecond arithmetic elsewhere) inside a u64.
+pub const MAX_SECONDS: u64 = u32::MAX as u64;
+
+/// gunicorn's default access log line.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
+    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+/// Levels accepted by `--log-level`, most verbose first.
+pub const LOG_LEVELS: &[&str] = &["debug", "info", "warning", "error", "critical"];
+
+/// A value handed to a setting. The command line always gives `Str` (or `List` for repeatable flags,
+/// `Bool(true)` for switches); a Python config file may give any of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingValue {
+    /// Python `None`: clears optional settings.
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    List(Vec<String>),
+    /// A Python dict of strings (only `secure_scheme_headers` takes one).
+    Map(Vec<(String, String)>),
+}
+
+impl SettingValue {
+    fn type_name(&self) -> &'static str {
+        match self {
+            SettingValue::None => "None",
+            SettingValue::Bool(_) => "a boolean",
+            SettingValue::Int(_) => "an integer",
+            SettingValue::Str(_) => "a string",
+            SettingValue::List(_) => "a list",
+            SettingValue::Map(_) => "a dict",
+        }
+    }
+}
+
+impl From<&str> for SettingValue {
+    fn from(s: &str) -> Self {
+        SettingValue::Str(s.to_string())
+    }
+}
+
+impl From<String> for SettingValue {
+    fn from(s: String) -> Self {
+        SettingValue::Str(s)
+    }
+}
+
+impl From<i64> for SettingValue {
+    fn from(n: i64) -> Self {
+        SettingValue::Int(n)
+    }
+}
+
+impl From<bool> for SettingValue {
+    fn from(b: bool) -> Self {
+        SettingValue::Bool(b)
+    }
+}
+
+impl From<Vec<String>> for SettingValue {
+    fn from(v: Vec<String>) -> Self {
+        SettingValue::List(v)
+    }
+}
+
+/// What is wrong with a value. The message does not name the setting: the caller adds
+/// "argument -w/--workers: " or the config-file setting name in front.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueError {
+    InvalidInt(String),
+    /// `max` is `None` when only the lower bound matters to the user.
+    OutOfRange {
+        value: String,
+        min: i64,
+        max: Option<i64>,
+    },
+    InvalidBool(String),
+    InvalidChoice {
+        value: String,
+        choices: &'static [&'static str],
+    },
+    UnsupportedWorkerClass(String),
+    NotKeyValue(String),
+    Bind(BindError),
+    InvalidIp(String),
+    NotADirectory(String),
+    WrongType {
+        expected: &'static str,
+        got: &'static str,
+    },
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::InvalidInt(s) => write!(f, "invalid int value: '{s}'"),
+            ValueError::OutOfRange {
+                value,
+                min,
+                max: Some(max),
+            } => write!(
+                f,
+                "invalid value: {value} (must be between {min} and {max})"
+            ),
+            ValueError::OutOfRange {
+                value,
+                min,
+                max: None,
+            } => write!(f, "invalid value: {value} (must be at least {min})"),
+            ValueError::InvalidBool(s) => {
+                write!(f, "invalid boolean: '{s}' (use true or false)")
+            }
+            ValueError::InvalidChoice { value, choices } => write!(
+                f,
+                "invalid choice: '{value}' (choose from {})",
+                choices.join(", ")
+            ),
+            ValueError::UnsupportedWorkerClass(s) => write!(
+                f,
+                "worker class '{s}' is not supported (ferricorn provides sync and gthread)"
+            ),
+            ValueError::NotKeyValue(s) => write!(f, "invalid value: '{s}' (expected KEY=VALUE)"),
+            ValueError::Bind(e) => write!(f, "{e}"),
+            ValueError::InvalidIp(s) => {
+                write!(
+                    f,
+                    "'{s}' is not an IP address (use * to trust every address)"
+                )
+            }
+            ValueError::NotADirectory(s) => write!(f, "can't chdir to '{s}': not a directory"),
+            ValueError::WrongType { expected, got } => write!(f, "expected {expected}, got {got}"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// Manual sections, in the order `--help` shows them (gunicorn's section names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    ConfigFile,
+    Debugging,
+    ServerSocket,
+    WorkerProcesses,
+    Security,
+    ServerMechanics,
+    Logging,
+    ProcessNaming,
+}
+
+impl Section {
+    pub const ALL: [Section; 8] = [
+        Section::ConfigFile,
+        Section::Debugging,
+        Section::ServerSocket,
+        Section::WorkerProcesses,
+        Section::Security,
+        Section::ServerMechanics,
+        Section::Logging,
+        Section::ProcessNaming,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::ConfigFile => "Config File",
+            Section::Debugging => "Debugging",
+            Section::ServerSocket => "Server Socket",
+            Section::WorkerProcesses => "Worker Processes",
+            Section::Security => "Security",
+            Section::ServerMechanics => "Server Mechanics",
+            Section::Logging => "Logging",
+            Section::ProcessNaming => "Process Naming",
+        }
+    }
+}
+
+/// How a setting appears on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A flag without a value that turns the setting on.
+    Switch,
+    /// A flag with one value; given again, the last one wins.
+    Value,
+    /// A flag with one value that may be repeated; the values form a list.
+    Repeated,
+    /// The positional argument (`APP_MODULE`).
+    Positional,
+    /// Not on the command line at all: config file only.
+    FileOnly,
+}
+
+/// One setting. `cli` lists its flags as gunicorn writes them (`["-w", "--workers"]`): the first long
+/// flag is the main one, further long flags are shown aliases.
+#[derive(Debug)]
+pub struct Setting {
+    /// The name used in a config file and by `--print-config`.
+    pub name: &'static str,
+    pub section: Section,
+    pub kind: Kind,
+    pub cli: &'static [&'static str],
+    /// Extra long spellings accepted but not shown in `--help`.
+    pub hidden_aliases: &'static [&'static str],
+    /// Placeholder for the value in `--help`.
+    pub meta: &'static str,
+    /// The default as `--help` shows it.
+    pub default: &'static str,
+    pub help: &'static str,
+    /// Check a value and store it in the config.
+    pub apply: fn(&mut Config, SettingValue) -> Result<(), ValueError>,
+    /// The current value as `--print-config` prints it (Python's `str()` of gunicorn's value).
+    pub show: fn(&Config) -> String,
+}
+
+impl Setting {
+    /// The flags joined as in error messages: `-w/--workers`, or the placeholder for the positional.
+    pub fn display_flags(&self) -> String {
+        if self.cli.is_empty() {
+            return if self.kind == Kind::Positional {
+                self.meta.to_string()
+            } else {
+                self.name.to_string()
+            };
+        }
+        self.cli.join("/")
+    }
+
+    /// Whether `flag` (`-w`, `--workers`, an alias) belongs to this setting.
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.cli.contains(&flag)
+            || self
+                .hidden_aliases
+                .iter()
+                .any(|a| flag.strip_prefix("--") == Some(*a))
+    }
+}
+
+/// Look a setting up by its config-file name.
+pub fn find_setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// Apply one setting by its config-file name. `Ok(false)` for a name that is not a setting (gunicorn
+/// ignores such names in a config file); `Err` names the setting and says what is wrong.
+pub fn apply_setting(cfg: &mut Config, name: &str, value: SettingValue) -> Result<bool, String> {
+    let Some(setting) = find_setting(name) else {
+        return Ok(false);
+    };
+    (setting.apply)(cfg, value).map_err(|e| format!("invalid value for setting '{name}': {e}"))?;
+    Ok(true)
+}
+
+/// Accept gunicorn's spellings of the two worker classes ferricorn has.
+pub fn parse_worker_class(s: &str) -> Result<WorkerClass, ValueError> {
+    let short = s.strip_prefix("egg:gunicorn#").unwrap_or(s);
+    match short {
+        "sync" | "gunicorn.workers.sync.SyncWorker" => Ok(WorkerClass::Sync),
+        "gthread" | "gunicorn.workers.gthread.ThreadWorker" => Ok(WorkerClass::Gthread),
+        _ => Err(ValueError::UnsupportedWorkerClass(s.to_string())),
+    }
+}
+
+// ---- value conversions shared by the table entries ----
+
+/// Integers as Python's `int(x, 0)` reads them (decimal, or 0x / 0o / 0b), checked against a range.
+fn int(v: SettingValue, min: i64, max: i64) -> Result<i64, ValueError> {
+    let n: i128 = match v {
+        SettingValue::Int(n) => i128::from(n),
+        SettingValue::Str(s) => parse_int(&s)?,
+        other => {
+            return Err(ValueError::WrongType {
+                expected: "an integer",
+                got: other.type_name(),
+            })
+        }
+    };
+    if n < i128::from(min) || n > i128::from(max) {
+        return Err(ValueError::OutOfRange {
+            value: n.to_string(),
+            min,
+            // Bounds that only exist to keep arithmetic safe are not worth mentioning.
+            max: (max < i64::from(u32::MAX)).then_some(max),
+        });
+    }
+    // In range of i64 by the check above.
+    Ok(n as i64)
+}
+
+fn parse_int(s: &str) -> Result<i128, ValueError> {
+    let bad = || ValueError::InvalidInt(s.to_string());
+    let t = s.trim();
+    let (neg, unsigned) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else {
+        (10, lower.as_str())
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(bad());
+    }
+    // Too many digits even for i128: report it as out of range rather than malformed.
+    let n = i128::from_str_radix(digits, radix).unwrap_or(i128::MAX);
+    Ok(if neg { -n } else { n })
+}
+
+fn string(v: SettingValue) -> Result<String, ValueError> {
+    match v {
+        SettingValue::Str(s) => Ok(s.trim().to_string()),
+        other => Err(ValueError::WrongType {
+            expected: "a string",
+            got: other.type_name(),
+        }),
+    }
+}
+
+fn opt_string(v: SettingValue) -> Result<Option<String>, ValueError> {
+    match v {
+        SettingValue::None => Ok(None),
+        v => string(v).map(Some),
+    }
+}
+
+fn boolean(v: SettingValue) -> Result<bool, ValueError> {
+    match v {
+        SettingValue::Bool(b) => Ok(b),
+        SettingValue::Int(0) => Ok(false),
+        SettingValue::Int(1) => Ok(true),
+        SettingValue::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(ValueError::InvalidBool(s)),
+        },
+        other => Err(ValueError::WrongType {
+            expected: "a boolean",
+            got: other.type_name(),
+        }),
+    }
+}
+
+/// A list of strings; a single string is a one-element list (gunicorn's legacy form).
+fn strings(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    match v {
+        SettingValue::None => Ok(Vec::new()),
+        SettingValue::Str(s) => Ok(vec![s.trim().to_string()]),
+        SettingValue::List(l) => Ok(l.into_iter().map(|s| s.trim().to_string()).collect()),
+        other => Err(ValueError::WrongType {
+            expected: "a list of strings",
+            got: other.type_name(),
+        }),
+    }
+}
+
+/// A comma-separated list (a list's items are split too); blanks are dropped.
+fn comma_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    Ok(strings(v)?
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+fn key_value(s: &str) -> Result<(String, String), ValueError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(ValueError::NotKeyValue(s.to_string())),
+    }
+}
+
+fn usize_in(v: SettingValue, min: usize, max: usize) -> Result<usize, ValueError> {
+    // Every bound used here fits in i64 on the platforms we build for.
+    let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let n = int(v, clamp(min), clamp(max))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn seconds(v: SettingValue) -> Result<u64, ValueError> {
+    // MAX_SECONDS fits in i64, and the result is non-negative.
+    Ok(int(v, 0, MAX_SECONDS as i64)? as u64)
+}
+
+fn count(v: SettingValue) -> Result<u64, ValueError> {
+    Ok(int(v, 0, i64::MAX)? as u64)
+}
+
+fn bind_list(v: SettingValue) -> Result<Vec<BindAddress>, ValueError> {
+    strings(v)?
+        .iter()
+        .map(|s| BindAddress::try_parse(s).map_err(ValueError::Bind))
+        .collect()
+}
+
+/// `*` or IP addresses, stored in canonical text form so they compare equal to a peer address
+/// formatted by the standard library (`0:0::1` becomes `::1`).
+fn ip_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    comma_list(v)?
+        .into_iter()
+        .map(|s| {
+            if s == "*" {
+                return Ok(s);
+            }
+            s.parse::<IpAddr>()
+                .map(|ip| ip.to_string())
+                .map_err(|_| ValueError::InvalidIp(s))
+        })
+        .collect()
+}
+
+fn header_map(v: SettingValue) -> Result<Vec<(String, String)>, ValueError> {
+    let pairs = match v {
+        SettingValue::Map(m) => m,
+        SettingValue::None => Vec::new(),
+        v => comma_list(v)?
+            .iter()
+            .map(|s| key_value(s))
+            .collect::<Result<_, _>>()?,
+    };
+    // Header names compare case-insensitively; gunicorn keeps them upper-case.
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (k.trim().to_ascii_uppercase(), v.trim().to_string()))
+        .collect())
+}
+
+// ---- how `--print-config` writes values: Python's str() of the equivalent gunicorn value ----
+
+fn py_quote(s: &str) -> String {
+    // Python's repr picks double quotes only when that avoids escaping.
+    if s.contains('\'') && !s.contains('"') {
+        format!("\"{s}\"")
+    } else {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+fn py_list<I: IntoIterator<Item = String>>(items: I) -> String {
+    let inner: Vec<String> = items.into_iter().map(|s| py_quote(&s)).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+fn py_opt(v: Option<&str>) -> String {
+    v.unwrap_or("None").to_string()
+}
+
+fn py_bool(b: bool) -> String {
+    if b { "True" } else { "False" }.to_string()
+}
+
+fn py_path(p: Option<&std::path::Path>) -> String {
+    p.map_or_else(|| "None".to_string(), |p| p.display().to_string())
+}
+
+/// The table. Order within a section is the order of `--help`.
+pub static SETTINGS: &[Setting] = &[
+    // ---- Config File ----
+    Setting {
+        name: "config",
+        section: Section::ConfigFile,
+        kind: Kind::Value,
+        cli: &["-c", "--config"],
+        hidden_aliases: &[],
+        meta: "CONFIG",
+        default: "none",
+        help: "Python configuration file to read: PATH, file:PATH or python:MODULE",
+        apply: |c, v| {
+            c.config_file = opt_string(v)?;
+            Ok(())
+        },
+        show: |c| py_opt(c.config_file.as_deref()),
+    },
+    Setting {
+        name: "wsgi_app",
+        section: Section::ConfigFile,
+        kind: Kind::Positional,
+        cli: &[],
+        hidden_aliases: &[],
+        meta: "APP_MODULE",
+        default: "none",
+        help:
+            "The WSGI application: module:name, module (uses `application`), or module:factory(...)",
+        apply: |c, v| {
+            c.app_uri = opt_string(v)?;
+            Ok(())
+        },
+        show: |c| py_opt(c.app_uri.as_deref()),
+    },
+    // ---- Debugging ----
+    Setting {
+        name: "check_config",
+        section: Section::Debugging,
+        kind: Kind::Switch,
+        cli: &["--check-config"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Load the configuration and the application, report problems, then exit",
+        apply: |c, v| {
+            c.check_config = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.check_config),
+    },
+    Setting {
+        name: "print_config",
+        section: Section::Debugging,
+        kind: Kind::Switch,
+        cli: &["--print-config"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Print the value of every setting, then exit",
+        apply: |c, v| {
+            c.print_config = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.print_config),
+    },
+    // ---- Server Socket ----
+    Setting {
+        name: "bind",
+        section: Section::ServerSocket,
+        kind: Kind::Repeated,
+        cli: &["-b", "--bind"],
+        hidden_aliases: &[],
+        meta: "ADDRESS",
+        default: "127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set",
+        help: "Where to listen: HOST, HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N; repeat for more",
+        apply: |c, v| {
+            c.binds = bind_list(v)?;
+            Ok(())
+        },
+        show: |c| py_list(c.binds.iter().map(BindAddress::spec)),
+    },
+    Setting {
+        name: "backlog",
+        section: Section::ServerSocket,
+        kind: Kind::Value,
+        cli: &["--backlog"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "2048",
+        help: "How many connections may wait to be accepted",
+        apply: |c, v| {
+            // The range check keeps the value inside i32.
+            c.backlog = int(v, 0, i64::from(i32::MAX))? as i32;
+            Ok(())
+        },
+        show: |c| c.backlog.to_string(),
+    },
+    // ---- Worker Processes ----
+    Setting {
+        name: "workers",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["-w", "--workers"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "$WEB_CONCURRENCY, else 1",
+        help: "Number of worker processes serving requests",
+        apply: |c, v| {
+            c.workers = usize_in(v, 1, 65536)?;
+            Ok(())
+        },
+        show: |c| c.workers.to_string(),
+    },
+    Setting {
+        name: "worker_class",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["-k", "--worker-class"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "sync",
+        help: "Worker type: sync or gthread (gunicorn's dotted names are accepted too)",
+        apply: |c, v| {
+            let name = string(v)?;
+            parse_worker_class(&name)?;
+            c.worker_class_name = name;
+            c.resolve_worker_class();
+            Ok(())
+        },
+        show: |c| c.worker_class_name.clone(),
+    },
+    Setting {
+        name: "threads",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--threads"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "1",
+        help: "Request-handling threads per worker; above 1, a sync worker becomes gthread",
+        apply: |c, v| {
+            c.threads = usize_in(v, 1, 65536)?;
+            c.resolve_worker_class();
+            Ok(())
+        },
+        show: |c| c.threads.to_string(),
+    },
+    Setting {
+        name: "worker_connections",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--worker-connections"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "1000",
+        help: "Most connections one gthread worker holds open at a time",
+        apply: |c, v| {
+            c.worker_connections = usize_in(v, 1, usize::MAX)?;
+            Ok(())
+        },
+        show: |c| c.worker_connections.to_string(),
+    },
+    Setting {
+        name: "max_requests",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--max-requests"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0 (never)",
+        help: "Replace a worker after it has served this many requests; 0 never does",
+        apply: |c, v| {
+            c.max_requests = count(v)?;
+            Ok(())
+        },
+        show: |c| c.max_requests.to_string(),
+    },
+    Setting {
+        name: "max_requests_jitter",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--max-requests-jitter"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0",
+        help:
+            "Add a random 0..N to each worker's --max-requests so they are not all replaced at once",
+        apply: |c, v| {
+            c.max_requests_jitter = count(v)?;
+            Ok(())
+        },
+        show: |c| c.max_requests_jitter.to_string(),
+    },
+    Setting {
+        name: "timeout",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["-t", "--timeout"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "30",
+        help: "Seconds a worker may stay silent before it is killed and replaced; 0 turns this off",
+        apply: |c, v| {
+            c.timeout = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.timeout.to_string(),
+    },
+    Setting {
+        name: "graceful_timeout",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--graceful-timeout"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "30",
+        help: "Seconds workers get to finish their requests on a graceful stop or restart",
+        apply: |c, v| {
+            c.graceful_timeout = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.graceful_timeout.to_string(),
+    },
+    Setting {
+        name: "keepalive",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--keep-alive"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "2",
+        help: "Seconds an idle keep-alive connection waits for its next request",
+        apply: |c, v| {
+            c.keepalive = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.keepalive.to_string(),
+    },
+    // ---- Security ----
+    Setting {
+        name: "limit_request_line",
+        section: Section::Security,
+        kind: Kind::Value,
+        cli: &["--limit-request-line"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "4094",
+        help: "Longest request line accepted, in bytes (at most 8190; 0 means no limit)",
+        apply: |c, v| {
+            c.limit_request_line = usize_in(v, 0, MAX_REQUEST_LINE)?;
+            Ok(())
+        },
+        show: |c| c.limit_request_line.to_string(),
+    },
+    Setting {
+        name: "limit_request_fields",
+        section: Section::Security,
+        kind: Kind::Value,
+        cli: &["--limit-request-fields"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "100",
+        help: "Most header fields accepted in one request (at most 32768; 0 means 32768)",
+        apply: |c, v| {
+            // gunicorn treats 0 as its ceiling; storing the ceiling spares the parser a special case.
+            c.limit_request_fields = match usize_in(v, 0, MAX_HEADERS)? {
+                0 => MAX_HEADERS,
+                n => n,
+            };
+            Ok(())
+        },
+        show: |c| c.limit_request_fields.to_string(),
+    },
+    Setting {
+        name: "limit_request_field_size",
+        section: Section::Security,
+        kind: Kind::Value,
+        cli: &["--limit-request-field_size"],
+        hidden_aliases: &["limit-request-field-size"],
+        meta: "INT",
+        default: "8190",
+        help: "Longest header field accepted, in bytes (0 means no limit)",
+        apply: |c, v| {
+            c.limit_request_field_size = usize_in(v, 0, usize::MAX)?;
+            Ok(())
+        },
+        show: |c| c.limit_request_field_size.to_string(),
+    },
+    Setting {
+        name: "permit_missing_host",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--permit-missing-host"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accept HTTP/1.1 requests without a Host header instead of answering 400",
+        apply: |c, v| {
+            c.permit_missing_host = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.permit_missing_host),
+    },
+    // ---- Server Mechanics ----
+    Setting {
+        name: "preload_app",
+        section: Section::ServerMechanics,
+        kind: Kind::Switch,
+        cli: &["--preload"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Import the application in the master, before the workers are forked",
+        apply: |c, v| {
+            c.preload_app = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.preload_app),
+    },
+    Setting {
+        name: "chdir",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--chdir"],
+        hidden_aliases: &[],
+        meta: "DIR",
+        default: "the current directory",
+        help: "Change to this directory before the application is loaded",
+        apply: |c, v| {
+            c.chdir = match opt_string(v)? {
+                None => None,
+                Some(d) if std::path::Path::new(&d).is_dir() => Some(d.into()),
+                Some(d) => return Err(ValueError::NotADirectory(d)),
+            };
+            Ok(())
+        },
+        show: |c| py_path(c.chdir.as_deref()),
+    },
+    Setting {
+        name: "raw_env",
+        section: Section::ServerMechanics,
+        kind: Kind::Repeated,
+        cli: &["-e", "--env"],
+        hidden_aliases: &[],
+        meta: "KEY=VALUE",
+        default: "none",
+        help: "Set an environment variable for the application; repeat for more",
+        apply: |c, v| {
+            c.raw_env = strings(v)?
+                .iter()
+                .map(|s| key_value(s))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+        show: |c| py_list(c.raw_env.iter().map(|(k, v)| format!("{k}={v}"))),
+    },
+    Setting {
+        name: "pidfile",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["-p", "--pid"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "none",
+        help: "Write the master's process id to this file",
+        apply: |c, v| {
+            c.pidfile = opt_string(v)?.map(Into::into);
+            Ok(())
+        },
+        show: |c| py_path(c.pidfile.as_deref()),
+    },
+    Setting {
+        name: "pythonpath",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--pythonpath"],
+        hidden_aliases: &[],
+        meta: "DIRS",
+        default: "none",
+        help: "Comma-separated directories put first on the Python module search path",
+        apply: |c, v| {
+            c.pythonpath = comma_list(v)?;
+            Ok(())
+        },
+        show: |c| {
+            if c.pythonpath.is_empty() {
+                "None".to_string()
+            } else {
+                c.pythonpath.join(",")
+            }
+        },
+    },
+    Setting {
+        name: "forwarded_allow_ips",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--forwarded-allow-ips"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "$FORWARDED_ALLOW_IPS, else 127.0.0.1,::1",
+        help:
+            "Comma-separated proxy addresses whose X-Forwarded-* headers are trusted; * trusts all",
+        apply: |c, v| {
+            c.forwarded_allow_ips = ip_list(v)?;
+            Ok(())
+        },
+        show: |c| py_list(c.forwarded_allow_ips.iter().cloned()),
+    },
+    Setting {
+        name: "secure_scheme_headers",
+        section: Section::ServerMechanics,
+        kind: Kind::FileOnly,
+        cli: &[],
+        hidden_aliases: &[],
+        meta: "DICT",
+        default: "X-FORWARDED-PROTOCOL=ssl, X-FORWARDED-PROTO=https, X-FORWARDED-SSL=on",
+        help: "Headers (and values) from a trusted proxy that mark a request as HTTPS",
+        apply: |c, v| {
+            c.secure_scheme_headers = header_map(v)?;
+            Ok(())
+        },
+        show: |c| {
+            let items: Vec<String> = c
+                .secure_scheme_headers
+                .iter()
+                .map(|(k, v)| format!("{}: {}", py_quote(k), py_quote(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        },
+    },
+    // ---- Logging ----
+    Setting {
+        name: "accesslog",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--access-logfile"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "none (no access log)",
+        help: "Write the access log to this file; - means standard output",
+        apply: |c, v| {
+            c.accesslog = opt_string(v)?;
+            Ok(())
+        },
+        show: |c| py_opt(c.accesslog.as_deref()),
+    },
+    Setting {
+        name: "access_log_format",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--access-logformat"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: DEFAULT_ACCESS_LOG_FORMAT,
+        help: "Layout of an access log line, written with %(x)s atoms as in gunicorn",
+        apply: |c, v| {
+            c.access_log_format = string(v)?;
+            Ok(())
+        },
+        show: |c| c.access_log_format.clone(),
+    },
+    Setting {
+        name: "errorlog",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--error-logfile", "--log-file"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "- (standard error)",
+        help: "Write the error log to this file; - means standard error",
+        apply: |c, v| {
+            c.errorlog = string(v)?;
+            Ok(())
+        },
+        show: |c| c.errorlog.clone(),
+    },
+    Setting {
+        name: "loglevel",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--log-level"],
+        hidden_aliases: &[],
+        meta: "LEVEL",
+        default: "info",
+        help: "Least severe message the error log keeps: debug, info, warning, error or critical",
+        apply: |c, v| {
+            let level = string(v)?.to_ascii_lowercase();
+            if !LOG_LEVELS.contains(&level.as_str()) {
+                return Err(ValueError::InvalidChoice {
+                    value: level,
+                    choices: LOG_LEVELS,
+                });
+            }
+            c.loglevel = level;
+            Ok(())
+        },
+        show: |c| c.loglevel.clone(),
+    },
+    // ---- Process Naming ----
+    Setting {
+        name: "proc_name",
+        section: Section::ProcessNaming,
+        kind: Kind::Value,
+        cli: &["-n", "--name"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "none",
+        help: "Name shown for the server's processes by ps and top",
+        apply: |c, v| {
+            c.proc_name = opt_string(v)?;
+            Ok(())
+        },
+        show: |c| py_opt(c.proc_name.as_deref()),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_flags_are_unique() {
+        let mut names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SETTINGS.len());
+        let mut flags: Vec<&str> = SETTINGS
+            .iter()
+            .flat_map(|s| s.cli.iter().copied())
+            .collect();
+        flags.sort_unstable();
+        let n = flags.len();
+        flags.dedup();
+        assert_eq!(flags.len(), n);
+    }
+
+    #[test]
+    fn table_is_well_formed() {
+        for s in SETTINGS {
+            assert!(!s.help.is_empty() && !s.help.contains('\n'), "{}", s.name);
+            assert!(!s.default.is_empty(), "{}", s.name);
+            match s.kind {
+                Kind::Positional | Kind::FileOnly => assert!(s.cli.is_empty(), "{}", s.name),
+                _ => {
+                    assert!(s.cli.iter().any(|f| f.starts_with("--")), "{}", s.name);
+                    for f in s.cli {
+                        assert!(
+                            f.starts_with("--") || (f.len() == 2 && f.starts_with('-')),
+                            "{f}"
+                        );
+                    }
+                }
+            }
+            if matches!(s.kind, Kind::Value | Kind::Repeated | Kind::Positional) {
+                assert!(!s.meta.is_empty(), "{}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn ints() {
+        assert_eq!(int("42".into(), 0, 100), Ok(42));
+        assert_eq!(int(" 0x10 ".into(), 0, 100), Ok(16));
+        assert_eq!(int("0o10".into(), 0, 100), Ok(8));
+        assert_eq!(int("+7".into(), 0, 100), Ok(7));
+        assert_eq!(int(SettingValue::Int(5), 0, 100), Ok(5));
+        assert_eq!(
+            int("abc".into(), 0, 100),
+            Err(ValueError::InvalidInt("abc".into()))
+        );
+        assert_eq!(
+            int("".into(), 0, 100),
+            Err(ValueError::InvalidInt("".into()))
+        );
+        assert_eq!(
+            int("1.5".into(), 0, 100),
+            Err(ValueError::InvalidInt("1.5".into()))
+        );
+        assert!(matches!(
+            int("-1".into(), 0, 100),
+            Err(ValueError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            int("99999999999999999999999999999999999999999".into(), 0, 100),
+            Err(ValueError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            int(SettingValue::Bool(true), 0, 100),
+            Err(ValueError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["true", "True", " yes", "1", "on"] {
+            assert_eq!(boolean(t.into()), Ok(true));
+        }
+        for f in ["false", "FALSE", "no", "0", "off"] {
+            assert_eq!(boolean(f.into()), Ok(false));
+        }
+        assert_eq!(boolean(SettingValue::Bool(true)), Ok(true));
+        assert!(boolean("maybe".into()).is_err());
+    }
+
+    #[test]
+    fn worker_classes() {
+        for s in [
+            "sync",
+            "egg:gunicorn#sync",
+            "gunicorn.workers.sync.SyncWorker",
+        ] {
+            assert_eq!(parse_worker_class(s), Ok(WorkerClass::Sync));
+        }
+        for s in [
+            "gthread",
+            "egg:gunicorn#gthread",
+            "gunicorn.workers.gthread.ThreadWorker",
+        ] {
+            assert_eq!(parse_worker_class(s), Ok(WorkerClass::Gthread));
+        }
+        for s in [
+            "gevent",
+            "eventlet",
+            "tornado",
+            "egg:gunicorn#gevent",
+            "gunicorn.workers.ggevent.GeventWorker",
+            "uvicorn.workers.UvicornWorker",
+        ] {
+            let e = parse_worker_class(s).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("worker class '{s}' is not supported")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_setting_by_name() {
+        let mut c = Config::default();
+        assert_eq!(apply_setting(&mut c, "workers", 4i64.into()), Ok(true));
+        assert_eq!(c.workers, 4);
+        assert_eq!(apply_setting(&mut c, "workers", "5".into()), Ok(true));
+        assert_eq!(c.workers, 5);
+        assert_eq!(
+            apply_setting(&mut c, "no_such_thing", "x".into()),
+            Ok(false)
+        );
+        let e = apply_setting(&mut c, "workers", 0i64.into()).unwrap_err();
+        assert!(
+            e.contains("'workers'") && e.contains("between 1 and"),
+            "{e}"
+        );
+        let e = apply_setting(&mut c, "bind", "h:99999".into()).unwrap_err();
+        assert!(e.contains("bind"), "{e}");
+
+        assert_eq!(
+            apply_setting(
+                &mut c,
+                "bind",
+                SettingValue::List(vec!["unix:/a".into(), "[::1]:9".into()])
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            c.binds,
+            vec![
+                BindAddress::Unix("/a".into()),
+                BindAddress::Tcp {
+                    host: "::1".into(),
+                    port: 9
+                }
+            ]
+        );
+        assert_eq!(apply_setting(&mut c, "bind", "h".into()), Ok(true));
+        assert_eq!(c.binds.len(), 1);
+
+        assert_eq!(apply_setting(&mut c, "preload_app", true.into()), Ok(true));
+        assert!(c.preload_app);
+        assert_eq!(
+            apply_setting(&mut c, "pidfile", SettingValue::None),
+            Ok(true)
+        );
+        assert_eq!(c.pidfile, None);
+        assert_eq!(apply_setting(&mut c, "accesslog", "-".into()), Ok(true));
+        assert_eq!(c.accesslog.as_deref(), Some("-"));
+        assert_eq!(
+            apply_setting(&mut c, "accesslog", SettingValue::None),
+            Ok(true)
+        );
+        assert_eq!(c.accesslog, None);
+        assert!(apply_setting(&mut c, "threads", SettingValue::List(vec![])).is_err());
+
+        assert_eq!(
+            apply_setting(
+                &mut c,
+                "secure_scheme_headers",
+                SettingValue::Map(vec![("x-forwarded-proto".into(), "https".into())])
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            c.secure_scheme_headers,
+            vec![("X-FORWARDED-PROTO".to_string(), "https".to_string())]
+        );
+        assert_eq!(
+            apply_setting(&mut c, "raw_env", SettingValue::List(vec!["A=1".into()])),
+            Ok(true)
+        );
+        assert_eq!(c.raw_env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(
+            apply_setting(&mut c, "wsgi_app", "pkg.mod:app".into()),
+            Ok(true)
+        );
+        assert_eq!(c.app_uri.as_deref(), Some("pkg.mod:app"));
+    }
+
+    #[test]
+    fn worker_class_follows_threads_in_either_order() {
+        let mut c = Config::default();
+        apply_setting(&mut c, "threads", 4i64.into()).unwrap();
+        assert_eq!(c.worker_class, WorkerClass::Gthread);
+        apply_setting(&mut c, "threads", 1i64.into()).unwrap();
+        assert_eq!(c.worker_class, WorkerClass::Sync);
+        apply_setting(&mut c, "worker_class", "gthread".into()).unwrap();
+        assert_eq!(c.worker_class, WorkerClass::Gthread);
+        apply_setting(&mut c, "worker_class", "sync".into()).unwrap();
+        assert_eq!(c.worker_class, WorkerClass::Sync);
+    }
+
+    #[test]
+    fn forwarded_ips_are_canonical() {
+        let mut c = Config::default();
+        apply_setting(&mut c, "forwarded_allow_ips", " 10.0.0.1 , 0:0::1,".into()).unwrap();
+        assert_eq!(c.forwarded_allow_ips, vec!["10.0.0.1", "::1"]);
+        apply_setting(&mut c, "forwarded_allow_ips", "*".into()).unwrap();
+        assert_eq!(c.forwarded_allow_ips, vec!["*"]);
+        let e = apply_setting(&mut c, "forwarded_allow_ips", "10.0.0.0/8".into()).unwrap_err();
+        assert!(e.contains("10.0.0.0/8"), "{e}");
+    }
+
+    #[test]
+    fn py_quoting() {
+        assert_eq!(py_quote("a"), "'a'");
+        assert_eq!(py_quote("it's"), "\"it's\"");
+        assert_eq!(py_quote(r#"'""#), r#"'\'"'"#);
+        assert_eq!(
+            py_list(vec!["a".to_string(), "b".to_string()]),
+            "['a', 'b']"
+        );
+        assert_eq!(py_list(Vec::<String>::new()), "[]");
+    }
+}
