@@ -1,0 +1,2 @@
+# shared dictionary for storing session data
+state_cache = {}

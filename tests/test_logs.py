@@ -1,0 +1,152 @@
+"""Error log and access log: line format, the lines operators rely on, files, levels, atoms."""
+
+import base64
+import re
+import signal
+
+import pytest
+
+from conftest import PRODUCT, child_pids, get, parse_log_lines, raw_request
+
+ACCESS_TIME = r"\[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\]"
+
+
+def _index(lines, pattern):
+    rx = re.compile(pattern)
+    for i, (_, _, _, msg) in enumerate(lines):
+        if rx.search(msg):
+            return i
+    raise AssertionError(f"no log line matches {pattern!r}:\n" + "\n".join(m for *_, m in lines))
+
+
+@pytest.mark.parametrize("worker_args,worker_name", [([], "sync"),
+                                                     (["-k", "gthread", "--threads", "2"], "gthread")])
+def test_lifecycle_lines_and_format(start_server, worker_args, worker_name):
+    srv = start_server(["-w", "2", *worker_args, "testapp"])
+    pids = srv.wait_workers(2)
+    assert sorted(pids) == sorted(child_pids(srv.pid))
+    assert get(srv.port, "/hello").status == 200
+    assert srv.stop(signal.SIGTERM, timeout=15) == 0
+    lines = parse_log_lines(srv.log_text())  # every line has the [time] [pid] [LEVEL] shape
+
+    i_start = _index(lines, rf"^Starting {PRODUCT} \d+\.\d+")
+    i_listen = _index(lines, rf"^Listening at: http://127\.0\.0\.1:{srv.port} \({srv.pid}\)$")
+    i_using = _index(lines, rf"^Using worker: {worker_name}$")
+    i_boot = [_index(lines, rf"^Booting worker with pid: {p}$") for p in pids]
+    i_signal = _index(lines, r"^Handling signal: term$")
+    i_exit = [_index(lines, rf"^Worker exiting \(pid: {p}\)$") for p in pids]
+    i_down = _index(lines, r"^Shutting down: Master$")
+    assert i_start < i_listen < i_using < min(i_boot)
+    assert max(i_boot) < i_signal < min(i_exit)
+    assert max(i_exit) < i_down
+    for i in (i_start, i_listen, i_using, i_signal, i_down):
+        assert lines[i][1] == srv.pid, lines[i]  # logged by the master
+        assert lines[i][2] == "INFO"
+
+
+def test_error_logfile(start_server, tmp_path):
+    path = tmp_path / "error.log"
+    srv = start_server(["--error-logfile", str(path), "testapp"])
+    srv.wait_log(r"Booting worker with pid", text=lambda: path.read_text() if path.exists() else "")
+    assert get(srv.port, "/error").status == 500
+    srv.wait_log(r"Error handling request GET /error", text=lambda: path.read_text())
+    assert srv.stop(timeout=15) == 0
+    text = path.read_text()
+    assert f"Listening at: http://127.0.0.1:{srv.port}" in text
+    assert "Shutting down: Master" in text
+    assert "Listening at" not in srv.log_text()
+    assert "Error handling request" not in srv.log_text()
+
+
+def test_log_level_warning_hides_info(start_server):
+    srv = start_server(["--log-level", "warning", "testapp"])
+    assert get(srv.port, "/hello").status == 200
+    assert get(srv.port, "/error").status == 500
+    srv.wait_log(r"\[ERROR\] Error handling request GET /error")
+    assert srv.stop(timeout=15) == 0
+    log = srv.log_text()
+    assert "[INFO]" not in log, log
+    assert "Listening at" not in log and "Booting worker" not in log
+
+
+
+# ---------------------------------------------------------------------------------------------
+# access log
+
+
+def _request_then_flush(srv):
+    """A request, then a failing one: once the failure is logged the first request's access line
+    (written by the same single worker, after its response) would be there too."""
+    r = raw_request(srv.port, b"GET /hello?y=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\r\n"
+                              b"Connection: close\r\n\r\n")
+    assert r.status == 200
+    assert get(srv.port, "/error").status == 500
+    srv.wait_log(r"Error handling request GET /error")
+
+
+def test_access_log_off_by_default(start_server):
+    srv = start_server(["-w", "1", "testapp"])
+    _request_then_flush(srv)
+    both = srv.stdout_text() + srv.log_text()
+    assert "GET /hello" not in both
+
+
+def test_access_log_default_format(start_server):
+    srv = start_server(["-w", "1", "--access-logfile", "-", "testapp"])
+    _request_then_flush(srv)
+    line_re = (r"^127\.0\.0\.1 - - " + ACCESS_TIME
+               + r' "GET /hello\?y=1 HTTP/1\.1" 200 13 "-" "ua"$')
+    srv.wait_log(line_re, text=srv.stdout_text)
+    # the failing request is logged too, with its status
+    srv.wait_log(r'^127\.0\.0\.1 - - .* "GET /error HTTP/1\.1" 500 ', text=srv.stdout_text)
+    assert "GET /hello" not in srv.log_text()
+
+
+def test_access_logfile_path(start_server, tmp_path):
+    path = tmp_path / "access.log"
+    srv = start_server(["-w", "1", "--access-logfile", str(path), "testapp"])
+    _request_then_flush(srv)
+    srv.wait_log(r'"GET /hello\?y=1 HTTP/1\.1" 200 13 "-" "ua"$',
+                 text=lambda: path.read_text() if path.exists() else "")
+    assert "GET /hello" not in srv.stdout_text()
+
+
+ATOMS_FORMAT = (
+    'h=%(h)s l=%(l)s u=%(u)s t=%(t)s r="%(r)s" m=%(m)s U=%(U)s q=%(q)s H=%(H)s s=%(s)s B=%(B)s '
+    'b=%(b)s f="%(f)s" a="%(a)s" T=%(T)s M=%(M)s D=%(D)s L=%(L)s p=%(p)s hi=%({x-custom}i)s '
+    'ho=%({x-out}o)s ev=%({remote_addr}e)s quote="%({x-quote}i)s" missing=%({x-missing}i)s'
+)
+
+ATOMS_RE = re.compile(
+    r"^h=127\.0\.0\.1 l=- u=alice t=" + ACCESS_TIME
+    + r' r="GET /hello\?y=1 HTTP/1\.1" m=GET U=/hello q=y=1 H=HTTP/1\.1 s=200 B=13 b=13'
+    r' f="http://referer\.example/page" a="agent \\"quoted\\" ua" T=(?P<T>\d+) M=(?P<M>\d+)'
+    r" D=(?P<D>\d+) L=(?P<L>\d+\.\d{6}) p=<(?P<p>\d+)> hi=custom-value ho=out-value"
+    r' ev=127\.0\.0\.1 quote="say \\"hi\\"" missing=-$'
+)
+
+
+def test_access_log_every_atom(start_server):
+    srv = start_server(["-w", "1", "--access-logfile", "-", "--access-logformat", ATOMS_FORMAT,
+                        "testapp"])
+    (worker,) = srv.wait_workers(1)
+    auth = base64.b64encode(b"alice:secret").decode()
+    r = raw_request(srv.port, (
+        "GET /hello?y=1 HTTP/1.1\r\nHost: x\r\n"
+        "Referer: http://referer.example/page\r\n"
+        'User-Agent: agent "quoted" ua\r\n'
+        "X-Custom: custom-value\r\n"
+        'X-Quote: say "hi"\r\n'
+        f"Authorization: Basic {auth}\r\n"
+        "Connection: close\r\n\r\n").encode())
+    assert r.status == 200
+    srv.wait_log(r"^h=127", text=srv.stdout_text)
+    lines = [line for line in srv.stdout_text().splitlines() if line.startswith("h=")]
+    assert len(lines) == 1
+    m = ATOMS_RE.match(lines[0])
+    assert m, f"access line does not match:\n{lines[0]}"
+    assert int(m.group("p")) == worker
+    d = int(m.group("D"))
+    assert int(m.group("M")) == d // 1000
+    assert int(m.group("T")) == d // 1000000
+    assert m.group("L") == "%d.%06d" % (d // 1000000, d % 1000000)

@@ -1,0 +1,82 @@
+"""The Flask app of the loopback-deadlock field report (examples/seed_app), served as in the report."""
+
+import json
+import os
+
+import pytest
+import requests
+
+from conftest import EXAMPLES_DIR, free_port
+
+SEED_DIR = os.path.join(EXAMPLES_DIR, "seed_app")
+
+pytest.importorskip("flask")
+
+
+def _serve(start_server, workers, via_chdir=False):
+    port = free_port()
+    args = ["-w", str(workers)]
+    if via_chdir:
+        # started elsewhere; the server changes into the app's directory itself
+        args += ["--chdir", SEED_DIR]
+        cwd = os.path.dirname(SEED_DIR)
+    else:
+        cwd = SEED_DIR
+    srv = start_server([*args, "app:site"], app_dir=cwd, env={"PORT": str(port)}, port=port)
+    srv.wait_workers(workers)
+    return srv
+
+
+@pytest.mark.parametrize("via_chdir", [False, True], ids=["cwd", "chdir"])
+def test_call_hello_world_with_two_workers(start_server, via_chdir):
+    srv = _serve(start_server, 2, via_chdir)
+    r = requests.post(srv.url + "/call_hello_world", timeout=20)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == {"session_id"}
+    assert len(body["session_id"]) == 36
+    # the nested response's headers are passed through: its JSON content type (a bytes body
+    # returned from a Flask view would otherwise be text/html)
+    assert r.headers["Content-Type"] == "application/json"
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    assert "Traceback" not in srv.log_text()
+
+
+def test_hello_world_and_unknown_session(start_server):
+    srv = _serve(start_server, 2)
+    r = requests.post(srv.url + "/hello_world", timeout=10)
+    assert r.status_code == 201
+    sid = r.json()["session_id"]
+    assert len(sid) == 36
+    r = requests.get(srv.url + "/get_hello_world", params={"session_id": "no-such-id"}, timeout=10)
+    assert r.status_code == 404
+    assert r.json() == {"error": "Invalid or missing session_id"}
+    r = requests.get(srv.url + "/get_hello_world", timeout=10)
+    assert r.status_code == 404
+
+
+def test_session_found_with_two_workers(start_server):
+    # state_cache lives in each worker process: a lookup answers 200 only on the worker that
+    # created the session, 404 on the other. Some of several lookups must find it.
+    srv = _serve(start_server, 2)
+    sid = requests.post(srv.url + "/hello_world", timeout=10).json()["session_id"]
+    statuses = []
+    for _ in range(30):
+        r = requests.get(srv.url + "/get_hello_world", params={"session_id": sid}, timeout=10)
+        statuses.append(r.status_code)
+        assert r.status_code in (200, 404)
+        if r.status_code == 200:
+            assert r.json() == {"message": "Hello, World!", "session_id": sid}
+            break
+    assert 200 in statuses, statuses
+
+
+def test_session_lookup_single_worker(start_server):
+    # one worker: the same process serves both requests, so the session is always found
+    srv = _serve(start_server, 1)
+    sids = [requests.post(srv.url + "/hello_world", timeout=10).json()["session_id"] for _ in range(3)]
+    assert len(set(sids)) == 3
+    for sid in sids:
+        r = requests.get(srv.url + "/get_hello_world", params={"session_id": sid}, timeout=10)
+        assert r.status_code == 200
+        assert json.loads(r.content) == {"message": "Hello, World!", "session_id": sid}
