@@ -28,27 +28,55 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Exit status for a bad command line or configuration value.
 const USAGE_ERROR: i32 = 2;
 
-/// The console script's body: parse the command line and run the server. Returns the exit status.
+/// The console script's body: read the command line and the config file, then run the server.
+/// Returns the exit status.
 #[pyfunction]
 fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
     let env = |k: &str| std::env::var(k).ok();
-    let cfg = match config::from_args(&argv, &env, VERSION) {
-        Ok(Action::Run(cfg)) => cfg,
-        Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
+    let (action, hooks) = match configure(py, &argv, &env) {
+        Ok(done) => done,
+        Err(e) => {
+            // Empty for a config file that called `sys.exit()`.
+            if !e.message.is_empty() {
+                eprintln!("{}", e.message);
+            }
+            return e.exit_code;
+        }
+    };
+    let cfg = match action {
+        Action::Run(cfg) => cfg,
+        Action::Help(text) | Action::Version(text) => {
             // A closed stdout (`ferricorn --help | head`) is not an error worth reporting.
             let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
             return 0;
         }
-        Ok(Action::PrintConfig(cfg)) => {
-            let _ = write!(std::io::stdout(), "{}", cfg.print_config());
+        Action::PrintConfig(cfg) => {
+            let out = cfg.print_config_with(&hooks.print_config_lines(py));
+            let _ = write!(std::io::stdout(), "{out}");
             return 0;
-        }
-        Err(e) => {
-            eprintln!("{}", e.message);
-            return e.exit_code;
         }
     };
     serve(py, cfg)
+}
+
+/// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
+/// or `./gunicorn.conf.py` when present), `*_CMD_ARGS`, the command line. The server hooks the file
+/// defined come back beside it; they are collected here for the arbiter, which does not call them yet.
+fn configure(
+    py: Python<'_>,
+    argv: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Action, python::config_file::Hooks), config::ConfigError> {
+    let cl = config::parse_command_line(argv, env)?;
+    if let Some(action) = config::help_or_version(&cl, VERSION) {
+        return Ok((action, Default::default()));
+    }
+    let loaded = match config::config_location(&cl, &|p| p.exists()) {
+        Some(location) => Some(python::config_file::load(py, &location)?),
+        None => None,
+    };
+    let action = config::resolve(&cl, env, loaded.as_ref().map(|l| &l.settings))?;
+    Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
 }
 
 fn serve(py: Python<'_>, cfg: config::Config) -> i32 {

@@ -17,6 +17,9 @@ pub const MAX_WORKERS: usize = 512;
 /// first `MAX_THREADS` are shown.
 pub const MAX_THREADS: usize = 128;
 
+/// How many simultaneous loopback calls per worker the scoreboard can name.
+pub const MAX_LOOPBACK_PORTS: usize = 16;
+
 const METHOD_LEN: usize = 16;
 const PATH_LEN: usize = 192;
 const CLIENT_LEN: usize = 48;
@@ -65,6 +68,10 @@ struct WorkerSlot {
     booted_ns: AtomicU64,
     heartbeat_ns: AtomicU64,
     requests: AtomicU64,
+    /// Client ports of this worker's open connections to the server itself (loopback calls); 0 = empty.
+    loopback_ports: [AtomicU32; MAX_LOOPBACK_PORTS],
+    /// Connections this worker accepted while full and holds until it can run them (see `Admission`).
+    held: AtomicU32,
     threads: [ThreadEntry; MAX_THREADS],
 }
 
@@ -146,6 +153,10 @@ impl Scoreboard {
         for t in s.threads.iter() {
             t.started_ns.store(0, Ordering::Relaxed);
         }
+        for p in s.loopback_ports.iter() {
+            p.store(0, Ordering::Relaxed);
+        }
+        s.held.store(0, Ordering::Relaxed);
     }
 
     pub fn set_pid(&self, index: usize, pid: i32) {
@@ -157,6 +168,42 @@ impl Scoreboard {
         let s = self.slot(index);
         s.state.store(WorkerState::Free as u32, Ordering::Release);
         s.pid.store(0, Ordering::Release);
+    }
+
+    /// The worker (if any) that has an open loopback call from client port `port`.
+    pub fn loopback_owner(&self, port: u16) -> Option<WorkerHandle> {
+        if port == 0 {
+            return None;
+        }
+        (0..MAX_WORKERS)
+            .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
+            .find(|&i| {
+                self.slot(i)
+                    .loopback_ports
+                    .iter()
+                    .any(|p| p.load(Ordering::Acquire) == port as u32)
+            })
+            .map(|i| self.worker(i))
+    }
+
+    /// Whether any worker holds a connection it accepted while full (which may be a loopback call not
+    /// yet published by its owner).
+    pub fn any_held(&self) -> bool {
+        (0..MAX_WORKERS)
+            .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
+            .any(|i| self.slot(i).held.load(Ordering::Acquire) > 0)
+    }
+
+    /// Whether any worker has a loopback call open.
+    pub fn any_loopback_calls(&self) -> bool {
+        (0..MAX_WORKERS)
+            .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
+            .any(|i| {
+                self.slot(i)
+                    .loopback_ports
+                    .iter()
+                    .any(|p| p.load(Ordering::Acquire) != 0)
+            })
     }
 
     pub fn worker(&self, index: usize) -> WorkerHandle {
@@ -181,6 +228,32 @@ impl WorkerHandle {
 
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    pub fn board(&self) -> Scoreboard {
+        self.board
+    }
+
+    pub fn add_held(&self) {
+        self.slot().held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn remove_held(&self) {
+        let _ = self
+            .slot()
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Replace this worker's list of open loopback calls.
+    pub fn publish_loopback_ports(&self, ports: &[u16]) {
+        let slots = &self.slot().loopback_ports;
+        for (i, slot) in slots.iter().enumerate() {
+            let v = ports.get(i).map_or(0, |p| *p as u32);
+            if slot.load(Ordering::Relaxed) != v {
+                slot.store(v, Ordering::Release);
+            }
+        }
     }
 
     pub fn set_pid(&self, pid: i32) {

@@ -140,7 +140,7 @@ class Server:
     """One server process started by the test suite."""
 
     def __init__(self, args, app_dir=APPS_DIR, env=None, bind=True, port=None, workdir=None,
-                 clean_env=True):
+                 clean_env=True, wrap_cgroup=None):
         self.args = list(args)
         self.app_dir = app_dir
         self.port = port if port is not None else free_port()
@@ -164,10 +164,16 @@ class Server:
         self.cmd += self.args
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
+        preexec = None
+        if wrap_cgroup:
+            # Join the given cgroup (its cgroup.procs file) before exec, so the whole server runs in it.
+            def preexec():
+                with open(wrap_cgroup, "w") as f:
+                    f.write(str(os.getpid()))
         try:
             self.proc = subprocess.Popen(
                 self.cmd, cwd=app_dir, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=self._out, stderr=self._err, start_new_session=True,
+                stdout=self._out, stderr=self._err, start_new_session=True, preexec_fn=preexec,
             )
         except FileNotFoundError:
             self._out.close()

@@ -3,6 +3,8 @@
 //! happens from a single-threaded process. Its loop wakes once a second (or on a signal) to handle signals,
 //! reap workers, enforce `--timeout` from the scoreboard and spawn replacements.
 
+mod oom;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,13 @@ struct WorkerProc {
     aborted: bool,
     /// Spawn order, to retire the oldest first.
     age: u64,
+    /// The master itself sent SIGKILL (after a timeout), so a SIGKILL death is not a mystery.
+    killed_by_master: bool,
+    /// Resident memory at the last tick, reported if the worker is killed.
+    last_rss: u64,
+    /// The cgroup's OOM kill count when the worker was spawned: a higher count at its death by SIGKILL
+    /// means the OOM killer struck during its life.
+    oom_kills_at_spawn: Option<u64>,
 }
 
 /// Why the master stops, and with which exit status.
@@ -61,6 +70,7 @@ pub struct Arbiter {
     pidfile: Option<PathBuf>,
     spawned: u64,
     preloaded: Option<Py<PyAny>>,
+    oom: oom::OomCounter,
 }
 
 pub fn worker_class_name(cfg: &Config) -> &'static str {
@@ -91,6 +101,7 @@ impl Arbiter {
             sigpipe,
             spawned: 0,
             preloaded,
+            oom: oom::OomCounter::for_self(),
         })
     }
 
@@ -116,6 +127,7 @@ impl Arbiter {
                 break h;
             }
             self.murder_workers();
+            self.sample_workers();
         });
         self.halt(py, halt)
     }
@@ -237,6 +249,9 @@ impl Arbiter {
                         slot,
                         aborted: false,
                         age: self.spawned,
+                        killed_by_master: false,
+                        last_rss: 0,
+                        oom_kills_at_spawn: self.oom.count(),
                     },
                 );
                 Ok(())
@@ -258,17 +273,9 @@ impl Arbiter {
                 Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
                 Ok(s) => s,
             };
-            let (pid, exitcode) = match status {
-                WaitStatus::Exited(pid, code) => (pid.as_raw(), Some(code)),
-                WaitStatus::Signaled(pid, sig, _) => {
-                    let msg = format!("Worker (pid:{}) was sent {}!", pid.as_raw(), sig.as_str());
-                    match sig {
-                        Signal::SIGKILL => self.log.error(&format!("{msg} Perhaps out of memory?")),
-                        Signal::SIGTERM => self.log.info(&msg),
-                        _ => self.log.warning(&msg),
-                    }
-                    (pid.as_raw(), None)
-                }
+            let (pid, exitcode, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid.as_raw(), Some(code), None),
+                WaitStatus::Signaled(pid, sig, _) => (pid.as_raw(), None, Some(sig)),
                 _ => continue,
             };
             let proc = match self.workers.remove(&pid) {
@@ -284,6 +291,9 @@ impl Arbiter {
                     .debug(&format!("Reaped unknown child process (pid:{pid})"));
                 continue;
             };
+            if let Some(sig) = signal {
+                self.report_signaled(pid, sig, &proc);
+            }
             self.board.release(proc.slot);
             if let Some(code) = exitcode.filter(|c| *c != 0) {
                 self.log
@@ -299,13 +309,79 @@ impl Arbiter {
         }
     }
 
+    /// Log a worker's death by signal as gunicorn does, and for SIGKILL say who sent it: the master (after a
+    /// timeout), the kernel's OOM killer (its cgroup counter moved, or the kernel log names the pid), or
+    /// someone else — with the request it was running and its last known memory.
+    fn report_signaled(&mut self, pid: i32, sig: Signal, proc: &WorkerProc) {
+        let msg = format!("Worker (pid:{pid}) was sent {}!", sig.as_str());
+        match sig {
+            Signal::SIGTERM => return self.log.info(&msg),
+            Signal::SIGKILL => {}
+            _ => return self.log.warning(&msg),
+        }
+        if proc.killed_by_master {
+            return self.log.error(&format!(
+                "{msg} The master killed it after WORKER TIMEOUT (it did not stop by itself)."
+            ));
+        }
+        let handle = self.board.worker(proc.slot);
+        let request = match handle.oldest_request() {
+            Some((_, r)) => format!(
+                "request in flight: {} {} from {}, running for {:.1}s",
+                r.method,
+                r.path,
+                if r.client.is_empty() {
+                    "-"
+                } else {
+                    r.client.as_str()
+                },
+                now_ns().saturating_sub(r.started_ns) as f64 / 1e9
+            ),
+            None => "no request in flight".to_string(),
+        };
+        let rss = format!(
+            "last RSS {:.1} MiB",
+            proc.last_rss as f64 / (1024.0 * 1024.0)
+        );
+        let by_counter = matches!(
+            (proc.oom_kills_at_spawn, self.oom.count()),
+            (Some(before), Some(now)) if now > before
+        );
+        if by_counter || oom::kernel_log_names_oom(pid) {
+            self.log.error(&format!(
+                "{msg} Out of memory: the kernel's OOM killer ended it ({rss}; {request})."
+            ));
+        } else {
+            let checked = match self.oom.source() {
+                Some(p) => format!("no OOM kill recorded in {}", p.display()),
+                None => "no OOM record readable on this host".to_string(),
+            };
+            self.log.error(&format!(
+                "{msg} Not sent by ferricorn, and {checked}: another process killed it ({rss}; {request})."
+            ));
+        }
+    }
+
+    /// Once a tick: each worker's memory, to report if it is killed.
+    fn sample_workers(&mut self) {
+        for (&pid, w) in self.workers.iter_mut() {
+            if let Some(rss) = oom::rss_bytes(pid) {
+                w.last_rss = rss;
+            }
+        }
+    }
+
     /// `--timeout`: a worker whose request has run too long, or whose I/O loop stopped beating, is
     /// aborted; if it is still there on the next tick, killed.
     fn murder_workers(&mut self) {
         if self.cfg.timeout == 0 {
             return;
         }
+        // The worker enforces `--timeout` per request itself (504 to the client, the stack in the log) and
+        // then stops gracefully; the master steps in only when that did not happen: the I/O loop stopped
+        // beating, or a request is still there well after the worker should have given up on it.
         let limit = self.cfg.timeout * 1_000_000_000;
+        let request_limit = limit + (self.cfg.graceful_timeout + 2) * 1_000_000_000;
         let now = now_ns();
         let mut to_abort = Vec::new();
         for (&pid, w) in self.workers.iter_mut() {
@@ -314,11 +390,12 @@ impl Arbiter {
             let oldest = handle.oldest_request();
             let stuck = oldest
                 .as_ref()
-                .filter(|(_, r)| now.saturating_sub(r.started_ns) > limit);
+                .filter(|(_, r)| now.saturating_sub(r.started_ns) > request_limit);
             if !stale_heartbeat && stuck.is_none() {
                 continue;
             }
             if w.aborted {
+                w.killed_by_master = true;
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 continue;
             }

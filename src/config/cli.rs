@@ -13,6 +13,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, ColorChoice, Command};
 
+use super::file::resolve;
 use super::settings::{find_setting, Kind, Setting, SettingValue, ValueError, SETTINGS};
 use super::shell_words::{self, SplitError};
 use super::{Action, Config, ConfigError, PROG};
@@ -248,28 +249,30 @@ pub fn parse_command_line(
     })
 }
 
-/// Read the command line and the environment into what to do next. `env` looks variables up;
-/// `version` is printed by `-v` and `--help`.
+/// `--help` or `--version`, which win over everything else and need no config file.
+pub fn help_or_version(cl: &CommandLine, version: &str) -> Option<Action> {
+    if cl.help {
+        Some(Action::Help(help_text(version)))
+    } else if cl.version {
+        Some(Action::Version(format!("{PROG} (version {version})")))
+    } else {
+        None
+    }
+}
+
+/// Read the command line and the environment into what to do next, without a config file (the
+/// server itself uses [`parse_command_line`] and `file::resolve`, with the file in between). `env`
+/// looks variables up; `version` is printed by `-v` and `--help`.
 pub fn from_args(
     argv: &[String],
     env: &dyn Fn(&str) -> Option<String>,
     version: &str,
 ) -> Result<Action, ConfigError> {
     let cl = parse_command_line(argv, env)?;
-    if cl.help {
-        return Ok(Action::Help(help_text(version)));
+    match help_or_version(&cl, version) {
+        Some(action) => Ok(action),
+        None => resolve(&cl, env, None),
     }
-    if cl.version {
-        return Ok(Action::Version(format!("{PROG} (version {version})")));
-    }
-    let mut cfg = Config::default();
-    apply_env_defaults(&mut cfg, env, &|name| cl.given(name))?;
-    cl.apply(&mut cfg)?;
-    Ok(if cfg.print_config {
-        Action::PrintConfig(cfg)
-    } else {
-        Action::Run(cfg)
-    })
 }
 
 fn parse_words(origin: Origin, words: Vec<String>) -> Result<Given, CliError> {

@@ -1,13 +1,15 @@
 //! Configuration: the resolved [`Config`] the server runs with, and how it is produced from the
 //! settings table (`settings`), the command line and `*_CMD_ARGS` environment variables (`cli`),
+//! the config file's values (`file`; the file itself is executed by `python::config_file`),
 //! bind-address parsing (`bind`) and `--print-config`.
 //!
 //! Precedence, lowest first, as in gunicorn: built-in defaults (some taken from `PORT`,
-//! `WEB_CONCURRENCY`, `FORWARDED_ALLOW_IPS`), the config file (applied through [`apply_setting`]),
-//! `GUNICORN_CMD_ARGS`, `FERRICORN_CMD_ARGS`, then the real command line.
+//! `WEB_CONCURRENCY`, `FORWARDED_ALLOW_IPS`), the config file, `GUNICORN_CMD_ARGS`,
+//! `FERRICORN_CMD_ARGS`, then the real command line ([`resolve`]).
 
 pub mod bind;
 pub mod cli;
+pub mod file;
 pub mod settings;
 pub mod shell_words;
 
@@ -18,7 +20,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use bind::{BindAddress, BindError};
-pub use cli::{from_args, help_text, parse_command_line, CliError, CommandLine, Origin};
+pub use cli::{
+    from_args, help_or_version, help_text, parse_command_line, CliError, CommandLine, Origin,
+};
+pub use file::{config_location, resolve, ConfigSource, FileSettings};
 pub use settings::{
     apply_setting, find_setting, Kind, Section, Setting, SettingValue, ValueError, SETTINGS,
 };
@@ -75,6 +80,14 @@ pub struct Config {
     pub max_requests_jitter: u64,
     pub preload_app: bool,
     pub permit_missing_host: bool,
+    /// gunicorn's parser relaxations, all off by default.
+    pub permit_obsolete_folding: bool,
+    pub strip_header_spaces: bool,
+    pub permit_unconventional_http_method: bool,
+    pub permit_unconventional_http_version: bool,
+    pub casefold_http_method: bool,
+    /// One of [`settings::HEADER_MAP_MODES`]: `drop`, `refuse` or `dangerous`.
+    pub header_map: String,
     /// Upper-case header name and the value that marks a request as HTTPS.
     pub secure_scheme_headers: Vec<(String, String)>,
 }
@@ -118,6 +131,12 @@ impl Default for Config {
             max_requests_jitter: 0,
             preload_app: false,
             permit_missing_host: false,
+            permit_obsolete_folding: false,
+            strip_header_spaces: false,
+            permit_unconventional_http_method: false,
+            permit_unconventional_http_version: false,
+            casefold_http_method: false,
+            header_map: "drop".to_string(),
             secure_scheme_headers: [
                 ("X-FORWARDED-PROTOCOL", "ssl"),
                 ("X-FORWARDED-PROTO", "https"),
@@ -134,12 +153,22 @@ impl Config {
     /// Every setting as `name = value`, one per line, sorted by name with the names padded to one
     /// width (gunicorn's `--print-config` layout). Ends with a newline.
     pub fn print_config(&self) -> String {
-        let mut settings: Vec<&Setting> = SETTINGS.iter().collect();
-        settings.sort_by_key(|s| s.name);
-        let width = settings.iter().map(|s| s.name.len()).max().unwrap_or(0);
-        settings
+        self.print_config_with(&[])
+    }
+
+    /// [`Config::print_config`] with more `(name, value)` lines sorted in among the settings (the
+    /// server hooks a config file defined, which live outside `Config`).
+    pub fn print_config_with(&self, extra: &[(&str, String)]) -> String {
+        let mut lines: Vec<(&str, String)> = SETTINGS
             .iter()
-            .map(|s| format!("{:width$} = {}\n", s.name, (s.show)(self)))
+            .map(|s| (s.name, (s.show)(self)))
+            .chain(extra.iter().cloned())
+            .collect();
+        lines.sort_by_key(|(name, _)| *name);
+        let width = lines.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        lines
+            .iter()
+            .map(|(name, value)| format!("{name:width$} = {value}\n"))
             .collect()
     }
 

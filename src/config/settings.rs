@@ -20,6 +20,9 @@ pub const MAX_SECONDS: u64 = u32::MAX as u64;
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
     r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
 
+/// Values of `--header-map`: what to do with a header name containing `_`.
+pub const HEADER_MAP_MODES: &[&str] = &["drop", "refuse", "dangerous"];
+
 /// Levels accepted by `--log-level`, most verbose first.
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warning", "error", "critical"];
 
@@ -777,6 +780,103 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| py_bool(c.permit_missing_host),
+    },
+    Setting {
+        name: "permit_obsolete_folding",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--permit-obsolete-folding"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accept header lines continued with leading whitespace (obs-fold) instead of answering 400",
+        apply: |c, v| {
+            c.permit_obsolete_folding = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.permit_obsolete_folding),
+    },
+    Setting {
+        name: "strip_header_spaces",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--strip-header-spaces"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accept spaces between a header name and its colon (unsafe behind proxies)",
+        apply: |c, v| {
+            c.strip_header_spaces = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.strip_header_spaces),
+    },
+    Setting {
+        name: "permit_unconventional_http_method",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--permit-unconventional-http-method"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accept any token as method, not only 3 to 20 upper-case characters",
+        apply: |c, v| {
+            c.permit_unconventional_http_method = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.permit_unconventional_http_method),
+    },
+    Setting {
+        name: "permit_unconventional_http_version",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--permit-unconventional-http-version"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accept HTTP/0.x and HTTP/2+ request lines instead of answering 400",
+        apply: |c, v| {
+            c.permit_unconventional_http_version = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.permit_unconventional_http_version),
+    },
+    Setting {
+        name: "casefold_http_method",
+        section: Section::Security,
+        kind: Kind::Switch,
+        cli: &["--casefold-http-method"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Upper-case the request method before the application sees it",
+        apply: |c, v| {
+            c.casefold_http_method = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.casefold_http_method),
+    },
+    Setting {
+        name: "header_map",
+        section: Section::Security,
+        kind: Kind::Value,
+        cli: &["--header-map"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "drop",
+        help: "Header names with _: drop them, refuse the request (400), or pass them on (dangerous)",
+        apply: |c, v| {
+            let mode = string(v)?.to_ascii_lowercase();
+            if !HEADER_MAP_MODES.contains(&mode.as_str()) {
+                return Err(ValueError::InvalidChoice {
+                    value: mode,
+                    choices: HEADER_MAP_MODES,
+                });
+            }
+            c.header_map = mode;
+            Ok(())
+        },
+        show: |c| c.header_map.clone(),
     },
     // ---- Server Mechanics ----
     Setting {

@@ -321,9 +321,7 @@ fn sync_with_threads_is_gthread() {
     );
     // gunicorn prints the class as given.
     let c = cfg(&["--threads", "4"]);
-    assert!(c
-        .print_config()
-        .contains("\nworker_class             = sync\n"));
+    assert!(normalized(&c.print_config()).contains(&"worker_class = sync".to_string()));
 }
 
 #[test]
@@ -627,20 +625,20 @@ fn print_config_action_and_format() {
     let col = lines[0].find(" = ");
     assert!(lines.iter().all(|l| l.find(" = ") == col), "{out}");
     for want in [
-        "workers                  = 3",
-        "bind                     = ['[::1]:81']",
-        "wsgi_app                 = app:x",
-        "print_config             = True",
-        "preload_app              = False",
-        "accesslog                = None",
-        "forwarded_allow_ips      = ['127.0.0.1', '::1']",
-        "raw_env                  = []",
-        "secure_scheme_headers    = {'X-FORWARDED-PROTOCOL': 'ssl', 'X-FORWARDED-PROTO': 'https', 'X-FORWARDED-SSL': 'on'}",
-        r#"access_log_format        = %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#,
-        "errorlog                 = -",
-        "loglevel                 = info",
+        "workers = 3",
+        "bind = ['[::1]:81']",
+        "wsgi_app = app:x",
+        "print_config = True",
+        "preload_app = False",
+        "accesslog = None",
+        "forwarded_allow_ips = ['127.0.0.1', '::1']",
+        "raw_env = []",
+        "secure_scheme_headers = {'X-FORWARDED-PROTOCOL': 'ssl', 'X-FORWARDED-PROTO': 'https', 'X-FORWARDED-SSL': 'on'}",
+        r#"access_log_format = %(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#,
+        "errorlog = -",
+        "loglevel = info",
     ] {
-        assert!(lines.contains(&want), "missing {want:?} in\n{out}");
+        assert!(normalized(&out).contains(&want.to_string()), "missing {want:?} in\n{out}");
     }
 }
 
@@ -671,4 +669,15 @@ fn command_line_can_be_applied_after_a_config_file() {
     cl.apply(&mut c).unwrap();
     assert_eq!((c.threads, c.timeout, c.workers), (2, 99, 9));
     assert_eq!(c.worker_class, WorkerClass::Gthread);
+}
+
+/// `--print-config` lines with the padding before `=` collapsed, so checks do not depend on the width of
+/// the longest setting name.
+fn normalized(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| match l.split_once(" = ") {
+            Some((name, value)) => format!("{} = {value}", name.trim_end()),
+            None => l.to_string(),
+        })
+        .collect()
 }

@@ -1,7 +1,8 @@
-//! The embedded interpreter: preparing `sys.path` and `os.environ`, forking safely, loading the app and
-//! rendering Python errors for the error log.
+//! The embedded interpreter: reading the config file, preparing `sys.path` and `os.environ`, forking
+//! safely, loading the app and rendering Python errors for the error log.
 
 pub mod app;
+pub mod config_file;
 pub mod stacks;
 
 use pyo3::prelude::*;
@@ -39,12 +40,8 @@ pub fn prepare(
     if let Some(dir) = chdir {
         os.call_method1("chdir", (dir.to_string_lossy().as_ref(),))?;
     }
-    let sys = py.import("sys")?;
-    let path = sys.getattr("path")?.cast_into::<PyList>()?;
-    let cwd: String = os.call_method0("getcwd")?.extract()?;
-    if !path.contains(&cwd)? {
-        path.insert(0, &cwd)?;
-    }
+    put_cwd_on_path(py)?;
+    let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
     for (i, p) in pythonpath.iter().enumerate() {
         let p = p.trim();
         if !p.is_empty() {
@@ -54,6 +51,16 @@ pub fn prepare(
     let environ = os.getattr("environ")?;
     for (k, v) in raw_env {
         environ.set_item(k, v)?;
+    }
+    Ok(())
+}
+
+/// Put the working directory first on `sys.path` unless it is already there.
+pub fn put_cwd_on_path(py: Python<'_>) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+    let cwd: String = py.import("os")?.call_method0("getcwd")?.extract()?;
+    if !path.contains(&cwd)? {
+        path.insert(0, &cwd)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 extern "C" {
     // CPython's own signal-safe dumper (exported by libpython; used by faulthandler). With a null
     // interpreter and thread state it finds the main interpreter itself.
+    fn _Py_DumpTraceback(fd: libc::c_int, tstate: *mut libc::c_void);
     fn _Py_DumpTracebackThreads(
         fd: libc::c_int,
         interp: *mut libc::c_void,
@@ -26,4 +27,15 @@ pub fn dump_all_threads(fd: RawFd) {
         // SAFETY: plain write to an fd we were handed.
         unsafe { libc::write(fd, line.as_ptr() as *const libc::c_void, line.len()) };
     }
+}
+
+/// Write the stack of one Python thread, given its thread state, to `fd` (without the GIL).
+pub(crate) fn dump_thread(fd: RawFd, tstate: *mut libc::c_void) {
+    if tstate.is_null() {
+        dump_all_threads(fd);
+        return;
+    }
+    // SAFETY: `tstate` belongs to a thread of this process that is still alive (app threads never exit
+    // while the worker runs); the dumper only reads its frames, as faulthandler does.
+    unsafe { _Py_DumpTraceback(fd, tstate) };
 }

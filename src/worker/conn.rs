@@ -17,11 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::exchange::{
-    BodyChunk, BodyStream, Job, Out, Peer, RequestBody, ServerAddr, BODY_CHUNK, BODY_QUEUE,
-    REPLY_QUEUE,
+    BodyChunk, BodyStream, Job, Out, Peer, Progress, RequestBody, ServerAddr, BODY_CHUNK,
+    BODY_QUEUE, REPLY_QUEUE,
 };
-use super::IoState;
+use super::{Admission, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
+use crate::scoreboard::now_ns;
+use std::sync::atomic::Ordering;
 
 /// A byte stream the worker serves: TCP or a unix socket.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + AsRawFd {
@@ -55,6 +57,8 @@ const RESERVATION_GRACE: Duration = Duration::from_millis(200);
 /// connection is closed instead, so an unwanted upload never costs more than this.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 const READ_SIZE: usize = 16 * 1024;
+/// How often a queued request is checked for having started in Python (its timeout clock starts then).
+const TIMEOUT_POLL: Duration = Duration::from_millis(250);
 /// How much body is read before the app is called (see `handle_request`).
 const PREFETCH_LIMIT: usize = 64 * 1024;
 
@@ -93,13 +97,16 @@ pub async fn serve<S: Stream>(
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: Rc<IoState>,
+    admission: Admission,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
-    // The accept loop took one unit of capacity for this connection before accepting it.
+    // A connection admitted within capacity holds one unit of it from accept.
     let mut claim = Claim {
         io: &io,
-        held: true,
+        held: admission == Admission::Claimed,
     };
+    let mut overflow = admission == Admission::Overflow;
+    let mut held = admission == Admission::Held;
     let mut first = true;
     loop {
         let head = match read_head(&mut stream, &mut buf, &io, first, &mut claim).await {
@@ -113,17 +120,40 @@ pub async fn serve<S: Stream>(
             }
         };
         first = false;
-        // The request runs now: it holds one unit of capacity until its response is complete, whether it
-        // converts the accept-time claim or takes a new one.
-        if !claim.held {
-            io.acquire();
-            claim.held = true;
+        if held {
+            // Accepted while full, to look for a loopback call: wait for a free thread, or until this
+            // connection is known to be such a call.
+            let admitted = io.wait_for_admission(&peer).await;
+            held = false;
+            io.board_handle().remove_held();
+            match admitted {
+                Some(Admission::Overflow) => overflow = true,
+                Some(_) => {}
+                None => break,
+            }
         }
-        let keep = handle_request(&mut stream, &mut buf, *head, &peer, &server, &io).await;
+        if overflow {
+            io.warn_loopback(&head.method, &head.target, &peer);
+        } else {
+            // The request runs now: it holds one unit of capacity until its response is complete, whether
+            // it converts the accept-time claim or takes a new one.
+            if !claim.held {
+                io.acquire();
+                claim.held = true;
+            }
+        }
+        let keep =
+            handle_request(&mut stream, &mut buf, *head, &peer, &server, &io, overflow).await;
+        if overflow {
+            io.overflow_done();
+        }
         claim.release();
         if !keep || io.shutting_down.get() {
             break;
         }
+    }
+    if held {
+        io.board_handle().remove_held();
     }
     drop(claim);
     let _ = stream.shutdown().await;
@@ -308,6 +338,7 @@ async fn handle_request<S: Stream>(
     peer: &Arc<Peer>,
     server: &Arc<ServerAddr>,
     io: &IoState,
+    overflow: bool,
 ) -> bool {
     let mut body = match head.body {
         BodyKind::Empty => BodyState::Done,
@@ -336,6 +367,10 @@ async fn handle_request<S: Stream>(
     }
 
     let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let progress = Arc::new(Progress::default());
+    // `--timeout` is checked here, on the I/O thread, so the client gets an answer even when the app thread
+    // never comes back. Until Python has taken the request, the check just polls.
+    let mut timeout_check = Instant::now() + TIMEOUT_POLL;
     let mut start_rx: Option<oneshot::Receiver<()>> = None;
     let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
     let stream_parts = if body.is_done() {
@@ -359,8 +394,14 @@ async fn handle_request<S: Stream>(
             stream: stream_parts,
         },
         reply: reply_tx,
+        progress: progress.clone(),
     };
-    if io.queue.send(job).is_err() {
+    let queued = if overflow {
+        io.dispatch_overflow(job)
+    } else {
+        io.queue.send(job).is_ok()
+    };
+    if !queued {
         return false;
     }
 
@@ -429,6 +470,25 @@ async fn handle_request<S: Stream>(
                             }
                         }
                     },
+                }
+            }
+            _ = tokio::time::sleep_until(timeout_check), if io.request_timeout.is_some() => {
+                let limit = io.request_timeout.unwrap_or_default();
+                let started = progress.started_ns.load(Ordering::Acquire);
+                let elapsed = if started == 0 { 0 } else { now_ns().saturating_sub(started) };
+                if started == 0 || elapsed < limit.as_nanos() as u64 {
+                    let left = limit.saturating_sub(Duration::from_nanos(elapsed));
+                    timeout_check = Instant::now() + if started == 0 { TIMEOUT_POLL } else { left };
+                } else {
+                    io.request_timed_out(progress.thread.load(Ordering::Relaxed), elapsed);
+                    if !response_started {
+                        let body = format!(
+                            "The request ran longer than the server's timeout ({} s).\n",
+                            limit.as_secs()
+                        );
+                        let _ = stream.write_all(&http::simple_response(504, &body, true)).await;
+                    }
+                    return false;
                 }
             }
         }

@@ -3,11 +3,13 @@
 //! response pieces (`Out`) streamed back to the connection.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::RequestHead;
+use crate::scoreboard::now_ns;
 
 /// The client of a connection as the app sees it (`REMOTE_ADDR`, `REMOTE_PORT`).
 #[derive(Clone, Debug)]
@@ -67,6 +69,24 @@ pub struct Job {
     pub server: Arc<ServerAddr>,
     pub body: RequestBody,
     pub reply: mpsc::Sender<Out>,
+    pub progress: Arc<Progress>,
+}
+
+/// Where a request stands in Python, written by the Python thread and read by the connection task that
+/// enforces `--timeout` (the clock starts when Python takes the request, not when it was queued).
+#[derive(Default)]
+pub struct Progress {
+    /// Monotonic ns when a Python thread started the request; 0 while it waits in the queue.
+    pub started_ns: AtomicU64,
+    /// The index of that thread.
+    pub thread: AtomicUsize,
+}
+
+impl Progress {
+    pub fn start(&self, thread: usize) {
+        self.thread.store(thread, Ordering::Relaxed);
+        self.started_ns.store(now_ns(), Ordering::Release);
+    }
 }
 
 /// Capacity of the reply channel: enough that a small response (head + body + done) never blocks the

@@ -8,11 +8,12 @@
 
 pub mod conn;
 pub mod exchange;
+mod loopback;
 mod pool;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,37 @@ use exchange::{Job, Peer, ServerAddr};
 /// Exit code of a worker whose app could not be loaded; the master stops with "Worker failed to boot."
 pub const WORKER_BOOT_ERROR: i32 = 3;
 
+/// Extra Python threads a worker may start, on demand, to serve loopback calls while its ordinary threads
+/// are all busy.
+const MAX_OVERFLOW_THREADS: usize = 4;
+/// A request must have run this long before the worker looks for loopback calls: a fast load never pays
+/// for the scan.
+const LOOPBACK_SUSPECT_AGE: Duration = Duration::from_millis(100);
+/// At most one loopback warning per worker in this period (the others are counted).
+const LOOPBACK_WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// How an accepted connection was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Within capacity: the connection holds a unit of it from accept.
+    Claimed,
+    /// Accepted while the worker was full because a loopback call was waiting somewhere; this is not it,
+    /// so its first request waits for ordinary capacity.
+    Held,
+    /// The loopback call itself: served on the overflow lane, outside ordinary capacity.
+    Overflow,
+}
+
+/// The overflow lane: its own queue and lazily started threads, so a loopback call never waits behind
+/// the busy ordinary threads.
+struct OverflowLane {
+    tx: crossbeam_channel::Sender<Job>,
+    rx: crossbeam_channel::Receiver<Job>,
+    spawned: Cell<usize>,
+    in_flight: Cell<usize>,
+    first_index: usize,
+}
+
 /// Everything a worker needs, fixed after boot and shared by the I/O thread and the Python threads.
 pub struct WorkerContext {
     pub cfg: Arc<Config>,
@@ -40,6 +72,8 @@ pub struct WorkerContext {
     pub app: Py<PyAny>,
     /// Set by the I/O thread when the worker starts a graceful stop: responses then say `Connection: close`.
     pub shutting_down: AtomicBool,
+    /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
+    pub tstates: Vec<AtomicPtr<libc::c_void>>,
 }
 
 /// State of the I/O thread (single-threaded runtime, so plain cells).
@@ -55,12 +89,152 @@ pub struct IoState {
     pub parser: ParserOptions,
     keepalive: Duration,
     pub header_timeout: Duration,
+    overflow: OverflowLane,
+    /// Some worker has a loopback call open: a full worker still accepts, to find and serve it.
+    loopback_mode: Cell<bool>,
+    listen_ports: Vec<loopback::ListenPort>,
+    listen_fds: Vec<std::os::fd::RawFd>,
+    last_loopback_warning: Cell<Option<tokio::time::Instant>>,
+    loopback_warnings_suppressed: Cell<u64>,
+    /// `--timeout` for a request in Python; None when off.
+    pub request_timeout: Option<Duration>,
+    /// When a graceful stop must end even if connections remain.
+    stop_deadline: Cell<Option<tokio::time::Instant>>,
     board: WorkerHandle,
+    ctx: Arc<WorkerContext>,
 }
 
 impl IoState {
-    fn has_capacity(&self) -> bool {
-        self.in_use.get() < self.limit && self.connections.get() < self.max_connections
+    fn can_accept(&self) -> bool {
+        self.connections.get() < self.max_connections
+            && (self.has_free_thread() || self.loopback_mode.get())
+    }
+
+    pub fn board_handle(&self) -> WorkerHandle {
+        self.board
+    }
+
+    pub fn has_free_thread(&self) -> bool {
+        self.in_use.get() < self.limit
+    }
+
+    /// Decide how a connection just accepted is admitted (see `Admission`).
+    fn admit(&self, peer: &Peer) -> Admission {
+        if self.has_free_thread() {
+            self.acquire();
+            return Admission::Claimed;
+        }
+        let admission = if self.is_loopback_call(peer) {
+            Admission::Overflow
+        } else {
+            self.board.add_held();
+            Admission::Held
+        };
+        self.ctx.log.debug(&format!(
+            "Accepted {}:{} while full, to look for a loopback call: {admission:?}",
+            peer.ip, peer.port
+        ));
+        admission
+    }
+
+    /// Whether `peer` is the client end of a loopback call some worker has published.
+    pub fn is_loopback_call(&self, peer: &Peer) -> bool {
+        let local = peer
+            .ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || self.listen_ports.iter().any(|l| l.ip == ip));
+        local && self.board.board().loopback_owner(peer.port).is_some()
+    }
+
+    /// A held connection's first request: wait for a free thread — unless the connection turns out to be
+    /// a loopback call (its owner may publish it only after we accepted it), which goes to the overflow
+    /// lane instead. None if the worker is stopping.
+    pub async fn wait_for_admission(&self, peer: &Peer) -> Option<Admission> {
+        loop {
+            if self.has_free_thread() {
+                return Some(Admission::Claimed);
+            }
+            if self.is_loopback_call(peer) {
+                return Some(Admission::Overflow);
+            }
+            if self.shutting_down.get() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.capacity_changed.notified() => {}
+                _ = self.shutdown_signal.notified() => {}
+                _ = tokio::time::sleep(loopback::SCAN_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Queue a loopback call on the overflow lane, starting one more overflow thread if all are busy.
+    pub fn dispatch_overflow(&self, job: Job) -> bool {
+        let lane = &self.overflow;
+        if lane.in_flight.get() >= lane.spawned.get() && lane.spawned.get() < MAX_OVERFLOW_THREADS {
+            let index = lane.first_index + lane.spawned.get();
+            let ctx = self.ctx.clone();
+            let rx = lane.rx.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("ferricorn-loopback-{index}"))
+                .spawn(move || pool::python_thread(ctx, index, rx));
+            match started {
+                Ok(_) => lane.spawned.set(lane.spawned.get() + 1),
+                Err(e) => self
+                    .ctx
+                    .log
+                    .error(&format!("Cannot start a thread for a loopback call: {e}")),
+            }
+        }
+        lane.in_flight.set(lane.in_flight.get() + 1);
+        lane.tx.send(job).is_ok()
+    }
+
+    pub fn overflow_done(&self) {
+        let lane = &self.overflow;
+        lane.in_flight.set(lane.in_flight.get().saturating_sub(1));
+    }
+
+    /// One WARNING per loopback call (at most one per period; the rest are counted in the next one),
+    /// naming the nested request, the request that made it, and what to change.
+    pub fn warn_loopback(&self, method: &str, target: &str, peer: &Peer) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_loopback_warning
+            .get()
+            .is_some_and(|t| now.duration_since(t) < LOOPBACK_WARNING_PERIOD)
+        {
+            self.loopback_warnings_suppressed
+                .set(self.loopback_warnings_suppressed.get() + 1);
+            return;
+        }
+        self.last_loopback_warning.set(Some(now));
+        let outer = self
+            .board
+            .board()
+            .loopback_owner(peer.port)
+            .and_then(|w| {
+                let pid = w.pid();
+                w.oldest_request().map(|(_, r)| {
+                    format!(
+                        "{} {} (worker {pid}, running for {:.1}s)",
+                        r.method,
+                        r.path,
+                        crate::scoreboard::now_ns().saturating_sub(r.started_ns) as f64 / 1e9
+                    )
+                })
+            })
+            .unwrap_or_else(|| "a request of this server".to_string());
+        let suppressed = self.loopback_warnings_suppressed.replace(0);
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more since the last warning)")
+        } else {
+            String::new()
+        };
+        self.ctx.log.warning(&format!(
+            "Loopback call: {method} {target} from {}:{} was sent to this server by its own request {outer} while every worker thread was busy; it is served on extra capacity so it cannot deadlock{more}. Run more workers or threads (--workers, --threads), or call the view's function instead of its URL.",
+            peer.ip, peer.port
+        ));
     }
 
     pub fn acquire(&self) {
@@ -82,6 +256,56 @@ impl IoState {
         self.connections
             .set(self.connections.get().saturating_sub(1));
         self.capacity_changed.notify_waiters();
+    }
+
+    /// Stop taking connections and requests; exit once the open ones are done (or the deadline passes).
+    pub fn begin_stop(&self) {
+        if self.shutting_down.get() {
+            return;
+        }
+        self.shutting_down.set(true);
+        self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        self.board.set_state(WorkerState::Stopping);
+        self.stop_deadline.set(Some(
+            tokio::time::Instant::now() + Duration::from_secs(self.ctx.cfg.graceful_timeout),
+        ));
+        self.shutdown_signal.notify_waiters();
+    }
+
+    /// A request ran past `--timeout` in Python. Log gunicorn's line, then the request and the stack of the
+    /// thread running it (read without the GIL, so it shows even if the code swallows exceptions or sits in
+    /// C), and retire the worker: its other requests finish, the stuck thread dies with the process.
+    pub fn request_timed_out(&self, thread: usize, elapsed_ns: u64) {
+        let log = &self.ctx.log;
+        let pid = std::process::id();
+        log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
+        let secs = elapsed_ns as f64 / 1e9;
+        let limit = self.ctx.cfg.timeout;
+        match self
+            .board
+            .requests_in_flight()
+            .into_iter()
+            .find(|(t, _)| *t == thread)
+        {
+            Some((_, r)) => log.critical(&format!(
+                "Request exceeded --timeout {limit}s: {} {} from {} (running for {secs:.1}s, worker {pid}, thread {thread})",
+                r.method,
+                r.path,
+                if r.client.is_empty() { "-" } else { r.client.as_str() },
+            )),
+            None => log.critical(&format!(
+                "A request exceeded --timeout {limit}s (running for {secs:.1}s, worker {pid}, thread {thread})"
+            )),
+        }
+        log.critical("Python stack of the thread running it (most recent call first):");
+        let tstate = self
+            .ctx
+            .tstates
+            .get(thread)
+            .map(|t| t.load(Ordering::Acquire))
+            .unwrap_or(std::ptr::null_mut());
+        crate::python::stacks::dump_thread(log.raw_fd(), tstate);
+        self.begin_stop();
     }
 
     /// How long a connection may sit without sending the first byte of its next request.
@@ -156,8 +380,12 @@ pub fn run(
         board,
         app,
         shutting_down: AtomicBool::new(false),
+        tstates: (0..threads + MAX_OVERFLOW_THREADS)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let (overflow_tx, overflow_rx) = crossbeam_channel::unbounded::<Job>();
     let code = py.detach(|| {
         for i in 0..threads {
             let ctx = ctx.clone();
@@ -171,7 +399,14 @@ pub fn run(
             }
         }
         drop(rx);
-        io_main(&ctx, listeners, tx, threads, sigpipe)
+        let overflow = OverflowLane {
+            tx: overflow_tx,
+            rx: overflow_rx,
+            spawned: Cell::new(0),
+            in_flight: Cell::new(0),
+            first_index: threads,
+        };
+        io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
     });
     log.info(&format!("Worker exiting (pid: {pid})"));
     exit(code)
@@ -213,6 +448,7 @@ fn io_main(
     ctx: &Arc<WorkerContext>,
     listeners: &[Listener],
     queue: crossbeam_channel::Sender<Job>,
+    overflow: OverflowLane,
     threads: usize,
     sigpipe: SignalPipe,
 ) -> i32 {
@@ -244,7 +480,29 @@ fn io_main(
         parser: parser_options(cfg),
         keepalive: Duration::from_secs(cfg.keepalive),
         header_timeout,
+        overflow,
+        loopback_mode: Cell::new(false),
+        listen_ports: listeners
+            .iter()
+            .filter_map(|l| match l.addr {
+                ListenAddr::Tcp(a) => Some(loopback::ListenPort {
+                    ip: a.ip(),
+                    port: a.port(),
+                }),
+                ListenAddr::Unix(_) => None,
+            })
+            .collect(),
+        listen_fds: listeners
+            .iter()
+            .filter(|l| matches!(l.addr, ListenAddr::Tcp(_)))
+            .map(|l| l.fd())
+            .collect(),
+        last_loopback_warning: Cell::new(None),
+        loopback_warnings_suppressed: Cell::new(0),
+        request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
+        stop_deadline: Cell::new(None),
         board: ctx.board,
+        ctx: ctx.clone(),
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
@@ -282,8 +540,55 @@ fn io_main(
                 }
             }
         }
+        tokio::task::spawn_local(watch_loopback_calls(io.clone()));
         supervise(ctx, &io, sigpipe).await
     })
+}
+
+/// While the worker is saturated, connections wait to be accepted and one of its requests has been running
+/// for a while, look for loopback calls this process has open and publish them; and follow whether any
+/// worker has one (then a full worker keeps accepting, to find the nested request and serve it).
+async fn watch_loopback_calls(io: Rc<IoState>) {
+    let mut published = false;
+    loop {
+        let board = io.board;
+        let suspect = !io.has_free_thread()
+            && !io.listen_ports.is_empty()
+            && board.oldest_request().is_some_and(|(_, r)| {
+                crate::scoreboard::now_ns().saturating_sub(r.started_ns)
+                    >= LOOPBACK_SUSPECT_AGE.as_nanos() as u64
+            })
+            // Only while something waits: in the accept queue, or held inside some worker (which is then
+            // in loopback mode, as this one follows).
+            && (io.loopback_mode.get()
+                || board.board().any_held()
+                || io
+                    .listen_fds
+                    .iter()
+                    .any(|fd| loopback::accept_queue_len(*fd) > 0));
+        let calls = if suspect {
+            loopback::own_calls_to(&io.listen_ports)
+        } else {
+            Vec::new()
+        };
+        if !calls.is_empty() || published {
+            io.ctx
+                .log
+                .debug(&format!("Loopback calls open in this worker: {calls:?}"));
+            board.publish_loopback_ports(&calls);
+            published = !calls.is_empty();
+        }
+        let mode = !io.has_free_thread()
+            && (board.board().any_loopback_calls() || board.board().any_held());
+        if mode != io.loopback_mode.get() {
+            io.loopback_mode.set(mode);
+            io.capacity_changed.notify_waiters();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(loopback::SCAN_INTERVAL) => {}
+            _ = io.shutdown_signal.notified() => return,
+        }
+    }
 }
 
 fn parser_options(cfg: &Config) -> ParserOptions {
@@ -292,7 +597,17 @@ fn parser_options(cfg: &Config) -> ParserOptions {
         limit_request_fields: cfg.limit_request_fields,
         limit_request_field_size: cfg.limit_request_field_size,
         permit_missing_host: cfg.permit_missing_host,
-        ..ParserOptions::default()
+        permit_obsolete_folding: cfg.permit_obsolete_folding,
+        strip_header_spaces: cfg.strip_header_spaces,
+        permit_unconventional_http_method: cfg.permit_unconventional_http_method,
+        permit_unconventional_http_version: cfg.permit_unconventional_http_version,
+        casefold_http_method: cfg.casefold_http_method,
+        // The setting only ever holds one of the three modes.
+        header_map: match cfg.header_map.as_str() {
+            "refuse" => crate::http::HeaderMap::Refuse,
+            "dangerous" => crate::http::HeaderMap::Dangerous,
+            _ => crate::http::HeaderMap::Drop,
+        },
     }
 }
 
@@ -315,7 +630,7 @@ async fn wait_for_capacity(io: &IoState) -> bool {
         if io.shutting_down.get() {
             return false;
         }
-        if io.has_capacity() {
+        if io.can_accept() {
             return true;
         }
         tokio::select! {
@@ -342,13 +657,14 @@ macro_rules! accept_loop {
                 match accepted {
                     Ok((stream, addr)) => {
                         io.connections.set(io.connections.get() + 1);
-                        io.acquire();
                         let peer = Arc::new($peer(&stream, &addr));
+                        let admission = io.admit(&peer);
                         tokio::task::spawn_local(conn::serve(
                             stream,
                             peer,
                             server.clone(),
                             io.clone(),
+                            admission,
                         ));
                     }
                     Err(_) => {
@@ -398,7 +714,6 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         }
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -406,10 +721,8 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                 if io.shutting_down.get() && io.connections.get() == 0 {
                     return 0;
                 }
-                if let Some(d) = stop_deadline {
-                    if tokio::time::Instant::now() >= d {
-                        return 0;
-                    }
+                if io.stop_deadline.get().is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return 0;
                 }
             }
             r = sig_fd.readable() => {
@@ -418,18 +731,15 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                 for sig in sigpipe.drain() {
                     match sig {
                         Signal::SIGTERM => {
-                            begin_stop(ctx, io);
-                            stop_deadline = Some(
-                                tokio::time::Instant::now() + Duration::from_secs(ctx.cfg.graceful_timeout),
-                            );
+                            io.begin_stop();
                             if io.connections.get() == 0 {
                                 return 0;
                             }
                         }
                         Signal::SIGINT | Signal::SIGQUIT => return 0,
                         Signal::SIGABRT => {
-                            // The master gave up on a request: show where every app thread is before
-                            // the worker goes.
+                            // The master gave up on the worker (its I/O loop stopped beating, or a
+                            // timed-out request did not let it stop): show where every app thread is.
                             ctx.log.critical(&format!(
                                 "Python stacks of worker {} at the timeout:",
                                 std::process::id()
@@ -449,11 +759,4 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
             }
         }
     }
-}
-
-fn begin_stop(ctx: &WorkerContext, io: &IoState) {
-    io.shutting_down.set(true);
-    ctx.shutting_down.store(true, Ordering::SeqCst);
-    ctx.board.set_state(WorkerState::Stopping);
-    io.shutdown_signal.notify_waiters();
 }

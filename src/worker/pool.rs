@@ -15,6 +15,14 @@ use crate::wsgi::WsgiRunner;
 pub fn python_thread(ctx: Arc<WorkerContext>, index: usize, rx: crossbeam_channel::Receiver<Job>) {
     let log = ctx.log.clone();
     Python::attach(|py| {
+        if let Some(slot) = ctx.tstates.get(index) {
+            // SAFETY: called with the thread attached; the state lives as long as the thread.
+            let tstate = unsafe { pyo3::ffi::PyThreadState_Get() };
+            slot.store(
+                tstate as *mut libc::c_void,
+                std::sync::atomic::Ordering::Release,
+            );
+        }
         let mut runner = match WsgiRunner::new(py, ctx, index) {
             Ok(r) => r,
             Err(e) => {

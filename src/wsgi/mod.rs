@@ -96,7 +96,9 @@ impl WsgiRunner {
             server,
             body,
             reply,
+            progress,
         } = job;
+        progress.start(self.thread);
         let board = self.ctx.board;
         let client = if peer.ip.is_empty() {
             String::new()

@@ -1,0 +1,192 @@
+"""Never hang silently: what ferricorn does and logs when a request runs past --timeout, and when a
+worker is killed (by the master, by the kernel's OOM killer, or by someone else)."""
+
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import APPS_DIR, free_port, raw_request
+
+pytestmark = pytest.mark.ferricorn_only
+
+
+def _assert_timeout_forensics(srv, worker, path, frame):
+    """The log keeps gunicorn's line and adds the request and the stuck thread's stack."""
+    srv.wait_log(rf"\[CRITICAL\] WORKER TIMEOUT \(pid:{worker}\)")
+    log = srv.log_text()
+    after = log[log.index("WORKER TIMEOUT"):]
+    assert re.search(rf"Request exceeded --timeout 2s: GET {re.escape(path)} from 127\.0\.0\.1:\d+", after), log
+    assert "stuck.py" in after and frame in after, log
+    assert "memory" not in log.lower(), log
+
+
+@pytest.mark.parametrize("path,frame", [
+    ("/sleep?s=30", "sleeping_view"),
+    ("/recv", "blocked_in_recv"),
+    ("/swallow?s=30", "swallowing_loop"),
+], ids=["time.sleep", "socket.recv", "swallows-BaseException"])
+def test_sync_request_past_timeout_gets_504_and_the_worker_is_replaced(start_server, path, frame):
+    srv = start_server(["-w", "1", "--timeout", "2", "--graceful-timeout", "5", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    started = time.monotonic()
+    r = raw_request(srv.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), timeout=20)
+    elapsed = time.monotonic() - started
+    assert r.status == 504, r
+    assert dict((k.lower(), v) for k, v in r.headers)["connection"].lower() == "close"
+    assert b"timeout" in r.body
+    assert elapsed < 10, elapsed
+    _assert_timeout_forensics(srv, worker, path, frame)
+    # A new worker takes over and serves.
+    pids = srv.wait_workers(2)
+    assert pids[-1] != worker
+    assert requests.get(srv.url + "/", timeout=10).status_code == 200
+
+
+def test_gthread_timeout_spares_the_other_threads(start_server):
+    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "2",
+                        "--graceful-timeout", "10", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    results = {}
+
+    def call(name, path):
+        try:
+            results[name] = requests.get(srv.url + path, timeout=20).status_code
+        except requests.RequestException as e:
+            results[name] = repr(e)
+
+    stuck = threading.Thread(target=call, args=("stuck", "/sleep?s=30"))
+    stuck.start()
+    time.sleep(0.8)
+    # Shorter than the timeout, but still running when the stuck request's timeout fires at ~2 s and the
+    # worker starts to retire: it must finish normally.
+    other = threading.Thread(target=call, args=("other", "/sleep?s=1.8"))
+    other.start()
+    stuck.join(20)
+    other.join(20)
+    assert results == {"stuck": 504, "other": 200}, results
+    _assert_timeout_forensics(srv, worker, "/sleep?s=30", "sleeping_view")
+    pids = srv.wait_workers(2)
+    assert pids[-1] != worker
+    assert requests.get(srv.url + "/", timeout=10).status_code == 200
+
+
+def test_outside_kill_is_not_blamed_on_memory(start_server):
+    srv = start_server(["-w", "1", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    os.kill(worker, signal.SIGKILL)
+    srv.wait_log(rf"Worker \(pid:{worker}\) was sent SIGKILL!")
+    srv.wait_workers(2)
+    log = srv.log_text()
+    line = next(l for l in log.splitlines() if f"Worker (pid:{worker}) was sent SIGKILL!" in l)
+    assert "another process killed it" in line, line
+    assert "Perhaps out of memory" not in log
+    assert "last RSS" in line and "no request in flight" in line, line
+
+
+def _memory_cgroup_parent():
+    """A cgroup v1 memory hierarchy this process may create children in, or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    parent = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+                    if os.access(parent, os.W_OK):
+                        return parent
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture
+def memory_cgroup():
+    parent = _memory_cgroup_parent()
+    if parent is None:
+        pytest.skip("no writable cgroup v1 memory hierarchy")
+    path = os.path.join(parent, f"ferricorn-oom-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(300 * 1024 * 1024))
+        try:
+            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                f.write(str(300 * 1024 * 1024))
+        except OSError:
+            pass  # no swap accounting: the memory limit alone triggers the OOM killer
+        yield path
+    finally:
+        # Processes must leave before the group can be removed; the server fixture stops them first.
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_oom_kill_is_told_apart(start_server, memory_cgroup):
+    tasks = os.path.join(memory_cgroup, "cgroup.procs")
+    # The server starts inside the cgroup: a wrapper writes its own pid there, then execs the server.
+    srv = start_server(["-w", "1", "stuck"], wrap_cgroup=tasks)
+    (worker,) = srv.wait_workers(1)
+    with pytest.raises(requests.RequestException):
+        requests.get(srv.url + "/alloc?mb=1000", timeout=30)
+    srv.wait_log(rf"Worker \(pid:{worker}\) was sent SIGKILL!", timeout=30)
+    log = srv.log_text()
+    line = next(l for l in log.splitlines() if f"Worker (pid:{worker}) was sent SIGKILL!" in l)
+    assert "Out of memory: the kernel's OOM killer ended it" in line, log
+    assert re.search(r"request in flight: GET /alloc\?mb=1000 from 127\.0\.0\.1:\d+", line), line
+    assert re.search(r"last RSS \d+\.\d MiB", line), line
+    srv.stop()
+
+
+# --- loopback calls ----------------------------------------------------------------------------------
+
+SEED_APP = os.path.join(os.path.dirname(APPS_DIR), "..", "examples", "seed_app")
+
+
+def _call_hello(srv, results, i):
+    try:
+        r = requests.post(srv.url + "/call_hello_world", timeout=20)
+        results[i] = (r.status_code, r.json())
+    except Exception as e:  # recorded and asserted below
+        results[i] = (repr(e), None)
+
+
+@pytest.mark.parametrize("args,calls", [
+    (["-w", "1", "-k", "sync"], 1),
+    (["-w", "2", "-k", "sync"], 4),
+    (["-w", "1", "-k", "gthread", "--threads", "2"], 4),
+], ids=["one-sync-worker", "two-sync-workers-four-calls", "gthread-all-threads-busy"])
+def test_loopback_calls_never_deadlock(start_server, args, calls):
+    # The seed app calls http://localhost:$PORT: give it the port the server listens on.
+    port = free_port()
+    srv = start_server(args + ["--timeout", "30", "app:site"], app_dir=os.path.abspath(SEED_APP),
+                       env={"PORT": str(port)}, port=port)
+    srv.wait_workers(1)
+    results = {}
+    threads = [threading.Thread(target=_call_hello, args=(srv, results, i)) for i in range(calls)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(25)
+    elapsed = time.monotonic() - started
+    assert len(results) == calls, results
+    for status, body in results.values():
+        assert status == 201, results
+        assert "session_id" in body
+    # Far from the 30 s timeout: nothing waited for a worker to be killed.
+    assert elapsed < 10, elapsed
+    log = srv.log_text()
+    assert "WORKER TIMEOUT" not in log
+    warning = re.search(r"\[WARNING\] Loopback call: POST /hello_world from 127\.0\.0\.1:\d+ was sent to "
+                        r"this server by its own request POST /call_hello_world \(worker \d+", log)
+    assert warning, log
+    assert "--workers" in log and "--threads" in log
