@@ -72,6 +72,8 @@ struct WorkerSlot {
     loopback_ports: [AtomicU32; MAX_LOOPBACK_PORTS],
     /// Connections this worker accepted while full and holds until it can run them (see `Admission`).
     held: AtomicU32,
+    /// Requests dispatched to this worker's Python threads but not started yet.
+    queued: AtomicU32,
     threads: [ThreadEntry; MAX_THREADS],
 }
 
@@ -157,6 +159,7 @@ impl Scoreboard {
             p.store(0, Ordering::Relaxed);
         }
         s.held.store(0, Ordering::Relaxed);
+        s.queued.store(0, Ordering::Relaxed);
     }
 
     pub fn set_pid(&self, index: usize, pid: i32) {
@@ -232,6 +235,15 @@ impl WorkerHandle {
 
     pub fn board(&self) -> Scoreboard {
         self.board
+    }
+
+    /// Requests waiting inside this worker: queued for a thread, or held connections.
+    pub fn waiting(&self) -> u32 {
+        self.slot().queued.load(Ordering::Relaxed) + self.slot().held.load(Ordering::Relaxed)
+    }
+
+    pub fn set_queued(&self, n: u32) {
+        self.slot().queued.store(n, Ordering::Relaxed);
     }
 
     pub fn add_held(&self) {

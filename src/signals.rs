@@ -68,6 +68,20 @@ impl SignalPipe {
         self.read.as_raw_fd()
     }
 
+    /// Route `signals` (back) to this pipe, e.g. after a temporary handler.
+    pub fn route(&self, signals: &[Signal]) -> io::Result<()> {
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in signals {
+            // SAFETY: the handler is async-signal-safe.
+            unsafe { sigaction(*sig, &action) }.map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// Every signal queued since the last call, in arrival order.
     pub fn drain(&self) -> Vec<Signal> {
         let mut out = Vec::new();
@@ -118,4 +132,29 @@ pub fn reset_default(signals: &[Signal]) {
 /// gunicorn's lower-case names, as in `Handling signal: term`.
 pub fn name(sig: Signal) -> String {
     sig.as_str().trim_start_matches("SIG").to_ascii_lowercase()
+}
+
+static BOOT_LOG_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_abort_while_booting(_sig: libc::c_int) {
+    // The master gave up waiting for the app to import: show where the import is, then leave. The
+    // dumper is the one faulthandler calls from its signal handlers.
+    crate::python::stacks::dump_all_threads(BOOT_LOG_FD.load(Ordering::Relaxed));
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(1) };
+}
+
+/// While a worker imports the app, SIGABRT (the master's "boot took longer than --timeout") dumps the
+/// Python stacks to `log_fd` and exits: the I/O loop that would otherwise handle it is not running yet.
+pub fn abort_dumps_stack_while_booting(log_fd: RawFd) -> io::Result<()> {
+    BOOT_LOG_FD.store(log_fd, Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::Handler(on_abort_while_booting),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only writes to an fd and exits.
+    unsafe { sigaction(Signal::SIGABRT, &action) }
+        .map(|_| ())
+        .map_err(io::Error::from)
 }

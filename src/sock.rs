@@ -209,3 +209,24 @@ pub fn from_fd(fd: RawFd) -> Result<Listener, BindError> {
         owns_path: false,
     })
 }
+
+/// How many connections wait in the kernel's accept queue of a listening socket.
+pub fn accept_queue_len(fd: RawFd) -> u32 {
+    // SAFETY: getsockopt fills a tcp_info we own; on a listening socket tcpi_unacked is the current
+    // accept-queue length.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    info.tcpi_unacked
+}

@@ -190,3 +190,81 @@ def test_loopback_calls_never_deadlock(start_server, args, calls):
                         r"this server by its own request POST /call_hello_world \(worker \d+", log)
     assert warning, log
     assert "--workers" in log and "--threads" in log
+
+
+# --- slow requests, starvation, slow boots, memory limits --------------------------------------------
+
+
+def test_slow_request_is_logged_with_its_stack_and_continues(start_server):
+    srv = start_server(["-w", "1", "--slow-request-threshold", "1", "--timeout", "30", "stuck"])
+    srv.wait_workers(1)
+    r = requests.get(srv.url + "/sleep?s=2", timeout=10)
+    assert r.status_code == 200  # the request was not cut short
+    log = srv.log_text()
+    m = re.search(r"\[WARNING\] Slow request: GET /sleep\?s=2 from 127\.0\.0\.1:\d+ still running after "
+                  r"1\.\ds \(--slow-request-threshold 1s", log)
+    assert m, log
+    after = log[m.start():]
+    assert "stuck.py" in after and "sleeping_view" in after, log
+    assert len(re.findall("Slow request:", log)) == 1
+    assert "WORKER TIMEOUT" not in log
+
+
+def test_starvation_is_reported_while_it_happens(start_server):
+    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "30", "stuck"])
+    srv.wait_workers(1)
+    results = []
+
+    def call(path):
+        try:
+            results.append(requests.get(srv.url + path, timeout=20).status_code)
+        except requests.RequestException as e:
+            results.append(repr(e))
+
+    slow = [threading.Thread(target=call, args=("/sleep?s=4",)) for _ in range(2)]
+    for t in slow:
+        t.start()
+    time.sleep(0.5)
+    waiting = [threading.Thread(target=call, args=("/",)) for _ in range(3)]
+    for t in waiting:
+        t.start()
+    srv.wait_log(r"\[WARNING\] All 2 worker threads are busy", timeout=10)
+    for t in slow + waiting:
+        t.join(20)
+    assert results.count(200) == 5, results  # the waiting requests were served afterwards
+    log = srv.log_text()
+    line = next(l for l in log.splitlines() if "worker threads are busy" in l)
+    assert re.search(r"and [1-9]\d* connections are waiting", line), line
+    assert line.count("GET /sleep?s=4") == 2, line
+    assert len(re.findall("worker threads are busy", log)) == 1  # rate-limited
+
+
+def test_slow_boot_is_not_called_a_request_timeout(start_server):
+    srv = start_server(["-w", "1", "--timeout", "2", "slowboot"], env={"SLOW_BOOT_SECONDS": "30"},
+                       ready=False)
+    srv.wait_log(r"is still loading the app after --timeout 2s: a slow boot", timeout=20)
+    srv.wait_log(r"slowboot\.py", timeout=10)
+    log = srv.log_text()
+    after = log[log.index("a slow boot"):]
+    assert "_load_models" in after, log
+    assert "WORKER TIMEOUT" not in log
+    assert "memory" not in log.lower()
+
+
+def test_boot_time_is_logged(start_server):
+    srv = start_server(["-w", "1", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    srv.wait_log(rf"Worker \(pid:{worker}\) loaded the app stuck in \d+\.\d{{3}}s")
+
+
+def test_max_worker_memory_recycles_gracefully(start_server):
+    srv = start_server(["-w", "1", "--max-worker-memory", "150", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    # The request that pushes the worker past the limit still gets its answer.
+    r = requests.get(srv.url + "/alloc?mb=200", timeout=30)
+    assert r.status_code == 200 and r.text == "allocated 200 MiB\n"
+    srv.wait_log(rf"Worker \(pid:{worker}\) uses \d+\.\d MiB, above --max-worker-memory 150 MiB", timeout=10)
+    pids = srv.wait_workers(2)
+    assert pids[-1] != worker
+    assert requests.get(srv.url + "/pid", timeout=10).text == str(pids[-1])
+    assert "SIGKILL" not in srv.log_text()

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 
 use crate::config::{Config, WorkerClass};
 use crate::log::ErrorLog;
-use crate::scoreboard::{now_ns, Scoreboard};
+use crate::scoreboard::{now_ns, Scoreboard, WorkerState};
 use crate::signals::{self, SignalPipe};
 use crate::sock::Listener;
 use crate::worker::{self, WORKER_BOOT_ERROR};
@@ -34,6 +34,10 @@ const MASTER_SIGNALS: [Signal; 10] = [
     Signal::SIGWINCH,
     Signal::SIGCHLD,
 ];
+
+/// How long starvation must last before it is reported, and how often it is reported at most.
+const STARVATION_GRACE: Duration = Duration::from_secs(1);
+const STARVATION_PERIOD: Duration = Duration::from_secs(10);
 
 struct WorkerProc {
     slot: usize,
@@ -71,6 +75,9 @@ pub struct Arbiter {
     spawned: u64,
     preloaded: Option<Py<PyAny>>,
     oom: oom::OomCounter,
+    /// Since when every thread has been busy with connections waiting (None when not starved).
+    starved_since: Option<Instant>,
+    last_starvation_warning: Option<Instant>,
 }
 
 pub fn worker_class_name(cfg: &Config) -> &'static str {
@@ -102,6 +109,8 @@ impl Arbiter {
             spawned: 0,
             preloaded,
             oom: oom::OomCounter::for_self(),
+            starved_since: None,
+            last_starvation_warning: None,
         })
     }
 
@@ -128,6 +137,7 @@ impl Arbiter {
             }
             self.murder_workers();
             self.sample_workers();
+            self.check_starvation();
         });
         self.halt(py, halt)
     }
@@ -362,13 +372,93 @@ impl Arbiter {
         }
     }
 
-    /// Once a tick: each worker's memory, to report if it is killed.
+    /// Once a tick: each worker's memory, to report if it is killed, and `--max-worker-memory`: a worker
+    /// past the limit is retired gracefully (its current requests finish) and replaced.
     fn sample_workers(&mut self) {
+        let limit = self.cfg.max_worker_memory * 1024 * 1024;
+        let mut over = Vec::new();
         for (&pid, w) in self.workers.iter_mut() {
             if let Some(rss) = oom::rss_bytes(pid) {
                 w.last_rss = rss;
+                if limit > 0 && rss > limit {
+                    over.push((pid, rss));
+                }
             }
         }
+        for (pid, rss) in over {
+            self.log.warning(&format!(
+                "Worker (pid:{pid}) uses {:.1} MiB, above --max-worker-memory {} MiB: replacing it after its current requests",
+                rss as f64 / (1024.0 * 1024.0),
+                self.cfg.max_worker_memory
+            ));
+            self.kill_worker(pid, Signal::SIGTERM);
+            if let Some(w) = self.workers.remove(&pid) {
+                self.retiring.push((pid, w));
+            }
+        }
+    }
+
+    /// Starvation: every app thread of every worker is busy and connections wait (in the listen backlog
+    /// or inside a worker). After a second of it, one WARNING (at most every `STARVATION_PERIOD`) names the
+    /// requests holding the capacity. The waiting requests are still served as threads free up.
+    fn check_starvation(&mut self) {
+        let per_worker = match self.cfg.worker_class {
+            WorkerClass::Sync => 1,
+            WorkerClass::Gthread => self.cfg.threads.max(1),
+        };
+        let capacity = per_worker * self.workers.len();
+        let mut busy = Vec::new();
+        let mut inside = 0u64;
+        for (&pid, w) in &self.workers {
+            let handle = self.board.worker(w.slot);
+            inside += handle.waiting() as u64;
+            busy.extend(
+                handle
+                    .requests_in_flight()
+                    .into_iter()
+                    .filter(|(t, _)| *t < per_worker)
+                    .map(|(_, r)| (pid, r)),
+            );
+        }
+        let backlog: u64 = self
+            .listeners
+            .iter()
+            .map(|l| crate::sock::accept_queue_len(l.fd()) as u64)
+            .sum();
+        let starved = capacity > 0 && busy.len() >= capacity && backlog + inside > 0;
+        if !starved {
+            self.starved_since = None;
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.starved_since.get_or_insert(now);
+        if now.duration_since(since) < STARVATION_GRACE
+            || self
+                .last_starvation_warning
+                .is_some_and(|t| now.duration_since(t) < STARVATION_PERIOD)
+        {
+            return;
+        }
+        self.last_starvation_warning = Some(now);
+        let now_ns = now_ns();
+        busy.sort_by_key(|(_, r)| r.started_ns);
+        let holders: Vec<String> = busy
+            .iter()
+            .map(|(pid, r)| {
+                format!(
+                    "{} {} ({:.1}s, worker {pid})",
+                    r.method,
+                    r.path,
+                    now_ns.saturating_sub(r.started_ns) as f64 / 1e9
+                )
+            })
+            .collect();
+        self.log.warning(&format!(
+            "All {capacity} worker threads are busy and {} connections are waiting ({backlog} in the listen backlog, {inside} inside workers) for {:.1}s. Holding the capacity: {}. Find what these requests wait on, or raise --workers/--threads.",
+            backlog + inside,
+            now.duration_since(since).as_secs_f64(),
+            holders.join(", ")
+        ));
     }
 
     /// `--timeout`: a worker whose request has run too long, or whose I/O loop stopped beating, is
@@ -384,8 +474,22 @@ impl Arbiter {
         let request_limit = limit + (self.cfg.graceful_timeout + 2) * 1_000_000_000;
         let now = now_ns();
         let mut to_abort = Vec::new();
+        let mut slow_boots = Vec::new();
         for (&pid, w) in self.workers.iter_mut() {
             let handle = self.board.worker(w.slot);
+            if handle.state() == WorkerState::Booting {
+                // Still importing the app: not a request timeout, and said so.
+                if now.saturating_sub(handle.booted_ns()) > limit {
+                    if w.aborted {
+                        w.killed_by_master = true;
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    } else {
+                        w.aborted = true;
+                        slow_boots.push(pid);
+                    }
+                }
+                continue;
+            }
             let stale_heartbeat = now.saturating_sub(handle.last_heartbeat_ns()) > limit;
             let oldest = handle.oldest_request();
             let stuck = oldest
@@ -401,6 +505,13 @@ impl Arbiter {
             }
             w.aborted = true;
             to_abort.push((pid, stuck.map(|(_, r)| r.clone())));
+        }
+        for pid in slow_boots {
+            self.log.error(&format!(
+                "Worker (pid:{pid}) is still loading the app after --timeout {}s: a slow boot, not a request timeout. Python stack of the import (most recent call first):",
+                self.cfg.timeout
+            ));
+            self.kill_worker(pid, Signal::SIGABRT);
         }
         for (pid, req) in to_abort {
             self.log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));

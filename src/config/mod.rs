@@ -78,6 +78,10 @@ pub struct Config {
     pub config_file: Option<String>,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
+    /// Seconds after which a running request is logged with its stack; 0 = off.
+    pub slow_request_threshold: u64,
+    /// MiB of RSS past which a worker is recycled; 0 = off.
+    pub max_worker_memory: u64,
     pub preload_app: bool,
     pub permit_missing_host: bool,
     /// gunicorn's parser relaxations, all off by default.
@@ -129,6 +133,8 @@ impl Default for Config {
             config_file: None,
             max_requests: 0,
             max_requests_jitter: 0,
+            slow_request_threshold: 0,
+            max_worker_memory: 0,
             preload_app: false,
             permit_missing_host: false,
             permit_obsolete_folding: false,

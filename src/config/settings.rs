@@ -166,10 +166,11 @@ pub enum Section {
     ServerMechanics,
     Logging,
     ProcessNaming,
+    Diagnostics,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::ConfigFile,
         Section::Debugging,
         Section::ServerSocket,
@@ -178,6 +179,7 @@ impl Section {
         Section::ServerMechanics,
         Section::Logging,
         Section::ProcessNaming,
+        Section::Diagnostics,
     ];
 
     pub fn title(self) -> &'static str {
@@ -190,6 +192,7 @@ impl Section {
             Section::ServerMechanics => "Server Mechanics",
             Section::Logging => "Logging",
             Section::ProcessNaming => "Process Naming",
+            Section::Diagnostics => "Diagnostics (ferricorn only)",
         }
     }
 }
@@ -670,6 +673,36 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.max_requests_jitter.to_string(),
+    },
+    Setting {
+        name: "slow_request_threshold",
+        section: Section::Diagnostics,
+        kind: Kind::Value,
+        cli: &["--slow-request-threshold"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "0 (off)",
+        help: "Log a warning with the Python stack of any request still running after this long; it continues",
+        apply: |c, v| {
+            c.slow_request_threshold = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.slow_request_threshold.to_string(),
+    },
+    Setting {
+        name: "max_worker_memory",
+        section: Section::Diagnostics,
+        kind: Kind::Value,
+        cli: &["--max-worker-memory"],
+        hidden_aliases: &[],
+        meta: "MiB",
+        default: "0 (off)",
+        help: "Recycle a worker gracefully, after its current requests, once its RSS passes this many MiB",
+        apply: |c, v| {
+            c.max_worker_memory = count(v)?;
+            Ok(())
+        },
+        show: |c| c.max_worker_memory.to_string(),
     },
     Setting {
         name: "timeout",

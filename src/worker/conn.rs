@@ -371,6 +371,9 @@ async fn handle_request<S: Stream>(
     // `--timeout` is checked here, on the I/O thread, so the client gets an answer even when the app thread
     // never comes back. Until Python has taken the request, the check just polls.
     let mut timeout_check = Instant::now() + TIMEOUT_POLL;
+    // `--timeout` and `--slow-request-threshold` both watch the request's time in Python.
+    let mut watched = io.request_timeout.is_some() || io.slow_threshold.is_some();
+    let mut slow_reported = false;
     let mut start_rx: Option<oneshot::Receiver<()>> = None;
     let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
     let stream_parts = if body.is_done() {
@@ -472,15 +475,16 @@ async fn handle_request<S: Stream>(
                     },
                 }
             }
-            _ = tokio::time::sleep_until(timeout_check), if io.request_timeout.is_some() => {
-                let limit = io.request_timeout.unwrap_or_default();
+            _ = tokio::time::sleep_until(timeout_check), if watched => {
                 let started = progress.started_ns.load(Ordering::Acquire);
-                let elapsed = if started == 0 { 0 } else { now_ns().saturating_sub(started) };
-                if started == 0 || elapsed < limit.as_nanos() as u64 {
-                    let left = limit.saturating_sub(Duration::from_nanos(elapsed));
-                    timeout_check = Instant::now() + if started == 0 { TIMEOUT_POLL } else { left };
-                } else {
-                    io.request_timed_out(progress.thread.load(Ordering::Relaxed), elapsed);
+                if started == 0 {
+                    timeout_check = Instant::now() + TIMEOUT_POLL;
+                    continue;
+                }
+                let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
+                let thread = progress.thread.load(Ordering::Relaxed);
+                if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
+                    io.request_timed_out(thread, elapsed.as_nanos() as u64);
                     if !response_started {
                         let body = format!(
                             "The request ran longer than the server's timeout ({} s).\n",
@@ -489,6 +493,23 @@ async fn handle_request<S: Stream>(
                         let _ = stream.write_all(&http::simple_response(504, &body, true)).await;
                     }
                     return false;
+                }
+                if !slow_reported && io.slow_threshold.is_some_and(|s| elapsed >= s) {
+                    slow_reported = true;
+                    io.request_slow(thread, elapsed);
+                }
+                // Sleep until the nearest deadline still ahead.
+                let next = [
+                    io.request_timeout,
+                    io.slow_threshold.filter(|_| !slow_reported),
+                ]
+                .into_iter()
+                .flatten()
+                .map(|d| d.saturating_sub(elapsed))
+                .min();
+                match next {
+                    Some(d) => timeout_check = Instant::now() + d,
+                    None => watched = false,
                 }
             }
         }

@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -22,27 +21,6 @@ pub const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 pub struct ListenPort {
     pub ip: IpAddr,
     pub port: u16,
-}
-
-/// How many connections wait in the kernel's accept queue of a listening socket.
-pub fn accept_queue_len(fd: RawFd) -> u32 {
-    // SAFETY: getsockopt fills a tcp_info we own; on a listening socket tcpi_unacked is the current
-    // accept-queue length.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return 0;
-    }
-    info.tcpi_unacked
 }
 
 /// Inodes of every socket this process has open.
@@ -184,6 +162,6 @@ mod tests {
             "{found:?} lacks {client_port}"
         );
         use std::os::fd::AsRawFd;
-        assert_eq!(accept_queue_len(listener.as_raw_fd()), 1);
+        assert_eq!(crate::sock::accept_queue_len(listener.as_raw_fd()), 1);
     }
 }

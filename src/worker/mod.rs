@@ -98,6 +98,8 @@ pub struct IoState {
     loopback_warnings_suppressed: Cell<u64>,
     /// `--timeout` for a request in Python; None when off.
     pub request_timeout: Option<Duration>,
+    /// `--slow-request-threshold`; None when off.
+    pub slow_threshold: Option<Duration>,
     /// When a graceful stop must end even if connections remain.
     stop_deadline: Cell<Option<tokio::time::Instant>>,
     board: WorkerHandle,
@@ -298,14 +300,47 @@ impl IoState {
             )),
         }
         log.critical("Python stack of the thread running it (most recent call first):");
-        let tstate = self
-            .ctx
+        crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+        self.begin_stop();
+    }
+
+    /// A request is still running at `--slow-request-threshold`: one WARNING with the request and the
+    /// current Python stack of its thread; the request goes on.
+    pub fn request_slow(&self, thread: usize, elapsed: Duration) {
+        let log = &self.ctx.log;
+        let pid = std::process::id();
+        let what = self
+            .board
+            .requests_in_flight()
+            .into_iter()
+            .find(|(t, _)| *t == thread)
+            .map(|(_, r)| {
+                format!(
+                    "{} {} from {}",
+                    r.method,
+                    r.path,
+                    if r.client.is_empty() {
+                        "-"
+                    } else {
+                        r.client.as_str()
+                    }
+                )
+            })
+            .unwrap_or_else(|| "a request".to_string());
+        log.warning(&format!(
+            "Slow request: {what} still running after {:.1}s (--slow-request-threshold {}s; worker {pid}, thread {thread}). Its Python stack now (most recent call first):",
+            elapsed.as_secs_f64(),
+            self.ctx.cfg.slow_request_threshold,
+        ));
+        crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+    }
+
+    fn tstate(&self, thread: usize) -> *mut libc::c_void {
+        self.ctx
             .tstates
             .get(thread)
             .map(|t| t.load(Ordering::Acquire))
-            .unwrap_or(std::ptr::null_mut());
-        crate::python::stacks::dump_thread(log.raw_fd(), tstate);
-        self.begin_stop();
+            .unwrap_or(std::ptr::null_mut())
     }
 
     /// How long a connection may sit without sending the first byte of its next request.
@@ -352,6 +387,7 @@ pub fn run(
     board.set_pid(pid as i32);
     log.info(&format!("Booting worker with pid: {pid}"));
 
+    let _ = signals::abort_dumps_stack_while_booting(log.raw_fd());
     let app = match preloaded {
         Some(app) => app,
         None => match load_app(py, &cfg, &log) {
@@ -359,6 +395,10 @@ pub fn run(
             None => exit(WORKER_BOOT_ERROR),
         },
     };
+    if let Err(e) = sigpipe.route(&[Signal::SIGABRT]) {
+        log.error(&format!("Worker could not set up signals: {e}"));
+        exit(1);
+    }
     let access_log = match &cfg.accesslog {
         Some(target) => match AccessLog::open(target, &cfg.access_log_format) {
             Ok(l) => Some(l),
@@ -420,8 +460,9 @@ fn load_app(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Option<Py<PyAny>> {
     let started = std::time::Instant::now();
     match crate::python::app::load(py, uri) {
         Ok(app) => {
-            log.debug(&format!(
-                "Loaded application {uri} in {:.3}s",
+            log.info(&format!(
+                "Worker (pid:{}) loaded the app {uri} in {:.3}s",
+                std::process::id(),
                 started.elapsed().as_secs_f64()
             ));
             Some(app)
@@ -500,6 +541,8 @@ fn io_main(
         last_loopback_warning: Cell::new(None),
         loopback_warnings_suppressed: Cell::new(0),
         request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
+        slow_threshold: (cfg.slow_request_threshold > 0)
+            .then(|| Duration::from_secs(cfg.slow_request_threshold)),
         stop_deadline: Cell::new(None),
         board: ctx.board,
         ctx: ctx.clone(),
@@ -565,7 +608,7 @@ async fn watch_loopback_calls(io: Rc<IoState>) {
                 || io
                     .listen_fds
                     .iter()
-                    .any(|fd| loopback::accept_queue_len(*fd) > 0));
+                    .any(|fd| crate::sock::accept_queue_len(*fd) > 0));
         let calls = if suspect {
             loopback::own_calls_to(&io.listen_ports)
         } else {
@@ -718,6 +761,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         tokio::select! {
             _ = tick.tick() => {
                 ctx.board.heartbeat();
+                ctx.board.set_queued(io.queue.len() as u32);
                 if io.shutting_down.get() && io.connections.get() == 0 {
                     return 0;
                 }
