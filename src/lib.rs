@@ -56,7 +56,7 @@ fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
             return 0;
         }
     };
-    serve(py, cfg)
+    serve(py, cfg, hooks)
 }
 
 /// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
@@ -79,7 +79,7 @@ fn configure(
     Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
 }
 
-fn serve(py: Python<'_>, cfg: config::Config) -> i32 {
+fn serve(py: Python<'_>, cfg: config::Config, hooks: python::config_file::Hooks) -> i32 {
     let level = cfg
         .loglevel
         .parse::<log::Level>()
@@ -117,6 +117,37 @@ fn serve(py: Python<'_>, cfg: config::Config) -> i32 {
         None
     };
 
+    let hooks = match python::hooks::HookRunner::new(py, hooks, &cfg, &log) {
+        Ok(h) => h,
+        Err(e) => {
+            log.error(&format!(
+                "Cannot prepare the server hooks:\n{}",
+                python::format_exception(py, &e)
+            ));
+            return 1;
+        }
+    };
+    // As in gunicorn, a failing `on_starting` or `when_ready` stops the server; other hooks only log.
+    let server_hook = |name: &str| -> Result<(), python::hooks::HookFailed> {
+        if !hooks.has(name) {
+            return Ok(());
+        }
+        let args = hooks
+            .server(py, std::process::id(), cfg.workers)
+            .and_then(|s| pyo3::types::PyTuple::new(py, [s]))
+            .map_err(|_| python::hooks::HookFailed)?;
+        hooks.call(py, name, args)
+    };
+    if server_hook("on_starting").is_err() {
+        return 1;
+    }
+    if let Err(e) = python::hooks::route_python_logging(py, &log) {
+        log.warning(&format!(
+            "Python logging will not reach the error log:\n{}",
+            python::format_exception(py, &e)
+        ));
+    }
+
     log.info(&format!("Starting ferricorn {VERSION}"));
     let listeners = match sock::bind_all(&cfg.binds, cfg.backlog, &log) {
         Ok(l) => l,
@@ -135,8 +166,11 @@ fn serve(py: Python<'_>, cfg: config::Config) -> i32 {
         "Using worker: {}",
         arbiter::worker_class_name(&cfg)
     ));
+    if server_hook("when_ready").is_err() {
+        return 1;
+    }
     let cfg = Arc::new(cfg);
-    match arbiter::Arbiter::new(cfg, log.clone(), listeners, preloaded) {
+    match arbiter::Arbiter::new(cfg, log.clone(), listeners, preloaded, hooks.clone()) {
         Ok(a) => a.run(py),
         Err(e) => {
             log.error(&format!("Cannot start the master: {e}"));

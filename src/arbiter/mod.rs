@@ -17,10 +17,12 @@ use pyo3::prelude::*;
 
 use crate::config::{Config, WorkerClass};
 use crate::log::ErrorLog;
+use crate::python::hooks::{HookFailed, HookRunner};
 use crate::scoreboard::{now_ns, Scoreboard, WorkerState};
 use crate::signals::{self, SignalPipe};
 use crate::sock::Listener;
 use crate::worker::{self, WORKER_BOOT_ERROR};
+use pyo3::types::PyTuple;
 
 const MASTER_SIGNALS: [Signal; 10] = [
     Signal::SIGHUP,
@@ -75,6 +77,7 @@ pub struct Arbiter {
     spawned: u64,
     preloaded: Option<Py<PyAny>>,
     oom: oom::OomCounter,
+    hooks: Arc<HookRunner>,
     /// Since when every thread has been busy with connections waiting (None when not starved).
     starved_since: Option<Instant>,
     last_starvation_warning: Option<Instant>,
@@ -93,6 +96,7 @@ impl Arbiter {
         log: ErrorLog,
         listeners: Vec<Listener>,
         preloaded: Option<Py<PyAny>>,
+        hooks: Arc<HookRunner>,
     ) -> std::io::Result<Arbiter> {
         let board = Scoreboard::create()?;
         let sigpipe = SignalPipe::install(&MASTER_SIGNALS)?;
@@ -111,12 +115,68 @@ impl Arbiter {
             oom: oom::OomCounter::for_self(),
             starved_since: None,
             last_starvation_warning: None,
+            hooks,
         })
+    }
+
+    /// Call a server hook with the GIL, if the config defines it; `args` builds its arguments. Failures are
+    /// logged by the runner.
+    fn hook<F>(&self, name: &str, args: F) -> Result<(), HookFailed>
+    where
+        F: for<'py> FnOnce(Python<'py>, &HookRunner) -> PyResult<Bound<'py, PyTuple>>,
+    {
+        if !self.hooks.has(name) {
+            return Ok(());
+        }
+        Python::attach(|py| match args(py, &self.hooks) {
+            Ok(a) => self.hooks.call(py, name, a),
+            Err(e) => {
+                self.log.error(&format!(
+                    "Cannot prepare the arguments of the {name} hook:\n{}",
+                    crate::python::format_exception(py, &e)
+                ));
+                Err(HookFailed)
+            }
+        })
+    }
+
+    fn server_obj<'py>(&self, py: Python<'py>, hooks: &HookRunner) -> PyResult<Bound<'py, PyAny>> {
+        hooks.server(py, std::process::id(), self.num_workers)
+    }
+
+    fn change_worker_count(&mut self, new: usize) {
+        let old = self.num_workers;
+        if new == old {
+            return;
+        }
+        self.num_workers = new;
+        let _ = self.hook("nworkers_changed", |py, h| {
+            PyTuple::new(
+                py,
+                [
+                    self.server_obj(py, h)?,
+                    new.into_pyobject(py)?.into_any(),
+                    old.into_pyobject(py)?.into_any(),
+                ],
+            )
+        });
     }
 
     /// The master loop. Returns the process exit status.
     pub fn run(mut self, py: Python<'_>) -> i32 {
         let pid = std::process::id();
+        // gunicorn reports the initial worker count too, with no old value.
+        let n = self.num_workers;
+        let _ = self.hook("nworkers_changed", |py, h| {
+            PyTuple::new(
+                py,
+                [
+                    self.server_obj(py, h)?,
+                    n.into_pyobject(py)?.into_any(),
+                    py.None().into_bound(py),
+                ],
+            )
+        });
         if let Some(p) = &self.pidfile {
             if let Err(e) = std::fs::write(p, format!("{pid}\n")) {
                 self.log
@@ -165,11 +225,9 @@ impl Arbiter {
                     })
                 }
                 Signal::SIGHUP => self.reload(),
-                Signal::SIGTTIN => {
-                    self.num_workers += 1;
-                }
+                Signal::SIGTTIN => self.change_worker_count(self.num_workers + 1),
                 Signal::SIGTTOU if self.num_workers > 1 => {
-                    self.num_workers -= 1;
+                    self.change_worker_count(self.num_workers - 1)
                 }
                 Signal::SIGUSR1 => {
                     let _ = self.log.reopen();
@@ -185,6 +243,9 @@ impl Arbiter {
     /// `HUP`: start a fresh set of workers, then retire the old ones gracefully.
     fn reload(&mut self) {
         self.log.info("Hang up: Master");
+        let _ = self.hook("on_reload", |py, h| {
+            PyTuple::new(py, [self.server_obj(py, h)?])
+        });
         let old: Vec<i32> = self.workers.keys().copied().collect();
         for _ in 0..self.num_workers {
             if let Err(h) = self.spawn_worker() {
@@ -235,17 +296,32 @@ impl Arbiter {
         };
         self.spawned += 1;
         self.board.claim(slot, self.spawned as u32);
+        let age = self.spawned;
+        let _ = self.hook("pre_fork", |py, h| {
+            PyTuple::new(
+                py,
+                [
+                    self.server_obj(py, h)?,
+                    h.worker(py, 0, std::process::id(), age)?,
+                ],
+            )
+        });
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
                 let handle = self.board.worker(slot);
                 let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
                 worker::run(
                     py,
-                    self.cfg.clone(),
-                    self.log.clone(),
-                    &self.listeners,
-                    handle,
-                    preloaded,
+                    worker::Boot {
+                        cfg: self.cfg.clone(),
+                        log: self.log.clone(),
+                        listeners: &self.listeners,
+                        board: handle,
+                        preloaded,
+                        hooks: self.hooks.clone(),
+                        age,
+                        num_workers: self.num_workers,
+                    },
                 )
             }
             other => other,
@@ -304,6 +380,15 @@ impl Arbiter {
             if let Some(sig) = signal {
                 self.report_signaled(pid, sig, &proc);
             }
+            let _ = self.hook("child_exit", |py, h| {
+                PyTuple::new(
+                    py,
+                    [
+                        self.server_obj(py, h)?,
+                        h.worker(py, pid as u32, std::process::id(), proc.age)?,
+                    ],
+                )
+            });
             self.board.release(proc.slot);
             if let Some(code) = exitcode.filter(|c| *c != 0) {
                 self.log
@@ -599,6 +684,9 @@ impl Arbiter {
         if let Some(p) = &self.pidfile {
             let _ = std::fs::remove_file(p);
         }
+        let _ = self.hook("on_exit", |py, h| {
+            PyTuple::new(py, [self.server_obj(py, h)?])
+        });
         halt.status
     }
 }

@@ -61,6 +61,9 @@ macro_rules! hooks {
         /// Every hook with the number of parameters it must declare.
         const HOOKS: &[(&str, Arity)] = &[$((stringify!($name), $arity),)*];
 
+        /// The names of every server hook.
+        pub const HOOK_NAMES: &[&str] = &[$(stringify!($name),)*];
+
         impl Hooks {
             fn slot(&mut self, name: &str) -> Option<&mut Option<Py<PyAny>>> {
                 match name {
@@ -115,6 +118,11 @@ hooks! {
 }
 
 impl Hooks {
+    /// The hook called `name`, if the config file defined it.
+    pub fn get_hook(&self, name: &str) -> Option<&Py<PyAny>> {
+        self.get(name)
+    }
+
     /// One `(name, value)` line per hook for `--print-config`: `<qualified_name()>` for a hook the
     /// file defined, `None` otherwise.
     pub fn print_config_lines(&self, py: Python<'_>) -> Vec<(&'static str, String)> {

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config_file;
+pub mod hooks;
 pub mod stacks;
 
 use pyo3::prelude::*;

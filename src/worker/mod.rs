@@ -24,10 +24,12 @@ use tokio::sync::Notify;
 use crate::config::{Config, WorkerClass};
 use crate::http::ParserOptions;
 use crate::log::{AccessLog, ErrorLog};
+use crate::python::hooks::HookRunner;
 use crate::scoreboard::{WorkerHandle, WorkerState};
 use crate::signals::{self, SignalPipe};
 use crate::sock::{ListenAddr, Listener};
 use exchange::{Job, Peer, ServerAddr};
+use pyo3::types::PyTuple;
 
 /// Exit code of a worker whose app could not be loaded; the master stops with "Worker failed to boot."
 pub const WORKER_BOOT_ERROR: i32 = 3;
@@ -72,8 +74,26 @@ pub struct WorkerContext {
     pub app: Py<PyAny>,
     /// Set by the I/O thread when the worker starts a graceful stop: responses then say `Connection: close`.
     pub shutting_down: AtomicBool,
+    pub hooks: Arc<HookRunner>,
+    /// The `worker` object passed to hooks (None when the config file defines none).
+    pub hook_worker: Option<Py<PyAny>>,
     /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
     pub tstates: Vec<AtomicPtr<libc::c_void>>,
+}
+
+impl WorkerContext {
+    /// Call a one-argument worker hook (`worker_int`, `worker_abort`) with the GIL, if defined.
+    pub fn worker_hook(&self, name: &str) {
+        let Some(w) = &self.hook_worker else { return };
+        if !self.hooks.has(name) {
+            return;
+        }
+        Python::attach(|py| {
+            if let Ok(args) = PyTuple::new(py, [w.bind(py).clone()]) {
+                let _ = self.hooks.call(py, name, args);
+            }
+        });
+    }
 }
 
 /// State of the I/O thread (single-threaded runtime, so plain cells).
@@ -301,6 +321,7 @@ impl IoState {
         }
         log.critical("Python stack of the thread running it (most recent call first):");
         crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+        self.ctx.worker_hook("worker_abort");
         self.begin_stop();
     }
 
@@ -353,15 +374,31 @@ impl IoState {
     }
 }
 
+/// What the master hands a worker it just forked.
+pub struct Boot<'a> {
+    pub cfg: Arc<Config>,
+    pub log: ErrorLog,
+    pub listeners: &'a [Listener],
+    pub board: WorkerHandle,
+    pub preloaded: Option<Py<PyAny>>,
+    pub hooks: Arc<HookRunner>,
+    /// Spawn order (gunicorn's `worker.age`).
+    pub age: u64,
+    pub num_workers: usize,
+}
+
 /// The worker's main function, called in the child right after fork. Never returns.
-pub fn run(
-    py: Python<'_>,
-    cfg: Arc<Config>,
-    log: ErrorLog,
-    listeners: &[Listener],
-    board: WorkerHandle,
-    preloaded: Option<Py<PyAny>>,
-) -> ! {
+pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
+    let Boot {
+        cfg,
+        log,
+        listeners,
+        board,
+        preloaded,
+        hooks,
+        age,
+        num_workers,
+    } = boot;
     let pid = std::process::id();
     // The master's routing must not leak into the worker: take the signals over with a pipe of our own.
     let sigpipe = match SignalPipe::install(&[
@@ -386,6 +423,30 @@ pub fn run(
     ]);
     board.set_pid(pid as i32);
     log.info(&format!("Booting worker with pid: {pid}"));
+    let ppid = std::os::unix::process::parent_id();
+    // The `worker` object hooks receive; built only when the config file defines hooks.
+    let hook_worker = if hooks.any() {
+        match hooks.worker(py, pid, ppid, age) {
+            Ok(w) => Some(w.unbind()),
+            Err(e) => {
+                log.error(&format!(
+                    "Cannot prepare hooks:\n{}",
+                    crate::python::format_exception(py, &e)
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(w) = &hook_worker {
+        let args = hooks
+            .server(py, ppid, num_workers)
+            .and_then(|s| PyTuple::new(py, [s, w.bind(py).clone()]));
+        if let Ok(args) = args {
+            let _ = hooks.call(py, "post_fork", args);
+        }
+    }
 
     let _ = signals::abort_dumps_stack_while_booting(log.raw_fd());
     let app = match preloaded {
@@ -395,6 +456,11 @@ pub fn run(
             None => exit(WORKER_BOOT_ERROR),
         },
     };
+    if let Some(w) = &hook_worker {
+        if let Ok(args) = PyTuple::new(py, [w.bind(py).clone()]) {
+            let _ = hooks.call(py, "post_worker_init", args);
+        }
+    }
     if let Err(e) = sigpipe.route(&[Signal::SIGABRT]) {
         log.error(&format!("Worker could not set up signals: {e}"));
         exit(1);
@@ -420,6 +486,8 @@ pub fn run(
         board,
         app,
         shutting_down: AtomicBool::new(false),
+        hooks: hooks.clone(),
+        hook_worker,
         tstates: (0..threads + MAX_OVERFLOW_THREADS)
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
@@ -449,6 +517,16 @@ pub fn run(
         io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
     });
     log.info(&format!("Worker exiting (pid: {pid})"));
+    if let Some(w) = &ctx.hook_worker {
+        Python::attach(|py| {
+            let args = hooks
+                .server(py, ppid, num_workers)
+                .and_then(|s| PyTuple::new(py, [s, w.bind(py).clone()]));
+            if let Ok(args) = args {
+                let _ = hooks.call(py, "worker_exit", args);
+            }
+        });
+    }
     exit(code)
 }
 
@@ -780,7 +858,10 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                                 return 0;
                             }
                         }
-                        Signal::SIGINT | Signal::SIGQUIT => return 0,
+                        Signal::SIGINT | Signal::SIGQUIT => {
+                            ctx.worker_hook("worker_int");
+                            return 0;
+                        }
                         Signal::SIGABRT => {
                             // The master gave up on the worker (its I/O loop stopped beating, or a
                             // timed-out request did not let it stop): show where every app thread is.
@@ -789,6 +870,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                                 std::process::id()
                             ));
                             crate::python::stacks::dump_all_threads(ctx.log.raw_fd());
+                            ctx.worker_hook("worker_abort");
                             return 1;
                         }
                         Signal::SIGUSR1 => {

@@ -135,6 +135,7 @@ impl WsgiRunner {
         let environ =
             self.environ
                 .build(py, &head, &peer, &server, input.into_bound(py).into_any());
+        let hook_req = self.pre_request(py, &head);
         let outcome = match environ {
             Ok(env) => {
                 let outcome = self.run_app(py, &env, &responder);
@@ -149,6 +150,9 @@ impl WsgiRunner {
             }
         };
 
+        if let Some(req) = hook_req {
+            self.post_request(py, req, outcome.as_ref(), &responder);
+        }
         if let Some(access) = &self.ctx.access_log {
             let r = responder.borrow(py);
             let version = if head.version_minor == 0 {
@@ -192,6 +196,57 @@ impl WsgiRunner {
             access.log(&rec);
         }
         board.request_finished(self.thread);
+    }
+
+    /// `pre_request(worker, req)`, when the config file defines it (or `post_request`, which needs the
+    /// same `req`). Returns the `req` object for `post_request`.
+    fn pre_request<'py>(
+        &self,
+        py: Python<'py>,
+        head: &crate::http::RequestHead,
+    ) -> Option<Bound<'py, PyAny>> {
+        let worker = self.ctx.hook_worker.as_ref()?;
+        let hooks = &self.ctx.hooks;
+        if !hooks.has("pre_request") && !hooks.has("post_request") {
+            return None;
+        }
+        let req = hooks.request(py, head).ok()?;
+        let worker = worker.bind(py);
+        let _ = worker.setattr("nr", self.ctx.board.requests());
+        if let Ok(args) = PyTuple::new(py, [worker.clone(), req.clone()]) {
+            let _ = hooks.call(py, "pre_request", args);
+        }
+        Some(req)
+    }
+
+    /// `post_request(worker, req[, environ[, resp]])`, with as many arguments as the hook declares.
+    fn post_request(
+        &self,
+        py: Python<'_>,
+        req: Bound<'_, PyAny>,
+        env: Option<&Bound<'_, PyDict>>,
+        responder: &Py<Responder>,
+    ) {
+        let (Some(worker), hooks) = (self.ctx.hook_worker.as_ref(), &self.ctx.hooks) else {
+            return;
+        };
+        if !hooks.has("post_request") {
+            return;
+        }
+        let r = responder.borrow(py);
+        let resp = match hooks.response(py, r.status_code, &r.headers, r.body_sent) {
+            Ok(resp) => resp,
+            Err(_) => return,
+        };
+        let env = match env {
+            Some(e) => e.clone().into_any(),
+            None => PyDict::new(py).into_any(),
+        };
+        let all = [worker.bind(py).clone(), req, env, resp];
+        let n = hooks.post_request_arity().clamp(2, 4);
+        if let Ok(args) = PyTuple::new(py, all.into_iter().take(n)) {
+            let _ = hooks.call(py, "post_request", args);
+        }
     }
 
     /// Call the app and send its response. Errors are returned for the caller to log and answer.
