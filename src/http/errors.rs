@@ -66,6 +66,9 @@ pub enum HttpError {
     InvalidHost,
     /// Content-Type appears more than once.
     DuplicateContentType,
+    /// A trusted proxy's scheme headers disagree (e.g. `X-Forwarded-Proto: https` with
+    /// `X-Forwarded-Ssl: off`).
+    ContradictorySchemeHeaders,
     /// Expect holds something other than `100-continue`.
     ExpectationFailed,
     /// A chunk-size that is empty, not hexadecimal, or overflows 64 bits.
@@ -117,6 +120,7 @@ impl HttpError {
             | DuplicateHost
             | InvalidHost
             | DuplicateContentType
+            | ContradictorySchemeHeaders
             | InvalidChunkSize
             | InvalidChunkExtension
             | ChunkLineTooLong
@@ -155,6 +159,7 @@ impl HttpError {
             DuplicateHost => "Duplicate Host header",
             InvalidHost => "Invalid Host header",
             DuplicateContentType => "Duplicate Content-Type",
+            ContradictorySchemeHeaders => "Contradictory scheme headers",
             ExpectationFailed => "Unsupported expectation",
             InvalidChunkSize => "Invalid chunk size",
             InvalidChunkExtension => "Invalid chunk extension",

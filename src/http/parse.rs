@@ -1530,3 +1530,79 @@ mod tests {
         }
     }
 }
+
+/// Inputs found by the fuzzers (`fuzz/`), kept so what they exposed stays fixed. Each starts with the
+/// fuzz targets' option byte, decoded here by [`fuzz_options`] exactly as `fuzz/src/lib.rs` does.
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// The fuzz targets' mapping from the first input byte to parser options.
+    fn fuzz_options(sel: u8) -> ParserOptions {
+        let mut o = ParserOptions {
+            permit_missing_host: sel & 0x01 != 0,
+            permit_obsolete_folding: sel & 0x02 != 0,
+            strip_header_spaces: sel & 0x04 != 0,
+            permit_unconventional_http_method: sel & 0x08 != 0,
+            permit_unconventional_http_version: sel & 0x10 != 0,
+            casefold_http_method: sel & 0x08 != 0,
+            header_map: match (sel >> 5) & 0x03 {
+                0 | 1 => HeaderMap::Drop,
+                2 => HeaderMap::Refuse,
+                _ => HeaderMap::Dangerous,
+            },
+            ..ParserOptions::default()
+        };
+        if sel & 0x80 != 0 {
+            o.limit_request_line = 40;
+            o.limit_request_fields = 4;
+            o.limit_request_field_size = 32;
+        }
+        o
+    }
+
+    fn complete(raw: &[u8], o: &ParserOptions) -> (RequestHead, usize) {
+        match parse_request(raw, o) {
+            Ok(Parsed::Complete { head, consumed }) => (head, consumed),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// parse_request run 1: a field line of exactly `limit_request_field_size` bytes with no space
+    /// after its colon. The target wrote heads back out as `name: value`, one byte longer, and took the
+    /// refusal of that for a parser bug; the parser was right. The check now writes `name:value`.
+    #[test]
+    fn canonical_form_without_space() {
+        let input = b"\xe9CONNECT [1]:443 HTTP/1.1\r\nH:[[1]:443\r\nH:p:sto :sto\
+            \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff3\r\n\r\n";
+        let o = fuzz_options(input[0]);
+        let raw = &input[1..];
+        let (head, consumed) = complete(raw, &o);
+        assert_eq!(consumed, raw.len());
+        assert_eq!(head.method, "CONNECT");
+        assert_eq!(head.path, "[1]:443");
+        assert_eq!(head.headers.len(), 2);
+        let field = &head.headers[1];
+        assert_eq!(field.0, "H");
+        // 30 bytes of line plus CRLF: within the 32-byte limit.
+        assert_eq!(field.1.len() + "H:\r\n".len(), 32);
+
+        let mut canonical = b"CONNECT [1]:443 HTTP/1.1\r\n".to_vec();
+        for (name, value) in &head.headers {
+            canonical.extend_from_slice(name.as_bytes());
+            canonical.push(b':');
+            canonical.extend_from_slice(value);
+            canonical.extend_from_slice(b"\r\n");
+        }
+        canonical.extend_from_slice(b"\r\n");
+        assert_eq!(complete(&canonical, &o).0, head);
+        // One byte more on that field line is over the limit.
+        let at = memchr::memmem::find(&canonical, b"H:p").map(|i| i + 2);
+        let mut spaced = canonical.clone();
+        spaced.insert(at.unwrap_or(0), b' ');
+        assert_eq!(
+            parse_request(&spaced, &o),
+            Err(HttpError::HeaderFieldTooLarge)
+        );
+    }
+}

@@ -120,6 +120,20 @@ pub async fn serve<S: Stream>(
             }
         };
         first = false;
+        let https = match io.forwarded.https(&head, &peer) {
+            Ok(https) => https,
+            Err(e) => {
+                let _ = stream.write_all(&http::error_response(&e)).await;
+                break;
+            }
+        };
+        // A body still to come is read ahead without holding capacity.
+        if !body_in_buffer(&head, &buf) {
+            claim.release();
+        }
+        let Some(start) = start_body(&mut stream, &mut buf, &head, &io).await else {
+            break;
+        };
         if held {
             // Accepted while full, to look for a loopback call: wait for a free thread, or until this
             // connection is known to be such a call.
@@ -142,13 +156,26 @@ pub async fn serve<S: Stream>(
                 claim.held = true;
             }
         }
-        let keep =
-            handle_request(&mut stream, &mut buf, *head, &peer, &server, &io, overflow).await;
+        let keep = handle_request(
+            &mut stream,
+            &mut buf,
+            *head,
+            start,
+            https,
+            &peer,
+            &server,
+            &io,
+            overflow,
+        )
+        .await;
         if overflow {
             io.overflow_done();
         }
         claim.release();
-        if !keep || io.shutting_down.get() {
+        io.check_recycle();
+        // A stopping worker still answers what arrives on a kept-alive connection (with
+        // `Connection: close`) rather than closing it under a client that may be sending right now.
+        if !keep {
             break;
         }
     }
@@ -176,7 +203,7 @@ async fn read_head<S: Stream>(
     let started = Instant::now();
     // Between requests the client may idle for `--keep-alive`; once it has sent a byte the whole head must
     // arrive within the header timeout.
-    let idle_deadline = started + io.idle_timeout(first);
+    let mut idle_deadline = started + io.idle_timeout(first);
     let mut header_deadline: Option<Instant> = None;
     let mut scanned = 0;
     let max_head = http::max_head_size(&io.parser);
@@ -196,12 +223,16 @@ async fn read_head<S: Stream>(
                 }
             }
             scanned = buf.len();
+            // The head did not come in one piece: a slow client does not count as about to run, so
+            // it must not keep the worker from accepting others.
+            claim.release();
             if header_deadline.is_none() {
                 header_deadline = Some(Instant::now() + io.header_timeout);
             }
         }
         if io.shutting_down.get() && buf.is_empty() {
-            return HeadOutcome::Closed;
+            // Stopping: an idle connection gets a short grace for a request already on its way.
+            idle_deadline = idle_deadline.min(Instant::now() + io.stop_idle_grace());
         }
         let deadline = header_deadline.unwrap_or(idle_deadline);
         let grace = if claim.held {
@@ -227,9 +258,7 @@ async fn read_head<S: Stream>(
                 }
                 return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
             }
-            _ = io.shutdown_signal.notified(), if buf.is_empty() => {
-                return HeadOutcome::Closed;
-            }
+            _ = io.shutdown_signal.notified(), if buf.is_empty() => {}
         }
     }
 }
@@ -250,6 +279,8 @@ enum BodyState {
 
 #[derive(Debug)]
 enum BodyError {
+    /// A bounded wait for body bytes ended before any arrived (the caller has a timer to serve).
+    Pending,
     Io,
     Timeout,
     Closed,
@@ -259,6 +290,7 @@ enum BodyError {
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            BodyError::Pending => f.write_str("waiting for the request body"),
             BodyError::Io => f.write_str("error reading the request body"),
             BodyError::Timeout => f.write_str("timed out reading the request body"),
             BodyError::Closed => f.write_str("client closed the connection before the body ended"),
@@ -331,40 +363,81 @@ impl BodyState {
 
 /// Run one request through the Python threads and write its response. Returns whether the connection
 /// may carry another request.
-async fn handle_request<S: Stream>(
+/// The body as the request starts: what is still on the socket, and what was read ahead.
+struct BodyStart {
+    body: BodyState,
+    prefetched: Vec<u8>,
+    expect_continue: bool,
+}
+
+/// Read (and so validate) the start of the body before the app runs, without holding any capacity: a
+/// small body — the common POST — goes to Python whole with the request, saving a round trip between the
+/// threads per read, and a malformed one is refused before the app is ever called. A client that waits
+/// for `100 Continue` sends nothing until the app asks, so its body is left for the app to pull. The
+/// whole read-ahead must arrive within the header timeout: a client trickling its body ties up nothing
+/// but its own connection. None when the connection must close (after answering, where there is an
+/// answer).
+async fn start_body<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    head: RequestHead,
-    peer: &Arc<Peer>,
-    server: &Arc<ServerAddr>,
+    head: &RequestHead,
     io: &IoState,
-    overflow: bool,
-) -> bool {
+) -> Option<BodyStart> {
     let mut body = match head.body {
         BodyKind::Empty => BodyState::Done,
         BodyKind::Length(n) => BodyState::Length(n),
         BodyKind::Chunked => BodyState::Chunked(Box::new(ChunkedDecoder::new(&io.parser))),
     };
     let expect_continue = head.expect_continue && !body.is_done();
-
-    // Read (and so validate) the start of the body before the app runs: a small body — the common POST —
-    // goes to Python whole with the request, saving a round trip between the threads per read, and a
-    // malformed one is refused before the app is ever called. A client that waits for `100 Continue` sends
-    // nothing until the app asks, so its body is left for the app to pull.
     let mut prefetched = Vec::new();
     if !expect_continue {
+        let deadline = Instant::now() + io.header_timeout;
         while !body.is_done() && prefetched.len() < PREFETCH_LIMIT {
-            match body.next(stream, buf, io.header_timeout).await {
-                Ok(Some(d)) => prefetched.extend_from_slice(&d),
-                Ok(None) => break,
-                Err(BodyError::Http(e)) => {
+            let next = tokio::time::timeout_at(deadline, body.next(stream, buf, io.header_timeout));
+            match next.await {
+                Ok(Ok(Some(d))) => prefetched.extend_from_slice(&d),
+                Ok(Ok(None)) => break,
+                Ok(Err(BodyError::Http(e))) => {
                     let _ = stream.write_all(&http::error_response(&e)).await;
-                    return false;
+                    return None;
                 }
-                Err(_) => return false,
+                Ok(Err(_)) | Err(_) => return None,
             }
         }
     }
+    Some(BodyStart {
+        body,
+        prefetched,
+        expect_continue,
+    })
+}
+
+/// `start_body` needs nothing from the socket: the read-ahead is already buffered.
+fn body_in_buffer(head: &RequestHead, buf: &[u8]) -> bool {
+    match head.body {
+        BodyKind::Empty => true,
+        BodyKind::Length(n) => buf.len() as u64 >= n.min(PREFETCH_LIMIT as u64),
+        BodyKind::Chunked => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_request<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    head: RequestHead,
+    start: BodyStart,
+    https: bool,
+    peer: &Arc<Peer>,
+    server: &Arc<ServerAddr>,
+    io: &IoState,
+    overflow: bool,
+) -> bool {
+    let BodyStart {
+        mut body,
+        prefetched,
+        expect_continue,
+    } = start;
 
     let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
     let progress = Arc::new(Progress::default());
@@ -398,6 +471,7 @@ async fn handle_request<S: Stream>(
         },
         reply: reply_tx,
         progress: progress.clone(),
+        https,
     };
     let queued = if overflow {
         io.dispatch_overflow(job)
@@ -429,12 +503,16 @@ async fn handle_request<S: Stream>(
                         return false;
                     }
                     response_started = true;
-                    if stream.write_all(&bytes).await.is_err() {
+                    // A client that stops reading must not hold the app thread: give up after the
+                    // timeout (the app's next send then fails and its iterable is closed).
+                    let written = timeout(io.header_timeout, stream.write_all(&bytes)).await;
+                    if !matches!(written, Ok(Ok(()))) {
                         return false;
                     }
                 }
                 Some(Out::File { file, offset, count }) => {
-                    if send_file(stream, &file, offset, count).await.is_err() {
+                    let sent = timeout(io.header_timeout, send_file(stream, &file, offset, count)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         return false;
                     }
                 }
@@ -451,28 +529,6 @@ async fn handle_request<S: Stream>(
                     if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
                         return false;
                     }
-                }
-            }
-            permit = reserve(body_tx.as_ref()), if pumping => {
-                match permit {
-                    // The app dropped `wsgi.input`: stop pumping; the rest is drained after the response.
-                    Err(_) => body_finished = true,
-                    Ok(permit) => match body.next(stream, buf, io.header_timeout).await {
-                        Ok(Some(data)) => permit.send(BodyChunk::Data(data)),
-                        Ok(None) => {
-                            permit.send(BodyChunk::End);
-                            body_finished = true;
-                        }
-                        Err(e) => {
-                            permit.send(BodyChunk::Failed(e.to_string()));
-                            body_finished = true;
-                            body = BodyState::Done;
-                            framing_lost = true;
-                            if let BodyError::Http(e) = e {
-                                body_error = Some(e);
-                            }
-                        }
-                    },
                 }
             }
             _ = tokio::time::sleep_until(timeout_check), if watched => {
@@ -512,12 +568,44 @@ async fn handle_request<S: Stream>(
                     None => watched = false,
                 }
             }
+            permit = reserve(body_tx.as_ref()), if pumping => {
+                match permit {
+                    // The app dropped `wsgi.input`: stop pumping; the rest is drained after the response.
+                    Err(_) => body_finished = true,
+                    // Bounded by the next timer deadline, so `--timeout` fires even while the client is
+                    // slow to send the body the app waits for.
+                    Ok(permit) => match tokio::time::timeout_at(
+                        if watched { timeout_check } else { Instant::now() + io.header_timeout },
+                        body.next(stream, buf, io.header_timeout),
+                    )
+                    .await
+                    .unwrap_or(Err(BodyError::Pending))
+                    {
+                        Ok(Some(data)) => permit.send(BodyChunk::Data(data)),
+                        Ok(None) => {
+                            permit.send(BodyChunk::End);
+                            body_finished = true;
+                        }
+                        // Not an error: the timer is due; the permit goes back unused.
+                        Err(BodyError::Pending) => {}
+                        Err(e) => {
+                            permit.send(BodyChunk::Failed(e.to_string()));
+                            body_finished = true;
+                            body = BodyState::Done;
+                            framing_lost = true;
+                            if let BodyError::Http(e) = e {
+                                body_error = Some(e);
+                            }
+                        }
+                    },
+                }
+            }
         }
         if body_finished {
             body_tx = None;
         }
     };
-    if !keep_alive || framing_lost || io.shutting_down.get() {
+    if !keep_alive || framing_lost {
         return false;
     }
     if body.is_done() {

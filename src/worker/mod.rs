@@ -73,7 +73,13 @@ pub struct WorkerContext {
     pub board: WorkerHandle,
     pub app: Py<PyAny>,
     /// Set by the I/O thread when the worker starts a graceful stop: responses then say `Connection: close`.
-    pub shutting_down: AtomicBool,
+    pub shutting_down: Arc<AtomicBool>,
+    /// Set by the Python thread that served the `--max-requests`-th request: the I/O thread then retires
+    /// the worker gracefully.
+    pub recycle: AtomicBool,
+    /// Requests this worker may serve before it is recycled (`--max-requests` plus jitter); 0 = no limit.
+    pub max_requests: u64,
+    pub served: std::sync::atomic::AtomicU64,
     pub hooks: Arc<HookRunner>,
     /// The `worker` object passed to hooks (None when the config file defines none).
     pub hook_worker: Option<Py<PyAny>>,
@@ -110,6 +116,7 @@ pub struct IoState {
     keepalive: Duration,
     pub header_timeout: Duration,
     overflow: OverflowLane,
+    pub forwarded: exchange::ForwardedTrust,
     /// Some worker has a loopback call open: a full worker still accepts, to find and serve it.
     loopback_mode: Cell<bool>,
     listen_ports: Vec<loopback::ListenPort>,
@@ -364,6 +371,22 @@ impl IoState {
             .unwrap_or(std::ptr::null_mut())
     }
 
+    /// While stopping, how long an idle kept-alive connection is still read for a request on its way.
+    pub fn stop_idle_grace(&self) -> Duration {
+        self.keepalive
+            .clamp(Duration::from_millis(500), Duration::from_secs(2))
+    }
+
+    /// The `--max-requests`-th request was taken: retire the worker once its requests are done.
+    pub fn check_recycle(&self) {
+        if self.ctx.recycle.load(Ordering::Acquire) && !self.shutting_down.get() {
+            self.ctx
+                .log
+                .info("Autorestarting worker after current request.");
+            self.begin_stop();
+        }
+    }
+
     /// How long a connection may sit without sending the first byte of its next request.
     pub fn idle_timeout(&self, first: bool) -> Duration {
         if first || self.keepalive.is_zero() {
@@ -485,7 +508,10 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         access_log,
         board,
         app,
-        shutting_down: AtomicBool::new(false),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        recycle: AtomicBool::new(false),
+        max_requests: max_requests_with_jitter(&cfg),
+        served: std::sync::atomic::AtomicU64::new(0),
         hooks: hooks.clone(),
         hook_worker,
         tstates: (0..threads + MAX_OVERFLOW_THREADS)
@@ -528,6 +554,21 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         });
     }
     exit(code)
+}
+
+/// `--max-requests` plus a random part of `--max-requests-jitter`, so workers do not all restart at once.
+fn max_requests_with_jitter(cfg: &Config) -> u64 {
+    if cfg.max_requests == 0 {
+        return 0;
+    }
+    let jitter = if cfg.max_requests_jitter > 0 {
+        // Each worker is a fresh process: its pid and the clock are spread enough for this purpose.
+        let seed = crate::scoreboard::now_ns() ^ (u64::from(std::process::id()) << 32);
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (cfg.max_requests_jitter + 1)
+    } else {
+        0
+    };
+    cfg.max_requests + jitter
 }
 
 fn load_app(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Option<Py<PyAny>> {
@@ -600,6 +641,7 @@ fn io_main(
         keepalive: Duration::from_secs(cfg.keepalive),
         header_timeout,
         overflow,
+        forwarded: exchange::ForwardedTrust::new(cfg),
         loopback_mode: Cell::new(false),
         listen_ports: listeners
             .iter()
@@ -839,6 +881,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         tokio::select! {
             _ = tick.tick() => {
                 ctx.board.heartbeat();
+                io.check_recycle();
                 ctx.board.set_queued(io.queue.len() as u32);
                 if io.shutting_down.get() && io.connections.get() == 0 {
                     return 0;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::config::Config;
 use crate::http::RequestHead;
 use crate::worker::exchange::{Peer, ServerAddr};
 
@@ -53,14 +52,11 @@ pub struct EnvironBuilder {
     https: Py<PyString>,
     proto_10: Py<PyString>,
     proto_11: Py<PyString>,
-    forwarded_any: bool,
-    forwarded_ips: Vec<String>,
-    secure_headers: Vec<(String, String)>,
 }
 
 impl EnvironBuilder {
     /// `constants` holds the keys that never change within a worker (wsgi.version, wsgi.errors, ...).
-    pub fn new(py: Python<'_>, cfg: &Config, constants: Bound<'_, PyDict>) -> EnvironBuilder {
+    pub fn new(py: Python<'_>, constants: Bound<'_, PyDict>) -> EnvironBuilder {
         // gunicorn takes SCRIPT_NAME from the process environment (after --env is applied).
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
         let script_name = script_name.trim_end_matches('/').to_string();
@@ -73,17 +69,6 @@ impl EnvironBuilder {
             https: PyString::intern(py, "https").unbind(),
             proto_10: PyString::intern(py, "HTTP/1.0").unbind(),
             proto_11: PyString::intern(py, "HTTP/1.1").unbind(),
-            forwarded_any: cfg.forwarded_allow_ips.iter().any(|ip| ip.trim() == "*"),
-            forwarded_ips: cfg
-                .forwarded_allow_ips
-                .iter()
-                .map(|s| s.trim().to_string())
-                .collect(),
-            secure_headers: cfg
-                .secure_scheme_headers
-                .iter()
-                .map(|(h, v)| (h.to_ascii_lowercase(), v.clone()))
-                .collect(),
         }
     }
 
@@ -108,17 +93,13 @@ impl EnvironBuilder {
         k
     }
 
-    fn trusted(&self, peer: &Peer) -> bool {
-        // A unix-socket peer is the local proxy itself.
-        self.forwarded_any || peer.ip.is_empty() || self.forwarded_ips.contains(&peer.ip)
-    }
-
     pub fn build<'py>(
         &mut self,
         py: Python<'py>,
         head: &RequestHead,
         peer: &Peer,
         server: &ServerAddr,
+        https: bool,
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let env = self.base.bind(py).copy()?;
@@ -141,20 +122,9 @@ impl EnvironBuilder {
         )?;
         env.set_item(k.input.bind(py), input)?;
 
-        let trusted = !self.secure_headers.is_empty() && self.trusted(peer);
-        let mut https = false;
+        // Header names with '_' were already dropped or refused by the parser (`--header-map`).
         let mut host: Option<&[u8]> = None;
         for (name, value) in &head.headers {
-            // Names with '_' could impersonate a dash-named header once mapped to HTTP_*: gunicorn drops them.
-            if name.contains('_') {
-                continue;
-            }
-            if trusted {
-                let lname = name.to_ascii_lowercase();
-                if let Some((_, want)) = self.secure_headers.iter().find(|(h, _)| *h == lname) {
-                    https = value.as_slice() == want.as_bytes();
-                }
-            }
             let pyvalue = latin1(py, value);
             if name.eq_ignore_ascii_case("content-type") {
                 env.set_item(self.keys.content_type.bind(py), pyvalue)?;

@@ -79,7 +79,7 @@ impl WsgiRunner {
             "SERVER_SOFTWARE",
             concat!("ferricorn/", env!("CARGO_PKG_VERSION")),
         )?;
-        let environ = EnvironBuilder::new(py, cfg, base);
+        let environ = EnvironBuilder::new(py, base);
         Ok(WsgiRunner {
             ctx,
             thread,
@@ -97,6 +97,7 @@ impl WsgiRunner {
             body,
             reply,
             progress,
+            https,
         } = job;
         progress.start(self.thread);
         let board = self.ctx.board;
@@ -106,14 +107,24 @@ impl WsgiRunner {
             format!("{}:{}", peer.ip, peer.port)
         };
         board.request_started(self.thread, &head.method, &head.target, &client);
+        let served = self.ctx.served.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.ctx.max_requests > 0 && served >= self.ctx.max_requests {
+            // This is the last request: it answers with `Connection: close`, and the worker retires.
+            self.ctx.shutting_down.store(true, Ordering::SeqCst);
+            self.ctx.recycle.store(true, Ordering::Release);
+        }
 
-        let keep_alive = head.keep_alive
-            && self.ctx.cfg.keepalive > 0
-            && !self.ctx.shutting_down.load(Ordering::Relaxed);
+        let keep_alive = head.keep_alive && self.ctx.cfg.keepalive > 0;
         let head_only = head.method == "HEAD";
         let responder = match Py::new(
             py,
-            Responder::new(reply, head.version_minor, head_only, keep_alive),
+            Responder::new(
+                reply,
+                head.version_minor,
+                head_only,
+                keep_alive,
+                self.ctx.shutting_down.clone(),
+            ),
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -134,7 +145,7 @@ impl WsgiRunner {
         };
         let environ =
             self.environ
-                .build(py, &head, &peer, &server, input.into_bound(py).into_any());
+                .build(py, &head, &peer, &server, https, input.into_bound(py).into_any());
         let hook_req = self.pre_request(py, &head);
         let outcome = match environ {
             Ok(env) => {

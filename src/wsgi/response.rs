@@ -8,6 +8,8 @@
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -40,17 +42,20 @@ pub struct Responder {
     pub body_sent: u64,
     /// The client is gone: nothing more is sent.
     pub disconnected: bool,
+    stopping: Arc<AtomicBool>,
 }
 
 /// The client went away while the response was being sent.
 pub struct Disconnected;
 
 impl Responder {
+    /// `stopping` is the worker's flag: once it is set, every head written says `Connection: close`.
     pub fn new(
         reply: mpsc::Sender<Out>,
         version_minor: u8,
         head_only: bool,
         keep_alive: bool,
+        stopping: Arc<AtomicBool>,
     ) -> Self {
         Responder {
             reply,
@@ -65,6 +70,7 @@ impl Responder {
             framing: Framing::NoBody,
             body_sent: 0,
             disconnected: false,
+            stopping,
         }
     }
 
@@ -121,7 +127,8 @@ impl Responder {
         } else {
             Framing::UntilClose
         };
-        if self.framing == Framing::UntilClose {
+        // Decided as late as possible: a worker that began to stop while the app ran closes after this.
+        if self.framing == Framing::UntilClose || self.stopping.load(Ordering::Acquire) {
             self.keep_alive = false;
         }
         // The status was validated by start_response; the fallback above is well-formed too.

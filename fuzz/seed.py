@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Write the fuzzers' seed inputs from the HTTP request corpus (shared/http-corpus, see its README).
+
+Every case becomes a seed for `parse_request`; every chunked body in it (the bytes after the first head
+that says `Transfer-Encoding`) becomes a seed for `chunked_decoder`. Each seed starts with the byte that
+selects the parser options (see `options_from` in src/lib.rs), set from the case's settings; the decoder's
+seeds have a second byte that seeds the split points.
+
+    python3 fuzz/seed.py [CORPUS_DIR]   # default: $FERRICORN_HTTP_CORPUS, else ../shared/http-corpus
+"""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# Bits of the selector byte, as options_from reads them.
+PERMIT_MISSING_HOST = 0x01
+OBS_FOLD = 0x02
+STRIP_SPACES = 0x04
+UNCONVENTIONAL_METHOD = 0x08  # also turns on casefolding
+UNCONVENTIONAL_VERSION = 0x10
+HEADER_MAP = {"drop": 0x00, "refuse": 0x40, "dangerous": 0x60}
+SMALL_LIMITS = 0x80
+
+
+def corpus_dir(argv):
+    if len(argv) > 1:
+        return argv[1]
+    return os.environ.get("FERRICORN_HTTP_CORPUS") or os.path.join(REPO, "..", "shared", "http-corpus")
+
+
+def selector(settings):
+    sel = PERMIT_MISSING_HOST
+    if settings.get("permit_obsolete_folding"):
+        sel |= OBS_FOLD
+    if settings.get("strip_header_spaces"):
+        sel |= STRIP_SPACES
+    if settings.get("permit_unconventional_http_method") or settings.get("casefold_http_method"):
+        sel |= UNCONVENTIONAL_METHOD
+    if settings.get("permit_unconventional_http_version"):
+        sel |= UNCONVENTIONAL_VERSION
+    sel |= HEADER_MAP.get(settings.get("header_map", "drop"), 0)
+    small = [settings.get(k) for k in ("limit_request_line", "limit_request_fields",
+                                       "limit_request_field_size")]
+    if any(v is not None and 0 < v < 100 for v in small):
+        sel |= SMALL_LIMITS
+    return sel
+
+
+def chunked_bodies(raw):
+    """The bytes after each head that announces a chunked body."""
+    out = []
+    pos = 0
+    while True:
+        end = raw.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return out
+        head = raw[pos:end].lower()
+        if b"transfer-encoding" in head and b"chunked" in head:
+            out.append(raw[end + 4:])
+        pos = end + 4
+
+
+def write(dirname, data):
+    os.makedirs(dirname, exist_ok=True)
+    name = hashlib.sha1(data).hexdigest()
+    with open(os.path.join(dirname, name), "wb") as f:
+        f.write(data)
+
+
+def main(argv):
+    src = corpus_dir(argv)
+    counts = {"parse_request": 0, "chunked_decoder": 0}
+    for fname in ("valid.json", "invalid.json"):
+        with open(os.path.join(src, fname)) as f:
+            cases = json.load(f)
+        for case in cases:
+            raw = base64.b64decode(case["raw_base64"])
+            sel = selector(case.get("settings", {}))
+            for s in (sel, sel & ~PERMIT_MISSING_HOST):
+                write(os.path.join(HERE, "corpus", "parse_request"), bytes([s]) + raw)
+                counts["parse_request"] += 1
+            for i, body in enumerate(chunked_bodies(raw)):
+                for split_seed in (0x00, 0x80 + i):
+                    write(os.path.join(HERE, "corpus", "chunked_decoder"),
+                          bytes([sel, split_seed]) + body)
+                    counts["chunked_decoder"] += 1
+    for target, n in counts.items():
+        print(f"{target}: {n} seeds in fuzz/corpus/{target}/")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
