@@ -7,12 +7,14 @@
 
 pub mod arbiter;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod log;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;
 pub mod sock;
+pub mod system;
 pub mod worker;
 pub mod wsgi;
 
@@ -56,7 +58,20 @@ fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
             return 0;
         }
     };
-    serve(py, cfg, hooks)
+    serve(py, cfg, hooks, argv)
+}
+
+/// `HUP`: read the command line, environment and config file again, as at start-up.
+pub(crate) fn reconfigure(
+    py: Python<'_>,
+    argv: &[String],
+) -> Result<(config::Config, python::config_file::Hooks), String> {
+    let env = |k: &str| std::env::var(k).ok();
+    match configure(py, argv, &env) {
+        Ok((Action::Run(cfg), hooks)) => Ok((cfg, hooks)),
+        Ok(_) => Err("the command line no longer starts a server".to_string()),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
@@ -79,7 +94,12 @@ fn configure(
     Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
 }
 
-fn serve(py: Python<'_>, cfg: config::Config, hooks: python::config_file::Hooks) -> i32 {
+fn serve(
+    py: Python<'_>,
+    cfg: config::Config,
+    hooks: python::config_file::Hooks,
+    argv: Vec<String>,
+) -> i32 {
     let level = cfg
         .loglevel
         .parse::<log::Level>()
@@ -108,6 +128,11 @@ fn serve(py: Python<'_>, cfg: config::Config, hooks: python::config_file::Hooks)
     if cfg.check_config {
         return check_config(py, &cfg, &log);
     }
+    // Pidfile, --daemon, --capture-output, process title (kept until the master exits).
+    let _master = match system::start_master(py, &cfg, &log) {
+        Ok(m) => m,
+        Err(status) => return status,
+    };
     let preloaded = if cfg.preload_app {
         match load_or_report(py, &cfg, &log) {
             Some(app) => Some(app),
@@ -149,7 +174,7 @@ fn serve(py: Python<'_>, cfg: config::Config, hooks: python::config_file::Hooks)
     }
 
     log.info(&format!("Starting ferricorn {VERSION}"));
-    let listeners = match sock::bind_all(&cfg.binds, cfg.backlog, &log) {
+    let listeners = match system::listeners(py, &cfg, &log) {
         Ok(l) => l,
         Err(e) => {
             log.error(&e.to_string());
@@ -171,7 +196,7 @@ fn serve(py: Python<'_>, cfg: config::Config, hooks: python::config_file::Hooks)
     }
     let cfg = Arc::new(cfg);
     match arbiter::Arbiter::new(cfg, log.clone(), listeners, preloaded, hooks.clone()) {
-        Ok(a) => a.run(py),
+        Ok(a) => a.reloading_from(argv).run(py),
         Err(e) => {
             log.error(&format!("Cannot start the master: {e}"));
             1
@@ -202,6 +227,7 @@ fn check_config(py: Python<'_>, cfg: &config::Config, log: &log::ErrorLog) -> i3
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", VERSION)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(control::client::ctl, m)?)?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
     Ok(())
 }

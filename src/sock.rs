@@ -127,6 +127,7 @@ fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    crate::system::before_tcp_bind(&socket)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -164,7 +165,7 @@ fn bind_unix(path: &std::path::Path, backlog: i32) -> Result<Listener, BindError
     let err = |e| BindError::Other(shown.clone(), e);
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     let addr = SockAddr::unix(path).map_err(err)?;
-    socket.bind(&addr).map_err(err)?;
+    crate::system::bind_unix(&socket, &addr, path).map_err(err)?;
     socket.listen(backlog).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     Ok(Listener {

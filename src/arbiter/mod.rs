@@ -3,10 +3,10 @@
 //! happens from a single-threaded process. Its loop wakes once a second (or on a signal) to handle signals,
 //! reap workers, enforce `--timeout` from the scoreboard and spawn replacements.
 
+mod control;
 mod oom;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,15 @@ struct WorkerProc {
     /// The cgroup's OOM kill count when the worker was spawned: a higher count at its death by SIGKILL
     /// means the OOM killer struck during its life.
     oom_kills_at_spawn: Option<u64>,
+    spawned_at: Instant,
+    /// When the master told it to stop (TTOU, HUP, memory limit) or it began stopping by itself.
+    retired_at: Option<Instant>,
 }
+
+/// A worker that dies sooner than this after its spawn counts towards the crash-loop backoff.
+const FAST_DEATH: Duration = Duration::from_secs(1);
+/// The longest the master waits before spawning after repeated fast deaths.
+const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Why the master stops, and with which exit status.
 struct Halt {
@@ -73,14 +81,22 @@ pub struct Arbiter {
     retiring: Vec<(i32, WorkerProc)>,
     num_workers: usize,
     sigpipe: SignalPipe,
-    pidfile: Option<PathBuf>,
     spawned: u64,
     preloaded: Option<Py<PyAny>>,
     oom: oom::OomCounter,
     hooks: Arc<HookRunner>,
+    /// The command line, for `HUP`.
+    argv: Vec<String>,
+    /// Consecutive workers that died right after boot, and when the next may be spawned.
+    fast_deaths: u32,
+    next_spawn_at: Option<Instant>,
     /// Since when every thread has been busy with connections waiting (None when not starved).
     starved_since: Option<Instant>,
     last_starvation_warning: Option<Instant>,
+    /// The control socket (`--control-socket`) and what its commands left for the loop: control.rs.
+    control: Option<crate::control::ControlServer>,
+    control_pending: control::Pending,
+    reloads: u64,
 }
 
 pub fn worker_class_name(cfg: &Config) -> &'static str {
@@ -100,9 +116,9 @@ impl Arbiter {
     ) -> std::io::Result<Arbiter> {
         let board = Scoreboard::create()?;
         let sigpipe = SignalPipe::install(&MASTER_SIGNALS)?;
+        let control = control::open(&cfg, &log)?;
         Ok(Arbiter {
             num_workers: cfg.workers.max(1),
-            pidfile: cfg.pidfile.clone(),
             cfg,
             log,
             listeners,
@@ -116,6 +132,12 @@ impl Arbiter {
             starved_since: None,
             last_starvation_warning: None,
             hooks,
+            fast_deaths: 0,
+            next_spawn_at: None,
+            argv: Vec::new(),
+            control,
+            control_pending: Default::default(),
+            reloads: 0,
         })
     }
 
@@ -164,7 +186,6 @@ impl Arbiter {
 
     /// The master loop. Returns the process exit status.
     pub fn run(mut self, py: Python<'_>) -> i32 {
-        let pid = std::process::id();
         // gunicorn reports the initial worker count too, with no old value.
         let n = self.num_workers;
         let _ = self.hook("nworkers_changed", |py, h| {
@@ -177,18 +198,13 @@ impl Arbiter {
                 ],
             )
         });
-        if let Some(p) = &self.pidfile {
-            if let Err(e) = std::fs::write(p, format!("{pid}\n")) {
-                self.log
-                    .error(&format!("Cannot write pidfile {}: {e}", p.display()));
-                return 1;
-            }
-        }
         let halt = py.detach(|| loop {
             if let Err(h) = self.manage_workers() {
                 break h;
             }
-            self.sigpipe.wait(1000);
+            if let Err(h) = self.wait_and_serve_control(1000) {
+                break h;
+            }
             if let Err(h) = self.handle_signals() {
                 break h;
             }
@@ -198,6 +214,14 @@ impl Arbiter {
             self.murder_workers();
             self.sample_workers();
             self.check_starvation();
+            crate::system::master_tick(
+                self.workers
+                    .values()
+                    .map(|w| self.board.worker(w.slot).state()),
+                self.num_workers,
+                &self.log,
+            );
+            self.kill_overdue_retirees();
         });
         self.halt(py, halt)
     }
@@ -224,7 +248,10 @@ impl Arbiter {
                         graceful: false,
                     })
                 }
-                Signal::SIGHUP => self.reload(),
+                Signal::SIGHUP => {
+                    crate::system::master_reloading(&self.log);
+                    self.reload()
+                }
                 Signal::SIGTTIN => self.change_worker_count(self.num_workers + 1),
                 Signal::SIGTTOU if self.num_workers > 1 => {
                     self.change_worker_count(self.num_workers - 1)
@@ -232,6 +259,11 @@ impl Arbiter {
                 Signal::SIGUSR1 => {
                     let _ = self.log.reopen();
                     self.signal_workers(Signal::SIGUSR1);
+                }
+                // --daemon: WINCH stops the workers gracefully (TTIN brings them back), as gunicorn.
+                Signal::SIGWINCH if self.cfg.daemon => {
+                    self.log.info("graceful stop of workers");
+                    self.change_worker_count(0);
                 }
                 Signal::SIGWINCH => self.log.debug("SIGWINCH ignored. Not daemonized"),
                 _ => {}
@@ -241,8 +273,51 @@ impl Arbiter {
     }
 
     /// `HUP`: start a fresh set of workers, then retire the old ones gracefully.
+    /// The command line to read the configuration from again on `HUP`.
+    pub fn reloading_from(mut self, argv: Vec<String>) -> Arbiter {
+        self.argv = argv;
+        self
+    }
+
+    /// `HUP`, first half: the configuration (command line, environment, config file) read again, as
+    /// gunicorn does. A configuration that no longer loads keeps the old one, with the reason logged.
+    fn reload_config(&mut self) {
+        if self.argv.is_empty() {
+            return;
+        }
+        let loaded = Python::attach(|py| {
+            let (cfg, hooks) = crate::reconfigure(py, &self.argv)?;
+            crate::python::prepare(py, cfg.chdir.as_deref(), &cfg.pythonpath, &cfg.raw_env)
+                .map_err(|e| crate::python::format_exception(py, &e))?;
+            let runner = HookRunner::new(py, hooks, &cfg, &self.log)
+                .map_err(|e| crate::python::format_exception(py, &e))?;
+            Ok::<_, String>((cfg, runner))
+        });
+        match loaded {
+            Ok((cfg, hooks)) => {
+                if cfg.binds != self.cfg.binds {
+                    self.log.warning(
+                        "The bind addresses changed: that takes a restart, the old ones stay",
+                    );
+                }
+                if let Ok(level) = cfg.loglevel.parse() {
+                    self.log.set_level(level);
+                }
+                let workers = cfg.workers.max(1);
+                self.cfg = Arc::new(cfg);
+                self.hooks = hooks;
+                self.change_worker_count(workers);
+            }
+            Err(reason) => self.log.error(&format!(
+                "Reloading the configuration failed; keeping the current one:\n{reason}"
+            )),
+        }
+    }
+
     fn reload(&mut self) {
         self.log.info("Hang up: Master");
+        self.reload_config();
+        self.reloads += 1;
         let _ = self.hook("on_reload", |py, h| {
             PyTuple::new(py, [self.server_obj(py, h)?])
         });
@@ -254,10 +329,7 @@ impl Arbiter {
             }
         }
         for pid in old {
-            self.kill_worker(pid, Signal::SIGTERM);
-            if let Some(w) = self.workers.remove(&pid) {
-                self.retiring.push((pid, w));
-            }
+            self.retire(pid, Some(Signal::SIGTERM));
         }
     }
 
@@ -272,6 +344,21 @@ impl Arbiter {
     }
 
     fn manage_workers(&mut self) -> Result<(), Halt> {
+        // A worker that is stopping by itself (max-requests, a timed-out request) no longer counts: its
+        // replacement starts now, while it finishes its requests.
+        let stopping: Vec<i32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| self.board.worker(w.slot).state() == WorkerState::Stopping)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in stopping {
+            self.retire(pid, None);
+        }
+        // After workers died right after boot again and again, wait before the next spawn.
+        if self.next_spawn_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
         while self.workers.len() < self.num_workers {
             self.spawn_worker()?;
         }
@@ -280,13 +367,35 @@ impl Arbiter {
             let Some((&pid, _)) = self.workers.iter().min_by_key(|(_, w)| w.age) else {
                 break;
             };
-            self.kill_worker(pid, Signal::SIGTERM);
-            // It stays in the table until reaped; stop counting it so one TTOU retires one worker.
-            if let Some(w) = self.workers.remove(&pid) {
-                self.retiring.push((pid, w));
-            }
+            self.retire(pid, Some(Signal::SIGTERM));
         }
         Ok(())
+    }
+
+    /// Stop counting a worker (it stays known until reaped), optionally telling it to stop.
+    fn retire(&mut self, pid: i32, sig: Option<Signal>) {
+        if let Some(sig) = sig {
+            self.kill_worker(pid, sig);
+        }
+        if let Some(mut w) = self.workers.remove(&pid) {
+            w.retired_at = Some(Instant::now());
+            self.retiring.push((pid, w));
+        }
+    }
+
+    /// A retiring worker gets `--graceful-timeout` (and a little slack) to finish; then it is killed.
+    fn kill_overdue_retirees(&mut self) {
+        let limit = Duration::from_secs(self.cfg.graceful_timeout) + Duration::from_secs(5);
+        for (pid, w) in self.retiring.iter_mut() {
+            if !w.killed_by_master && w.retired_at.is_some_and(|t| t.elapsed() > limit) {
+                self.log.warning(&format!(
+                    "Worker (pid:{pid}) did not stop within --graceful-timeout {}s: killing it",
+                    self.cfg.graceful_timeout
+                ));
+                w.killed_by_master = true;
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
     }
 
     fn spawn_worker(&mut self) -> Result<(), Halt> {
@@ -308,6 +417,10 @@ impl Arbiter {
         });
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
+                crate::system::worker_started(&self.cfg, &self.log);
+                if let Some(c) = &self.control {
+                    c.close_in_child();
+                }
                 let handle = self.board.worker(slot);
                 let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
                 worker::run(
@@ -338,6 +451,8 @@ impl Arbiter {
                         killed_by_master: false,
                         last_rss: 0,
                         oom_kills_at_spawn: self.oom.count(),
+                        spawned_at: Instant::now(),
+                        retired_at: None,
                     },
                 );
                 Ok(())
@@ -390,6 +505,7 @@ impl Arbiter {
                 )
             });
             self.board.release(proc.slot);
+            self.note_death(&proc, exitcode, signal);
             if let Some(code) = exitcode.filter(|c| *c != 0) {
                 self.log
                     .error(&format!("Worker (pid:{pid}) exited with code {code}."));
@@ -402,6 +518,33 @@ impl Arbiter {
                 }
             }
         }
+    }
+
+    /// Crash-loop backoff: a worker that failed within `FAST_DEATH` of its spawn (and was not told to stop)
+    /// doubles the wait before the next spawn, up to `MAX_SPAWN_BACKOFF`; a worker that lived resets it.
+    fn note_death(&mut self, proc: &WorkerProc, exitcode: Option<i32>, signal: Option<Signal>) {
+        if exitcode == Some(WORKER_BOOT_ERROR) {
+            return; // the master stops instead
+        }
+        let failed =
+            exitcode.is_some_and(|c| c != 0) || (signal.is_some() && !proc.killed_by_master);
+        if proc.retired_at.is_some() || !failed || proc.spawned_at.elapsed() >= FAST_DEATH {
+            if proc.spawned_at.elapsed() >= FAST_DEATH {
+                self.fast_deaths = 0;
+                self.next_spawn_at = None;
+            }
+            return;
+        }
+        self.fast_deaths += 1;
+        let wait = Duration::from_millis(100)
+            .saturating_mul(1u32 << self.fast_deaths.min(10))
+            .min(MAX_SPAWN_BACKOFF);
+        self.next_spawn_at = Some(Instant::now() + wait);
+        self.log.warning(&format!(
+            "Workers are dying right after they start ({} in a row): waiting {:.1}s before starting another",
+            self.fast_deaths,
+            wait.as_secs_f64()
+        ));
     }
 
     /// Log a worker's death by signal as gunicorn does, and for SIGKILL say who sent it: the master (after a
@@ -476,10 +619,7 @@ impl Arbiter {
                 rss as f64 / (1024.0 * 1024.0),
                 self.cfg.max_worker_memory
             ));
-            self.kill_worker(pid, Signal::SIGTERM);
-            if let Some(w) = self.workers.remove(&pid) {
-                self.retiring.push((pid, w));
-            }
+            self.retire(pid, Some(Signal::SIGTERM));
         }
     }
 
@@ -667,6 +807,9 @@ impl Arbiter {
     }
 
     fn halt(mut self, py: Python<'_>, halt: Halt) -> i32 {
+        crate::system::master_stopping(&self.log);
+        // Answer what is pending and remove the socket file before the (possibly long) stop.
+        drop(self.control.take());
         py.detach(|| self.stop(halt.graceful));
         let msg = "Shutting down: Master";
         if halt.status == 0 {
@@ -680,9 +823,6 @@ impl Arbiter {
             } else {
                 self.log.error(&format!("Reason: {reason}"));
             }
-        }
-        if let Some(p) = &self.pidfile {
-            let _ = std::fs::remove_file(p);
         }
         let _ = self.hook("on_exit", |py, h| {
             PyTuple::new(py, [self.server_obj(py, h)?])

@@ -288,6 +288,9 @@ fn parse_words(origin: Origin, words: Vec<String>) -> Result<Given, CliError> {
         let value = match s.kind {
             Kind::Switch => SettingValue::Bool(true),
             Kind::Repeated => SettingValue::List(strings(&m, s.name)),
+            Kind::OptionalValue => strings(&m, s.name)
+                .pop()
+                .map_or(SettingValue::Bool(true), SettingValue::Str),
             Kind::Value | Kind::Positional | Kind::FileOnly => match strings(&m, s.name).pop() {
                 Some(v) => SettingValue::Str(v),
                 None => continue,
@@ -405,7 +408,7 @@ fn arg_for(s: &'static Setting) -> Option<Arg> {
         Kind::FileOnly => return None,
         Kind::Positional => return Some(arg.value_name(s.meta).help(s.help)),
         Kind::Switch => arg.action(ArgAction::SetTrue).help(s.help),
-        Kind::Value | Kind::Repeated => arg
+        Kind::Value | Kind::Repeated | Kind::OptionalValue => arg
             .action(if s.kind == Kind::Repeated {
                 ArgAction::Append
             } else {
@@ -415,6 +418,12 @@ fn arg_for(s: &'static Setting) -> Option<Arg> {
             // So `-w -1` reaches our range check instead of looking like an unknown flag.
             .allow_negative_numbers(true)
             .help(format!("{} [default: {}]", s.help, s.default)),
+    };
+    // `--proxy-protocol` alone, as gunicorn's `nargs="?"`.
+    let arg = if s.kind == Kind::OptionalValue {
+        arg.num_args(0..=1)
+    } else {
+        arg
     };
     let mut arg = arg.help_heading(s.section.title());
     let mut longs = s.cli.iter().filter_map(|f| f.strip_prefix("--"));

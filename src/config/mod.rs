@@ -72,7 +72,31 @@ pub struct Config {
     /// Canonical IP addresses, or `*`.
     pub forwarded_allow_ips: Vec<String>,
     pub proc_name: Option<String>,
+    // ---- process and service settings (see `crate::system`) ----
+    /// `--user`: workers switch to this uid (None: they keep the master's).
+    pub uid: Option<u32>,
+    /// `--group`: workers switch to this gid (None: the user's primary group when `uid` switches).
+    pub gid: Option<u32>,
+    pub initgroups: bool,
+    /// Applied while unix socket files are created; 0..=0o777.
+    pub umask: u32,
+    pub daemon: bool,
+    pub enable_stdio_inheritance: bool,
+    pub reuse_port: bool,
+    /// Accepted and checked for gunicorn compatibility; the heartbeat lives in the scoreboard.
+    pub worker_tmp_dir: Option<PathBuf>,
+    pub capture_output: bool,
+    pub reload: bool,
+    /// One of [`crate::system::reload::ENGINES`].
+    pub reload_engine: String,
+    /// Absolute paths and glob patterns.
+    pub reload_extra_files: Vec<String>,
     pub pidfile: Option<PathBuf>,
+    /// The control socket's path as given; None means the default under `$XDG_RUNTIME_DIR`.
+    pub control_socket: Option<String>,
+    pub control_socket_mode: u32,
+    /// `--no-control-socket`.
+    pub control_socket_disable: bool,
     pub check_config: bool,
     pub print_config: bool,
     pub config_file: Option<String>,
@@ -94,6 +118,10 @@ pub struct Config {
     pub header_map: String,
     /// Upper-case header name and the value that marks a request as HTTPS.
     pub secure_scheme_headers: Vec<(String, String)>,
+    /// One of [`settings::PROXY_PROTOCOL_MODES`]: `off`, `v1`, `v2` or `auto`.
+    pub proxy_protocol: String,
+    /// `*`, canonical IP addresses and networks (`10.0.0.0/8`).
+    pub proxy_allow_ips: Vec<String>,
 }
 
 impl Default for Config {
@@ -127,7 +155,22 @@ impl Default for Config {
             limit_request_field_size: 8190,
             forwarded_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
             proc_name: None,
+            uid: None,
+            gid: None,
+            initgroups: false,
+            umask: 0,
+            daemon: false,
+            enable_stdio_inheritance: false,
+            reuse_port: false,
+            worker_tmp_dir: None,
+            capture_output: false,
+            reload: false,
+            reload_engine: "auto".to_string(),
+            reload_extra_files: Vec::new(),
             pidfile: None,
+            control_socket: None,
+            control_socket_mode: crate::control::DEFAULT_MODE,
+            control_socket_disable: false,
             check_config: false,
             print_config: false,
             config_file: None,
@@ -151,6 +194,8 @@ impl Default for Config {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+            proxy_protocol: "off".to_string(),
+            proxy_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
         }
     }
 }

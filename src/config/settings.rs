@@ -23,6 +23,9 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
 /// Values of `--header-map`: what to do with a header name containing `_`.
 pub const HEADER_MAP_MODES: &[&str] = &["drop", "refuse", "dangerous"];
 
+/// Values of `--proxy-protocol` (gunicorn's spellings `true`/`false`, `1`/`0`, `none` are read too).
+pub const PROXY_PROTOCOL_MODES: &[&str] = &["off", "v1", "v2", "auto"];
+
 /// Levels accepted by `--log-level`, most verbose first.
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warning", "error", "critical"];
 
@@ -104,6 +107,8 @@ pub enum ValueError {
     Bind(BindError),
     InvalidIp(String),
     NotADirectory(String),
+    /// A complete message (`no such user: 'x'`).
+    Invalid(String),
     WrongType {
         expected: &'static str,
         got: &'static str,
@@ -148,6 +153,7 @@ impl fmt::Display for ValueError {
                 )
             }
             ValueError::NotADirectory(s) => write!(f, "can't chdir to '{s}': not a directory"),
+            ValueError::Invalid(msg) => f.write_str(msg),
             ValueError::WrongType { expected, got } => write!(f, "expected {expected}, got {got}"),
         }
     }
@@ -206,6 +212,8 @@ pub enum Kind {
     Value,
     /// A flag with one value that may be repeated; the values form a list.
     Repeated,
+    /// A flag whose value may be left out; alone it gives the setting `Bool(true)`.
+    OptionalValue,
     /// The positional argument (`APP_MODULE`).
     Positional,
     /// Not on the command line at all: config file only.
@@ -333,6 +341,11 @@ fn parse_int(s: &str) -> Result<i128, ValueError> {
     Ok(if neg { -n } else { n })
 }
 
+/// `0600`: octal digits after a leading zero (gunicorn reads file modes this way).
+fn is_legacy_octal(s: &str) -> bool {
+    s.len() > 1 && s.starts_with('0') && s[1..].chars().all(|c| c.is_ascii_digit())
+}
+
 fn string(v: SettingValue) -> Result<String, ValueError> {
     match v {
         SettingValue::Str(s) => Ok(s.trim().to_string()),
@@ -437,6 +450,39 @@ fn ip_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
         .collect()
 }
 
+/// `--proxy-protocol`: one of [`PROXY_PROTOCOL_MODES`]; a boolean (or the bare flag) is `auto`/`off`.
+fn proxy_protocol(v: SettingValue) -> Result<String, ValueError> {
+    let text = match v {
+        SettingValue::None | SettingValue::Bool(false) => return Ok("off".to_string()),
+        SettingValue::Bool(true) => return Ok("auto".to_string()),
+        v => string(v)?,
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "off" | "false" | "0" | "none" => Ok("off".to_string()),
+        "auto" | "true" | "1" => Ok("auto".to_string()),
+        mode @ ("v1" | "v2") => Ok(mode.to_string()),
+        _ => Err(ValueError::InvalidChoice {
+            value: text,
+            choices: PROXY_PROTOCOL_MODES,
+        }),
+    }
+}
+
+/// `*`, IP addresses and networks (`10.0.0.0/8`), stored in canonical text form.
+fn network_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    comma_list(v)?
+        .into_iter()
+        .map(|s| {
+            if s == "*" {
+                return Ok(s);
+            }
+            crate::worker::proxy::Network::parse(&s)
+                .map(|n| n.to_string())
+                .map_err(ValueError::Invalid)
+        })
+        .collect()
+}
+
 fn header_map(v: SettingValue) -> Result<Vec<(String, String)>, ValueError> {
     let pairs = match v {
         SettingValue::Map(m) => m,
@@ -479,6 +525,64 @@ fn py_bool(b: bool) -> String {
 
 fn py_path(p: Option<&std::path::Path>) -> String {
     p.map_or_else(|| "None".to_string(), |p| p.display().to_string())
+}
+
+// ---- values of the process and service settings (see `crate::system`) ----
+
+/// A user or group: a name or numeric id (looked up now, so a typo is a usage error), or None.
+fn id_value(
+    v: SettingValue,
+    lookup: fn(&str) -> Result<u32, String>,
+) -> Result<Option<u32>, ValueError> {
+    match v {
+        SettingValue::None => Ok(None),
+        SettingValue::Int(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| ValueError::OutOfRange {
+                value: n.to_string(),
+                min: 0,
+                max: Some(i64::from(u32::MAX)),
+            }),
+        v => lookup(&string(v)?).map(Some).map_err(ValueError::Invalid),
+    }
+}
+
+/// A file mode mask: Python's `int(x, 0)`, or octal after a leading 0 (`022`) as gunicorn reads it.
+fn umask_value(v: SettingValue) -> Result<u32, ValueError> {
+    let given = match &v {
+        SettingValue::Str(s) => Some(s.trim().to_string()),
+        _ => None,
+    };
+    let v = match given.as_deref() {
+        Some(s) if is_legacy_octal(s) => SettingValue::Str(format!("0o{}", &s[1..])),
+        _ => v,
+    };
+    match int(v, 0, 0o777) {
+        Ok(n) => Ok(n as u32),
+        Err(ValueError::OutOfRange { value, .. }) => Err(ValueError::Invalid(format!(
+            "invalid umask: {value} (must be between 0 and 0o777, e.g. 022 or 0o27)"
+        ))),
+        // Name the value as the user wrote it, not as rewritten above.
+        Err(ValueError::InvalidInt(_)) => Err(ValueError::InvalidInt(given.unwrap_or_default())),
+        Err(e) => Err(e),
+    }
+}
+
+/// `--reload-extra-file`: paths made absolute against the directory ferricorn was started from (the
+/// workers run after `--chdir`); a plain path must exist, a glob pattern may match nothing yet.
+fn reload_files(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    strings(v)?
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let abs = cwd.join(&s);
+            if !crate::system::reload::is_pattern(&s) && !abs.exists() {
+                return Err(ValueError::Invalid(format!("file '{s}' does not exist")));
+            }
+            Ok(abs.to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 /// The table. Order within a section is the order of `--help`.
@@ -545,6 +649,58 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| py_bool(c.print_config),
+    },
+    Setting {
+        name: "reload",
+        section: Section::Debugging,
+        kind: Kind::Switch,
+        cli: &["--reload"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Restart a worker when a Python file it loaded, or a --reload-extra-file, changes (development only)",
+        apply: |c, v| {
+            c.reload = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.reload),
+    },
+    Setting {
+        name: "reload_engine",
+        section: Section::Debugging,
+        kind: Kind::Value,
+        cli: &["--reload-engine"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "auto",
+        help: "How --reload watches files: auto (inotify, else polling), inotify or poll",
+        apply: |c, v| {
+            let engine = string(v)?.to_ascii_lowercase();
+            if !crate::system::reload::ENGINES.contains(&engine.as_str()) {
+                return Err(ValueError::InvalidChoice {
+                    value: engine,
+                    choices: crate::system::reload::ENGINES,
+                });
+            }
+            c.reload_engine = engine;
+            Ok(())
+        },
+        show: |c| c.reload_engine.clone(),
+    },
+    Setting {
+        name: "reload_extra_files",
+        section: Section::Debugging,
+        kind: Kind::Repeated,
+        cli: &["--reload-extra-file"],
+        hidden_aliases: &[],
+        meta: "FILES",
+        default: "none",
+        help: "Another file or glob pattern (templates, settings) that --reload watches; repeat for more",
+        apply: |c, v| {
+            c.reload_extra_files = reload_files(v)?;
+            Ok(())
+        },
+        show: |c| py_list(c.reload_extra_files.iter().cloned()),
     },
     // ---- Server Socket ----
     Setting {
@@ -636,7 +792,7 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "INT",
         default: "1000",
-        help: "Most connections one gthread worker holds open at a time",
+        help: "Most connections one worker holds open at a time (idle keep-alive ones included)",
         apply: |c, v| {
             c.worker_connections = usize_in(v, 1, usize::MAX)?;
             Ok(())
@@ -712,7 +868,7 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "INT",
         default: "30",
-        help: "Seconds a worker may stay silent before it is killed and replaced; 0 turns this off",
+        help: "Seconds a request may run in Python: then it is answered 504, logged with its stack, and its worker replaced; 0 turns this off",
         apply: |c, v| {
             c.timeout = seconds(v)?;
             Ok(())
@@ -980,6 +1136,63 @@ pub static SETTINGS: &[Setting] = &[
         show: |c| py_path(c.pidfile.as_deref()),
     },
     Setting {
+        name: "control_socket",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--control-socket"],
+        hidden_aliases: &[],
+        meta: "PATH",
+        default: "$XDG_RUNTIME_DIR/ferricorn.ctl, else ~/.ferricorn/ferricorn.ctl",
+        help: "Unix socket on which the master answers ferricornctl (workers, requests in flight, reload...)",
+        apply: |c, v| {
+            c.control_socket = opt_string(v)?.filter(|p| !p.is_empty());
+            Ok(())
+        },
+        show: |c| match &c.control_socket {
+            Some(p) => p.clone(),
+            None => crate::control::default_socket_path_from_env()
+                .display()
+                .to_string(),
+        },
+    },
+    Setting {
+        name: "control_socket_mode",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--control-socket-mode"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0600 (the owner only)",
+        help: "Permissions of the control socket file, in octal like chmod (0660 lets the group in)",
+        apply: |c, v| {
+            // As gunicorn: a leading 0 means octal ("0600"), besides Python's 0o/0x prefixes.
+            let v = match v {
+                SettingValue::Str(s) if is_legacy_octal(s.trim()) => {
+                    SettingValue::Str(format!("0o{}", &s.trim()[1..]))
+                }
+                v => v,
+            };
+            c.control_socket_mode = int(v, 0, 0o777)? as u32;
+            Ok(())
+        },
+        show: |c| c.control_socket_mode.to_string(),
+    },
+    Setting {
+        name: "control_socket_disable",
+        section: Section::ServerMechanics,
+        kind: Kind::Switch,
+        cli: &["--no-control-socket"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Do not open the control socket",
+        apply: |c, v| {
+            c.control_socket_disable = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.control_socket_disable),
+    },
+    Setting {
         name: "pythonpath",
         section: Section::ServerMechanics,
         kind: Kind::Value,
@@ -1038,6 +1251,155 @@ pub static SETTINGS: &[Setting] = &[
             format!("{{{}}}", items.join(", "))
         },
     },
+    Setting {
+        name: "proxy_protocol",
+        section: Section::ServerMechanics,
+        kind: Kind::OptionalValue,
+        cli: &["--proxy-protocol"],
+        hidden_aliases: &[],
+        meta: "MODE",
+        default: "off",
+        help: "Read a PROXY protocol header (from a load balancer) before the first request: off, v1, v2 or auto (either; the bare flag)",
+        apply: |c, v| {
+            c.proxy_protocol = proxy_protocol(v)?;
+            Ok(())
+        },
+        show: |c| c.proxy_protocol.clone(),
+    },
+    Setting {
+        name: "proxy_allow_ips",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--proxy-allow-from"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "127.0.0.1,::1",
+        help: "Comma-separated addresses or networks (10.0.0.0/8) that may send a PROXY protocol header; * allows all",
+        apply: |c, v| {
+            c.proxy_allow_ips = network_list(v)?;
+            Ok(())
+        },
+        show: |c| py_list(c.proxy_allow_ips.iter().cloned()),
+    },
+    Setting {
+        name: "daemon",
+        section: Section::ServerMechanics,
+        kind: Kind::Switch,
+        cli: &["-D", "--daemon"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Detach from the terminal and run in the background (pair with --pid and --error-logfile)",
+        apply: |c, v| {
+            c.daemon = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.daemon),
+    },
+    Setting {
+        name: "user",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["-u", "--user"],
+        hidden_aliases: &[],
+        meta: "USER",
+        default: "the current user",
+        help: "Run the workers as this user (a name or a numeric id); the master keeps its own",
+        apply: |c, v| {
+            c.uid = id_value(v, crate::system::privileges::lookup_user)?;
+            Ok(())
+        },
+        show: |c| {
+            c.uid
+                .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
+                .to_string()
+        },
+    },
+    Setting {
+        name: "group",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["-g", "--group"],
+        hidden_aliases: &[],
+        meta: "GROUP",
+        default: "the current group, or the --user's own group",
+        help: "Run the workers in this group (a name or a numeric id)",
+        apply: |c, v| {
+            c.gid = id_value(v, crate::system::privileges::lookup_group)?;
+            Ok(())
+        },
+        show: |c| {
+            c.gid
+                .unwrap_or_else(|| nix::unistd::getegid().as_raw())
+                .to_string()
+        },
+    },
+    Setting {
+        name: "umask",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["-m", "--umask"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0",
+        help: "File mode mask for the unix socket files ferricorn creates (octal: 007, 0o27)",
+        apply: |c, v| {
+            c.umask = umask_value(v)?;
+            Ok(())
+        },
+        show: |c| c.umask.to_string(),
+    },
+    Setting {
+        name: "initgroups",
+        section: Section::ServerMechanics,
+        kind: Kind::Switch,
+        cli: &["--initgroups"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Give the workers every group of the --user as supplementary groups",
+        apply: |c, v| {
+            c.initgroups = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.initgroups),
+    },
+    Setting {
+        name: "reuse_port",
+        section: Section::ServerMechanics,
+        kind: Kind::Switch,
+        cli: &["--reuse-port"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Set SO_REUSEPORT on the listening sockets, so other servers may bind the same port",
+        apply: |c, v| {
+            c.reuse_port = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.reuse_port),
+    },
+    Setting {
+        name: "worker_tmp_dir",
+        section: Section::ServerMechanics,
+        kind: Kind::Value,
+        cli: &["--worker-tmp-dir"],
+        hidden_aliases: &[],
+        meta: "DIR",
+        default: "none",
+        help: "Accepted for gunicorn: ferricorn's worker heartbeat is shared memory, not a file here",
+        apply: |c, v| {
+            c.worker_tmp_dir = match opt_string(v)? {
+                None => None,
+                Some(d) if std::path::Path::new(&d).is_dir() => Some(d.into()),
+                Some(d) => {
+                    return Err(ValueError::Invalid(format!("'{d}' is not a directory")));
+                }
+            };
+            Ok(())
+        },
+        show: |c| py_path(c.worker_tmp_dir.as_deref()),
+    },
     // ---- Logging ----
     Setting {
         name: "accesslog",
@@ -1083,6 +1445,36 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.errorlog.clone(),
+    },
+    Setting {
+        name: "capture_output",
+        section: Section::Logging,
+        kind: Kind::Switch,
+        cli: &["--capture-output"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Send stdout and stderr of every process (print() in the app) to the --error-logfile file",
+        apply: |c, v| {
+            c.capture_output = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.capture_output),
+    },
+    Setting {
+        name: "enable_stdio_inheritance",
+        section: Section::Logging,
+        kind: Kind::Switch,
+        cli: &["-R", "--enable-stdio-inheritance"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "With --daemon, keep stdout and stderr (unless they are a terminal) instead of /dev/null",
+        apply: |c, v| {
+            c.enable_stdio_inheritance = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.enable_stdio_inheritance),
     },
     Setting {
         name: "loglevel",
@@ -1325,6 +1717,31 @@ mod tests {
     }
 
     #[test]
+    fn control_socket_settings() {
+        let mut c = Config::default();
+        assert_eq!(c.control_socket_mode, 0o600);
+        for (given, mode) in [("0660", 0o660), ("0o640", 0o640), ("384", 0o600)] {
+            assert_eq!(
+                apply_setting(&mut c, "control_socket_mode", given.into()),
+                Ok(true)
+            );
+            assert_eq!(c.control_socket_mode, mode, "{given}");
+        }
+        assert!(apply_setting(&mut c, "control_socket_mode", "0999".into()).is_err());
+        assert!(apply_setting(&mut c, "control_socket_mode", 0o1000i64.into()).is_err());
+        assert_eq!(
+            apply_setting(&mut c, "control_socket", "/run/x.ctl".into()),
+            Ok(true)
+        );
+        assert_eq!(c.control_socket.as_deref(), Some("/run/x.ctl"));
+        assert_eq!(
+            apply_setting(&mut c, "control_socket_disable", true.into()),
+            Ok(true)
+        );
+        assert!(c.control_socket_disable);
+    }
+
+    #[test]
     fn worker_class_follows_threads_in_either_order() {
         let mut c = Config::default();
         apply_setting(&mut c, "threads", 4i64.into()).unwrap();
@@ -1338,6 +1755,34 @@ mod tests {
     }
 
     #[test]
+    fn parser_relaxations() {
+        let mut c = Config::default();
+        assert_eq!(c.header_map, "drop");
+        for name in [
+            "permit_obsolete_folding",
+            "strip_header_spaces",
+            "permit_unconventional_http_method",
+            "permit_unconventional_http_version",
+            "casefold_http_method",
+        ] {
+            let s = find_setting(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!((s.show)(&c), "False", "{name}");
+            assert_eq!(apply_setting(&mut c, name, true.into()), Ok(true));
+            assert_eq!((s.show)(&c), "True", "{name}");
+        }
+        assert!(c.permit_obsolete_folding && c.strip_header_spaces && c.casefold_http_method);
+        assert!(c.permit_unconventional_http_method && c.permit_unconventional_http_version);
+        assert_eq!(
+            apply_setting(&mut c, "header_map", "Refuse".into()),
+            Ok(true)
+        );
+        assert_eq!(c.header_map, "refuse");
+        let e = apply_setting(&mut c, "header_map", "keep".into()).unwrap_err();
+        assert!(e.contains("choose from drop, refuse, dangerous"), "{e}");
+        assert_eq!(c.header_map, "refuse");
+    }
+
+    #[test]
     fn forwarded_ips_are_canonical() {
         let mut c = Config::default();
         apply_setting(&mut c, "forwarded_allow_ips", " 10.0.0.1 , 0:0::1,".into()).unwrap();
@@ -1346,6 +1791,45 @@ mod tests {
         assert_eq!(c.forwarded_allow_ips, vec!["*"]);
         let e = apply_setting(&mut c, "forwarded_allow_ips", "10.0.0.0/8".into()).unwrap_err();
         assert!(e.contains("10.0.0.0/8"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_values() {
+        let mut c = Config::default();
+        let show = |c: &Config| (find_setting("proxy_protocol").unwrap().show)(c);
+        assert_eq!(show(&c), "off");
+        for (value, mode) in [
+            (SettingValue::Bool(true), "auto"),
+            (SettingValue::Bool(false), "off"),
+            ("v1".into(), "v1"),
+            (" AUTO ".into(), "auto"),
+            ("none".into(), "off"),
+            (SettingValue::None, "off"),
+        ] {
+            apply_setting(&mut c, "proxy_protocol", value.clone()).unwrap();
+            assert_eq!(c.proxy_protocol, mode, "{value:?}");
+        }
+        let e = apply_setting(&mut c, "proxy_protocol", "yes".into()).unwrap_err();
+        assert!(e.contains("choose from off, v1, v2, auto"), "{e}");
+        assert!(apply_setting(&mut c, "proxy_protocol", SettingValue::Int(1)).is_err());
+
+        apply_setting(&mut c, "proxy_allow_ips", " 10.0.0.0/8 , 0:0::1,".into()).unwrap();
+        assert_eq!(c.proxy_allow_ips, vec!["10.0.0.0/8", "::1"]);
+        assert_eq!(
+            (find_setting("proxy_allow_ips").unwrap().show)(&c),
+            "['10.0.0.0/8', '::1']"
+        );
+        apply_setting(
+            &mut c,
+            "proxy_allow_ips",
+            SettingValue::List(vec!["*".into()]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy_allow_ips, vec!["*"]);
+        for bad in ["10.0.0.1/8", "nope", "10.0.0.0/33"] {
+            let e = apply_setting(&mut c, "proxy_allow_ips", bad.into()).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     #[test]

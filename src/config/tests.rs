@@ -487,6 +487,43 @@ fn forwarded_allow_ips_env() {
 }
 
 #[test]
+fn proxy_protocol_flags() {
+    let c = cfg(&["app:x"]);
+    assert_eq!(c.proxy_protocol, "off");
+    assert_eq!(c.proxy_allow_ips, vec!["127.0.0.1", "::1"]);
+    // Alone the flag means auto, as gunicorn's; it does not take the next flag as its value.
+    assert_eq!(cfg(&["app:x", "--proxy-protocol"]).proxy_protocol, "auto");
+    assert_eq!(
+        cfg(&["--proxy-protocol", "-w", "2", "app:x"]).proxy_protocol,
+        "auto"
+    );
+    for (given, mode) in [
+        ("v1", "v1"),
+        ("V2", "v2"),
+        ("true", "auto"),
+        ("false", "off"),
+    ] {
+        assert_eq!(
+            cfg(&["--proxy-protocol", given, "app:x"]).proxy_protocol,
+            mode
+        );
+    }
+    assert_eq!(cfg(&["--proxy-protocol=v2", "app:x"]).proxy_protocol, "v2");
+    let e = err(&["--proxy-protocol", "v3", "app:x"]);
+    assert!(
+        e.contains("argument --proxy-protocol: invalid choice: 'v3'"),
+        "{e}"
+    );
+    let c = cfg(&["--proxy-allow-from", "10.0.0.0/8, 0:0::1,*", "app:x"]);
+    assert_eq!(c.proxy_allow_ips, vec!["10.0.0.0/8", "::1", "*"]);
+    let e = err(&["--proxy-allow-from", "10.0.0.1/8", "app:x"]);
+    assert!(
+        e.contains("argument --proxy-allow-from: ") && e.contains("host bits"),
+        "{e}"
+    );
+}
+
+#[test]
 fn cmd_args_precedence() {
     let g = (
         "GUNICORN_CMD_ARGS",

@@ -175,7 +175,10 @@ impl ErrorLog {
     /// Re-opens the path (after log rotation renamed the file); a no-op for
     /// stderr. The descriptor number stays the same.
     pub fn reopen(&self) -> io::Result<()> {
-        self.inner.sink.reopen()
+        self.inner.sink.reopen()?;
+        // `--capture-output`: stdout and stderr follow the error log to the new file.
+        crate::system::follow_reopened_log(self.raw_fd());
+        Ok(())
     }
 
     /// The descriptor lines go to, for a writer that cannot take locks or

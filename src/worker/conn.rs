@@ -20,7 +20,7 @@ use super::exchange::{
     BodyChunk, BodyStream, Job, Out, Peer, Progress, RequestBody, ServerAddr, BODY_CHUNK,
     BODY_QUEUE, REPLY_QUEUE,
 };
-use super::{Admission, IoState};
+use super::{proxy, Admission, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
 use crate::scoreboard::now_ns;
 use std::sync::atomic::Ordering;
@@ -108,7 +108,35 @@ pub async fn serve<S: Stream>(
     let mut overflow = admission == Admission::Overflow;
     let mut held = admission == Admission::Held;
     let mut first = true;
+    // PROXY protocol (`--proxy-protocol`, see `proxy`): a load balancer's header before the first request
+    // names the client the app sees. The connection's own peer still decides loopback calls and
+    // `--forwarded-allow-ips`, as gunicorn judges forwarded headers by the socket peer.
+    let mut client = peer.clone();
+    let mut refused = false;
+    if let Some(settings) = &io.proxy {
+        let now = Instant::now();
+        let waits = proxy::Waits {
+            deadline: now + io.header_timeout,
+            grace: now + RESERVATION_GRACE,
+            slow: &mut || claim.release(),
+            stopping: &io.shutting_down,
+            stop_signal: &io.shutdown_signal,
+        };
+        match proxy::read_header(&mut stream, &mut buf, settings, &peer.ip, waits).await {
+            proxy::Outcome::Accepted(Some(addr)) => client = Arc::new(proxy::peer(addr)),
+            proxy::Outcome::Accepted(None) => {}
+            proxy::Outcome::Refused(err) => {
+                if let Some(err) = err {
+                    let _ = stream.write_all(&err.response()).await;
+                }
+                refused = true;
+            }
+        }
+    }
     loop {
+        if refused {
+            break;
+        }
         let head = match read_head(&mut stream, &mut buf, &io, first, &mut claim).await {
             HeadOutcome::Head(h) => h,
             HeadOutcome::Closed => break,
@@ -156,13 +184,14 @@ pub async fn serve<S: Stream>(
                 claim.held = true;
             }
         }
+        let dispatched = Instant::now();
         let keep = handle_request(
             &mut stream,
             &mut buf,
             *head,
             start,
             https,
-            &peer,
+            &client,
             &server,
             &io,
             overflow,
@@ -170,6 +199,8 @@ pub async fn serve<S: Stream>(
         .await;
         if overflow {
             io.overflow_done();
+        } else {
+            io.record_duration(dispatched.elapsed());
         }
         claim.release();
         io.check_recycle();

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod exchange;
 mod loopback;
 mod pool;
+pub mod proxy;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -53,7 +54,16 @@ pub enum Admission {
     Held,
     /// The loopback call itself: served on the overflow lane, outside ordinary capacity.
     Overflow,
+    /// Accepted beyond capacity for fairness (see `FAST_REQUEST`): its requests queue like a kept-alive
+    /// connection's.
+    Queued,
 }
+
+/// A worker whose requests finish faster than this on average, and none of whose running requests is
+/// older, will run a new connection soon even when all its threads are busy. Such a worker keeps accepting
+/// while connections wait in the backlog: otherwise its own kept-alive connections would win every freed
+/// thread and the backlog would never be served.
+const FAST_REQUEST: Duration = Duration::from_millis(20);
 
 /// The overflow lane: its own queue and lazily started threads, so a loopback call never waits behind
 /// the busy ordinary threads.
@@ -117,11 +127,17 @@ pub struct IoState {
     pub header_timeout: Duration,
     overflow: OverflowLane,
     pub forwarded: exchange::ForwardedTrust,
+    /// `--proxy-protocol` and `--proxy-allow-from`; None when off.
+    pub proxy: Option<proxy::ProxySettings>,
     /// Some worker has a loopback call open: a full worker still accepts, to find and serve it.
     loopback_mode: Cell<bool>,
     listen_ports: Vec<loopback::ListenPort>,
     listen_fds: Vec<std::os::fd::RawFd>,
     last_loopback_warning: Cell<Option<tokio::time::Instant>>,
+    /// Accepting beyond capacity for fairness (see `FAST_REQUEST`), refreshed by the watch task.
+    fair_accept: Cell<bool>,
+    /// Moving average of request durations (dispatch to last byte), ns; 0 = none yet.
+    avg_request_ns: Cell<u64>,
     loopback_warnings_suppressed: Cell<u64>,
     /// `--timeout` for a request in Python; None when off.
     pub request_timeout: Option<Duration>,
@@ -136,7 +152,34 @@ pub struct IoState {
 impl IoState {
     fn can_accept(&self) -> bool {
         self.connections.get() < self.max_connections
-            && (self.has_free_thread() || self.loopback_mode.get())
+            && (self.has_free_thread() || self.loopback_mode.get() || self.fair_accept.get())
+    }
+
+    /// A request of this worker took `d` from dispatch to its last byte: update the moving average.
+    pub fn record_duration(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let avg = self.avg_request_ns.get();
+        self.avg_request_ns.set(if avg == 0 {
+            ns.max(1)
+        } else {
+            (avg * 7 + ns) / 8
+        });
+    }
+
+    /// See `FAST_REQUEST`.
+    fn should_accept_for_fairness(&self) -> bool {
+        let fast = FAST_REQUEST.as_nanos() as u64;
+        let avg = self.avg_request_ns.get();
+        !self.has_free_thread()
+            && avg > 0
+            && avg < fast
+            && self.board.oldest_request().is_none_or(|(_, r)| {
+                crate::scoreboard::now_ns().saturating_sub(r.started_ns) < fast
+            })
+            && self
+                .listen_fds
+                .iter()
+                .any(|fd| crate::sock::accept_queue_len(*fd) > 0)
     }
 
     pub fn board_handle(&self) -> WorkerHandle {
@@ -155,6 +198,8 @@ impl IoState {
         }
         let admission = if self.is_loopback_call(peer) {
             Admission::Overflow
+        } else if self.fair_accept.get() {
+            Admission::Queued
         } else {
             self.board.add_held();
             Admission::Held
@@ -642,6 +687,7 @@ fn io_main(
         header_timeout,
         overflow,
         forwarded: exchange::ForwardedTrust::new(cfg),
+        proxy: proxy::ProxySettings::new(cfg),
         loopback_mode: Cell::new(false),
         listen_ports: listeners
             .iter()
@@ -659,6 +705,8 @@ fn io_main(
             .map(|l| l.fd())
             .collect(),
         last_loopback_warning: Cell::new(None),
+        fair_accept: Cell::new(false),
+        avg_request_ns: Cell::new(0),
         loopback_warnings_suppressed: Cell::new(0),
         request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
         slow_threshold: (cfg.slow_request_threshold > 0)
@@ -740,6 +788,11 @@ async fn watch_loopback_calls(io: Rc<IoState>) {
                 .debug(&format!("Loopback calls open in this worker: {calls:?}"));
             board.publish_loopback_ports(&calls);
             published = !calls.is_empty();
+        }
+        let fair = io.should_accept_for_fairness();
+        if fair != io.fair_accept.get() {
+            io.fair_accept.set(fair);
+            io.capacity_changed.notify_waiters();
         }
         let mode = !io.has_free_thread()
             && (board.board().any_loopback_calls() || board.board().any_held());

@@ -143,9 +143,14 @@ impl WsgiRunner {
                 return;
             }
         };
-        let environ =
-            self.environ
-                .build(py, &head, &peer, &server, https, input.into_bound(py).into_any());
+        let environ = self.environ.build(
+            py,
+            &head,
+            &peer,
+            &server,
+            https,
+            input.into_bound(py).into_any(),
+        );
         let hook_req = self.pre_request(py, &head);
         let outcome = match environ {
             Ok(env) => {

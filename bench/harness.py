@@ -1,0 +1,707 @@
+#!/usr/bin/env python3
+"""ferricorn benchmark harness: every server against every app with wrk, on 127.0.0.1 only.
+
+Run through bench/run, which prepares bench/.venv. See bench/README.md for the method.
+"""
+
+import argparse
+import datetime
+import http.client
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+APPS_DIR = BENCH / "apps"
+WRK_DIR = BENCH / "wrk"
+WORK = BENCH / "work"
+LOGS = WORK / "logs"
+RESULTS = BENCH / "results"
+VENV_BIN = Path(sys.executable).parent  # bench/.venv/bin when run through bench/run
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+WORKERS = 2
+
+
+# --------------------------------------------------------------------------- apps and servers
+
+
+@dataclass
+class App:
+    name: str
+    module: str
+    title: str
+    modes: tuple  # "keepalive" and/or "close"
+    connections: int = 64
+    threads: int = 4  # Python threads for the servers that have them
+    method: str = "GET"
+    body: bytes = b""
+    expect_len: int = None  # body length of a correct response (None: not checked)
+    script: str = None  # wrk lua script in bench/wrk/
+    efficiency: bool = True  # False when the app waits rather than computes
+
+
+POST_BODY = b"x" * 102400
+
+APPS = [
+    App("hello", "hello:app", "hello (raw WSGI, 13 B)", ("keepalive", "close"), expect_len=13),
+    App("flask", "flask_json:app", "Flask JSON hello", ("keepalive", "close")),
+    App("big", "big:app", "100 KiB response", ("keepalive",), expect_len=102400),
+    App("echo", "echo:app", "100 KiB POST echo", ("keepalive",), method="POST", body=POST_BODY,
+        expect_len=102400, script="post.lua"),
+    App("file", "file:app", "1 MiB file (file_wrapper)", ("keepalive",), expect_len=MIB),
+    App("io", "io_sleep:app", "I/O-bound (sleep 10 ms), c256", ("keepalive", "close"),
+        connections=256, threads=32, expect_len=13, efficiency=False),
+]
+
+
+@dataclass
+class Server:
+    name: str
+    family: str  # gunicorn | granian | ferricorn
+    label: str
+    exe: str
+    args: list  # between the executable and the bind/app arguments
+    threads_flag: str = None  # the flag that takes app.threads, if this config has threads
+    unavailable: str = None  # reason, when it cannot run
+    start_failures: int = 0
+
+    def argv(self, app, port):
+        argv = [str(VENV_BIN / self.exe)] + self.args
+        if self.threads_flag:
+            argv += [self.threads_flag, str(app.threads)]
+        if self.family == "granian":
+            argv += ["--host", HOST, "--port", str(port)]
+        else:
+            argv += ["-b", f"{HOST}:{port}"]
+        return argv + [app.module]
+
+
+def make_servers():
+    w = str(WORKERS)
+    return [
+        Server("gunicorn-sync", "gunicorn", "gunicorn sync", "gunicorn", ["-k", "sync", "-w", w]),
+        Server("gunicorn-gthread", "gunicorn", "gunicorn gthread", "gunicorn",
+               ["-k", "gthread", "-w", w], threads_flag="--threads"),
+        Server("granian", "granian", "granian", "granian", ["--interface", "wsgi", "--workers", w]),
+        Server("granian-bt", "granian", "granian bt", "granian", ["--interface", "wsgi", "--workers", w],
+               threads_flag="--blocking-threads"),
+        Server("ferricorn-sync", "ferricorn", "ferricorn sync", "ferricorn", ["-k", "sync", "-w", w]),
+        Server("ferricorn-gthread", "ferricorn", "ferricorn gthread", "ferricorn",
+               ["-k", "gthread", "-w", w], threads_flag="--threads"),
+    ]
+
+
+def check_available(server):
+    if not (VENV_BIN / server.exe).exists():
+        where = " (build failed? see bench/work/ferricorn-build.log)" if server.family == "ferricorn" else ""
+        server.unavailable = f"`{server.exe}` not installed in bench/.venv{where}"
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+
+def read_stat(pid):
+    """(ppid, utime+stime ticks, starttime) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def process_tree(root):
+    """{pid: starttime} of root and all its descendants."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = read_stat(int(entry))
+            if st:
+                stats[int(entry)] = st
+    if root not in stats:
+        return {}
+    tree, frontier = {root: stats[root][2]}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, start) in stats.items():
+            if ppid == parent and pid not in tree:
+                tree[pid] = start
+                frontier.append(pid)
+    return tree
+
+
+def cpu_ticks(pids):
+    out = {}
+    for pid in pids:
+        st = read_stat(pid)
+        if st:
+            out[pid] = st[1]
+    return out
+
+
+def memory_mib(pids):
+    """Rss and Pss (MiB) summed over pids, from /proc/<pid>/smaps_rollup."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return {"rss": round(rss / 1024, 1), "pss": round(pss / 1024, 1), "procs": len(pids)}
+
+
+def tree_memory(root):
+    return memory_mib(process_tree(root))
+
+
+# --------------------------------------------------------------------------- server lifecycle
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(server, app, tag):
+    LOGS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(LOGS / f"{tag}.log", "wb")
+    env = dict(os.environ, PYTHONPATH=str(APPS_DIR), PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(server.argv(app, port), cwd=APPS_DIR, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    return proc, port, t0
+
+
+def probe(port, timeout=2):
+    """Status code of GET / (None if the server does not answer yet)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+        return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_first_200(proc, port, t0, timeout):
+    """Seconds from spawn to the first 200, or raises with the reason."""
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode} before serving")
+        if probe(port) == 200:
+            return time.perf_counter() - t0
+        time.sleep(0.005)
+    raise RuntimeError(f"no 200 within {timeout} s")
+
+
+def drain(port, timeout=30):
+    """Wait until a fresh request is answered, so the queue a finished load left behind (connections
+    wrk opened but the server had not yet accepted) is worked off before the next measurement."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if probe(port, timeout=timeout) == 200:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server still busy {timeout} s after a load")
+
+
+def check_response(app, port):
+    """One real request: the app must answer 200 with the expected body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/octet-stream"} if app.body else {}
+        conn.request(app.method, "/", body=app.body or None, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"sanity request got {resp.status}")
+    if app.expect_len is not None and len(body) != app.expect_len:
+        raise RuntimeError(f"sanity request got {len(body)} bytes, expected {app.expect_len}")
+    if app.body and body != app.body:
+        raise RuntimeError("echo body differs from the request body")
+
+
+def stop_server(proc):
+    """TERM the master, then KILL it and any leftover descendant, each by PID."""
+    tree = process_tree(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    leftovers = {pid: start for pid, start in tree.items() if pid != proc.pid}
+    deadline = time.time() + 5
+    while leftovers and time.time() < deadline:
+        leftovers = {pid: start for pid, start in leftovers.items() if alive(pid, start)}
+        time.sleep(0.05)
+    for pid, start in leftovers.items():
+        if alive(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def alive(pid, start):
+    st = read_stat(pid)
+    return st is not None and st[2] == start
+
+
+def log_tail(tag, lines=3):
+    try:
+        text = (LOGS / f"{tag}.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+# --------------------------------------------------------------------------- load generation
+
+
+def wrk_script(app):
+    """The lua script for an app: its own (if any) followed by the JSON reporter."""
+    parts = [(WRK_DIR / app.script).read_text()] if app.script else []
+    parts.append((WRK_DIR / "report.lua").read_text())
+    path = WORK / f"wrk-{app.name}.lua"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def run_wrk(app, port, mode, duration):
+    argv = ["wrk", "-t1", f"-c{app.connections}", f"-d{duration}s", "--latency", "--timeout", "5s",
+            "-s", str(wrk_script(app))]
+    if mode == "close":
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{HOST}:{port}/")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
+
+
+def accept_queue(port):
+    """Connections waiting in the accept queue of the listener on 127.0.0.1:port (rx_queue of its
+    LISTEN line in /proc/net/tcp), or None if there is no such listener."""
+    key = f":{port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == "0A" and parts[1].endswith(key):
+                return int(parts[4].split(":")[1], 16)
+    return None
+
+
+class QueueSampler(threading.Thread):
+    """Samples accept_queue(port) 10 times a second, skipping the first second of the load.
+
+    wrk counts a connection the server never serves neither as an error nor in its latencies; a
+    keep-alive load on a server that leaves connections unaccepted shows up here instead."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.samples, self.stop = port, [], threading.Event()
+
+    def run(self):
+        if self.stop.wait(1.0):
+            return
+        while not self.stop.wait(0.1):
+            n = accept_queue(self.port)
+            if n is not None:
+                self.samples.append(n)
+
+    def result(self):
+        self.stop.set()
+        self.join()
+        s = self.samples
+        return {"median": statistics.median(s), "max": max(s)} if s else {"median": 0, "max": 0}
+
+
+def measure_load(proc, app, port, mode, duration):
+    """One timed wrk load plus the CPU the server's process tree used and its accept queue."""
+    drain(port)
+    before = cpu_ticks(process_tree(proc.pid))
+    sampler = QueueSampler(port)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        w = run_wrk(app, port, mode, duration)
+    finally:
+        queue = sampler.result()
+    wall = time.perf_counter() - t0
+    after = cpu_ticks(process_tree(proc.pid))
+    used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / CLK_TCK
+    seconds = w["duration_us"] / 1e6
+    socket_errors = w["connect"] + w["read"] + w["write"] + w["timeout"]
+    return {
+        "rps": w["requests"] / seconds if seconds else 0.0,
+        "requests": w["requests"],
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "errors": socket_errors + w["status"],
+        "socket_errors": socket_errors,
+        "non2xx": w["status"],
+        "cores": used / wall,
+        "accept_queue": queue,
+        "wrk": w,
+    }
+
+
+# --------------------------------------------------------------------------- one server × one app
+
+
+def run_instance(server, app, cfg, tag):
+    """Start, check, measure idle memory, warm up, run each mode's load, measure memory, stop."""
+    record = {"server": server.name, "app": app.name, "loadavg": loadavg()}
+    proc, port, t0 = start_server(server, app, tag)
+    try:
+        record["startup_ms"] = wait_first_200(proc, port, t0, cfg.start_timeout) * 1000
+        check_response(app, port)
+        time.sleep(cfg.settle)
+        record["idle"] = tree_memory(proc.pid)
+        run_wrk(app, port, "keepalive", cfg.warmup)
+        record["loads"] = {mode: measure_load(proc, app, port, mode, cfg.duration) for mode in app.modes}
+        drain(port)
+        time.sleep(cfg.settle)
+        record["after"] = tree_memory(proc.pid)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes this row's "n/a" with a reason
+        record["error"] = f"{exc} [log: {log_tail(tag)}]"
+    finally:
+        stop_server(proc)
+    return record
+
+
+def memory_growth(server, cfg):
+    """hello: idle memory, then `loads` keep-alive loads of `seconds` each, then memory again."""
+    app = app_by_name("hello")
+    tag = f"memtest-{server.name}"
+    record = {"server": server.name}
+    proc, port, t0 = start_server(server, app, tag)
+    try:
+        wait_first_200(proc, port, t0, cfg.start_timeout)
+        time.sleep(cfg.settle)
+        record["idle"] = tree_memory(proc.pid)
+        record["rps"] = [measure_load(proc, app, port, "keepalive", cfg.mem_seconds)["rps"]
+                         for _ in range(cfg.mem_loads)]
+        drain(port)
+        time.sleep(cfg.settle)
+        record["after"] = tree_memory(proc.pid)
+        record["growth_rss"] = record["after"]["rss"] / record["idle"]["rss"] - 1
+        record["growth_pss"] = record["after"]["pss"] / record["idle"]["pss"] - 1
+    except Exception as exc:  # noqa: BLE001
+        record["error"] = f"{exc} [log: {log_tail(tag)}]"
+    finally:
+        stop_server(proc)
+    return record
+
+
+# --------------------------------------------------------------------------- Python ceiling
+
+
+def ceiling_environ(app):
+    """An environ like a server builds for `GET /` (or the echo POST) on 127.0.0.1."""
+    from wsgiref.util import FileWrapper
+
+    env = {
+        "REQUEST_METHOD": app.method, "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+        "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": HOST, "SERVER_PORT": "8000",
+        "REMOTE_ADDR": HOST, "REMOTE_PORT": "50000", "HTTP_HOST": f"{HOST}:8000",
+        "HTTP_USER_AGENT": "wrk", "HTTP_ACCEPT": "*/*",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+    }
+    if app.body:
+        env.update(CONTENT_LENGTH=str(len(app.body)), CONTENT_TYPE="application/octet-stream")
+    return env
+
+
+def ceiling_worker(app_name, seconds):
+    """Runs in a child process: calls the app in a loop on one core and prints calls/s as JSON."""
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    sys.path.insert(0, str(APPS_DIR))
+    app = app_by_name(app_name)
+    module, attr = app.module.split(":")
+    wsgi = getattr(__import__(module), attr)
+    base = ceiling_environ(app)
+
+    def start_response(status, headers, exc_info=None):
+        if not status.startswith("200"):
+            raise RuntimeError(f"{app_name} answered {status} to the ceiling environ")
+        return lambda data: None
+
+    def call():
+        env = dict(base)
+        env["wsgi.input"] = io.BytesIO(app.body)
+        result = wsgi(env, start_response)
+        try:
+            for _chunk in result:
+                pass
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+
+    for _ in range(200):  # warm-up
+        call()
+    calls, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall0 < seconds:
+        for _ in range(20):
+            call()
+        calls += 20
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    print(json.dumps({"per_cpu_s": calls / cpu if cpu else 0.0, "per_wall_s": calls / wall}))
+
+
+def measure_ceiling(app, cfg):
+    samples = []
+    for _ in range(cfg.ceiling_repeats):
+        out = subprocess.run([sys.executable, __file__, "--ceiling-worker", app.name,
+                              "--ceiling-seconds", str(cfg.ceiling_seconds)],
+                             cwd=APPS_DIR, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            return {"error": out.stderr.strip()[-300:]}
+        samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {
+        "per_cpu_s": statistics.median(s["per_cpu_s"] for s in samples),
+        "per_wall_s": statistics.median(s["per_wall_s"] for s in samples),
+        "samples": samples,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def app_by_name(name):
+    return next(a for a in APPS if a.name == name)
+
+
+def run_matrix(servers, apps, cfg, log):
+    """All (repeat, app, server) instances; servers rotate each repeat so order effects even out."""
+    records = []
+    for rep in range(cfg.repeats):
+        order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+        for app in apps:
+            for server in order:
+                if server.unavailable:
+                    continue
+                rec = run_instance(server, app, cfg, f"r{rep + 1}-{app.name}-{server.name}")
+                rec["repeat"] = rep + 1
+                records.append(rec)
+                log(progress_line(rec, cfg.repeats))
+                note_start_failure(server, rec)
+    return records
+
+
+def note_start_failure(server, rec):
+    """Two failed starts make a server unavailable for the rest of the run (saves the time-outs)."""
+    if "error" in rec and "startup_ms" not in rec:
+        server.start_failures += 1
+        if server.start_failures >= 2:
+            server.unavailable = f"failed to start: {rec['error']}"
+
+
+def progress_line(rec, repeats):
+    head = f"[{rec['repeat']}/{repeats}] {rec['app']:<6} {rec['server']:<18}"
+    if "error" in rec:
+        return f"{head} ERROR {rec['error'][:300]}"
+    loads = "  ".join(f"{m}: {l['rps']:8.0f} req/s p99 {l['p99_ms']:7.1f} ms err {l['errors']}"
+                      f" cpu {l['cores']:.2f}" for m, l in rec["loads"].items())
+    return (f"{head} start {rec['startup_ms']:6.0f} ms  idle {rec['idle']['rss']:.0f} MiB  "
+            f"after {rec['after']['rss']:.0f} MiB  {loads}")
+
+
+@dataclass
+class Config:
+    repeats: int
+    duration: float
+    warmup: float
+    settle: float
+    mem_loads: int
+    mem_seconds: float
+    ceiling_seconds: float
+    ceiling_repeats: int
+    start_timeout: float = 30.0
+    quick: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def make_config(args):
+    if args.quick:
+        cfg = Config(repeats=1, duration=2, warmup=1, settle=0.5, mem_loads=3, mem_seconds=2,
+                     ceiling_seconds=0.5, ceiling_repeats=1, quick=True)
+    else:
+        cfg = Config(repeats=3, duration=5, warmup=2, settle=1, mem_loads=3, mem_seconds=10,
+                     ceiling_seconds=1, ceiling_repeats=3)
+    if args.duration:
+        cfg.duration = args.duration
+    if args.repeats:
+        cfg.repeats = args.repeats
+    return cfg
+
+
+def estimate_seconds(servers, apps, cfg):
+    per_start = 2.5 + 2 * cfg.settle + cfg.warmup
+    loads = sum(len(a.modes) for a in apps) * cfg.duration
+    matrix = cfg.repeats * len(servers) * (len(apps) * per_start + loads)
+    memtest = len(servers) * (3 + cfg.mem_loads * cfg.mem_seconds)
+    return matrix + memtest + len(apps) * cfg.ceiling_repeats * (cfg.ceiling_seconds + 0.5)
+
+
+def environment_info():
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    def cmd(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "?")
+    wrk_version = (cmd(["wrk", "-v"]) or "").split(" [")[:1]
+    return {
+        "cpus": os.cpu_count(), "cpu_model": cpu, "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("ferricorn", "gunicorn", "granian", "flask")},
+        "wrk": wrk_version[0] if wrk_version else None,
+        "commit": cmd(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        "loadavg_start": loadavg(),
+    }
+
+
+def loadavg():
+    """The 1-minute load average: other work on this shared machine shows up here."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="ferricorn vs gunicorn vs granian, with wrk on 127.0.0.1")
+    p.add_argument("--quick", action="store_true", help="1 repeat, 2 s loads: a smoke check")
+    p.add_argument("--servers", help="comma-separated server configs (default: all)")
+    p.add_argument("--apps", help="comma-separated apps (default: all)")
+    p.add_argument("--duration", type=float, help="seconds per measured load (default 5, quick 2)")
+    p.add_argument("--repeats", type=int, help="repeats of the whole matrix (default 3, quick 1)")
+    p.add_argument("--out", help="results file stem in bench/results/ (default: the date)")
+    p.add_argument("--no-build", action="store_true", help="(bench/run) keep the installed ferricorn")
+    p.add_argument("--no-memtest", action="store_true", help="skip the 3-load memory growth test")
+    p.add_argument("--render", metavar="JSON", help="rewrite the .md of an earlier run from its .json")
+    p.add_argument("--ceiling-worker", help=argparse.SUPPRESS)
+    p.add_argument("--ceiling-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def select(items, names, what):
+    if not names:
+        return items
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {i.name for i in items}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        sys.exit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return [i for i in items if i.name in wanted]
+
+
+def main():
+    args = parse_args()
+    if args.ceiling_worker:
+        return ceiling_worker(args.ceiling_worker, args.ceiling_seconds)
+    import report  # bench/report.py: tables and targets
+
+    if args.render:
+        src = Path(args.render)
+        src.with_suffix(".md").write_text(report.render(json.loads(src.read_text())))
+        print(f"[bench] wrote {src.with_suffix('.md')}")
+        return 0
+    cfg = make_config(args)
+    servers = select(make_servers(), args.servers, "servers")
+    apps = select(APPS, args.apps, "apps")
+    WORK.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    for server in servers:
+        check_available(server)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    runnable = [s for s in servers if not s.unavailable]
+    log(f"[bench] {len(runnable)} servers x {len(apps)} apps x {cfg.repeats} repeats, "
+        f"{cfg.duration:g} s loads; about {estimate_seconds(runnable, apps, cfg) / 60:.1f} min")
+    for s in servers:
+        if s.unavailable:
+            log(f"[bench] {s.name}: not available: {s.unavailable}")
+
+    started = time.time()
+    env_info = environment_info()
+    ceilings = {}
+    for app in apps:
+        ceilings[app.name] = measure_ceiling(app, cfg)
+        log(f"[ceiling] {app.name:<6} {ceilings[app.name].get('per_cpu_s', 0):10.0f} calls/s per core")
+    records = run_matrix(servers, apps, cfg, log)
+    memtest = []
+    if not args.no_memtest and any(a.name == "hello" for a in apps):
+        for server in servers:
+            if not server.unavailable:
+                memtest.append(memory_growth(server, cfg))
+                log(f"[memtest] {server.name}: {report.memtest_cell(memtest[-1])}")
+
+    env_info["loadavg_end"] = loadavg()
+    raw = {
+        "date": datetime.date.today().isoformat(),
+        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.time() - started, 1),
+        "environment": env_info,
+        "settings": {k: v for k, v in vars(cfg).items() if k != "extra"},
+        "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
+        "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
+                     "threads_flag": s.threads_flag, "unavailable": s.unavailable} for s in servers],
+        "apps": [{"name": a.name, "title": a.title, "modes": list(a.modes), "connections": a.connections,
+                  "threads": a.threads} for a in apps],
+        "ceilings": ceilings,
+        "records": records,
+        "memtest": memtest,
+    }
+    stem = args.out or (raw["date"] + ("-quick" if cfg.quick else ""))
+    md_path, json_path = RESULTS / f"{stem}.md", RESULTS / f"{stem}.json"
+    json_path.write_text(json.dumps(raw, indent=1) + "\n")
+    md_path.write_text(report.render(raw))
+    log(f"[bench] done in {raw['elapsed_s'] / 60:.1f} min: {md_path.relative_to(REPO)} "
+        f"(raw: {json_path.relative_to(REPO)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

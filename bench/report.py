@@ -1,0 +1,439 @@
+"""Turns the raw JSON of one benchmark run into the markdown report (tables, ratios, targets)."""
+
+import statistics
+
+MODE_LABEL = {"keepalive": "keep-alive", "close": "Connection: close"}
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ok_records(raw, app, server):
+    return [r for r in raw["records"] if r["app"] == app and r["server"] == server and "error" not in r]
+
+
+def load_stats(raw, app, mode, server):
+    """Medians over repeats of one (app, mode, server) cell; errors are summed."""
+    loads = [r["loads"][mode] for r in ok_records(raw, app, server) if mode in r.get("loads", {})]
+    if not loads:
+        return None
+    ceiling = raw["ceilings"].get(app, {}).get("per_cpu_s")
+    app_info = next(a for a in raw["apps"] if a["name"] == app)
+    eff = None
+    if ceiling and app != "io":
+        eff = median(l["rps"] / (ceiling * l["cores"]) if l["cores"] else None for l in loads)
+    return {
+        "rps": median(l["rps"] for l in loads),
+        "p50": median(l["p50_ms"] for l in loads),
+        "p99": median(l["p99_ms"] for l in loads),
+        "errors": sum(l["errors"] for l in loads),
+        "cores": median(l["cores"] for l in loads),
+        "queue": median(l["accept_queue"]["median"] for l in loads if "accept_queue" in l),
+        "queue_max": max((l["accept_queue"]["max"] for l in loads if "accept_queue" in l), default=None),
+        "eff": eff,
+        "n": len(loads),
+        "connections": app_info["connections"],
+    }
+
+
+def memory_stats(raw, app, server):
+    recs = ok_records(raw, app, server)
+    if not recs:
+        return None
+    return {
+        "idle_rss": median(r["idle"]["rss"] for r in recs),
+        "idle_pss": median(r["idle"]["pss"] for r in recs),
+        "after_rss": median(r["after"]["rss"] for r in recs),
+        "after_pss": median(r["after"]["pss"] for r in recs),
+        "procs": median(r["idle"]["procs"] for r in recs),
+        "startup": median(r["startup_ms"] for r in recs),
+    }
+
+
+def rows(raw):
+    return [(a["name"], mode) for a in raw["apps"] for mode in a["modes"]]
+
+
+def family(raw, fam):
+    return [s["name"] for s in raw["servers"] if s["name"].startswith(fam)]
+
+
+def best(raw, app, mode, fam):
+    """(server, stats) of the family's config with the most requests/s in this row."""
+    cands = [(s, load_stats(raw, app, mode, s)) for s in family(raw, fam)]
+    cands = [(s, st) for s, st in cands if st]
+    return max(cands, key=lambda c: c[1]["rps"]) if cands else (None, None)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def f_rps(v):
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def f_ms(v):
+    if v is None:
+        return "n/a"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def f_x(v):
+    return "n/a" if v is None else f"{v:.2f}×"
+
+
+def f_mib(v):
+    return "n/a" if v is None else f"{v:.0f}"
+
+
+def f_queue(st):
+    if st["queue"] is None:
+        return "n/a"
+    return f"{st['queue']:g} ({st['queue_max']})"
+
+
+def f_eff(v):
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.3f}"
+
+
+def f_pct(v):
+    return "n/a" if v is None else f"{v * 100:+.1f}%"
+
+
+def table(header, body):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def app_title(raw, app):
+    return next(a["title"] for a in raw["apps"] if a["name"] == app)
+
+
+def server_header(raw):
+    return [s["label"] for s in raw["servers"]]
+
+
+def per_server_table(raw, cell):
+    """Rows = (app, mode), columns = servers; cell(stats) renders one measured cell."""
+    body = []
+    for app, mode in rows(raw):
+        cells = []
+        for s in raw["servers"]:
+            st = load_stats(raw, app, mode, s["name"])
+            cells.append(cell(st) if st else "n/a")
+        body.append([app_title(raw, app), MODE_LABEL[mode]] + cells)
+    return table(["app", "mode"] + server_header(raw), body)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def ratios_table(raw):
+    body = []
+    for app, mode in rows(raw):
+        f_name, f_st = best(raw, app, mode, "ferricorn")
+        _, g_st = best(raw, app, mode, "granian")
+        _, u_st = best(raw, app, mode, "gunicorn")
+        fr = f_st["rps"] if f_st else None
+        pair = []
+        for kind in ("sync", "gthread"):
+            fs = load_stats(raw, app, mode, f"ferricorn-{kind}")
+            gs = load_stats(raw, app, mode, f"gunicorn-{kind}")
+            pair.append(f_x(ratio(fs and fs["rps"], gs and gs["rps"])))
+        body.append([app_title(raw, app), MODE_LABEL[mode], f_name or "n/a", f_rps(fr),
+                     f_x(ratio(fr, g_st and g_st["rps"])), f_x(ratio(fr, u_st and u_st["rps"]))] + pair)
+    return table(["app", "mode", "best ferricorn", "req/s", "÷ best granian", "÷ best gunicorn",
+                  "ferricorn sync ÷ gunicorn sync", "ferricorn gthread ÷ gunicorn gthread"], body)
+
+
+def ceiling_table(raw):
+    body = []
+    for a in raw["apps"]:
+        c = raw["ceilings"].get(a["name"], {})
+        if "error" in c:
+            body.append([a["title"], "error: " + c["error"][:80], ""])
+        else:
+            body.append([a["title"], f_rps(c.get("per_cpu_s")), f_rps(c.get("per_wall_s"))])
+    return table(["app", "calls/s per CPU-second", "calls/s wall (one pinned core)"], body)
+
+
+def memory_table(raw):
+    body = []
+    for a in raw["apps"]:
+        cells = []
+        for s in raw["servers"]:
+            m = memory_stats(raw, a["name"], s["name"])
+            cells.append("n/a" if not m else
+                         f"{f_mib(m['idle_rss'])} / {f_mib(m['idle_pss'])} → "
+                         f"{f_mib(m['after_rss'])} / {f_mib(m['after_pss'])}")
+        body.append([a["title"]] + cells)
+    return table(["app"] + server_header(raw), body)
+
+
+def startup_table(raw):
+    body = []
+    for a in raw["apps"]:
+        cells = []
+        for s in raw["servers"]:
+            m = memory_stats(raw, a["name"], s["name"])
+            cells.append("n/a" if not m else f"{m['startup']:.0f}")
+        body.append([a["title"]] + cells)
+    return table(["app"] + server_header(raw), body)
+
+
+def memtest_cell(rec):
+    if "error" in rec:
+        return "error: " + rec["error"][:120]
+    i, a = rec["idle"], rec["after"]
+    return (f"RSS {i['rss']:.0f} → {a['rss']:.0f} MiB ({f_pct(rec['growth_rss'])}), "
+            f"PSS {i['pss']:.0f} → {a['pss']:.0f} MiB ({f_pct(rec['growth_pss'])})")
+
+
+def memtest_table(raw):
+    body = []
+    for rec in raw["memtest"]:
+        label = next(s["label"] for s in raw["servers"] if s["name"] == rec["server"])
+        rps = ", ".join(f_rps(v) for v in rec.get("rps", []))
+        body.append([label, memtest_cell(rec), rps])
+    return table(["server", "idle → after loads", "req/s of each load"], body)
+
+
+def failures(raw):
+    lines = []
+    for s in raw["servers"]:
+        if s["unavailable"]:
+            lines.append(f"- **{s['label']}**: not available — {s['unavailable'][:400]}")
+    for r in raw["records"]:
+        if "error" in r and not any(s["name"] == r["server"] and s["unavailable"] for s in raw["servers"]):
+            lines.append(f"- {r['server']} × {r['app']} (repeat {r['repeat']}): {r['error'][:400]}")
+    return lines
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def verdict(value, ok):
+    if value is None:
+        return "n/a"
+    return "met" if ok else "**not met**"
+
+
+def target_ratio(raw, app, mode, peer_fam, goal):
+    _, f = best(raw, app, mode, "ferricorn")
+    _, p = best(raw, app, mode, peer_fam)
+    r = ratio(f and f["rps"], p and p["rps"])
+    return f_x(r), verdict(r, r is not None and r >= goal)
+
+
+def target_rows_ratio(raw, apps_modes, peer_fam, goal):
+    """One verdict over several rows: every row must reach `goal`."""
+    parts, vals = [], []
+    for app, mode in apps_modes:
+        _, f = best(raw, app, mode, "ferricorn")
+        _, p = best(raw, app, mode, peer_fam)
+        r = ratio(f and f["rps"], p and p["rps"])
+        vals.append(r)
+        parts.append(f"{app} {MODE_LABEL[mode]} {f_x(r)}")
+    status = "n/a" if None in vals or not vals else verdict(1, all(v >= goal for v in vals))
+    return "; ".join(parts) or "n/a", status
+
+
+def target_efficiency(raw):
+    _, f = best(raw, "flask", "keepalive", "ferricorn")
+    e = f and f["eff"]
+    return (f"{e:.2f}" if e is not None else "n/a"), verdict(e, e is not None and e >= 0.9)
+
+
+def target_io(raw):
+    fs = load_stats(raw, "io", "keepalive", "ferricorn-gthread")
+    gs = load_stats(raw, "io", "keepalive", "gunicorn-gthread")
+    r = ratio(fs and fs["rps"], gs and gs["rps"])
+    errs = sum(st["errors"] for st in (load_stats(raw, "io", m, "ferricorn-gthread") for m in
+                                        ("keepalive", "close")) if st)
+    waiting = fs and fs["queue"]
+    ok = r is not None and r >= 1.5 and errs == 0 and not waiting
+    left = "n/a" if waiting is None else f"{waiting:g}"
+    text = f"{f_x(r)}, ferricorn errors {errs}, keep-alive connections left waiting {left}" if fs else "n/a"
+    return text, verdict(r, ok)
+
+
+def target_p99(raw):
+    parts, verdicts = [], []
+    for app, mode in rows(raw):
+        if next(a["connections"] for a in raw["apps"] if a["name"] == app) != 64:
+            continue
+        _, f = best(raw, app, mode, "ferricorn")
+        _, g = best(raw, app, mode, "granian")
+        if not f or not g:
+            verdicts.append(None)
+            continue
+        verdicts.append(f["p99"] <= g["p99"])
+        if f["p99"] > g["p99"]:
+            parts.append(f"{app} {MODE_LABEL[mode]}: {f_ms(f['p99'])} > {f_ms(g['p99'])} ms")
+    if not verdicts or None in verdicts:
+        return "n/a", "n/a"
+    return ("; ".join(parts) or "all rows within"), verdict(1, all(verdicts))
+
+
+def target_idle_memory(raw):
+    parts, oks = [], []
+    for kind in ("sync", "gthread"):
+        f = memory_stats(raw, "hello", f"ferricorn-{kind}")
+        g = memory_stats(raw, "hello", f"gunicorn-{kind}")
+        if not f or not g:
+            oks.append(None)
+            continue
+        oks.append(f["idle_rss"] <= g["idle_rss"] and f["idle_pss"] <= g["idle_pss"])
+        parts.append(f"{kind}: {f_mib(f['idle_rss'])}/{f_mib(f['idle_pss'])} vs "
+                     f"{f_mib(g['idle_rss'])}/{f_mib(g['idle_pss'])} MiB")
+    if None in oks:
+        return "n/a", "n/a"
+    return "; ".join(parts), verdict(1, all(oks))
+
+
+def target_growth(raw):
+    recs = [r for r in raw["memtest"] if r["server"].startswith("ferricorn") and "error" not in r]
+    if not recs:
+        return "n/a", "n/a"
+    worst = max(max(r["growth_rss"], r["growth_pss"]) for r in recs)
+    parts = [f"{r['server']}: RSS {f_pct(r['growth_rss'])}, PSS {f_pct(r['growth_pss'])}" for r in recs]
+    return "; ".join(parts), verdict(worst, worst <= 0.10)
+
+
+def target_startup(raw):
+    parts, oks = [], []
+    for kind in ("sync", "gthread"):
+        f = memory_stats(raw, "hello", f"ferricorn-{kind}")
+        g = memory_stats(raw, "hello", f"gunicorn-{kind}")
+        if not f or not g:
+            oks.append(None)
+            continue
+        oks.append(f["startup"] <= g["startup"])
+        parts.append(f"{kind}: {f['startup']:.0f} vs {g['startup']:.0f} ms")
+    if None in oks:
+        return "n/a", "n/a"
+    return "; ".join(parts), verdict(1, all(oks))
+
+
+def targets(raw):
+    have = {a["name"] for a in raw["apps"]}
+    close_rows = [(a["name"], "close") for a in raw["apps"] if "close" in a["modes"]]
+    body_rows = [(a, "keepalive") for a in ("big", "echo", "file") if a in have]
+    out = []
+    if "hello" in have:
+        out.append(["hello keep-alive ≥ 1.3× best granian", *target_ratio(raw, "hello", "keepalive", "granian", 1.3)])
+        out.append(["hello keep-alive ≥ 10× best gunicorn", *target_ratio(raw, "hello", "keepalive", "gunicorn", 10)])
+    if close_rows:
+        out.append(["Connection: close ≥ 1.2× best granian (every close row)",
+                    *target_rows_ratio(raw, close_rows, "granian", 1.2)])
+    if "flask" in have:
+        out.append(["Flask keep-alive ≥ 1.15× best granian", *target_ratio(raw, "flask", "keepalive", "granian", 1.15)])
+        out.append(["Flask keep-alive efficiency ≥ 0.9 of the ceiling", *target_efficiency(raw)])
+    if body_rows:
+        out.append(["100 KiB response, 100 KiB echo, 1 MiB file ≥ 1.2× best granian",
+                    *target_rows_ratio(raw, body_rows, "granian", 1.2)])
+    if "io" in have:
+        out.append(["I/O-bound ≥ 1.5× gunicorn gthread (32 threads each), no errors", *target_io(raw)])
+    out.append(["p99 at c64 never above best granian's (same row)", *target_p99(raw)])
+    if "hello" in have:
+        out.append(["idle memory (hello, master + 2 workers) ≤ gunicorn's, RSS and PSS", *target_idle_memory(raw)])
+        out.append(["memory growth after 3 loads ≤ 10% (RSS and PSS)", *target_growth(raw)])
+        out.append(["startup to first 200 (hello) ≤ gunicorn's", *target_startup(raw)])
+    return table(["target", "measured (ferricorn ÷ peer)", "status"], out)
+
+
+# --------------------------------------------------------------------------- document
+
+
+def render(raw):
+    env, st = raw["environment"], raw["settings"]
+    v = env["versions"]
+    threads = {a["name"]: a["threads"] for a in raw["apps"]}
+    parts = [
+        f"# ferricorn benchmark — {raw['date']}",
+        "",
+        f"Machine: {env['cpus']} CPUs ({env['cpu_model']}), Linux {env['kernel']}, Python {env['python']}; "
+        f"commit `{env['commit']}`. Versions: ferricorn {v['ferricorn'] or 'n/a'}, gunicorn {v['gunicorn']}, "
+        f"granian {v['granian']}, Flask {v['flask']}, {env['wrk']}.",
+        "",
+        f"Method: {st['repeats']} repeat(s), interleaved (every server runs each app once per repeat, the "
+        f"server order rotating), medians shown. Each server start: first 200 → {st['settle']:g} s settle → "
+        f"idle memory → {st['warmup']:g} s keep-alive warm-up → {st['duration']:g} s load per mode → memory "
+        f"after. wrk -t1 -c64 (I/O row: -c256) --latency --timeout 5s, to 127.0.0.1 only. Servers: 2 workers; "
+        f"threads 4 (I/O row: {threads.get('io', 32)}) for gunicorn gthread, ferricorn gthread (`--threads`) "
+        f"and granian bt (`--blocking-threads`); plain granian keeps its default blocking threads. "
+        f"Run took {raw['elapsed_s'] / 60:.1f} min; 1-minute load average {env['loadavg_start']:.1f} at the "
+        f"start, {env['loadavg_end']:.1f} at the end (the machine is shared: compare ratios, not absolutes).",
+        "",
+        "## Targets",
+        "",
+        targets(raw),
+        "",
+        "## Requests/s",
+        "",
+        per_server_table(raw, lambda s: f_rps(s["rps"])),
+        "",
+        "## Ratios: ferricorn ÷ peers (requests/s)",
+        "",
+        "\"best\" = the config of that server with the most requests/s in the row.",
+        "",
+        ratios_table(raw),
+        "",
+        "## Latency p50 / p99 (ms)",
+        "",
+        per_server_table(raw, lambda s: f"{f_ms(s['p50'])} / {f_ms(s['p99'])}"),
+        "",
+        "## Errors (wrk socket errors + non-2xx, summed over repeats)",
+        "",
+        per_server_table(raw, lambda s: str(s["errors"])),
+        "",
+        "## Connections left waiting (accept queue)",
+        "",
+        "Connections queued in the listener's accept queue, sampled 10×/s from the second second of each "
+        "load on: median (max), median over repeats (max over repeats). wrk reports a connection that is "
+        "never served neither as an error nor in its latencies. Queued connections are normal turn-taking "
+        "under `Connection: close` and for gunicorn sync (which closes every connection); under keep-alive, "
+        "a steady non-zero median means that many of wrk's connections were left unserved.",
+        "",
+        per_server_table(raw, f_queue),
+        "",
+        "## CPU and efficiency",
+        "",
+        "Cores = CPU time (utime+stime) of master and workers during the load ÷ its wall time. "
+        "Efficiency = requests/s ÷ (Python ceiling × cores); the I/O row waits rather than computes, "
+        "so it has none.",
+        "",
+        per_server_table(raw, lambda s: f"{s['cores']:.2f} cores" + (f", eff {f_eff(s['eff'])}"
+                                                                     if s["eff"] is not None else "")),
+        "",
+        "### Python ceiling (the app alone, called in a loop in one process)",
+        "",
+        ceiling_table(raw),
+        "",
+        "## Memory (MiB, master + workers): idle RSS / PSS → after load RSS / PSS",
+        "",
+        memory_table(raw),
+        "",
+        f"### Growth: hello, {st['mem_loads']} × {st['mem_seconds']:g} s keep-alive loads",
+        "",
+        memtest_table(raw) if raw["memtest"] else "(not run)",
+        "",
+        "## Startup: spawn to first 200 (ms)",
+        "",
+        startup_table(raw),
+        "",
+    ]
+    notes = failures(raw)
+    if notes:
+        parts += ["## Not measured", ""] + notes + [""]
+    return "\n".join(parts)

@@ -1,0 +1,238 @@
+//! The master's side of the control socket: opening it from the configuration, polling it together with
+//! the signal pipe, and answering its commands from the master's own state ([`ControlTarget`]).
+//!
+//! Actions that fork or end the loop (reload, shutdown) are not run while the control server is handling
+//! a request: they are left in [`Pending`] and carried out by the loop right after.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+
+use super::{oom, Arbiter, Halt};
+use crate::config::{Config, SETTINGS};
+use crate::control::{
+    self, BusyThread, ControlCommand, ControlServer, ControlTarget, ListenerInfo, Outcome, Stats,
+    WorkerInfo,
+};
+use crate::log::ErrorLog;
+use crate::scoreboard::{now_ns, WorkerState, MAX_WORKERS};
+use crate::sock::ListenAddr;
+
+/// What control commands asked the loop to do once the control server is done.
+#[derive(Default)]
+pub(super) struct Pending {
+    reload: bool,
+    halt: Option<Halt>,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Open the control socket the configuration asks for. An explicit `--control-socket` that cannot be
+/// created stops the start; the default one only earns a warning (the server runs without it).
+pub(super) fn open(cfg: &Config, log: &ErrorLog) -> io::Result<Option<ControlServer>> {
+    if cfg.control_socket_disable {
+        log.debug("Control socket disabled");
+        return Ok(None);
+    }
+    let (path, explicit) = match &cfg.control_socket {
+        Some(p) => (absolute(Path::new(p)), true),
+        None => (control::default_socket_path_from_env(), false),
+    };
+    match ControlServer::bind(&path, cfg.control_socket_mode, log.clone()) {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if explicit => Err(io::Error::new(
+            e.kind(),
+            format!("cannot create the control socket {}: {e}", path.display()),
+        )),
+        Err(e) => {
+            log.warning(&format!(
+                "Control socket not created at {}: {e}; running without one \
+                 (choose a path with --control-socket, or --no-control-socket)",
+                path.display()
+            ));
+            Ok(None)
+        }
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+impl Arbiter {
+    /// The loop's sleep: wait up to `timeout_ms` for a signal or control socket activity, serve the
+    /// control socket, then run what its commands left for the loop.
+    pub(super) fn wait_and_serve_control(&mut self, timeout_ms: i32) -> Result<(), Halt> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.sigpipe.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // poll() ignores a negative descriptor.
+                fd: self.control.as_ref().map_or(-1, ControlServer::fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfds we own.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if let Some(mut server) = self.control.take() {
+            server.handle_ready(self);
+            self.control = Some(server);
+        }
+        if std::mem::take(&mut self.control_pending.reload) {
+            self.reload();
+        }
+        match self.control_pending.halt.take() {
+            Some(h) => Err(h),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ControlTarget for Arbiter {
+    fn workers(&self) -> Vec<WorkerInfo> {
+        let now = now_ns();
+        let current = self.workers.iter().map(|(pid, w)| (*pid, w, false));
+        let retiring = self.retiring.iter().map(|(pid, w)| (*pid, w, true));
+        let mut out: Vec<WorkerInfo> = current
+            .chain(retiring)
+            .map(|(pid, w, retiring)| {
+                let handle = self.board.worker(w.slot);
+                let in_flight = handle
+                    .requests_in_flight()
+                    .into_iter()
+                    .map(|(thread, r)| BusyThread {
+                        thread,
+                        elapsed_secs: secs(now.saturating_sub(r.started_ns)),
+                        method: r.method,
+                        path: r.path,
+                        client: r.client,
+                    })
+                    .collect();
+                WorkerInfo {
+                    pid,
+                    spawn_order: w.age,
+                    age_secs: secs(now.saturating_sub(handle.booted_ns())),
+                    state: handle.state(),
+                    retiring,
+                    aborted: w.aborted,
+                    requests: handle.requests(),
+                    rss_bytes: oom::rss_bytes(pid),
+                    heartbeat_age_secs: secs(now.saturating_sub(handle.last_heartbeat_ns())),
+                    in_flight,
+                }
+            })
+            .collect();
+        out.sort_by_key(|w| w.spawn_order);
+        out
+    }
+
+    fn stats(&self) -> Stats {
+        let mut s = Stats {
+            pid: std::process::id(),
+            workers_current: self.workers.len(),
+            workers_target: self.num_workers,
+            workers_spawned: self.spawned,
+            workers_retiring: self.retiring.len(),
+            reloads: self.reloads,
+            ..Stats::default()
+        };
+        let slots = self
+            .workers
+            .values()
+            .chain(self.retiring.iter().map(|(_, w)| w));
+        for w in slots {
+            let handle = self.board.worker(w.slot);
+            s.requests += handle.requests();
+            if handle.state() == WorkerState::Busy {
+                s.busy_workers += 1;
+            }
+            s.busy_threads += handle.requests_in_flight().len();
+        }
+        s
+    }
+
+    fn config(&self) -> Vec<(String, String)> {
+        SETTINGS
+            .iter()
+            .map(|s| (s.name.to_string(), (s.show)(&self.cfg)))
+            .collect()
+    }
+
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners
+            .iter()
+            .map(|l| ListenerInfo {
+                address: l.addr.to_string(),
+                kind: match &l.addr {
+                    ListenAddr::Tcp(a) if a.is_ipv6() => "tcp6",
+                    ListenAddr::Tcp(_) => "tcp",
+                    ListenAddr::Unix(_) => "unix",
+                },
+                fd: l.fd(),
+            })
+            .collect()
+    }
+
+    fn command(&mut self, cmd: ControlCommand) -> Result<Outcome, String> {
+        match cmd {
+            ControlCommand::AddWorkers(n) => {
+                let previous = self.num_workers;
+                let total = previous.saturating_add(n).min(MAX_WORKERS);
+                if total == previous {
+                    return Err(format!("Already at the maximum of {MAX_WORKERS} workers"));
+                }
+                // The loop spawns them next (as after TTIN).
+                self.change_worker_count(total);
+                Ok(Outcome::Workers { previous, total })
+            }
+            ControlCommand::RemoveWorkers(n) => {
+                let previous = self.num_workers;
+                // The loop retires the oldest (as after TTOU); at least one worker stays.
+                let total = previous.saturating_sub(n).max(1);
+                self.change_worker_count(total);
+                Ok(Outcome::Workers { previous, total })
+            }
+            ControlCommand::KillWorker(pid) => {
+                let known =
+                    self.workers.contains_key(&pid) || self.retiring.iter().any(|(p, _)| *p == pid);
+                if !known {
+                    return Err(format!("Worker {pid} not found"));
+                }
+                // Graceful, as gunicorn's `worker kill`; once it is reaped the loop starts a new one.
+                self.kill_worker(pid, Signal::SIGTERM);
+                Ok(Outcome::Killed(pid))
+            }
+            ControlCommand::Reload => {
+                self.control_pending.reload = true;
+                Ok(Outcome::Done)
+            }
+            ControlCommand::Reopen => {
+                self.log
+                    .reopen()
+                    .map_err(|e| format!("Cannot reopen the error log: {e}"))?;
+                self.signal_workers(Signal::SIGUSR1);
+                Ok(Outcome::Done)
+            }
+            ControlCommand::Shutdown { graceful } => {
+                self.control_pending.halt = Some(Halt {
+                    reason: None,
+                    status: 0,
+                    graceful,
+                });
+                Ok(Outcome::Done)
+            }
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! `ferricornctl`: send one command to a server's control socket and print the answer, as a table for
+//! people or as JSON (`--json`) for programs. It speaks gunicorn's protocol, so it can also drive a
+//! gunicorn that has a control socket.
+//!
+//! Exit status: 0 on success, 1 when the server cannot be reached or answers with an error, 2 for a bad
+//! command line.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{value_parser, Arg, ArgAction, Command};
+use pyo3::prelude::*;
+
+use super::json::Json;
+use super::protocol::{self, Request, Show};
+use super::ControlCommand;
+
+const PROG: &str = "ferricornctl";
+const USAGE_ERROR: i32 = 2;
+const FAILURE: i32 = 1;
+
+/// The console script's body. Returns the exit status.
+#[pyfunction]
+pub fn ctl(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| {
+        let mut out = std::io::stdout().lock();
+        let mut err = std::io::stderr().lock();
+        let status = main(&argv, &mut out, &mut err);
+        let _ = out.flush();
+        let _ = err.flush();
+        status
+    })
+}
+
+fn command() -> Command {
+    let mut commands = String::from("Commands:\n");
+    let width = protocol::COMMANDS
+        .iter()
+        .map(|(c, _)| c.len())
+        .max()
+        .unwrap_or(0);
+    for (c, h) in protocol::COMMANDS {
+        commands.push_str(&format!("  {c:width$}  {h}\n"));
+    }
+    commands.push_str(
+        "\nExamples:\n  ferricornctl show workers\n  ferricornctl -s /run/app/ferricorn.ctl worker add 2\n  \
+         ferricornctl --json show stats\n  ferricornctl shutdown quick",
+    );
+    Command::new(PROG)
+        .about("Control a running ferricorn server through its control socket")
+        .disable_version_flag(true)
+        .after_help(commands)
+        .arg(
+            Arg::new("socket")
+                .short('s')
+                .long("socket")
+                .value_name("PATH")
+                .help(
+                    "The server's control socket [default: $XDG_RUNTIME_DIR/ferricorn.ctl, \
+                     else ~/.ferricorn/ferricorn.ctl]",
+                ),
+        )
+        .arg(
+            Arg::new("json")
+                .short('j')
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Print the reply as JSON"),
+        )
+        .arg(
+            Arg::new("command")
+                .short('c')
+                .long("command")
+                .value_name("COMMAND")
+                .help("The command as one string (gunicornc's form), instead of words"),
+        )
+        .arg(
+            Arg::new("timeout")
+                .short('t')
+                .long("timeout")
+                .value_name("SECONDS")
+                .value_parser(value_parser!(f64))
+                .default_value("10")
+                .help("Give up on a server that does not answer within this time"),
+        )
+        .arg(
+            Arg::new("version")
+                .short('v')
+                .long("version")
+                .action(ArgAction::SetTrue)
+                .help("Show the version and exit"),
+        )
+        .arg(
+            Arg::new("words")
+                .value_name("COMMAND")
+                .num_args(1..)
+                .help("What to do: see Commands below"),
+        )
+}
+
+fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let matches = match command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => {
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                let _ = write!(err, "{text}");
+            } else {
+                let _ = write!(out, "{text}");
+            }
+            return e.exit_code();
+        }
+    };
+    if matches.get_flag("version") {
+        let _ = writeln!(out, "{PROG} (ferricorn {})", crate::VERSION);
+        return 0;
+    }
+    let usage = |err: &mut dyn Write, msg: &str| {
+        let _ = writeln!(
+            err,
+            "{PROG}: error: {msg}\nTry '{PROG} --help' for the commands."
+        );
+        USAGE_ERROR
+    };
+    let positional: Vec<String> = matches
+        .get_many::<String>("words")
+        .map(|w| w.cloned().collect())
+        .unwrap_or_default();
+    let words = match (matches.get_one::<String>("command"), positional.is_empty()) {
+        (Some(_), false) => {
+            return usage(err, "give the command either with -c or as words, not both")
+        }
+        (Some(c), true) => protocol::split_words(c),
+        (None, _) => positional,
+    };
+    if words.is_empty() {
+        return usage(err, "no command given");
+    }
+    let request = match protocol::parse_command(&words) {
+        Ok(r) => r,
+        Err(e) => return usage(err, &e),
+    };
+    let timeout = *matches.get_one::<f64>("timeout").unwrap_or(&10.0);
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return usage(err, "the timeout must be a positive number of seconds");
+    }
+    let path = match matches.get_one::<String>("socket") {
+        Some(p) => absolute(Path::new(p)),
+        None => super::default_socket_path_from_env(),
+    };
+    let reply = match exchange(&path, &words, Duration::from_secs_f64(timeout)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "{PROG}: {e}");
+            return FAILURE;
+        }
+    };
+    if reply.get("status").and_then(Json::as_str) != Some("ok") {
+        let msg = reply
+            .get("error")
+            .and_then(Json::as_str)
+            .unwrap_or("the server answered with an error");
+        let _ = writeln!(err, "{PROG}: error: {msg}");
+        return FAILURE;
+    }
+    let data = reply.get("data").cloned().unwrap_or(Json::Obj(Vec::new()));
+    // gunicorn answers a failed `worker kill` with success: false inside an ok reply.
+    if data.get("success").and_then(Json::as_bool) == Some(false) {
+        let msg = data
+            .get("error")
+            .and_then(Json::as_str)
+            .unwrap_or("the command failed");
+        let _ = writeln!(err, "{PROG}: error: {msg}");
+        return FAILURE;
+    }
+    let text = if matches.get_flag("json") {
+        data.pretty()
+    } else {
+        human(&request, &data)
+    };
+    let _ = writeln!(out, "{}", text.trim_end());
+    0
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `No such file or directory`, without Rust's ` (os error 2)`.
+fn describe(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Send one request and read its reply.
+fn exchange(path: &Path, words: &[String], timeout: Duration) -> Result<Json, String> {
+    let cannot_connect = |e: &std::io::Error| {
+        format!(
+            "cannot connect to {}: {} (is the server running with its control socket there? see -s)",
+            path.display(),
+            describe(e)
+        )
+    };
+    let addr = socket2::SockAddr::unix(path).map_err(|e| cannot_connect(&e))?;
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .map_err(|e| cannot_connect(&e))?;
+    sock.connect_timeout(&addr, timeout)
+        .map_err(|e| cannot_connect(&e))?;
+    let mut stream: std::os::unix::net::UnixStream = sock.into();
+    let broken = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!(
+                "no answer from {} within {:.0}s",
+                path.display(),
+                timeout.as_secs_f64()
+            )
+        } else {
+            format!("connection to {} failed: {}", path.display(), describe(&e))
+        }
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    stream
+        .write_all(&protocol::frame(&protocol::request(1, words)))
+        .map_err(broken)?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("{} closed the connection without answering", path.display())
+        } else {
+            broken(e)
+        }
+    })?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > protocol::MAX_REPLY {
+        return Err(format!("reply too large ({len} bytes)"));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).map_err(broken)?;
+    let text = String::from_utf8(payload).map_err(|_| "reply is not UTF-8".to_string())?;
+    Json::parse(&text).map_err(|e| format!("unreadable reply: {e}"))
+}
+
+// ---- human-readable output ----
+
+/// `45s`, `1m05s`, `2h03m`, `3d04h`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// A request's running time: tenths of a second while short.
+fn elapsed(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        duration(secs)
+    }
+}
+
+fn mib(bytes: Option<f64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} MiB", b / (1024.0 * 1024.0)),
+        None => "-".to_string(),
+    }
+}
+
+fn text_of(v: Option<&Json>) -> String {
+    match v {
+        None | Some(Json::Null) => "-".to_string(),
+        Some(Json::Str(s)) => s.clone(),
+        Some(other) => other.encode(),
+    }
+}
+
+fn human(request: &Request, data: &Json) -> String {
+    match request {
+        Request::Show(Show::Workers) => format_workers(data),
+        Request::Show(Show::Stats) => format_stats(data),
+        Request::Show(Show::Config) => format_config(data),
+        Request::Show(Show::Listeners) => format_listeners(data),
+        Request::Show(Show::All) => format_all(data),
+        Request::Show(Show::Dirty) if data.get("enabled").and_then(Json::as_bool) != Some(true) => {
+            "No dirty workers".to_string()
+        }
+        Request::Help => format_help(data),
+        Request::Action(cmd) => format_action(cmd, data),
+        Request::Show(Show::Dirty) => data.pretty(),
+    }
+}
+
+fn format_workers(data: &Json) -> String {
+    let workers = data.get("workers").and_then(Json::as_array).unwrap_or(&[]);
+    if workers.is_empty() {
+        return "No workers running".to_string();
+    }
+    let mut lines = vec![format!(
+        "{:<8} {:<7} {:<16} {:>8}  {:>10}  {}",
+        "PID", "AGE", "STATE", "REQUESTS", "RSS", "HEARTBEAT"
+    )];
+    let mut busy = 0;
+    for w in workers {
+        // ferricorn's `uptime` is the age in seconds; gunicorn only has `age`, a spawn counter.
+        let age = match w.get("uptime").and_then(Json::as_f64) {
+            Some(s) => duration(s),
+            None => text_of(w.get("age")),
+        };
+        let mut state = match w.get("state").and_then(Json::as_str) {
+            Some(s) => s.to_string(),
+            None if w.get("booted").and_then(Json::as_bool) == Some(false) => "booting".into(),
+            None => "running".into(),
+        };
+        if w.get("retiring").and_then(Json::as_bool) == Some(true) && state != "stopping" {
+            state.push_str(", retiring");
+        }
+        if w.get("aborted").and_then(Json::as_bool) == Some(true) {
+            state.push_str(", timed out");
+        }
+        let heartbeat = match w.get("last_heartbeat").and_then(Json::as_f64) {
+            Some(s) => format!("{} ago", elapsed(s)),
+            None => "-".into(),
+        };
+        let in_flight = w.get("in_flight").and_then(Json::as_array).unwrap_or(&[]);
+        if !in_flight.is_empty() {
+            busy += 1;
+        }
+        lines.push(format!(
+            "{:<8} {:<7} {:<16} {:>8}  {:>10}  {}",
+            text_of(w.get("pid")),
+            age,
+            state,
+            text_of(w.get("requests")),
+            mib(w.get("rss").and_then(Json::as_f64)),
+            heartbeat
+        ));
+        for r in in_flight {
+            lines.push(format!(
+                "         thread {}: {} {} from {}, running {}",
+                text_of(r.get("thread")),
+                text_of(r.get("method")),
+                text_of(r.get("path")),
+                match r.get("client").and_then(Json::as_str) {
+                    Some("") | None => "-".to_string(),
+                    Some(c) => c.to_string(),
+                },
+                elapsed(r.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0))
+            ));
+        }
+    }
+    lines.push(String::new());
+    let count = data
+        .get("count")
+        .and_then(Json::as_i64)
+        .unwrap_or(workers.len() as i64);
+    let noun = if count == 1 { "worker" } else { "workers" };
+    lines.push(format!("Total: {count} {noun}, {busy} busy"));
+    lines.join("\n")
+}
+
+fn format_stats(data: &Json) -> String {
+    const ROWS: &[(&str, &str)] = &[
+        ("uptime", "Uptime"),
+        ("pid", "PID"),
+        ("workers_current", "Workers current"),
+        ("workers_target", "Workers target"),
+        ("workers_spawned", "Workers spawned"),
+        ("workers_retiring", "Workers retiring"),
+        ("workers_killed", "Workers killed"),
+        ("reloads", "Reloads"),
+        ("busy_workers", "Busy workers"),
+        ("busy_threads", "Busy threads"),
+        ("requests", "Requests served"),
+    ];
+    ROWS.iter()
+        .filter_map(|(key, label)| {
+            let v = data.get(key)?;
+            let text = match (*key, v.as_f64()) {
+                ("uptime", Some(s)) => duration(s),
+                _ => text_of(Some(v)),
+            };
+            let label = format!("{label}:");
+            Some(format!("{label:<18}{text}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `name = value`, names padded to one width: the layout of `--print-config`.
+fn format_config(data: &Json) -> String {
+    let members = data.as_object().unwrap_or(&[]);
+    let width = members.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    members
+        .iter()
+        .map(|(k, v)| format!("{k:width$} = {}", protocol::setting_text(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn format_listeners(data: &Json) -> String {
+    let listeners = data
+        .get("listeners")
+        .and_then(Json::as_array)
+        .unwrap_or(&[]);
+    if listeners.is_empty() {
+        return "No listeners bound".to_string();
+    }
+    let mut lines = vec![format!("{:<40} {:<6} {}", "ADDRESS", "TYPE", "FD")];
+    for l in listeners {
+        lines.push(format!(
+            "{:<40} {:<6} {}",
+            text_of(l.get("address")),
+            text_of(l.get("type")),
+            text_of(l.get("fd"))
+        ));
+    }
+    lines.join("\n")
+}
+
+fn format_all(data: &Json) -> String {
+    let mut lines = vec![format!(
+        "Master: pid {}",
+        text_of(data.get("arbiter").and_then(|a| a.get("pid")))
+    )];
+    let workers = data
+        .get("web_workers")
+        .and_then(Json::as_array)
+        .unwrap_or(&[]);
+    lines.push(format!("Workers: {}", workers.len()));
+    for w in workers {
+        lines.push(format!(
+            "  {:<8} {}",
+            text_of(w.get("pid")),
+            w.get("state").and_then(Json::as_str).unwrap_or(
+                if w.get("booted").and_then(Json::as_bool) == Some(false) {
+                    "booting"
+                } else {
+                    "running"
+                }
+            )
+        ));
+    }
+    lines.join("\n")
+}
+
+fn format_help(data: &Json) -> String {
+    let commands = data
+        .get("commands")
+        .and_then(Json::as_object)
+        .unwrap_or(&[]);
+    let width = commands.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    let mut lines = vec!["Commands:".to_string()];
+    for (c, h) in commands {
+        lines.push(format!("  {c:width$}  {}", text_of(Some(h))));
+    }
+    lines.join("\n")
+}
+
+fn format_action(cmd: &ControlCommand, data: &Json) -> String {
+    let num = |k: &str| text_of(data.get(k));
+    match cmd {
+        ControlCommand::AddWorkers(_) if data.get("total").is_some() => format!(
+            "Workers: {} -> {} (added {})",
+            num("previous"),
+            num("total"),
+            num("added")
+        ),
+        ControlCommand::RemoveWorkers(_) if data.get("total").is_some() => format!(
+            "Workers: {} -> {} (removed {})",
+            num("previous"),
+            num("total"),
+            num("removed")
+        ),
+        ControlCommand::KillWorker(pid) => {
+            format!("Worker {pid} told to stop (SIGTERM); a new worker will replace it")
+        }
+        ControlCommand::Reload => {
+            "Reloading: new workers start, then the old ones stop gracefully".to_string()
+        }
+        ControlCommand::Reopen => "Reopening the log files".to_string(),
+        ControlCommand::Shutdown { graceful } => format!(
+            "Shutting down ({})",
+            if *graceful { "graceful" } else { "quick" }
+        ),
+        _ => data.pretty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> (i32, String, String) {
+        let argv: Vec<String> = std::iter::once(PROG)
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = main(&argv, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        assert_eq!(run(&[]).0, 2);
+        assert_eq!(run(&["frob"]).0, 2);
+        assert_eq!(run(&["worker", "add", "x"]).0, 2);
+        assert_eq!(run(&["--bogus", "show", "workers"]).0, 2);
+        assert_eq!(run(&["-c", "show workers", "show", "stats"]).0, 2);
+        let (code, out, _) = run(&["--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("worker kill PID"), "{out}");
+    }
+
+    #[test]
+    fn unreachable_server_exits_1() {
+        let (code, _, err) = run(&["-s", "/nonexistent/dir/x.ctl", "show", "workers"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("cannot connect to /nonexistent/dir/x.ctl"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn workers_table() {
+        let data = Json::parse(
+            r#"{"workers": [
+                {"pid": 41, "age": 1, "booted": true, "aborted": false, "last_heartbeat": 0.25,
+                 "uptime": 65.0, "state": "busy", "retiring": false, "requests": 17, "rss": 47185920,
+                 "in_flight": [{"thread": 0, "method": "GET", "path": "/sleep?s=30",
+                                "client": "127.0.0.1:50312", "elapsed": 4.21}]},
+                {"pid": 42, "age": 2, "booted": true, "aborted": false, "last_heartbeat": 0.1,
+                 "uptime": 3.0, "state": "idle", "retiring": true, "requests": 0, "rss": null,
+                 "in_flight": []}
+            ], "count": 2}"#,
+        )
+        .unwrap();
+        let text = format_workers(&data);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("PID"), "{text}");
+        assert!(
+            lines[1].starts_with("41 ") && lines[1].contains("1m05s"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("busy") && lines[1].contains("45.0 MiB"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("thread 0: GET /sleep?s=30 from 127.0.0.1:50312, running 4.2s"),
+            "{text}"
+        );
+        assert!(lines[3].contains("idle, retiring"), "{text}");
+        assert!(text.ends_with("Total: 2 workers, 1 busy"), "{text}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(5.4), "5s");
+        assert_eq!(duration(65.0), "1m05s");
+        assert_eq!(duration(7380.0), "2h03m");
+        assert_eq!(duration(190800.0), "2d05h");
+        assert_eq!(elapsed(2.449), "2.4s");
+    }
+}

@@ -1,0 +1,293 @@
+//! How ferricorn behaves as a Unix service: the pidfile, process titles, user and group switching,
+//! the umask of socket files, daemon mode, captured output, `SO_REUSEPORT`, systemd socket activation
+//! and readiness notification, and `--reload`.
+//!
+//! The rest of the server calls in at a few points only:
+//! - `lib.rs`: [`start_master`] once the configuration is known (before the app is preloaded and the
+//!   sockets are bound), then [`listeners`] instead of binding directly; the returned [`Master`] is kept
+//!   until the master exits (dropping it removes the pidfile).
+//! - `sock.rs`: [`before_tcp_bind`] and [`bind_unix`] while a listener is created.
+//! - `arbiter`: [`worker_started`] in a freshly forked worker, [`master_tick`] once per loop,
+//!   [`master_reloading`] on HUP and [`master_stopping`] when it starts to shut down.
+//! - `log`: [`follow_reopened_log`] after the error log is reopened.
+
+pub mod daemon;
+pub mod pidfile;
+pub mod privileges;
+pub mod proctitle;
+pub mod reload;
+pub mod systemd;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+use socket2::{SockAddr, Socket};
+
+use crate::config::Config;
+use crate::log::ErrorLog;
+use crate::scoreboard::WorkerState;
+use crate::sock::{self, BindError, Listener};
+
+/// Set (to the old master's pid) in the environment of a master started by re-executing a running one
+/// (USR2): such a master writes `PIDFILE.2` and calls itself `NAME.2` until the old one is gone.
+pub const REEXEC_ENV: &str = "FERRICORN_PID";
+
+/// Exit status of a worker that cannot take the configured user or group (the master then stops with
+/// "Worker failed to boot.": the configuration cannot work).
+const WORKER_BOOT_ERROR: i32 = crate::worker::WORKER_BOOT_ERROR;
+
+fn is_reexec() -> bool {
+    std::env::var_os(REEXEC_ENV).is_some_and(|v| !v.is_empty())
+}
+
+/// The NAME in `ferricorn: master [NAME]`: `--name`, else the app as given, with `.2` for a
+/// re-executed master.
+pub fn process_name(cfg: &Config) -> String {
+    let base = cfg
+        .proc_name
+        .clone()
+        .or_else(|| cfg.app_uri.clone())
+        .unwrap_or_else(|| crate::config::PROG.to_string());
+    if is_reexec() {
+        format!("{base}.2")
+    } else {
+        base
+    }
+}
+
+/// Settings the listeners need when they are created, fixed once by [`start_master`].
+#[derive(Debug, Default)]
+struct SocketPolicy {
+    reuse_port: bool,
+    umask: u32,
+    /// Owner for unix socket files, when the workers switch user or group.
+    owner: Option<(Option<u32>, Option<u32>)>,
+}
+
+static SOCKET_POLICY: OnceLock<SocketPolicy> = OnceLock::new();
+
+/// What the master holds for its whole life: the pidfile (removed when this is dropped).
+#[derive(Debug)]
+pub struct Master {
+    pidfile: Option<pidfile::Pidfile>,
+}
+
+impl Master {
+    pub fn pidfile(&self) -> Option<&Path> {
+        self.pidfile.as_ref().map(|p| p.path())
+    }
+}
+
+/// Everything that happens once in the master before the app is preloaded and the sockets are bound,
+/// in gunicorn's order: refuse a pidfile naming a live process (before detaching, so the refusal is
+/// seen), detach (`--daemon`), capture stdout/stderr, write the pidfile, read `NOTIFY_SOCKET`, set the
+/// title. `Err` holds the exit status; the reason was logged.
+pub fn start_master(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Master, i32> {
+    if cfg.reload && cfg.preload_app {
+        log.warning(
+            "--reload with --preload: workers restart when files change, but they run the code the master imported at start",
+        );
+    }
+    let pid_path = cfg
+        .pidfile
+        .as_deref()
+        .map(|p| pidfile::effective_path(p, is_reexec()));
+    if let Some(p) = &pid_path {
+        if let Err(e) = pidfile::check(p) {
+            log.error(&e.to_string());
+            return Err(1);
+        }
+    }
+    if cfg.daemon {
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            eprintln!(
+                "Warning: you shouldn't specify `daemon = True` when launching by systemd with `Type = notify`"
+            );
+        }
+        if let Err(e) = daemon::daemonize(py, cfg.enable_stdio_inheritance) {
+            log.error(&format!("Cannot daemonize: {e}"));
+            return Err(1);
+        }
+    }
+    if cfg.capture_output && cfg.errorlog != "-" {
+        if let Err(e) = daemon::capture_output(py, log.raw_fd()) {
+            log.error(&format!("Cannot capture output in {}: {e}", cfg.errorlog));
+            return Err(1);
+        }
+    }
+    let target = privileges::target(cfg.uid, cfg.gid, nix::unistd::getuid().as_raw());
+    let owner = (target.uid.is_some() || target.gid.is_some()).then_some((target.uid, target.gid));
+    let _ = SOCKET_POLICY.set(SocketPolicy {
+        reuse_port: cfg.reuse_port,
+        umask: cfg.umask,
+        owner,
+    });
+    if let Some((uid, gid)) = owner {
+        give_logs_to(cfg, uid, gid, log);
+    }
+    let pidfile = match &pid_path {
+        Some(p) => match pidfile::Pidfile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log.error(&e.to_string());
+                return Err(1);
+            }
+        },
+        None => None,
+    };
+    systemd::init_notify();
+    proctitle::set(
+        &format!("{}: master [{}]", crate::config::PROG, process_name(cfg)),
+        crate::config::PROG,
+    );
+    Ok(Master { pidfile })
+}
+
+/// Workers that run as another user must still be able to reopen the log files after rotation (and
+/// open the access log, which they do themselves): the files are created if needed and handed to that
+/// user, as gunicorn does.
+fn give_logs_to(cfg: &Config, uid: Option<u32>, gid: Option<u32>, log: &ErrorLog) {
+    let files = [Some(cfg.errorlog.as_str()), cfg.accesslog.as_deref()];
+    for path in files.into_iter().flatten().filter(|p| *p != "-") {
+        let created = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path);
+        if created.is_ok() {
+            if let Err(e) = std::os::unix::fs::chown(path, uid, gid) {
+                log.warning(&format!("Cannot hand {path} to the workers' user: {e}"));
+            }
+        }
+    }
+}
+
+/// The listening sockets: the ones systemd passed (socket activation, which replaces `--bind` as in
+/// gunicorn), else the configured addresses.
+pub fn listeners(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Vec<Listener>, BindError> {
+    let fds = systemd::listen_fds(py);
+    if fds.is_empty() {
+        return sock::bind_all(&cfg.binds, cfg.backlog, log);
+    }
+    log.debug(&format!(
+        "Socket activation: {} socket(s) from systemd",
+        fds.len()
+    ));
+    fds.into_iter().map(sock::from_fd).collect()
+}
+
+/// Called on a new TCP listener before `bind`: `--reuse-port`.
+pub fn before_tcp_bind(socket: &Socket) -> io::Result<()> {
+    let reuse = SOCKET_POLICY.get().is_some_and(|p| p.reuse_port);
+    if reuse {
+        if let Err(e) = socket.set_reuse_port(true) {
+            // Kernels without SO_REUSEPORT: carry on without it, as gunicorn does.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)
+            ) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bind a unix listener with `--umask` applied to the socket file it creates, then give the file to the
+/// workers' user and group when they switch.
+pub fn bind_unix(socket: &Socket, addr: &SockAddr, path: &Path) -> io::Result<()> {
+    let policy = SOCKET_POLICY.get();
+    let mask = policy.map_or(0, |p| p.umask) as libc::mode_t;
+    // SAFETY: umask only swaps the process's file-creation mask; the master is single-threaded here.
+    let old = unsafe { libc::umask(mask) };
+    let bound = socket.bind(addr);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    bound?;
+    if let Some((uid, gid)) = policy.and_then(|p| p.owner) {
+        std::os::unix::fs::chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// In a worker right after fork, before the app is loaded: its title, its user and group, and the
+/// reloader.
+pub fn worker_started(cfg: &Config, log: &ErrorLog) {
+    proctitle::set(
+        &format!("{}: worker [{}]", crate::config::PROG, process_name(cfg)),
+        "ferricorn-wrk",
+    );
+    if let Err(e) = privileges::switch(cfg.uid, cfg.gid, cfg.initgroups) {
+        log.error(&format!("Cannot switch the worker's user or group: {e}"));
+        crate::worker::exit(WORKER_BOOT_ERROR);
+    }
+    if cfg.reload {
+        reload::start(&cfg.reload_engine, &cfg.reload_extra_files, log);
+    }
+}
+
+/// `READY=1` was sent for the current set of workers.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
+
+fn notify(state: &str, log: &ErrorLog) {
+    if let Err(e) = systemd::notify(state) {
+        log.debug(&format!("Cannot notify systemd ({state:?}): {e}"));
+    }
+}
+
+/// Once per master loop: tell systemd `READY=1` when the workers (all `wanted` of them) have loaded the
+/// app, at start and again after a HUP.
+pub fn master_tick<I>(states: I, wanted: usize, log: &ErrorLog)
+where
+    I: IntoIterator<Item = WorkerState>,
+{
+    if READY_SENT.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut up = 0;
+    for s in states {
+        match s {
+            WorkerState::Idle | WorkerState::Busy => up += 1,
+            _ => return,
+        }
+    }
+    if up < wanted.max(1) {
+        return;
+    }
+    READY_SENT.store(true, Ordering::Relaxed);
+    notify(
+        &format!(
+            "READY=1\nSTATUS=Serving with {up} worker{}\nMAINPID={}",
+            if up == 1 { "" } else { "s" },
+            std::process::id()
+        ),
+        log,
+    );
+}
+
+/// HUP: `RELOADING=1`; `READY=1` follows when the new workers are up.
+pub fn master_reloading(log: &ErrorLog) {
+    READY_SENT.store(false, Ordering::Relaxed);
+    notify(
+        &format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=Reloading: starting new workers",
+            systemd::monotonic_usec()
+        ),
+        log,
+    );
+}
+
+/// The master starts to shut down: `STOPPING=1`.
+pub fn master_stopping(log: &ErrorLog) {
+    notify(
+        "STOPPING=1\nSTATUS=Stopping: waiting for the workers to finish",
+        log,
+    );
+}
+
+/// See [`daemon::follow_reopened_log`].
+pub fn follow_reopened_log(log_fd: std::os::fd::RawFd) {
+    daemon::follow_reopened_log(log_fd);
+}

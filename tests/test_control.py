@@ -1,0 +1,409 @@
+"""The control socket and ``ferricornctl``: where the socket is created and with which mode, every
+command (show workers/stats/config/listeners, worker add/remove/kill, reload, reopen, shutdown), JSON
+output, gunicorn's wire protocol, and that a silent control client never stalls the master.
+
+The client command comes from the environment variable FERRICORNCTL (default ``ferricornctl``).
+"""
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import get, wait_for
+
+pytestmark = pytest.mark.ferricorn_only
+
+CTL_CMD = shlex.split(os.environ.get("FERRICORNCTL", "ferricornctl"))
+APP = "stuck:application"
+
+
+def ctl_path(srv):
+    """The default socket: the fixture points XDG_RUNTIME_DIR at the server's work directory."""
+    return os.path.join(srv.workdir, "ferricorn.ctl")
+
+
+def ctl(srv, *args, socket_path=None, env=None, timeout=30):
+    """Run ferricornctl against `srv` (through -s unless `socket_path` is False)."""
+    cmd = list(CTL_CMD)
+    if socket_path is not False:
+        cmd += ["-s", socket_path or ctl_path(srv)]
+    base = dict(os.environ)
+    base.update(env or {})
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=base)
+
+
+def ctl_ok(srv, *args, **kw):
+    res = ctl(srv, *args, **kw)
+    assert res.returncode == 0, f"ferricornctl {args} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def ctl_json(srv, *args, **kw):
+    return json.loads(ctl_ok(srv, "--json", *args, **kw))
+
+
+def current_workers(srv):
+    """Pids of the workers the master counts (not the retiring ones)."""
+    return sorted(w["pid"] for w in ctl_json(srv, "show", "workers")["workers"] if not w["retiring"])
+
+
+def is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# where the socket is
+
+
+def test_default_socket_is_private_and_found_by_default(start_server):
+    srv = start_server([APP])
+    path = ctl_path(srv)
+    wait_for(lambda: is_socket(path), 5, message="the control socket")
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    srv.wait_log(r"Control socket listening at " + re.escape(path))
+    # Without -s, ferricornctl finds it by the same rule.
+    out = ctl_json(srv, "show", "stats", socket_path=False, env={"XDG_RUNTIME_DIR": srv.workdir})
+    assert out["pid"] == srv.pid
+    assert srv.stop() == 0
+    assert not os.path.exists(path), "the socket file outlived the server"
+
+
+def test_explicit_control_socket(start_server, tmp_short):
+    path = os.path.join(tmp_short, "app.ctl")
+    srv = start_server([APP, "--control-socket", path])
+    wait_for(lambda: is_socket(path), 5, message="the control socket")
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    assert not os.path.exists(ctl_path(srv))
+    assert ctl_json(srv, "show", "stats", socket_path=path)["pid"] == srv.pid
+    assert srv.stop() == 0
+    assert not os.path.exists(path)
+
+
+def test_control_socket_mode(start_server, tmp_short):
+    path = os.path.join(tmp_short, "app.ctl")
+    start_server([APP, "--control-socket", path, "--control-socket-mode", "0660"])
+    wait_for(lambda: is_socket(path), 5, message="the control socket")
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o660
+
+
+def test_no_control_socket(start_server):
+    srv = start_server([APP, "--no-control-socket"])
+    assert get(srv.port, "/").status == 200
+    time.sleep(0.3)
+    assert not os.path.exists(ctl_path(srv))
+    res = ctl(srv, "show", "workers")
+    assert res.returncode == 1
+    assert "cannot connect to" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_explicit_socket_that_cannot_be_created_stops_the_start(start_server, tmp_short):
+    blocker = os.path.join(tmp_short, "file")
+    open(blocker, "w").close()
+    srv = start_server([APP, "--control-socket", os.path.join(blocker, "x.ctl")], ready=False)
+    assert srv.wait(20) not in (None, 0)
+    assert "control socket" in srv.log_text()
+
+
+def test_default_socket_that_cannot_be_created_is_only_a_warning(start_server, tmp_short):
+    blocker = os.path.join(tmp_short, "file")
+    open(blocker, "w").close()
+    # No XDG_RUNTIME_DIR: the fallback is $HOME/.ferricorn/, here under a regular file.
+    srv = start_server([APP], env={"XDG_RUNTIME_DIR": "", "HOME": blocker})
+    assert get(srv.port, "/").status == 200
+    srv.wait_log(r"\[WARNING\] Control socket not created at .*ferricorn\.ctl")
+
+
+def test_live_socket_is_not_taken_over(start_server, tmp_short):
+    path = os.path.join(tmp_short, "app.ctl")
+    first = start_server([APP, "--control-socket", path])
+    wait_for(lambda: is_socket(path), 5, message="the control socket")
+    second = start_server([APP, "--control-socket", path], ready=False)
+    assert second.wait(20) not in (None, 0)
+    assert ctl_json(first, "show", "stats", socket_path=path)["pid"] == first.pid
+
+
+def test_parent_process_socket_is_taken_over(start_server, tmp_short):
+    # A master re-executed by USR2 is the old master's child: it takes the control socket over. Here the
+    # test process plays the old master (the server is its child).
+    path = os.path.join(tmp_short, "app.ctl")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+        old.bind(path)
+        old.listen(1)
+        srv = start_server([APP, "--control-socket", path])
+        srv.wait_log(r"Control socket taken over from the master that started this one")
+        assert ctl_json(srv, "show", "stats", socket_path=path)["pid"] == srv.pid
+    assert srv.stop() == 0
+    assert not os.path.exists(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# show
+
+
+def _slow_request(port, seconds):
+    """Start GET /sleep on a connection of our own; return (socket, its local port)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=seconds + 20)
+    s.sendall(f"GET /sleep?s={seconds} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    return s, s.getsockname()[1]
+
+
+def test_show_workers_names_the_request_in_flight(start_server):
+    srv = start_server([APP, "-w", "2"])
+    srv.wait_workers(2)
+    sock, client_port = _slow_request(srv.port, 5)
+    try:
+        def busy():
+            data = ctl_json(srv, "show", "workers")
+            return [w for w in data["workers"] if w["in_flight"]] and data
+
+        data = wait_for(busy, 10, interval=0.2, message="a worker busy with the request")
+        assert data["count"] == 2
+        (w,) = [w for w in data["workers"] if w["in_flight"]]
+        assert w["state"] == "busy"
+        assert w["pid"] in srv.children()
+        assert w["rss"] > 0 and w["uptime"] >= 0 and w["requests"] == 0 and not w["retiring"]
+        (req,) = w["in_flight"]
+        assert req["method"] == "GET"
+        assert req["path"].startswith("/sleep")
+        assert req["client"] == f"127.0.0.1:{client_port}"
+        assert 0 <= req["elapsed"] < 10
+
+        time.sleep(1.2)
+        text = ctl_ok(srv, "show", "workers")
+        lines = text.splitlines()
+        assert lines[0].split()[:5] == ["PID", "AGE", "STATE", "REQUESTS", "RSS"], text
+        (row_index,) = [i for i, line in enumerate(lines) if line.startswith(f"{w['pid']} ")]
+        assert " busy " in lines[row_index], text
+        detail = lines[row_index + 1]
+        m = re.search(
+            r"^\s+thread 0: GET /sleep\?s=5 from 127\.0\.0\.1:(\d+), running (\d+\.\d)s$", detail
+        )
+        assert m, text
+        assert int(m.group(1)) == client_port and float(m.group(2)) >= 1.0
+        assert "Total: 2 workers, 1 busy" in text
+    finally:
+        sock.close()
+
+
+def test_show_stats_config_listeners(start_server):
+    srv = start_server([APP, "-w", "2", "--timeout", "17"])
+    srv.wait_workers(2)
+    assert get(srv.port, "/").status == 200
+
+    stats = ctl_json(srv, "show", "stats")
+    assert stats["pid"] == srv.pid
+    assert stats["workers_current"] == 2 and stats["workers_target"] == 2
+    assert stats["workers_spawned"] == 2 and stats["reloads"] == 0
+    assert stats["uptime"] >= 0
+    wait_for(lambda: ctl_json(srv, "show", "stats")["requests"] >= 1, 5, message="requests counted")
+    text = ctl_ok(srv, "show", "stats")
+    assert re.search(rf"^PID:\s+{srv.pid}$", text, re.M), text
+    assert re.search(r"^Workers current:\s+2$", text, re.M), text
+
+    text = ctl_ok(srv, "show", "config")
+    assert re.search(r"^workers\s+= 2$", text, re.M), text
+    assert re.search(r"^timeout\s+= 17$", text, re.M), text
+    config = ctl_json(srv, "show", "config")
+    assert config["workers"] == 2 and config["timeout"] == 17 and config["preload_app"] is False
+
+    text = ctl_ok(srv, "show", "listeners")
+    assert f"http://127.0.0.1:{srv.port}" in text
+    listeners = ctl_json(srv, "show", "listeners")
+    assert listeners["count"] == 1
+    assert listeners["listeners"][0]["address"] == f"http://127.0.0.1:{srv.port}"
+    assert listeners["listeners"][0]["type"] == "tcp"
+
+    assert "worker kill PID" in ctl_ok(srv, "help")
+
+
+# ---------------------------------------------------------------------------------------------
+# actions
+
+
+def test_worker_add_and_remove(start_server):
+    srv = start_server([APP, "-w", "1"])
+    srv.wait_workers(1)
+    out = ctl_ok(srv, "worker", "add", "2")
+    assert "1 -> 3" in out
+    wait_for(lambda: len(srv.children()) == 3, 10, message="3 workers")
+    wait_for(lambda: len(current_workers(srv)) == 3, 5, message="3 workers shown")
+    srv.wait_log(r"Control command: worker add 2")
+
+    reply = ctl_json(srv, "worker", "remove", "1")
+    assert reply == {"removed": 1, "previous": 3, "total": 2}
+    wait_for(lambda: len(srv.children()) == 2, 10, message="2 workers")
+    assert ctl_json(srv, "show", "stats")["workers_target"] == 2
+
+
+def test_worker_kill_is_replaced(start_server):
+    srv = start_server([APP, "-w", "2"])
+    srv.wait_workers(2)
+    before = wait_for(lambda: len(current_workers(srv)) == 2 and current_workers(srv), 5,
+                      message="2 workers")
+    victim = before[0]
+    out = ctl_ok(srv, "worker", "kill", str(victim))
+    assert str(victim) in out
+
+    def replaced():
+        now = current_workers(srv)
+        return len(now) == 2 and victim not in now and before[1] in now
+
+    wait_for(replaced, 15, interval=0.2, message="the killed worker replaced")
+    assert get(srv.port, "/").status == 200
+
+    res = ctl(srv, "worker", "kill", "999999")
+    assert res.returncode == 1 and "not found" in res.stderr
+
+
+def test_reopen(start_server, tmp_path):
+    access = str(tmp_path / "access.log")
+    srv = start_server([APP, "--access-logfile", access])
+    assert get(srv.port, "/first").status == 200
+    wait_for(lambda: os.path.exists(access) and "/first" in open(access).read(), 5,
+             message="the access line")
+    os.rename(access, access + ".1")
+    ctl_ok(srv, "reopen")
+    srv.wait_log(r"Control command: reopen")
+
+    def logged_again():
+        get(srv.port, "/second")
+        return os.path.exists(access) and "/second" in open(access).read()
+
+    wait_for(logged_again, 10, interval=0.3, message="the access log reopened")
+
+
+def test_reload_starts_new_workers(start_server):
+    srv = start_server([APP, "-w", "2"])
+    srv.wait_workers(2)
+    before = set(wait_for(lambda: len(current_workers(srv)) == 2 and current_workers(srv), 5,
+                          message="2 workers"))
+    assert "Reloading" in ctl_ok(srv, "reload")
+
+    def fresh():
+        now = set(current_workers(srv))
+        return len(now) == 2 and not (now & before)
+
+    wait_for(fresh, 15, interval=0.2, message="new workers after reload")
+    srv.wait_log(r"Hang up: Master")
+    assert ctl_json(srv, "show", "stats")["reloads"] == 1
+    assert get(srv.port, "/").status == 200
+
+
+@pytest.mark.parametrize("mode", ["graceful", "quick"])
+def test_shutdown(start_server, mode):
+    srv = start_server([APP, "-w", "2"])
+    srv.wait_workers(2)
+    workers = srv.children()
+    out = ctl_ok(srv, "shutdown", mode)
+    assert f"Shutting down ({mode})" in out
+    assert srv.wait(15) == 0
+    assert "Shutting down: Master" in srv.log_text()
+    assert not os.path.exists(ctl_path(srv))
+    from conftest import pid_alive
+    wait_for(lambda: not any(pid_alive(p) for p in workers), 5, message="workers gone")
+
+
+# ---------------------------------------------------------------------------------------------
+# robustness and protocol
+
+
+def test_silent_clients_do_not_stall_the_master(start_server):
+    srv = start_server([APP, "-w", "1"])
+    (worker,) = srv.wait_workers(1)
+    path = ctl_path(srv)
+    silent = []
+    try:
+        # More silent clients than the server keeps, and one stuck in the middle of a request.
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            silent.append(s)
+        partial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        partial.connect(path)
+        partial.sendall(struct.pack(">I", 100) + b'{"id": 1, "comm')
+        silent.append(partial)
+
+        # The master still supervises: a killed worker is replaced at once ...
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: [p for p in srv.children() if p != worker], 5, message="a new worker")
+        assert get(srv.port, "/").status == 200
+        # ... and still answers other control clients.
+        t0 = time.monotonic()
+        assert ctl_json(srv, "show", "stats")["pid"] == srv.pid
+        assert time.monotonic() - t0 < 5
+        # The half-sent request is given up on.
+        partial.settimeout(15)
+        assert partial.recv(100) == b""
+    finally:
+        for s in silent:
+            s.close()
+
+
+def _call(sock, message):
+    payload = json.dumps(message).encode()
+    sock.sendall(struct.pack(">I", len(payload)) + payload)
+    head = b""
+    while len(head) < 4:
+        chunk = sock.recv(4 - len(head))
+        assert chunk, "connection closed"
+        head += chunk
+    (n,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < n:
+        chunk = sock.recv(n - len(body))
+        assert chunk, "connection closed"
+        body += chunk
+    return json.loads(body)
+
+
+def test_wire_protocol_is_gunicorns(start_server):
+    srv = start_server([APP, "-w", "1"])
+    srv.wait_workers(1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(ctl_path(srv))
+        # Several requests on one connection, arguments split as gunicornc sends them.
+        reply = _call(s, {"id": 7, "command": "show workers", "args": []})
+        assert reply["id"] == 7 and reply["status"] == "ok"
+        assert reply["data"]["count"] == 1
+        assert {"pid", "age", "booted", "last_heartbeat"} <= set(reply["data"]["workers"][0])
+        reply = _call(s, {"id": 8, "command": "worker add", "args": ["1"]})
+        assert reply == {"id": 8, "status": "ok", "data": {"added": 1, "previous": 1, "total": 2}}
+        reply = _call(s, {"id": 9, "command": "frobnicate", "args": []})
+        assert reply["id"] == 9 and reply["status"] == "error" and "frobnicate" in reply["error"]
+    srv.wait_workers(2)
+
+
+def test_gunicorns_client_library_works(start_server):
+    client = pytest.importorskip("gunicorn.ctl.client")
+    srv = start_server([APP, "-w", "1"])
+    srv.wait_workers(1)
+    with client.ControlClient(ctl_path(srv), timeout=10) as c:
+        assert c.send_command("show stats")["pid"] == srv.pid
+        assert c.send_command("worker add", ["1"])["total"] == 2
+    srv.wait_workers(2)
+
+
+def test_usage_errors(start_server):
+    srv = start_server([APP])
+    for args in (["frob"], [], ["worker", "add", "x"], ["shutdown", "now"]):
+        res = ctl(srv, *args)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+    res = ctl(srv, "show", "workers", socket_path="/nonexistent/dir/x.ctl")
+    assert res.returncode == 1
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    # gunicornc's single-string form.
+    assert json.loads(ctl_ok(srv, "-j", "-c", "show stats"))["pid"] == srv.pid
