@@ -231,3 +231,30 @@ pub fn accept_queue_len(fd: RawFd) -> u32 {
     }
     info.tcpi_unacked
 }
+
+/// Listening sockets handed to a master started by `USR2`: their descriptor numbers, comma-separated.
+pub const INHERITED_FDS_ENV: &str = "FERRICORN_FD";
+
+/// The listeners a re-executed master inherited (`FERRICORN_FD`, or gunicorn's `GUNICORN_FD`), if any.
+/// The variables are removed so they do not leak into the app's environment.
+pub fn inherited() -> Option<Result<Vec<Listener>, BindError>> {
+    let value = [INHERITED_FDS_ENV, "GUNICORN_FD"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
+    std::env::remove_var(INHERITED_FDS_ENV);
+    std::env::remove_var("GUNICORN_FD");
+    Some(
+        value
+            .split(',')
+            .map(|fd| {
+                fd.trim().parse::<RawFd>().map_err(|_| {
+                    BindError::Other(
+                        format!("{INHERITED_FDS_ENV}={value}"),
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a descriptor number"),
+                    )
+                })
+            })
+            .map(|fd| fd.and_then(from_fd))
+            .collect(),
+    )
+}

@@ -159,3 +159,81 @@ def test_crash_loop_backs_off(start_server):
     # Without a backoff a crash loop spawns hundreds of workers in a few seconds.
     assert boots < 20, boots
     assert srv.proc.poll() is None
+
+
+def test_usr2_upgrade_fails_no_request(start_server, tmp_path):
+    pidfile = tmp_path / "master.pid"
+    srv = start_server(["-w", "2", "-p", str(pidfile), "stuck"])
+    srv.wait_workers(2)
+    old_master = srv.pid
+    new_master = None
+    try:
+        with Load(srv.url) as load:
+            time.sleep(0.5)
+            srv.signal(signal.SIGUSR2)
+            # The new master logs its own "Listening at" line with its pid, then boots two workers.
+            m = wait_for(lambda: re.findall(r"Listening at: \S+ \((\d+)\)", srv.log_text())[1:] or None,
+                         20, message="a new master")
+            new_master = int(m[0])
+            assert new_master != old_master
+            srv.wait_workers(4, timeout=20)
+            assert (tmp_path / "master.pid.2").read_text().strip() == str(new_master)
+            time.sleep(0.5)
+            # The old master goes; the new one keeps serving on the same sockets.
+            assert srv.stop() == 0
+            time.sleep(1.5)
+        assert load.errors == [], load.errors[:5]
+        assert load.ok > 50
+        wait_for(lambda: "Master has been promoted." in srv.log_text() or None, 10, message="promotion")
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() == str(new_master) or None, 10,
+                 message="pidfile renamed")
+        assert requests.get(srv.url + "/pid", timeout=10).status_code == 200
+    finally:
+        if new_master:
+            try:
+                os.kill(new_master, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            wait_for(lambda: not os.path.exists(f"/proc/{new_master}") or None, 15,
+                     message="the new master to stop")
+
+
+def test_int_during_graceful_stop_makes_it_quick(start_server):
+    srv = start_server(["-w", "1", "--graceful-timeout", "30", "--timeout", "60", "stuck"])
+    srv.wait_workers(1)
+    def in_flight():
+        try:
+            requests.get(srv.url + "/sleep?s=20", timeout=30)
+        except requests.ConnectionError:
+            pass  # a quick stop drops it: that is the point
+
+    t = threading.Thread(target=in_flight, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    srv.signal(signal.SIGINT)
+    assert srv.wait(15) == 0
+    assert time.monotonic() - started < 10
+    assert "Quick shutdown requested" in srv.log_text()
+
+
+def test_hup_with_preload_keeps_the_preloaded_app(start_server, tmp_path):
+    (tmp_path / "preloaded.py").write_text(
+        "import os, time\n"
+        "LOADED_IN = os.getpid()\n"
+        "def application(environ, start_response):\n"
+        "    body = ('%d %d' % (LOADED_IN, os.getpid())).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    srv = start_server(["-w", "1", "--preload", "preloaded"], app_dir=str(tmp_path))
+    (first,) = srv.wait_workers(1)
+    loaded_in, served_by = map(int, requests.get(srv.url + "/", timeout=10).text.split())
+    assert loaded_in == srv.pid and served_by == first  # imported once, in the master
+    srv.signal(signal.SIGHUP)
+    pids = srv.wait_workers(2)
+    wait_for(lambda: requests.get(srv.url + "/", timeout=10).text.split()[1] == str(pids[-1]) or None, 15,
+             message="the new worker to serve")
+    loaded_in, _ = map(int, requests.get(srv.url + "/", timeout=10).text.split())
+    assert loaded_in == srv.pid  # still the app the master preloaded, as in gunicorn

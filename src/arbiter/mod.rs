@@ -87,6 +87,10 @@ pub struct Arbiter {
     hooks: Arc<HookRunner>,
     /// The command line, for `HUP`.
     argv: Vec<String>,
+    /// The new master started by `USR2`, while it runs.
+    reexec_pid: i32,
+    /// For a master started by `USR2`: the old master, until it exits.
+    reexec_parent: Option<i32>,
     /// Consecutive workers that died right after boot, and when the next may be spawned.
     fast_deaths: u32,
     next_spawn_at: Option<Instant>,
@@ -135,6 +139,11 @@ impl Arbiter {
             fast_deaths: 0,
             next_spawn_at: None,
             argv: Vec::new(),
+            reexec_pid: 0,
+            reexec_parent: std::env::var(crate::system::REEXEC_ENV)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p == std::os::unix::process::parent_id() as i32),
             control,
             control_pending: Default::default(),
             reloads: 0,
@@ -211,6 +220,7 @@ impl Arbiter {
             if let Err(h) = self.reap_workers() {
                 break h;
             }
+            self.maybe_promote();
             self.murder_workers();
             self.sample_workers();
             self.check_starvation();
@@ -266,10 +276,91 @@ impl Arbiter {
                     self.change_worker_count(0);
                 }
                 Signal::SIGWINCH => self.log.debug("SIGWINCH ignored. Not daemonized"),
+                Signal::SIGUSR2 => self.reexec(),
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// `USR2`: start a new master from the (possibly upgraded) installed program, handing it the listening
+    /// sockets (their numbers in `FERRICORN_FD`, as gunicorn's `GUNICORN_FD`), so an upgrade drops no
+    /// connection. This master keeps running until told to stop; the new one takes over when it goes.
+    fn reexec(&mut self) {
+        if self.reexec_pid != 0 {
+            self.log.warning("USR2 signal ignored. Child exists.");
+            return;
+        }
+        if self.reexec_parent.is_some() {
+            self.log.warning("USR2 signal ignored. Parent exists.");
+            return;
+        }
+        let _ = self.hook("pre_exec", |py, h| {
+            PyTuple::new(py, [self.server_obj(py, h)?])
+        });
+        // The command that started this master, as the interpreter saw it (`python -m`, or a console
+        // script run by its interpreter).
+        let command = Python::attach(|py| -> PyResult<(String, Vec<String>)> {
+            let sys = py.import("sys")?;
+            let exe: String = sys.getattr("executable")?.extract()?;
+            let argv: Vec<String> = sys.getattr("orig_argv")?.extract()?;
+            Ok((exe, argv))
+        });
+        let (exe, argv) = match command {
+            Ok(c) => c,
+            Err(_) => {
+                self.log
+                    .error("Cannot find the command that started the master; USR2 ignored");
+                return;
+            }
+        };
+        let fds: Vec<String> = self.listeners.iter().map(|l| l.fd().to_string()).collect();
+        let master = std::process::id().to_string();
+        // SAFETY: the master is single-threaded; the child only adjusts descriptors and execs.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for l in &self.listeners {
+                // The sockets must survive the exec.
+                // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
+                unsafe { libc::fcntl(l.fd(), libc::F_SETFD, 0) };
+            }
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&exe)
+                .args(argv.iter().skip(1))
+                .env(crate::sock::INHERITED_FDS_ENV, fds.join(","))
+                .env(crate::system::REEXEC_ENV, &master)
+                .exec();
+            self.log
+                .error(&format!("Cannot start the new master: {err}"));
+            worker::exit(1);
+        }
+        if pid < 0 {
+            self.log.error(&format!(
+                "Cannot fork the new master: {}",
+                std::io::Error::last_os_error()
+            ));
+            return;
+        }
+        self.reexec_pid = pid;
+    }
+
+    /// A master started by `USR2` becomes the only one when the old master exits.
+    fn maybe_promote(&mut self) {
+        let Some(parent) = self.reexec_parent else {
+            return;
+        };
+        if std::os::unix::process::parent_id() as i32 == parent {
+            return;
+        }
+        self.log.info("Master has been promoted.");
+        self.reexec_parent = None;
+        if let Some(p) = &self.cfg.pidfile {
+            let interim = crate::system::pidfile::effective_path(p, true);
+            if interim != *p {
+                let _ = std::fs::rename(&interim, p);
+            }
+        }
+        std::env::remove_var(crate::system::REEXEC_ENV);
     }
 
     /// `HUP`: start a fresh set of workers, then retire the old ones gracefully.
@@ -487,6 +578,11 @@ impl Arbiter {
                     .position(|(p, _)| *p == pid)
                     .map(|i| self.retiring.swap_remove(i).1),
             };
+            if pid == self.reexec_pid && self.reexec_pid != 0 {
+                self.reexec_pid = 0;
+                self.log.info(&format!("New master (pid:{pid}) exited"));
+                continue;
+            }
             let Some(proc) = proc else {
                 self.log
                     .debug(&format!("Reaped unknown child process (pid:{pid})"));
@@ -758,8 +854,11 @@ impl Arbiter {
 
     /// Stop the workers: TERM (graceful) or QUIT (quick), wait up to `--graceful-timeout`, then SIGKILL.
     fn stop(&mut self, graceful: bool) {
-        for l in &self.listeners {
-            l.unlink();
+        // During a USR2 upgrade the other master still serves on these sockets: leave their files.
+        if self.reexec_pid == 0 && self.reexec_parent.is_none() {
+            for l in &self.listeners {
+                l.unlink();
+            }
         }
         self.listeners.clear();
         let mut quick = !graceful;

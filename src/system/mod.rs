@@ -167,6 +167,10 @@ fn give_logs_to(cfg: &Config, uid: Option<u32>, gid: Option<u32>, log: &ErrorLog
 /// The listening sockets: the ones systemd passed (socket activation, which replaces `--bind` as in
 /// gunicorn), else the configured addresses.
 pub fn listeners(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Vec<Listener>, BindError> {
+    if let Some(inherited) = sock::inherited() {
+        log.debug("Listening sockets inherited from the previous master (USR2)");
+        return inherited;
+    }
     let fds = systemd::listen_fds(py);
     if fds.is_empty() {
         return sock::bind_all(&cfg.binds, cfg.backlog, log);
