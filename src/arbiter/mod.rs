@@ -702,7 +702,8 @@ impl Arbiter {
         let limit = self.cfg.max_worker_memory * 1024 * 1024;
         let mut over = Vec::new();
         for (&pid, w) in self.workers.iter_mut() {
-            if let Some(rss) = oom::rss_bytes(pid) {
+            // A dying process reads as 0: keep the last real sample for the report.
+            if let Some(rss) = oom::rss_bytes(pid).filter(|r| *r > 0) {
                 w.last_rss = rss;
                 if limit > 0 && rss > limit {
                     over.push((pid, rss));
@@ -825,7 +826,8 @@ impl Arbiter {
                 continue;
             }
             w.aborted = true;
-            to_abort.push((pid, stuck.map(|(_, r)| r.clone())));
+            // Name the request in flight whether the request or the I/O loop's heartbeat ran out.
+            to_abort.push((pid, oldest.map(|(_, r)| r)));
         }
         for pid in slow_boots {
             self.log.error(&format!(
