@@ -86,6 +86,23 @@ pub struct RequestInFlight {
     pub client: String,
 }
 
+impl RequestInFlight {
+    /// `GET /path from 127.0.0.1:5555` (`-` for a unix-socket client), as the log lines name a request.
+    pub fn summary(&self) -> String {
+        let client = if self.client.is_empty() {
+            "-"
+        } else {
+            self.client.as_str()
+        };
+        format!("{} {} from {client}", self.method, self.path)
+    }
+
+    /// Seconds since the request started.
+    pub fn age_secs(&self) -> f64 {
+        now_ns().saturating_sub(self.started_ns) as f64 / 1e9
+    }
+}
+
 /// The shared table. Cloning shares the same mapping (it is never unmapped: it lives as long as the process).
 #[derive(Clone, Copy)]
 pub struct Scoreboard {

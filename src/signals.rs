@@ -49,19 +49,12 @@ impl SignalPipe {
     pub fn install(signals: &[Signal]) -> io::Result<SignalPipe> {
         let (read, write) = pipe_nonblocking()?;
         PIPE_WRITE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        for sig in signals {
-            // SAFETY: the handler is async-signal-safe.
-            unsafe { sigaction(*sig, &action) }.map_err(io::Error::from)?;
-        }
-        Ok(SignalPipe {
+        let pipe = SignalPipe {
             read,
             _write: write,
-        })
+        };
+        pipe.route(signals)?;
+        Ok(pipe)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -157,4 +150,30 @@ pub fn abort_dumps_stack_while_booting(log_fd: RawFd) -> io::Result<()> {
     unsafe { sigaction(Signal::SIGABRT, &action) }
         .map(|_| ())
         .map_err(io::Error::from)
+}
+
+/// Block every signal; returns the previous mask for `restore`. Used around fork (see the arbiter).
+pub fn block_all() -> SigSet {
+    let mut old = SigSet::empty();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    old
+}
+
+/// Put back a mask saved by `block_all`; signals that arrived meanwhile are delivered now.
+pub fn restore(mask: SigSet) {
+    let _ =
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&mask), None);
+}
+
+/// Unblock every signal (a worker, once its own handlers and pipe are in place).
+pub fn unblock_all() {
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&SigSet::all()),
+        None,
+    );
 }

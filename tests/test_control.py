@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import get, wait_for
+from conftest import get, pid_alive, wait_for
 
 pytestmark = pytest.mark.ferricorn_only
 
@@ -147,6 +147,31 @@ def test_parent_process_socket_is_taken_over(start_server, tmp_short):
         assert ctl_json(srv, "show", "stats", socket_path=path)["pid"] == srv.pid
     assert srv.stop() == 0
     assert not os.path.exists(path)
+
+
+def test_usr2_new_master_takes_the_socket_over(start_server):
+    srv = start_server([APP, "-w", "1"])
+    srv.wait_workers(1)
+    path = ctl_path(srv)
+    new_master = None
+    try:
+        srv.signal(signal.SIGUSR2)
+        srv.wait_log(r"Control socket taken over from the master that started this one "
+                     rf"\(pid {srv.pid}\)", timeout=20)
+        new_master = ctl_json(srv, "show", "stats")["pid"]
+        assert new_master != srv.pid
+        srv.wait_workers(2, timeout=20)
+        # The old master goes and leaves the new master's socket in place.
+        assert srv.stop() == 0
+        assert is_socket(path)
+        srv.wait_log(r"Master has been promoted\.")
+        assert ctl_json(srv, "show", "stats")["pid"] == new_master
+        ctl_ok(srv, "shutdown")
+        wait_for(lambda: not pid_alive(new_master), 15, message="the new master to stop")
+        assert not os.path.exists(path)
+    finally:
+        if new_master and pid_alive(new_master):
+            os.kill(new_master, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +337,6 @@ def test_shutdown(start_server, mode):
     assert srv.wait(15) == 0
     assert "Shutting down: Master" in srv.log_text()
     assert not os.path.exists(ctl_path(srv))
-    from conftest import pid_alive
     wait_for(lambda: not any(pid_alive(p) for p in workers), 5, message="workers gone")
 
 

@@ -506,6 +506,9 @@ impl Arbiter {
                 ],
             )
         });
+        // Signals stay blocked from here until the new worker has its own pipe: one arriving in between
+        // would otherwise run the master's handler in the child and land in the master's pipe.
+        let blocked = signals::block_all();
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
                 crate::system::worker_started(&self.cfg, &self.log);
@@ -530,6 +533,7 @@ impl Arbiter {
             }
             other => other,
         });
+        signals::restore(blocked);
         match pid {
             Ok(pid) => {
                 self.board.set_pid(slot, pid);
@@ -661,15 +665,9 @@ impl Arbiter {
         let handle = self.board.worker(proc.slot);
         let request = match handle.oldest_request() {
             Some((_, r)) => format!(
-                "request in flight: {} {} from {}, running for {:.1}s",
-                r.method,
-                r.path,
-                if r.client.is_empty() {
-                    "-"
-                } else {
-                    r.client.as_str()
-                },
-                now_ns().saturating_sub(r.started_ns) as f64 / 1e9
+                "request in flight: {}, running for {:.1}s",
+                r.summary(),
+                r.age_secs()
             ),
             None => "no request in flight".to_string(),
         };
@@ -762,7 +760,6 @@ impl Arbiter {
             return;
         }
         self.last_starvation_warning = Some(now);
-        let now_ns = now_ns();
         busy.sort_by_key(|(_, r)| r.started_ns);
         let holders: Vec<String> = busy
             .iter()
@@ -771,7 +768,7 @@ impl Arbiter {
                     "{} {} ({:.1}s, worker {pid})",
                     r.method,
                     r.path,
-                    now_ns.saturating_sub(r.started_ns) as f64 / 1e9
+                    r.age_secs()
                 )
             })
             .collect();

@@ -15,7 +15,7 @@ pub mod protocol;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -581,17 +581,30 @@ impl ControlServer {
     }
 }
 
-/// Write what the socket takes now. False on a broken connection.
+/// Write what the socket takes now. False on a broken connection. `MSG_NOSIGNAL`: a client that went away
+/// must not raise SIGPIPE in the master.
 fn flush(conn: &mut Conn) -> bool {
     while !conn.output.is_empty() {
-        match conn.stream.write(&conn.output) {
-            Ok(0) => return false,
-            Ok(n) => {
-                conn.output.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
+        // SAFETY: sending from a buffer we own on a descriptor we own.
+        let n = unsafe {
+            libc::send(
+                conn.stream.as_raw_fd(),
+                conn.output.as_ptr() as *const libc::c_void,
+                conn.output.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            conn.output.drain(..n as usize);
+            continue;
+        }
+        if n == 0 {
+            return false;
+        }
+        match io::Error::last_os_error().kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return true,
+            _ => return false,
         }
     }
     true
@@ -629,6 +642,7 @@ impl Drop for ControlServer {
 mod tests {
     use super::*;
     use crate::log::Level;
+    use std::io::Write;
 
     struct Fake {
         target: usize,

@@ -294,7 +294,7 @@ impl IoState {
                         "{} {} (worker {pid}, running for {:.1}s)",
                         r.method,
                         r.path,
-                        crate::scoreboard::now_ns().saturating_sub(r.started_ns) as f64 / 1e9
+                        r.age_secs()
                     )
                 })
             })
@@ -362,10 +362,8 @@ impl IoState {
             .find(|(t, _)| *t == thread)
         {
             Some((_, r)) => log.critical(&format!(
-                "Request exceeded --timeout {limit}s: {} {} from {} (running for {secs:.1}s, worker {pid}, thread {thread})",
-                r.method,
-                r.path,
-                if r.client.is_empty() { "-" } else { r.client.as_str() },
+                "Request exceeded --timeout {limit}s: {} (running for {secs:.1}s, worker {pid}, thread {thread})",
+                r.summary(),
             )),
             None => log.critical(&format!(
                 "A request exceeded --timeout {limit}s (running for {secs:.1}s, worker {pid}, thread {thread})"
@@ -387,18 +385,7 @@ impl IoState {
             .requests_in_flight()
             .into_iter()
             .find(|(t, _)| *t == thread)
-            .map(|(_, r)| {
-                format!(
-                    "{} {} from {}",
-                    r.method,
-                    r.path,
-                    if r.client.is_empty() {
-                        "-"
-                    } else {
-                        r.client.as_str()
-                    }
-                )
-            })
+            .map(|(_, r)| r.summary())
             .unwrap_or_else(|| "a request".to_string());
         log.warning(&format!(
             "Slow request: {what} still running after {:.1}s (--slow-request-threshold {}s; worker {pid}, thread {thread}). Its Python stack now (most recent call first):",
@@ -489,6 +476,8 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         Signal::SIGTTOU,
         Signal::SIGUSR2,
     ]);
+    // The master blocked signals across the fork; from here they reach the worker's own handlers.
+    signals::unblock_all();
     board.set_pid(pid as i32);
     log.info(&format!("Booting worker with pid: {pid}"));
     let ppid = std::os::unix::process::parent_id();

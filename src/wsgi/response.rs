@@ -224,16 +224,7 @@ impl Responder {
                 self.frame_body(&mut buf, p);
             }
         }
-        self.end_body(&mut buf);
-        if !buf.is_empty() {
-            self.send(py, Out::Bytes(buf))?;
-        }
-        self.send(
-            py,
-            Out::Done {
-                keep_alive: self.keep_alive,
-            },
-        )
+        self.end_and_send(py, buf)
     }
 
     /// Head for a body sent as a file (sendfile): the length is the file's unless the app declared one.
@@ -295,6 +286,11 @@ impl Responder {
         if !self.headers_sent {
             self.write_head(&mut buf, Some(0));
         }
+        self.end_and_send(py, buf)
+    }
+
+    /// Close the body in `buf` (last chunk, or note a short Content-Length) and send it with the end marker.
+    fn end_and_send(&mut self, py: Python<'_>, mut buf: Vec<u8>) -> Result<(), Disconnected> {
         self.end_body(&mut buf);
         if !buf.is_empty() {
             self.send(py, Out::Bytes(buf))?;
