@@ -66,7 +66,7 @@ def test_hup_under_load_fails_no_request(start_server):
             srv.signal(signal.SIGHUP)
             srv.wait_workers(2 * (i + 2), timeout=20)
             time.sleep(0.7)
-    assert load.errors == [], load.errors[:5]
+    assert load.errors == [], (load.errors[:5], srv.log_text())
     assert load.ok > 100
     assert len(load.pids) >= 4  # requests were served by old and new workers
     assert srv.log_text().count("Hang up: Master") == 4

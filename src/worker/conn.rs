@@ -168,10 +168,8 @@ pub async fn serve<S: Stream>(
             let admitted = io.wait_for_admission(&peer).await;
             held = false;
             io.board_handle().remove_held();
-            match admitted {
-                Some(Admission::Overflow) => overflow = true,
-                Some(_) => {}
-                None => break,
+            if admitted == Admission::Overflow {
+                overflow = true;
             }
         }
         if overflow {

@@ -196,16 +196,19 @@ impl IoState {
             self.acquire();
             return Admission::Claimed;
         }
+        // Held is for connections taken only to look for a loopback call. A connection that lost the last
+        // free thread to a kept-alive request in the same instant (or was taken for fairness) simply
+        // queues, as a kept-alive request does.
         let admission = if self.is_loopback_call(peer) {
             Admission::Overflow
-        } else if self.fair_accept.get() {
-            Admission::Queued
-        } else {
+        } else if self.loopback_mode.get() && !self.fair_accept.get() {
             self.board.add_held();
             Admission::Held
+        } else {
+            Admission::Queued
         };
         self.ctx.log.debug(&format!(
-            "Accepted {}:{} while full, to look for a loopback call: {admission:?}",
+            "Accepted {}:{} while full: {admission:?}",
             peer.ip, peer.port
         ));
         admission
@@ -222,17 +225,14 @@ impl IoState {
 
     /// A held connection's first request: wait for a free thread — unless the connection turns out to be
     /// a loopback call (its owner may publish it only after we accepted it), which goes to the overflow
-    /// lane instead. None if the worker is stopping.
-    pub async fn wait_for_admission(&self, peer: &Peer) -> Option<Admission> {
+    /// lane instead. A stopping worker still serves it: its request was already read.
+    pub async fn wait_for_admission(&self, peer: &Peer) -> Admission {
         loop {
             if self.has_free_thread() {
-                return Some(Admission::Claimed);
+                return Admission::Claimed;
             }
             if self.is_loopback_call(peer) {
-                return Some(Admission::Overflow);
-            }
-            if self.shutting_down.get() {
-                return None;
+                return Admission::Overflow;
             }
             tokio::select! {
                 _ = self.capacity_changed.notified() => {}
