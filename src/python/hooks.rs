@@ -24,20 +24,23 @@ pub struct HookLog {
 }
 
 impl HookLog {
+    /// `msg % args`, as the `logging` methods format a message.
+    fn render(msg: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<String> {
+        Ok(if args.is_empty() {
+            msg.str()?.to_string()
+        } else {
+            msg.rem(args)?.str()?.to_string()
+        })
+    }
+
     fn emit(
         &self,
-        py: Python<'_>,
+        _py: Python<'_>,
         level: crate::log::Level,
         msg: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        let text = if args.is_empty() {
-            msg.str()?.to_string()
-        } else {
-            msg.rem(args)?.str()?.to_string()
-        };
-        let _ = py;
-        self.log.log(level, &text);
+        self.log.log(level, &Self::render(msg, args)?);
         Ok(())
     }
 }
@@ -109,11 +112,7 @@ impl HookLog {
         msg: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        let text = if args.is_empty() {
-            msg.str()?.to_string()
-        } else {
-            msg.rem(args)?.str()?.to_string()
-        };
+        let text = Self::render(msg, args)?;
         let tb: String = py
             .import("traceback")?
             .call_method0("format_exc")?
