@@ -18,6 +18,11 @@ pub mod system;
 pub mod worker;
 pub mod wsgi;
 
+/// gunicorn's parser corpus through the HTTP module (it uses the control socket's JSON reader, so it lives
+/// outside `http`, which the fuzz crate builds on its own).
+#[cfg(test)]
+mod http_corpus_tests;
+
 use std::io::Write;
 use std::sync::Arc;
 

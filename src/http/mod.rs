@@ -8,9 +8,6 @@ pub mod errors;
 pub mod parse;
 pub mod response;
 
-#[cfg(test)]
-mod corpus_tests;
-
 pub use body::ChunkedDecoder;
 pub use errors::HttpError;
 pub use parse::{
