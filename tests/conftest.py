@@ -379,6 +379,19 @@ def run_cli(args, cwd=APPS_DIR, env=None, timeout=30):
         )
 
 
+
+def print_config(args, cwd=APPS_DIR, env=None):
+    """`--print-config` as a dict of setting name to the printed value."""
+    res = run_cli(["--print-config", *args], cwd=cwd, env=env)
+    assert res.returncode == 0, res.stderr.decode()
+    settings = {}
+    for line in res.stdout.decode().splitlines():
+        m = re.match(r"^(\w+)\s*=\s*(.*)$", line)
+        if m:
+            settings[m.group(1)] = m.group(2).strip()
+    return settings
+
+
 # ----------------------------------------------------------------------------------------------
 # raw HTTP
 

@@ -11,7 +11,7 @@ import requests
 
 from conftest import (
     APPS_DIR, PRODUCT, RawConnection, child_pids, free_port, get, ipv6_available,
-    run_cli, wait_for,
+    print_config, run_cli, wait_for,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -80,14 +80,7 @@ def test_bind_unix_socket(start_server, tmp_short):
 
 
 def _print_config(args, env=None):
-    res = run_cli(["--print-config", *args, "testapp"], env=env)
-    assert res.returncode == 0, res.stderr.decode()
-    settings = {}
-    for line in res.stdout.decode().splitlines():
-        m = re.match(r"^(\w+)\s*=\s*(.*)$", line)
-        if m:
-            settings[m.group(1)] = m.group(2).strip()
-    return settings
+    return print_config([*args, "testapp"], env=env)
 
 
 def test_default_bind_in_print_config():

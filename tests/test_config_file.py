@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from conftest import APPS_DIR, child_pids, free_port, get, run_cli, wait_for
+from conftest import APPS_DIR, child_pids, free_port, get, print_config, run_cli, wait_for
 
 
 def write(directory, name, text):
@@ -21,18 +21,6 @@ def write(directory, name, text):
     with open(path, "w") as f:
         f.write(textwrap.dedent(text))
     return path
-
-
-def print_config(args, cwd=APPS_DIR, env=None):
-    """`--print-config` as a dict of setting name to the printed value."""
-    res = run_cli(["--print-config", *args], cwd=cwd, env=env)
-    assert res.returncode == 0, res.stderr.decode()
-    settings = {}
-    for line in res.stdout.decode().splitlines():
-        m = re.match(r"^(\w+)\s*=\s*(.*)$", line)
-        if m:
-            settings[m.group(1)] = m.group(2).strip()
-    return settings
 
 
 def env_value(srv, name):
