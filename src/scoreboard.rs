@@ -8,7 +8,7 @@
 //! because they are written and read by different processes without any lock that both could share.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// How many worker slots the mapping holds. `TTIN` can grow the worker count past the configured number, so
 /// the table is sized generously; an untouched slot costs no resident memory.
@@ -107,11 +107,33 @@ impl RequestInFlight {
 #[derive(Clone, Copy)]
 pub struct Scoreboard {
     base: NonNull<WorkerSlot>,
+    /// One past the highest slot ever claimed: scans stop there, so they touch only pages in use rather
+    /// than the whole (mostly unallocated) table.
+    used: NonNull<AtomicUsize>,
 }
 
 // SAFETY: every field of the mapping is an atomic; the pointer itself is never freed.
 unsafe impl Send for Scoreboard {}
 unsafe impl Sync for Scoreboard {}
+
+/// An anonymous `MAP_SHARED` mapping of `len` zeroed bytes, inherited by every forked worker.
+fn shared_zeroed(len: usize) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping; nothing else refers to it yet.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(ptr as *mut u8).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
 
 /// Monotonic clock in nanoseconds; `CLOCK_MONOTONIC` is system-wide, so values compare across processes.
 pub fn now_ns() -> u64 {
@@ -127,24 +149,21 @@ pub fn now_ns() -> u64 {
 impl Scoreboard {
     /// Map the table. Must be called before the first fork so every worker inherits the same pages.
     pub fn create() -> std::io::Result<Scoreboard> {
-        let len = std::mem::size_of::<WorkerSlot>() * MAX_WORKERS;
-        // SAFETY: an anonymous shared mapping; zeroed pages are a valid `WorkerSlot` (all atomics at 0).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        NonNull::new(ptr as *mut WorkerSlot)
-            .map(|base| Scoreboard { base })
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))
+        // Zeroed pages are a valid `WorkerSlot` and `AtomicUsize` (all atomics at 0).
+        let base = shared_zeroed(std::mem::size_of::<WorkerSlot>() * MAX_WORKERS)?;
+        let used = shared_zeroed(std::mem::size_of::<AtomicUsize>())?;
+        Ok(Scoreboard {
+            base: base.cast(),
+            used: used.cast(),
+        })
+    }
+
+    /// The slots that have ever been claimed.
+    fn slots_in_use(&self) -> std::ops::Range<usize> {
+        // SAFETY: the mapping lives as long as the process.
+        0..unsafe { self.used.as_ref() }
+            .load(Ordering::Acquire)
+            .min(MAX_WORKERS)
     }
 
     fn slot(&self, index: usize) -> &WorkerSlot {
@@ -160,6 +179,8 @@ impl Scoreboard {
 
     /// Claim `index` for a worker about to be forked (called by the master before fork).
     pub fn claim(&self, index: usize, generation: u32) {
+        // SAFETY: the mapping lives as long as the process.
+        unsafe { self.used.as_ref() }.fetch_max(index + 1, Ordering::AcqRel);
         let s = self.slot(index);
         s.pid.store(-1, Ordering::Release);
         s.generation.store(generation, Ordering::Relaxed);
@@ -195,7 +216,7 @@ impl Scoreboard {
         if port == 0 {
             return None;
         }
-        (0..MAX_WORKERS)
+        self.slots_in_use()
             .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
             .find(|&i| {
                 self.slot(i)
@@ -209,14 +230,14 @@ impl Scoreboard {
     /// Whether any worker holds a connection it accepted while full (which may be a loopback call not
     /// yet published by its owner).
     pub fn any_held(&self) -> bool {
-        (0..MAX_WORKERS)
+        self.slots_in_use()
             .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
             .any(|i| self.slot(i).held.load(Ordering::Acquire) > 0)
     }
 
     /// Whether any worker has a loopback call open.
     pub fn any_loopback_calls(&self) -> bool {
-        (0..MAX_WORKERS)
+        self.slots_in_use()
             .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
             .any(|i| {
                 self.slot(i)
