@@ -413,6 +413,8 @@ def test_hup_under_load_through_nginx_fails_no_request(stack):
     assert not failures, f"{len(failures)} of {len(results)} requests failed: {failures[:10]}"
     log = stack.log("ferricorn-error.log", err_mark)
     assert len(re.findall(r"\[INFO\] Handling signal: hup$", log, re.M)) == 3, log
+    # every HUP replaced both workers (and max_requests=40 may have recycled more)
+    assert len(re.findall(r"\[INFO\] Booting worker with pid: \d+$", log, re.M)) >= 6, log
     assert pid_alive(master) and stack.pid("ferricorn") == master
 
 
@@ -451,6 +453,28 @@ def test_term_drains_the_request_in_flight(stack):
     assert rc == 0 and states["ferricorn"][1] not in (None, master)
     assert states["nginx"] == before["nginx"] and states["postgres"] == before["postgres"]
     assert requests.get(stack.url("/health/"), timeout=10).status_code == 200
+
+
+def test_nginx_timeout_below_ferricorns_loses_the_forensics(stack):
+    """Why deploy/nginx.conf waits longer than ferricorn: the other way round, nginx answers and
+    the request runs on in the app with nobody waiting, and no stack is logged."""
+    err_mark = stack.mark("ferricorn-error.log")
+    access_mark = stack.mark("ferricorn-access.log")
+    nginx_err_mark = stack.mark("nginx-error.log")
+    try:
+        stack.run("up", {"STACK_NGINX_READ_TIMEOUT": "1"})
+        started = time.monotonic()
+        r = requests.get(stack.url("/slow-query/?seconds=2.5"), timeout=20)
+        assert r.status_code == 504 and time.monotonic() - started < 2.0
+        assert "The request ran longer" not in r.text and "nginx" in r.text
+        assert "upstream timed out" in stack.log("nginx-error.log", nginx_err_mark)
+        # the app finished it later, for nobody
+        wait_for(lambda: re.search(r'"GET /slow-query/\?seconds=2\.5 HTTP/1\.0" 200 ',
+                                   stack.log("ferricorn-access.log", access_mark)), 5,
+                 message="the abandoned request in the access log")
+        assert "Request exceeded" not in stack.log("ferricorn-error.log", err_mark)
+    finally:
+        stack.run("up")
 
 
 def test_static_through_the_app_when_nginx_does_not_serve_it(stack):
