@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,15 @@ def timeout_forensics(text, path):
     assert head, f"no Python stack after the timeout of GET {path}:\n{text}"
     frames = head.group(1).splitlines()
     return worker, float(m.group(3)), frames
+
+
+def timeout_report_text(stack, err_mark):
+    """The error log after `err_mark`, once the timed-out request's stack is in it."""
+    def report():
+        text = stack.log("ferricorn-error.log", err_mark)
+        return text if "Python stack of the thread running it" in text else None
+
+    return wait_for(report, 5, message="the timeout report in the error log")
 
 
 def frame_index(frames, pattern):
@@ -307,8 +317,7 @@ def test_slow_query_times_out_with_the_stack_inside_psycopg(stack):
     assert r.text == f"The request ran longer than the server's timeout ({TIMEOUT} s).\n"
     assert TIMEOUT - 0.5 < box["elapsed"] < TIMEOUT + 4
 
-    text = wait_for(lambda: (lambda x: x if "Python stack" in x else None)(
-        stack.log("ferricorn-error.log", err_mark)), 5, message="the timeout report")
+    text = timeout_report_text(stack, err_mark)
     worker, ran, frames = timeout_forensics(text, "/slow-query/?seconds=30")
     assert TIMEOUT <= ran < TIMEOUT + 1
     driver = frame_index(frames, r'File ".*/psycopg/[^"]+\.py", line \d+ in \w+')
@@ -341,8 +350,7 @@ def test_lock_wait_times_out_with_the_stack_inside_psycopg(stack):
     assert box["result"].status_code == 504
     assert TIMEOUT - 0.5 < box["elapsed"] < TIMEOUT + 4
 
-    text = wait_for(lambda: (lambda x: x if "Python stack" in x else None)(
-        stack.log("ferricorn-error.log", err_mark)), 5, message="the timeout report")
+    text = timeout_report_text(stack, err_mark)
     _worker, _ran, frames = timeout_forensics(text, "/lock-wait/")
     driver = frame_index(frames, r'File ".*/psycopg/[^"]+\.py", line \d+ in \w+')
     view = frame_index(frames, r'File ".*/catalog/views\.py", line \d+ in lock_wait$')
@@ -356,8 +364,6 @@ def test_lock_wait_times_out_with_the_stack_inside_psycopg(stack):
 
 def test_external_call_without_timeout_is_named(stack):
     # a service that accepts connections and never answers
-    import socket
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
@@ -366,8 +372,7 @@ def test_external_call_without_timeout_is_named(stack):
         err_mark = stack.mark("ferricorn-error.log")
         r = requests.get(stack.url(path), timeout=20)
         assert r.status_code == 504
-        text = wait_for(lambda: (lambda x: x if "Python stack" in x else None)(
-            stack.log("ferricorn-error.log", err_mark)), 5, message="the timeout report")
+        text = timeout_report_text(stack, err_mark)
         _worker, _ran, frames = timeout_forensics(text, path)
         call = frame_index(frames, r'File ".*/urllib/request\.py", line \d+ in urlopen$')
         view = frame_index(frames, r'File ".*/catalog/views\.py", line \d+ in external$')
