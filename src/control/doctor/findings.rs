@@ -178,81 +178,113 @@ fn nginx_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
     }
     let t = server.timeout;
     let margin = |t: u64| (t / 10).max(5);
-    for p in &proxies {
-        let read = p.read_timeout.secs;
-        let place = format!("location {} of server {} ({})", p.location, p.server, p.at);
-        if t == 0 {
-            out.push(finding(
-                "nginx-timeout-shorter",
-                Severity::Warning,
-                format!(
-                    "ferricorn has no timeout (timeout = 0): nginx's proxy_read_timeout {}s is the only limit ({place})",
-                    secs(read)
-                ),
-                vec![
-                    where_set(&p.read_timeout, "proxy_read_timeout"),
-                    "a stuck request gets nginx's 504 after that time while the worker keeps running it, and no stack is logged".to_string(),
-                ],
-                format!(
-                    "Set ferricorn's timeout below nginx's: timeout = {} (then the worker answers 504 itself and logs the request and its stack).",
-                    (read as u64).saturating_sub(5).max(1)
-                ),
-            ));
-            continue;
+    // Locations that inherit one setting share one finding, and its fix names the line that sets it.
+    for (name, id, pick) in [
+        (
+            "proxy_read_timeout",
+            "nginx-timeout-shorter",
+            (|p: &ProxyLocation| p.read_timeout.clone()) as fn(&ProxyLocation) -> super::nginx::Timeout,
+        ),
+        ("proxy_send_timeout", "nginx-send-timeout-shorter", |p: &ProxyLocation| {
+            p.send_timeout.clone()
+        }),
+    ] {
+        let mut groups: Vec<(super::nginx::Timeout, Vec<&ProxyLocation>)> = Vec::new();
+        for p in &proxies {
+            let tv = pick(p);
+            match groups.iter_mut().find(|(g, _)| *g == tv) {
+                Some((_, v)) => v.push(p),
+                None => groups.push((tv, vec![p])),
+            }
         }
-        let tf = t as f64;
-        if read <= tf {
-            out.push(finding(
-                "nginx-timeout-shorter",
-                Severity::Critical,
-                format!(
-                    "nginx gives up before ferricorn: proxy_read_timeout {}s <= timeout {t}s ({place})",
-                    secs(read)
-                ),
-                vec![
-                    where_set(&p.read_timeout, "proxy_read_timeout"),
-                    format!("ferricorn timeout = {t}s ({})", server.origin),
+        for (tv, locs) in groups {
+            let value = tv.secs;
+            let places = locs
+                .iter()
+                .map(|p| format!("location {} ({})", p.location, p.at))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let server_name = locs.first().map_or("", |p| p.server.as_str());
+            let set_here = match &tv.set_at {
+                Some(at) => format!("change it at {at}"),
+                None => format!("add it to the server block {server_name}"),
+            };
+            let read = name == "proxy_read_timeout";
+            if t == 0 {
+                if read {
+                    out.push(finding(
+                        id,
+                        Severity::Warning,
+                        format!(
+                            "ferricorn has no timeout (timeout = 0): nginx's {name} {}s is the only limit ({places})",
+                            secs(value)
+                        ),
+                        vec![
+                            where_set(&tv, name),
+                            "a stuck request gets nginx's 504 after that time while the worker keeps running it, and no stack is logged".to_string(),
+                        ],
+                        format!(
+                            "Set ferricorn's timeout below nginx's: timeout = {} (then the worker answers 504 itself and logs the request and its stack).",
+                            (value as u64).saturating_sub(5).max(1)
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let tf = t as f64;
+            let wanted = t + margin(t);
+            if value <= tf {
+                let (severity, consequence) = if read {
+                    (
+                        Severity::Critical,
+                        format!(
+                            "a request running longer than {}s gets nginx's 504 while the worker keeps running it until {t}s: ferricorn's 504, the request line and its Python stack never reach the client, and nginx's log has no stack",
+                            secs(value)
+                        ),
+                    )
+                } else {
+                    (
+                        Severity::Warning,
+                        "an upload the app reads slowly makes nginx abort the request (504) while the worker still runs it".to_string(),
+                    )
+                };
+                out.push(finding(
+                    id,
+                    severity,
                     format!(
-                        "a request running longer than {}s gets nginx's 504 while the worker keeps running it until {t}s: ferricorn's 504, the request line and its Python stack never reach the client, and nginx's log has no stack",
-                        secs(read)
+                        "nginx gives up before ferricorn: {name} {}s <= timeout {t}s ({places})",
+                        secs(value)
                     ),
-                ],
-                format!(
-                    "Set `proxy_read_timeout {}s;` in {place} (timeout + margin), or lower ferricorn's timeout below {}s (e.g. timeout = {}).",
-                    t + margin(t),
-                    secs(read),
-                    (read as u64).saturating_sub(margin(read as u64)).max(1)
-                ),
-            ));
-        } else if read < tf + 2.0 {
-            out.push(finding(
-                "nginx-timeout-shorter",
-                Severity::Warning,
-                format!(
-                    "nginx's proxy_read_timeout {}s is barely above ferricorn's timeout {t}s ({place})",
-                    secs(read)
-                ),
-                vec![
-                    where_set(&p.read_timeout, "proxy_read_timeout"),
-                    "ferricorn checks timeouts a few times a second and then writes the 504; with less than 2s of margin nginx can still give up first".to_string(),
-                ],
-                format!("Set `proxy_read_timeout {}s;` in {place}.", t + margin(t)),
-            ));
-        }
-        if p.send_timeout.secs <= tf {
-            out.push(finding(
-                "nginx-send-timeout-shorter",
-                Severity::Warning,
-                format!(
-                    "nginx's proxy_send_timeout {}s <= ferricorn's timeout {t}s ({place})",
-                    secs(p.send_timeout.secs)
-                ),
-                vec![
-                    where_set(&p.send_timeout, "proxy_send_timeout"),
-                    "an upload the app reads slowly makes nginx abort the request (504) while the worker still runs it".to_string(),
-                ],
-                format!("Set `proxy_send_timeout {}s;` in {place}.", t + margin(t)),
-            ));
+                    vec![
+                        where_set(&tv, name),
+                        format!("ferricorn timeout = {t}s ({})", server.origin),
+                        consequence,
+                    ],
+                    if read {
+                        format!(
+                            "Set `{name} {wanted}s;` (timeout + margin; {set_here}), or lower ferricorn's timeout below {}s (e.g. timeout = {}).",
+                            secs(value),
+                            (value as u64).saturating_sub(margin(value as u64)).max(1)
+                        )
+                    } else {
+                        format!("Set `{name} {wanted}s;` ({set_here}).")
+                    },
+                ));
+            } else if read && value < tf + 2.0 {
+                out.push(finding(
+                    id,
+                    Severity::Warning,
+                    format!(
+                        "nginx's {name} {}s is barely above ferricorn's timeout {t}s ({places})",
+                        secs(value)
+                    ),
+                    vec![
+                        where_set(&tv, name),
+                        "ferricorn checks timeouts a few times a second and then writes the 504; with less than 2s of margin nginx can still give up first".to_string(),
+                    ],
+                    format!("Set `{name} {wanted}s;` ({set_here})."),
+                ));
+            }
         }
     }
     // Upstream keep-alive that outlives ferricorn's: nginx reuses a connection the server just closed.
@@ -969,7 +1001,7 @@ mod tests {
         });
         assert_eq!(ids(&f)[0], "nginx-timeout-shorter");
         assert_eq!(f[0].severity, Severity::Critical);
-        assert!(f[0].fix.contains("proxy_read_timeout 35s"), "{}", f[0].fix);
+        assert!(f[0].fix.contains("proxy_read_timeout 35s;` (timeout + margin; change it at t.conf:1)"), "{}", f[0].fix);
         assert!(ids(&f).contains(&"nginx-send-timeout-shorter"));
         assert!(ids(&f).contains(&"graceful-timeout-vs-nginx"));
         // nginx's default 60s against a 90s timeout
