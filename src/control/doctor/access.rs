@@ -51,7 +51,8 @@ pub fn parse_line(line: &str) -> Option<Access> {
         let quoted = &after[..close];
         let mut w = quoted.split(' ');
         if let (Some(m), Some(t), Some(v), None) = (w.next(), w.next(), w.next(), w.next()) {
-            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && v.starts_with("HTTP/") {
+            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && v.starts_with("HTTP/")
+            {
                 let status = after[close + 1..]
                     .split_whitespace()
                     .next()

@@ -52,7 +52,12 @@ pub struct ServerInfo {
 impl ServerInfo {
     /// Python threads that can run requests at once.
     pub fn capacity(&self) -> u64 {
-        self.workers.max(1) * if self.threaded { self.threads.max(1) } else { 1 }
+        self.workers.max(1)
+            * if self.threaded {
+                self.threads.max(1)
+            } else {
+                1
+            }
     }
 }
 
@@ -61,7 +66,12 @@ fn py_list(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quote: Option<char> = None;
-    for c in s.trim().trim_start_matches('[').trim_end_matches(']').chars() {
+    for c in s
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .chars()
+    {
         match (quote, c) {
             (None, '\'' | '"') => quote = Some(c),
             (Some(q), c) if c == q => {

@@ -89,7 +89,10 @@ fn host_port(a: &str) -> Option<(String, u16)> {
         // `::1` without a port, or a bare host
         _ => (a, 80),
     };
-    let h = h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let h = h
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     Some((h, p))
 }
 
@@ -108,7 +111,9 @@ pub fn addr_matches(upstream: &str, bind: &str) -> bool {
     if up != bp {
         return false;
     }
-    matches!(bh.as_str(), "" | "0.0.0.0" | "::") || uh == bh || (is_loopback(&uh) && is_loopback(&bh))
+    matches!(bh.as_str(), "" | "0.0.0.0" | "::")
+        || uh == bh
+        || (is_loopback(&uh) && is_loopback(&bh))
 }
 
 /// The proxies that lead to this ferricorn, and whether that was decided by address (false: the
@@ -183,11 +188,14 @@ fn nginx_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
         (
             "proxy_read_timeout",
             "nginx-timeout-shorter",
-            (|p: &ProxyLocation| p.read_timeout.clone()) as fn(&ProxyLocation) -> super::nginx::Timeout,
+            (|p: &ProxyLocation| p.read_timeout.clone())
+                as fn(&ProxyLocation) -> super::nginx::Timeout,
         ),
-        ("proxy_send_timeout", "nginx-send-timeout-shorter", |p: &ProxyLocation| {
-            p.send_timeout.clone()
-        }),
+        (
+            "proxy_send_timeout",
+            "nginx-send-timeout-shorter",
+            |p: &ProxyLocation| p.send_timeout.clone(),
+        ),
     ] {
         let mut groups: Vec<(super::nginx::Timeout, Vec<&ProxyLocation>)> = Vec::new();
         for p in &proxies {
@@ -375,7 +383,10 @@ fn log_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 .take(5)
                 .map(|(p, t, s)| format!("{p}: {} timed out, {} slow", t, s))
                 .collect();
-            if let Some(e) = events.iter().find(|e| &e.path == path && !e.stack.is_empty()) {
+            if let Some(e) = events
+                .iter()
+                .find(|e| &e.path == path && !e.stack.is_empty())
+            {
                 evidence.push(format!("stack: {}", stack_line(e)));
             }
             let total_t: usize = by_path.iter().map(|(_, t, _)| t).sum();
@@ -416,10 +427,22 @@ fn log_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
         let timeouts = log.timeouts.iter().filter(|e| e.kind() == kind).count();
         let (id, what) = match kind {
             WaitKind::Database => ("stuck-in-database", "waiting in the database driver"),
-            WaitKind::Network => ("stuck-on-external-call", "waiting on an external call (socket, HTTP client, cache)"),
-            WaitKind::AppCode => ("stuck-in-app-code", "running the app's own code (CPU or a blocking call)"),
-            WaitKind::NoPython => ("stuck-sending-response", "sending a response (no Python frame)"),
-            WaitKind::Unknown => ("timeouts-without-stack", "without a stack (the master ended the worker)"),
+            WaitKind::Network => (
+                "stuck-on-external-call",
+                "waiting on an external call (socket, HTTP client, cache)",
+            ),
+            WaitKind::AppCode => (
+                "stuck-in-app-code",
+                "running the app's own code (CPU or a blocking call)",
+            ),
+            WaitKind::NoPython => (
+                "stuck-sending-response",
+                "sending a response (no Python frame)",
+            ),
+            WaitKind::Unknown => (
+                "timeouts-without-stack",
+                "without a stack (the master ended the worker)",
+            ),
         };
         let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &of_kind {
@@ -511,7 +534,11 @@ fn log_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
         if log.memory_recycles > 0 {
             evidence.push(format!(
                 "{} past --max-worker-memory as well",
-                plural(log.memory_recycles, "worker was recycled", "workers were recycled")
+                plural(
+                    log.memory_recycles,
+                    "worker was recycled",
+                    "workers were recycled"
+                )
             ));
         }
         out.push(finding(
@@ -600,10 +627,14 @@ fn starvation_finding(i: &Inputs<'_>, log: &LogSummary, out: &mut Vec<Finding>) 
         }
     }
     let mut top: Vec<(&str, usize)> = holders.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|b| std::cmp::Reverse(b.1));
     let mut evidence = vec![format!(
         "{} in the last {w} min; up to {max_waiting} connections waited",
-        plural(log.starvation.len(), "starvation warning", "starvation warnings")
+        plural(
+            log.starvation.len(),
+            "starvation warning",
+            "starvation warnings"
+        )
     )];
     if !top.is_empty() {
         evidence.push(format!(
@@ -679,11 +710,17 @@ fn config_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "max_requests = {} without max_requests_jitter: workers restart together",
                 s.max_requests
             ),
-            vec![format!(
-                "{} started together reach {} requests at about the same time and are all replaced at once",
-                plural(s.workers as usize, "worker", "workers"),
-                s.max_requests
-            )],
+            vec![if s.workers > 1 {
+                format!(
+                    "{} workers started together reach {} requests at about the same time and are all replaced at once",
+                    s.workers, s.max_requests
+                )
+            } else {
+                format!(
+                    "with one worker only its own restart is at stake; with more workers (or after a reload, which starts them all at once) they reach {} requests together",
+                    s.max_requests
+                )
+            }],
             format!(
                 "Set max_requests_jitter = {} (about a tenth of max_requests).",
                 (s.max_requests / 10).max(1)
@@ -860,7 +897,9 @@ fn host_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "The kernel recorded {} on this host since boot",
                 plural(n as usize, "OOM kill", "OOM kills")
             ),
-            vec![format!("oom_kill {n} in /proc/vmstat (any process, any cgroup)")],
+            vec![format!(
+                "oom_kill {n} in /proc/vmstat (any process, any cgroup)"
+            )],
             "If they are recent, `dmesg -T | grep -i 'killed process'` names the processes.",
         ));
     }
@@ -1001,7 +1040,12 @@ mod tests {
         });
         assert_eq!(ids(&f)[0], "nginx-timeout-shorter");
         assert_eq!(f[0].severity, Severity::Critical);
-        assert!(f[0].fix.contains("proxy_read_timeout 35s;` (timeout + margin; change it at t.conf:1)"), "{}", f[0].fix);
+        assert!(
+            f[0].fix
+                .contains("proxy_read_timeout 35s;` (timeout + margin; change it at t.conf:1)"),
+            "{}",
+            f[0].fix
+        );
         assert!(ids(&f).contains(&"nginx-send-timeout-shorter"));
         assert!(ids(&f).contains(&"graceful-timeout-vs-nginx"));
         // nginx's default 60s against a 90s timeout
@@ -1052,7 +1096,9 @@ mod tests {
     fn static_and_config_rules() {
         let conf = "server { location / { proxy_pass http://127.0.0.1:8000; } }";
         let n = nginx::analyze(&nginx::parse(conf, "s.conf").unwrap());
-        let s = server(r#", "max_requests_jitter": 0, "worker_class": "sync", "threads": 4, "graceful_timeout": 5, "slow_request_threshold": 0"#);
+        let s = server(
+            r#", "max_requests_jitter": 0, "worker_class": "sync", "threads": 4, "graceful_timeout": 5, "slow_request_threshold": 0"#,
+        );
         let f = evaluate(&Inputs {
             server: Some(&s),
             nginx: Some(&n),
@@ -1081,8 +1127,16 @@ mod tests {
             )
         };
         let text = [
-            line("?seconds=8", "/slow-query/", "/venv/lib/python3.11/site-packages/psycopg/cursor.py"),
-            line("?seconds=9", "/slow-query/", "/venv/lib/python3.11/site-packages/psycopg/cursor.py"),
+            line(
+                "?seconds=8",
+                "/slow-query/",
+                "/venv/lib/python3.11/site-packages/psycopg/cursor.py",
+            ),
+            line(
+                "?seconds=9",
+                "/slow-query/",
+                "/venv/lib/python3.11/site-packages/psycopg/cursor.py",
+            ),
             line("", "/report/", "/srv/app/views.py"),
         ]
         .concat();
@@ -1095,7 +1149,11 @@ mod tests {
             ..Inputs::default()
         });
         let route = f.iter().find(|f| f.id == "route-causes-timeouts").unwrap();
-        assert!(route.title.contains("/slow-query/ (2 of 3 timeouts"), "{}", route.title);
+        assert!(
+            route.title.contains("/slow-query/ (2 of 3 timeouts"),
+            "{}",
+            route.title
+        );
         assert!(route.title.contains("database"), "{}", route.title);
         let db = f.iter().find(|f| f.id == "stuck-in-database").unwrap();
         assert_eq!(db.severity, Severity::Critical);
@@ -1136,7 +1194,13 @@ mod tests {
         });
         assert_eq!(
             ids(&f),
-            vec!["swap-in-use", "memory-low", "oom-kills-cgroup", "cpu-saturated", "oom-kills-host"]
+            vec![
+                "swap-in-use",
+                "memory-low",
+                "oom-kills-cgroup",
+                "cpu-saturated",
+                "oom-kills-host"
+            ]
         );
         let quiet = host::HostState {
             cpus: 2,

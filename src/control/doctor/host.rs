@@ -147,7 +147,11 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("proc/vmstat"), "nr_free_pages 5\noom_kill 3\n").unwrap();
-        std::fs::write(root.join("proc/cpuinfo"), "processor\t: 0\nprocessor\t: 1\n").unwrap();
+        std::fs::write(
+            root.join("proc/cpuinfo"),
+            "processor\t: 0\nprocessor\t: 1\n",
+        )
+        .unwrap();
         std::fs::write(root.join("proc/self/cgroup"), "0::/app\n").unwrap();
         std::fs::write(
             root.join("sys/fs/cgroup/app/memory.events"),

@@ -80,10 +80,8 @@ fn epoch(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, offset: &str) -> Opti
     let digits = offset.get(1..5)?;
     let oh: i64 = digits.get(..2)?.parse().ok()?;
     let om: i64 = digits.get(2..)?.parse().ok()?;
-    let local = days_from_civil(y, mo, d) * 86400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(s);
+    let local =
+        days_from_civil(y, mo, d) * 86400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s);
     Some(local - sign * (oh * 3600 + om * 60))
 }
 
@@ -256,7 +254,14 @@ impl RequestEvent {
     pub fn app_frame(&self) -> Option<&Frame> {
         self.stack
             .iter()
-            .find(|f| !f.file.starts_with('<') && !DB_MARKERS.iter().chain(NET_MARKERS).any(|m| f.file.contains(m)) && !f.file.contains("/lib/python3"))
+            .find(|f| {
+                !f.file.starts_with('<')
+                    && !DB_MARKERS
+                        .iter()
+                        .chain(NET_MARKERS)
+                        .any(|m| f.file.contains(m))
+                    && !f.file.contains("/lib/python3")
+            })
             .or_else(|| self.stack.first())
     }
 }
@@ -349,7 +354,9 @@ fn path_of(target: &str) -> String {
 
 fn number_after(s: &str, key: &str) -> Option<u64> {
     let rest = &s[s.find(key)? + key.len()..];
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -616,7 +623,10 @@ Current thread 0x00007efe331d0b80 (most recent call first):
         assert!(!cut);
         assert_eq!(text, LOG);
         assert!(matches!(read_tail(&dir), Err(LogError::NotAFile)));
-        assert!(matches!(read_tail(&dir.join("nope")), Err(LogError::Open(_))));
+        assert!(matches!(
+            read_tail(&dir.join("nope")),
+            Err(LogError::Open(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

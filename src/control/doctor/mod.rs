@@ -469,11 +469,14 @@ fn diagnose(o: &Options) -> Report {
                 host.unreadable.join(", ")
             ))
         } else {
-            let mib = |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+            let mib = |k: Option<u64>| {
+                k.map_or("?".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+            };
             Ok(format!(
                 "{} CPU(s), load {}, memory available {} of {}, swap used {}",
                 host.cpus,
-                host.load.map_or("?".to_string(), |l| format!("{:.2}", l[0])),
+                host.load
+                    .map_or("?".to_string(), |l| format!("{:.2}", l[0])),
                 mib(host.mem_available_kib),
                 mib(host.mem_total_kib),
                 mib(host.swap_used_kib())
@@ -482,17 +485,20 @@ fn diagnose(o: &Options) -> Report {
     );
 
     // logs
-    let log_path = |given: &Option<String>, setting: Option<&String>, what: &str| -> Result<PathBuf, String> {
-        match (given, setting) {
-            (Some(f), _) => Ok(PathBuf::from(f)),
-            (None, Some(s)) => Ok(resolve_log_path(s, server.as_ref())),
-            (None, None) if server.is_some() => Err(format!(
+    let log_path =
+        |given: &Option<String>, setting: Option<&String>, what: &str| -> Result<PathBuf, String> {
+            match (given, setting) {
+                (Some(f), _) => Ok(PathBuf::from(f)),
+                (None, Some(s)) => Ok(resolve_log_path(s, server.as_ref())),
+                (None, None) if server.is_some() => {
+                    Err(format!(
                 "the server has no {what} file (standard error or unset); give --{}, skipped",
                 if what == "error log" { "error-log FILE" } else { "access-log FILE" }
-            )),
-            (None, None) => Err("the server's settings are unknown; skipped".to_string()),
-        }
-    };
+            ))
+                }
+                (None, None) => Err("the server's settings are unknown; skipped".to_string()),
+            }
+        };
     let log = match log_path(
         &o.error_log,
         server.as_ref().and_then(|s| s.errorlog.as_ref()),
@@ -651,10 +657,7 @@ impl Report {
                 .map(|s| {
                     (
                         s.name.replace(' ', "_"),
-                        obj([
-                            ("ok", s.ok.into()),
-                            ("detail", s.detail.as_str().into()),
-                        ]),
+                        obj([("ok", s.ok.into()), ("detail", s.detail.as_str().into())]),
                     )
                 })
                 .collect(),
@@ -900,7 +903,10 @@ mod tests {
         assert!(f
             .iter()
             .all(|f| f.get("severity").and_then(Json::as_str) == Some("info")));
-        assert!(out.contains("cannot connect to /nonexistent/x.ctl"), "{out}");
+        assert!(
+            out.contains("cannot connect to /nonexistent/x.ctl"),
+            "{out}"
+        );
         let _ = std::fs::remove_dir_all(empty);
     }
 }

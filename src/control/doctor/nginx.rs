@@ -325,13 +325,17 @@ pub fn parse_time(s: &str) -> Option<f64> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "" | "s" => 1.0,
             "ms" => 0.001,
@@ -605,7 +609,9 @@ fn handler_for(locs: &[Loc<'_>], uri: &str, unjudged: &mut Vec<String>) -> Optio
     let prefix = locs
         .iter()
         .enumerate()
-        .filter(|(_, l)| (l.modifier.is_empty() || l.modifier == "^~") && uri.starts_with(l.pattern))
+        .filter(|(_, l)| {
+            (l.modifier.is_empty() || l.modifier == "^~") && uri.starts_with(l.pattern)
+        })
         .max_by_key(|(_, l)| l.pattern.len())
         .map(|(i, _)| i);
     if let Some(i) = prefix.filter(|i| locs[*i].modifier == "^~") {
@@ -644,7 +650,11 @@ fn handler_of(loc: &Loc<'_>) -> Handler {
     }
     if let Some(r) = find(body, "return") {
         return Handler::Other {
-            what: format!("return {} in location {location} ({})", r.args.join(" "), loc.d.at()),
+            what: format!(
+                "return {} in location {location} ({})",
+                r.args.join(" "),
+                loc.d.at()
+            ),
         };
     }
     match &loc.inherited.root {
@@ -665,7 +675,8 @@ fn handler_of(loc: &Loc<'_>) -> Handler {
 pub fn analyze(dirs: &[Directive]) -> NginxView {
     let mut view = NginxView::default();
     // Directives may sit at the top level when a bare site file (no `http {}`) was given.
-    let http: Vec<&[Directive]> = match dirs.iter().filter(|d| d.name == "http").collect::<Vec<_>>() {
+    let http: Vec<&[Directive]> = match dirs.iter().filter(|d| d.name == "http").collect::<Vec<_>>()
+    {
         found if !found.is_empty() => found
             .into_iter()
             .filter_map(|d| d.block.as_deref())
@@ -822,7 +833,13 @@ server {
         );
         assert_eq!(root.send_timeout.secs, 60.0);
         assert!(root.send_timeout.set_at.is_some());
-        assert_eq!(root.connect_timeout, Timeout { secs: 60.0, set_at: None });
+        assert_eq!(
+            root.connect_timeout,
+            Timeout {
+                secs: 60.0,
+                set_at: None
+            }
+        );
         assert!(root.http11);
         let reports = &view.proxies[1];
         assert_eq!(reports.upstream, vec!["127.0.0.1:8001"]);
@@ -845,7 +862,8 @@ server {
 
     #[test]
     fn static_proxied_when_only_root_location() {
-        let conf = "http { server { listen 8080; location / { proxy_pass http://127.0.0.1:8000; } } }";
+        let conf =
+            "http { server { listen 8080; location / { proxy_pass http://127.0.0.1:8000; } } }";
         let view = analyze(&parse(conf, "/tmp/x.conf").unwrap());
         assert!(matches!(
             &view.servers[0].static_handler,
@@ -879,28 +897,55 @@ server {
                 location = /static/ferricorn-doctor.css { return 404; }
             }"#;
         let view = analyze(&parse(conf, "s.conf").unwrap());
-        assert!(matches!(view.servers[0].static_handler, Handler::Other { .. }));
+        assert!(matches!(
+            view.servers[0].static_handler,
+            Handler::Other { .. }
+        ));
         let conf = r#"server {
                 location ^~ /static/ { proxy_pass http://127.0.0.1:8000; }
                 location ~ \.css$ { root /x; }
             }"#;
         let view = analyze(&parse(conf, "s.conf").unwrap());
-        assert!(matches!(view.servers[0].static_handler, Handler::Proxied { .. }));
+        assert!(matches!(
+            view.servers[0].static_handler,
+            Handler::Proxied { .. }
+        ));
         // a regex beyond the heuristic is reported, not guessed
         let conf = r#"server { location / { proxy_pass http://a:1; } location ~ ^/(st|me)[a-z]+/ { root /x; } }"#;
         let view = analyze(&parse(conf, "s.conf").unwrap());
-        assert!(matches!(view.servers[0].static_handler, Handler::Proxied { .. }));
+        assert!(matches!(
+            view.servers[0].static_handler,
+            Handler::Proxied { .. }
+        ));
         assert_eq!(view.servers[0].unjudged_regex.len(), 1);
     }
 
     #[test]
     fn regex_heuristic() {
-        assert_eq!(regex_matches(r"^/static/", "/static/a.css", false), Some(true));
-        assert_eq!(regex_matches(r"^/media/", "/static/a.css", false), Some(false));
-        assert_eq!(regex_matches(r"\.(CSS|js)$", "/static/a.css", true), Some(true));
-        assert_eq!(regex_matches(r"\.(CSS|js)$", "/static/a.css", false), Some(false));
-        assert_eq!(regex_matches(r"^/static/.*\.css$", "/static/a.css", false), Some(true));
-        assert_eq!(regex_matches(r"\.php$", "/static/a.css", false), Some(false));
+        assert_eq!(
+            regex_matches(r"^/static/", "/static/a.css", false),
+            Some(true)
+        );
+        assert_eq!(
+            regex_matches(r"^/media/", "/static/a.css", false),
+            Some(false)
+        );
+        assert_eq!(
+            regex_matches(r"\.(CSS|js)$", "/static/a.css", true),
+            Some(true)
+        );
+        assert_eq!(
+            regex_matches(r"\.(CSS|js)$", "/static/a.css", false),
+            Some(false)
+        );
+        assert_eq!(
+            regex_matches(r"^/static/.*\.css$", "/static/a.css", false),
+            Some(true)
+        );
+        assert_eq!(
+            regex_matches(r"\.php$", "/static/a.css", false),
+            Some(false)
+        );
         assert_eq!(regex_matches(r"^/(a|b)/", "/static/a.css", false), None);
     }
 
@@ -912,9 +957,13 @@ server {
         let view = analyze(&dirs);
         assert_eq!(view.proxies.len(), 1);
         assert_eq!(view.proxies[0].upstream, vec!["127.0.0.1:9000"]);
-        assert!(matches!(parse("   # nothing\n", "x"), Err(NginxError::Empty)));
+        assert!(matches!(
+            parse("   # nothing\n", "x"),
+            Err(NginxError::Empty)
+        ));
         // variables in proxy_pass: no address claimed
-        let view = analyze(&parse("server { location / { proxy_pass http://$backend; } }", "v").unwrap());
+        let view =
+            analyze(&parse("server { location / { proxy_pass http://$backend; } }", "v").unwrap());
         assert!(view.proxies[0].upstream.is_empty());
         // `${var}` stays in its word
         let toks = tokenize("set $a ${b}c;");

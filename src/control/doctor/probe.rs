@@ -121,7 +121,8 @@ fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, String>
             .ok_or_else(|| format!("no complete answer within {:.1}s", timeout.as_secs_f64()))
     };
     let mut s = TcpStream::connect_timeout(addr, left()?).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferricornctl-doctor\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         t.path, t.authority
@@ -131,7 +132,8 @@ fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, String>
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
@@ -217,7 +219,10 @@ mod tests {
     #[test]
     fn urls() {
         let t = parse_url("http://127.0.0.1:8080/health/?x=1").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 8080, "/health/?x=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("127.0.0.1", 8080, "/health/?x=1")
+        );
         let t = parse_url("http://example.com").unwrap();
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
         let t = parse_url("http://[::1]:81/").unwrap();
@@ -248,7 +253,11 @@ mod tests {
                     .unwrap();
             }
         });
-        let r = probe(&format!("http://127.0.0.1:{port}/"), 2, Duration::from_secs(5));
+        let r = probe(
+            &format!("http://127.0.0.1:{port}/"),
+            2,
+            Duration::from_secs(5),
+        );
         server.join().unwrap();
         assert_eq!(r.samples.len(), 2);
         assert_eq!(r.server_errors(), 2);
@@ -257,7 +266,11 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = silent.local_addr().unwrap().port();
         let start = Instant::now();
-        let r = probe(&format!("http://127.0.0.1:{port}/"), 1, Duration::from_millis(300));
+        let r = probe(
+            &format!("http://127.0.0.1:{port}/"),
+            1,
+            Duration::from_millis(300),
+        );
         assert!(start.elapsed() < Duration::from_secs(3));
         assert_eq!(r.failures(), 1);
         assert!(r.p50().is_none());
