@@ -11,6 +11,23 @@ use crate::config::WorkerClass;
 use crate::control::json::Json;
 use crate::control::protocol;
 
+/// Why the server's settings could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The control socket could not be reached, did not answer, or answered with an error.
+    Socket(String),
+    /// The config file could not be read or resolved.
+    File(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Socket(e) | ConfigError::File(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Live numbers from `show stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LiveStats {
@@ -140,12 +157,12 @@ fn data(reply: Json) -> Result<Json, String> {
 }
 
 /// Ask a running master.
-pub fn from_socket(path: &Path, timeout: Duration) -> Result<ServerInfo, String> {
+pub fn from_socket(path: &Path, timeout: Duration) -> Result<ServerInfo, ConfigError> {
     let ask = |cmd: &str| {
         let words = protocol::split_words(cmd);
         super::super::client::exchange(path, &words, timeout).and_then(data)
     };
-    let cfg = ask("show config")?;
+    let cfg = ask("show config").map_err(ConfigError::Socket)?;
     let mut info = from_config_json(&cfg, format!("control socket {}", path.display()));
     // The bound addresses (a port 0 in `bind` is a real port here).
     if let Ok(l) = ask("show listeners") {
@@ -180,14 +197,18 @@ pub fn from_socket(path: &Path, timeout: Duration) -> Result<ServerInfo, String>
 }
 
 /// Resolve a config file as the server would (defaults, the file, `*_CMD_ARGS`).
-pub fn from_file(path: &str) -> Result<ServerInfo, String> {
+pub fn from_file(path: &str) -> Result<ServerInfo, ConfigError> {
     let argv = vec!["ferricorn".to_string(), "-c".to_string(), path.to_string()];
     let env = |k: &str| std::env::var(k).ok();
     let resolved = pyo3::Python::attach(|py| crate::configure(py, &argv, &env));
     let cfg = match resolved {
         Ok((crate::config::Action::Run(c) | crate::config::Action::PrintConfig(c), _)) => c,
-        Ok(_) => return Err("the file does not describe a server".to_string()),
-        Err(e) => return Err(e.message),
+        Ok(_) => {
+            return Err(ConfigError::File(
+                "the file does not describe a server".to_string(),
+            ))
+        }
+        Err(e) => return Err(ConfigError::File(e.message)),
     };
     let pairs: Vec<(String, String)> = crate::config::SETTINGS
         .iter()

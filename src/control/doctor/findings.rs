@@ -935,7 +935,7 @@ fn probe_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
             .iter()
             .map(|s| match &s.status {
                 Ok(c) => c.to_string(),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             })
             .collect();
         let lat = match (p.p50(), p.p99()) {

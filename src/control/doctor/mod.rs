@@ -811,7 +811,7 @@ impl Report {
             .map(|p| {
                 obj([
                     ("url", p.url.as_str().into()),
-                    ("error", p.error.clone().into()),
+                    ("error", p.error.as_ref().map(ToString::to_string).into()),
                     ("requests", p.samples.len().into()),
                     ("failures", p.failures().into()),
                     ("server_errors", p.server_errors().into()),
@@ -824,7 +824,7 @@ impl Report {
                                 .iter()
                                 .map(|s| match &s.status {
                                     Ok(c) => Json::Int(i64::from(*c)),
-                                    Err(e) => e.as_str().into(),
+                                    Err(e) => e.to_string().into(),
                                 })
                                 .collect(),
                         ),

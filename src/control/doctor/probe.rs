@@ -12,6 +12,34 @@ use std::time::{Duration, Instant};
 /// Response bytes read at most per request; the rest is not waited for.
 const MAX_RESPONSE: usize = 1024 * 1024;
 
+/// Why a probe request (or the whole URL) gave no answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeError {
+    /// The URL cannot be probed (not http://, no host, a bad port).
+    Url(String),
+    Resolve(String),
+    Connect(String),
+    Io(String),
+    /// No complete answer within this many seconds.
+    Timeout(f64),
+    Closed,
+    NotHttp,
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Url(e) => f.write_str(e),
+            ProbeError::Resolve(h) => write!(f, "cannot resolve {h}"),
+            ProbeError::Connect(e) => write!(f, "connect: {e}"),
+            ProbeError::Io(e) => f.write_str(e),
+            ProbeError::Timeout(s) => write!(f, "no complete answer within {s:.1}s"),
+            ProbeError::Closed => f.write_str("connection closed without an answer"),
+            ProbeError::NotHttp => f.write_str("not an HTTP response"),
+        }
+    }
+}
+
 /// A probe URL taken apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -23,21 +51,24 @@ pub struct Target {
 }
 
 /// `http://host[:port][/path]`; Err says why not.
-pub fn parse_url(url: &str) -> Result<Target, String> {
+pub fn parse_url(url: &str) -> Result<Target, ProbeError> {
+    let bad = |m: String| ProbeError::Url(m);
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| "only http:// URLs can be probed".to_string())?;
+        .ok_or_else(|| bad("only http:// URLs can be probed".to_string()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() {
-        return Err("no host in the URL".to_string());
+        return Err(bad("no host in the URL".to_string()));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed [ in the host".to_string()))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port '{p}'"))?,
+            Some(p) => p.parse().map_err(|_| bad(format!("bad port '{p}'")))?,
             None => 80,
         };
         (h.to_string(), port)
@@ -45,7 +76,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         match authority.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse().map_err(|_| format!("bad port '{p}'"))?,
+                p.parse().map_err(|_| bad(format!("bad port '{p}'")))?,
             ),
             None => (authority.to_string(), 80),
         }
@@ -63,14 +94,14 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
 pub struct Sample {
     pub secs: f64,
     /// The status code, or why there was none.
-    pub status: Result<u16, String>,
+    pub status: Result<u16, ProbeError>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeResult {
     pub url: String,
     /// The URL could not be used at all.
-    pub error: Option<String>,
+    pub error: Option<ProbeError>,
     pub samples: Vec<Sample>,
 }
 
@@ -112,28 +143,28 @@ impl ProbeResult {
     }
 }
 
-fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, String> {
+fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, ProbeError> {
     let deadline = Instant::now() + timeout;
+    let timed_out = ProbeError::Timeout(timeout.as_secs_f64());
     let left = || {
         deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("no complete answer within {:.1}s", timeout.as_secs_f64()))
+            .ok_or_else(|| timed_out.clone())
     };
-    let mut s = TcpStream::connect_timeout(addr, left()?).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| ProbeError::Io(e.to_string());
+    let mut s = TcpStream::connect_timeout(addr, left()?)
+        .map_err(|e| ProbeError::Connect(e.to_string()))?;
+    s.set_write_timeout(Some(left()?)).map_err(io)?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferricornctl-doctor\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         t.path, t.authority
     );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(req.as_bytes()).map_err(io)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        s.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(left()?)).map_err(io)?;
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
@@ -149,14 +180,11 @@ fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, String>
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(format!(
-                    "no complete answer within {:.1}s",
-                    timeout.as_secs_f64()
-                ))
+                return Err(timed_out)
             }
             Err(e) => {
                 if buf.is_empty() {
-                    return Err(format!("read: {e}"));
+                    return Err(io(e));
                 }
                 break;
             }
@@ -167,12 +195,10 @@ fn once(addr: &SocketAddr, t: &Target, timeout: Duration) -> Result<u16, String>
         .strip_prefix("HTTP/1.")
         .and_then(|r| r.get(2..5))
         .and_then(|c| c.parse().ok());
-    status.ok_or_else(|| {
-        if buf.is_empty() {
-            "connection closed without an answer".to_string()
-        } else {
-            "not an HTTP response".to_string()
-        }
+    status.ok_or(if buf.is_empty() {
+        ProbeError::Closed
+    } else {
+        ProbeError::NotHttp
     })
 }
 
@@ -196,7 +222,7 @@ pub fn probe(url: &str, count: usize, timeout: Duration) -> ProbeResult {
     {
         Ok(Some(a)) => a,
         Ok(None) | Err(_) => {
-            r.error = Some(format!("cannot resolve {}", target.host));
+            r.error = Some(ProbeError::Resolve(target.host.clone()));
             return r;
         }
     };
