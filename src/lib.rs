@@ -82,7 +82,7 @@ pub(crate) fn reconfigure(
 /// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
 /// or `./gunicorn.conf.py` when present), `*_CMD_ARGS`, the command line. The server hooks the file
 /// defined come back beside it; they are collected here for the arbiter, which does not call them yet.
-fn configure(
+pub(crate) fn configure(
     py: Python<'_>,
     argv: &[String],
     env: &dyn Fn(&str) -> Option<String>,

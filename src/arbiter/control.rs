@@ -146,6 +146,13 @@ impl ControlTarget for Arbiter {
             workers_spawned: self.spawned,
             workers_retiring: self.retiring.len(),
             reloads: self.reloads,
+            capacity: self.num_workers
+                * match self.cfg.worker_class {
+                    crate::config::WorkerClass::Sync => 1,
+                    crate::config::WorkerClass::Gthread => self.cfg.threads.max(1),
+                },
+            peak_busy_threads: self.peak_busy_threads,
+            peak_waiting: self.peak_waiting,
             ..Stats::default()
         };
         let slots = self

@@ -97,6 +97,11 @@ pub struct Arbiter {
     /// Since when every thread has been busy with connections waiting (None when not starved).
     starved_since: Option<Instant>,
     last_starvation_warning: Option<Instant>,
+    /// Highest number of app threads seen busy at once, and of connections seen waiting (backlog plus
+    /// inside workers) at once, since the master started: `show stats` reports them so that
+    /// `ferricornctl doctor` can compare the observed concurrency with the capacity.
+    peak_busy_threads: usize,
+    peak_waiting: u64,
     /// The control socket (`--control-socket`) and what its commands left for the loop: control.rs.
     control: Option<crate::control::ControlServer>,
     control_pending: control::Pending,
@@ -135,6 +140,8 @@ impl Arbiter {
             oom: oom::OomCounter::for_self(),
             starved_since: None,
             last_starvation_warning: None,
+            peak_busy_threads: 0,
+            peak_waiting: 0,
             hooks,
             fast_deaths: 0,
             next_spawn_at: None,
@@ -745,6 +752,8 @@ impl Arbiter {
             .iter()
             .map(|l| crate::sock::accept_queue_len(l.fd()) as u64)
             .sum();
+        self.peak_busy_threads = self.peak_busy_threads.max(busy.len());
+        self.peak_waiting = self.peak_waiting.max(backlog + inside);
         let starved = capacity > 0 && busy.len() >= capacity && backlog + inside > 0;
         if !starved {
             self.starved_since = None;

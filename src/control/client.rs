@@ -43,6 +43,11 @@ fn command() -> Command {
     for (c, h) in protocol::COMMANDS {
         commands.push_str(&format!("  {c:width$}  {h}\n"));
     }
+    commands.push_str(&format!(
+        "  {:width$}  {}\n",
+        "doctor [OPTIONS]",
+        "Diagnose worker timeouts: settings vs nginx, host, logs, probes (see doctor --help)"
+    ));
     commands.push_str(
         "\nExamples:\n  ferricornctl show workers\n  ferricornctl -s /run/app/ferricorn.ctl worker add 2\n  \
          ferricornctl --json show stats\n  ferricornctl shutdown quick",
@@ -99,7 +104,30 @@ fn command() -> Command {
         )
 }
 
+/// The index of the `doctor` word when it is the command (after the global options), so that its own
+/// options are read by its own parser.
+fn doctor_position(argv: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = argv.get(i) {
+        match a.as_str() {
+            "-s" | "--socket" | "-t" | "--timeout" | "-c" | "--command" => i += 2,
+            "--" => return None,
+            a if a.starts_with('-') => i += 1,
+            "doctor" => return Some(i),
+            _ => return None,
+        }
+    }
+    None
+}
+
 fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    if let Some(i) = doctor_position(argv) {
+        // `ferricornctl -s X doctor --json` and `ferricornctl doctor -s X --json` mean the same.
+        let mut args = vec![format!("{PROG} doctor")];
+        args.extend(argv[1..i].iter().cloned());
+        args.extend(argv[i + 1..].iter().cloned());
+        return super::doctor::main(&args, out, err);
+    }
     let matches = match command().try_get_matches_from(argv) {
         Ok(m) => m,
         Err(e) => {
@@ -202,7 +230,7 @@ fn describe(e: &std::io::Error) -> String {
 }
 
 /// Send one request and read its reply.
-fn exchange(path: &Path, words: &[String], timeout: Duration) -> Result<Json, String> {
+pub(crate) fn exchange(path: &Path, words: &[String], timeout: Duration) -> Result<Json, String> {
     let cannot_connect = |e: &std::io::Error| {
         format!(
             "cannot connect to {}: {} (is the server running with its control socket there? see -s)",
@@ -387,6 +415,9 @@ fn format_stats(data: &Json) -> String {
         ("busy_workers", "Busy workers"),
         ("busy_threads", "Busy threads"),
         ("requests", "Requests served"),
+        ("capacity", "Capacity"),
+        ("peak_busy_threads", "Peak busy threads"),
+        ("peak_waiting", "Peak waiting"),
     ];
     ROWS.iter()
         .filter_map(|(key, label)| {
@@ -396,7 +427,7 @@ fn format_stats(data: &Json) -> String {
                 _ => text_of(Some(v)),
             };
             let label = format!("{label}:");
-            Some(format!("{label:<18}{text}"))
+            Some(format!("{label:<20}{text}"))
         })
         .collect::<Vec<_>>()
         .join("\n")

@@ -7,9 +7,11 @@
 //! is ready, and closes connections that stall past a deadline, so a stuck or silent client never holds
 //! up supervision. What the commands need from the master is the [`ControlTarget`] trait.
 //!
-//! `protocol` is the wire format and command grammar, `json` the value type, `client` is `ferricornctl`.
+//! `protocol` is the wire format and command grammar, `json` the value type, `client` is `ferricornctl`,
+//! `doctor` its `doctor` command (the worker-timeout runbook, client side only).
 
 pub mod client;
+pub mod doctor;
 pub mod json;
 pub mod protocol;
 
@@ -111,6 +113,12 @@ pub struct Stats {
     pub busy_threads: usize,
     /// Requests served by the workers running now.
     pub requests: u64,
+    /// App threads of the target number of workers: requests that can run at once.
+    pub capacity: usize,
+    /// The most app threads busy at once, and the most connections waiting at once (listen backlog plus
+    /// inside workers), since the master started; sampled about once a second.
+    pub peak_busy_threads: usize,
+    pub peak_waiting: u64,
 }
 
 /// A listening socket as `show listeners` reports it.

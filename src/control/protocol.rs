@@ -314,6 +314,9 @@ pub fn stats_data(s: &Stats, uptime_secs: f64) -> Json {
         ("busy_workers", s.busy_workers.into()),
         ("busy_threads", s.busy_threads.into()),
         ("requests", s.requests.into()),
+        ("capacity", s.capacity.into()),
+        ("peak_busy_threads", s.peak_busy_threads.into()),
+        ("peak_waiting", s.peak_waiting.into()),
     ])
 }
 
