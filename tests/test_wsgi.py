@@ -281,6 +281,55 @@ def test_write_callable(srv):
     assert r.body == b"part1-part2-part3"
 
 
+def _pattern(n, salt=0):
+    block = bytes((i + salt) % 251 for i in range(251))
+    return (block * (n // 251 + 1))[:n]
+
+
+# Large pieces are written from the app's own bytes objects (no copy); small ones are copied into the
+# response buffer. Both sides of that line, in every framing, must put the same bytes on the wire.
+@pytest.mark.parametrize("size", [100, 16 * 1024 - 1, 16 * 1024, 100_000])
+@pytest.mark.parametrize("shape", ["list", "parts", "iter", "write"])
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_large_bodies_byte_exact(srv, shape, size, version):
+    count = 1 if shape == "list" else 3
+    r = get(srv.port, f"/large?shape={shape}&size={size}&count={count}", version=version)
+    assert r.status == 200
+    expected = b"".join(_pattern(size, salt=i) for i in range(count))
+    assert len(r.body) == len(expected)
+    assert r.body == expected
+    if shape in ("iter", "write"):
+        assert r.framing == ("chunked" if version == "1.1" else "close")
+
+
+@pytest.mark.parametrize("shape", ["list", "parts", "iter"])
+def test_large_body_truncated_to_declared_length(srv, shape):
+    # A Content-Length below the body: exactly that many bytes go out.
+    declared = 40_000
+    size, count = (50_000, 1) if shape == "list" else (30_000, 2)
+    for _ in range(2):
+        c = RawConnection(srv.port, timeout=10)
+        c.send(f"GET /large?shape={shape}&size={size}&count={count}&declared={declared} HTTP/1.1\r\n"
+               "Host: x\r\n\r\n".encode())
+        r = c.read_response()
+        assert r.status == 200
+        assert r.header("Content-Length") == str(declared)
+        whole = b"".join(_pattern(size, salt=i) for i in range(count))
+        assert r.body == whole[:declared]
+        c.close()
+
+
+@pytest.mark.ferricorn_only  # gunicorn's sync worker closes every connection
+def test_large_bodies_keep_alive_many(srv):
+    # Many large responses on one connection: each borrowed body stays intact until it is written.
+    c = RawConnection(srv.port, timeout=10)
+    for i in range(30):
+        c.send(b"GET /large?shape=iter&size=70000&count=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert r.body == _pattern(70000) + _pattern(70000, salt=1), i
+    c.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # close()
 

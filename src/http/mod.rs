@@ -15,6 +15,6 @@ pub use parse::{
 };
 pub use response::{
     error_response, is_hop_by_hop, reason_phrase, simple_response, valid_header_name,
-    valid_header_value, write_chunk, write_content_length, write_date_header, write_header,
-    write_last_chunk, write_status_line,
+    valid_header_value, write_chunk, write_chunk_size, write_content_length, write_date_header,
+    write_header, write_last_chunk, write_status_line,
 };

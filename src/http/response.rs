@@ -195,18 +195,22 @@ pub fn write_chunk(buf: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
+    buf.reserve(data.len() + 20);
+    write_chunk_size(buf, data.len());
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Append the size line of a chunk of `n` (> 0) bytes; the data and its CRLF follow.
+pub fn write_chunk_size(buf: &mut Vec<u8>, mut n: usize) {
     let mut hex = [0u8; 16];
-    let mut n = data.len();
     let mut i = hex.len();
     while n > 0 {
         i -= 1;
         hex[i] = b"0123456789abcdef"[n & 0xf];
         n >>= 4;
     }
-    buf.reserve(hex.len() - i + data.len() + 4);
     buf.extend_from_slice(&hex[i..]);
-    buf.extend_from_slice(b"\r\n");
-    buf.extend_from_slice(data);
     buf.extend_from_slice(b"\r\n");
 }
 

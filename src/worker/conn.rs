@@ -6,7 +6,7 @@
 //! order without any reordering logic: the next head is parsed from the buffer only after the previous
 //! response is complete.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::exchange::{
-    BodyChunk, BodyStream, Job, Out, Peer, Progress, RequestBody, ServerAddr, BODY_CHUNK,
+    BodyChunk, BodyStream, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr, BODY_CHUNK,
     BODY_QUEUE, REPLY_QUEUE,
 };
 use super::{proxy, Admission, IoState};
@@ -534,9 +534,12 @@ async fn handle_request<S: Stream>(
                     response_started = true;
                     // A client that stops reading must not hold the app thread: give up after the
                     // timeout (the app's next send then fails and its iterable is closed).
-                    let written = timeout(io.header_timeout, stream.write_all(&bytes)).await;
+                    let written = timeout(io.header_timeout, write_payload(stream, &bytes)).await;
                     if !matches!(written, Ok(Ok(()))) {
                         return false;
+                    }
+                    if let Some(keep_alive) = bytes.end {
+                        break keep_alive;
                     }
                 }
                 Some(Out::File { file, offset, count }) => {
@@ -681,6 +684,30 @@ async fn drain<S: Stream>(
         }
     }
     false
+}
+
+/// Write a response piece: its parts with vectored writes, so a body borrowed from the app goes out beside
+/// the head without being copied next to it.
+async fn write_payload<S: Stream>(stream: &mut S, payload: &Payload) -> io::Result<()> {
+    let body = payload.body.as_ref().map_or(&[][..], |b| b.as_slice());
+    if body.is_empty() && payload.tail.is_empty() {
+        return stream.write_all(&payload.head).await;
+    }
+    let mut parts = [
+        IoSlice::new(&payload.head),
+        IoSlice::new(body),
+        IoSlice::new(&payload.tail),
+    ];
+    let mut left = &mut parts[..];
+    IoSlice::advance_slices(&mut left, 0);
+    while !left.is_empty() {
+        let n = stream.write_vectored(left).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
 }
 
 /// Send `count` bytes of `file` from `offset` with sendfile(2), waiting for the socket to drain as needed.

@@ -6,6 +6,8 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::RequestHead;
@@ -47,9 +49,97 @@ pub struct RequestBody {
     pub stream: Option<BodyStream>,
 }
 
-/// A response piece, in order. `Done` ends the exchange; the connection stays open only if it says so.
+/// Bodies at least this large are written straight from the app's `bytes` object instead of being copied
+/// into the response buffer: below it one copy and one contiguous write cost less than a reference handed
+/// across threads and a vectored write (measured in bench/README.md's optimisation log).
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// Part of an app's `bytes` object, read by the I/O thread without the GIL and without a copy.
+pub struct AppBytes {
+    ptr: *const u8,
+    len: usize,
+    /// Keeps the object, and so `ptr`, alive. Dropped on the I/O thread without the GIL: pyo3 defers the
+    /// decref to the next time a Python thread re-attaches, which the pool's threads do before every job.
+    _owner: Py<PyBytes>,
+}
+
+// SAFETY: `bytes` objects are immutable and their buffer lives as long as the object, which `_owner` keeps
+// alive; `Py` itself is Send. Nothing writes through `ptr`.
+unsafe impl Send for AppBytes {}
+
+impl AppBytes {
+    /// The first `len` bytes of `bytes` (`len` at most its length).
+    pub fn new(bytes: &Bound<'_, PyBytes>, len: usize) -> AppBytes {
+        let data = bytes.as_bytes();
+        AppBytes {
+            ptr: data.as_ptr(),
+            len: len.min(data.len()),
+            _owner: bytes.clone().unbind(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: see the Send impl: the buffer is alive and immutable for as long as `self` is.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Bytes for the socket, written with one vectored write: what Rust serialized (the head, chunk framing)
+/// around at most one body borrowed from the app.
+#[derive(Default)]
+pub struct Payload {
+    pub head: Vec<u8>,
+    pub body: Option<AppBytes>,
+    pub tail: Vec<u8>,
+    /// Set when these bytes finish the response: whether the connection may carry another request. Saves
+    /// the I/O thread a second wake-up for a separate `Done`.
+    pub end: Option<bool>,
+}
+
+impl Payload {
+    pub fn with_capacity(n: usize) -> Payload {
+        Payload {
+            head: Vec::with_capacity(n),
+            ..Payload::default()
+        }
+    }
+
+    /// The buffer serialized bytes go to now: after the borrowed body once there is one.
+    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+        if self.body.is_some() {
+            &mut self.tail
+        } else {
+            &mut self.head
+        }
+    }
+
+    /// Append serialized bytes after whatever is already there.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf_mut().extend_from_slice(data);
+    }
+
+    /// Append the first `len` bytes of an app's body object, borrowed when large enough, else copied.
+    pub fn push_app(&mut self, bytes: &Bound<'_, PyBytes>, len: usize) {
+        if len >= ZERO_COPY_MIN && self.body.is_none() {
+            self.body = Some(AppBytes::new(bytes, len));
+        } else {
+            self.push(&bytes.as_bytes()[..len]);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.body.is_none() && self.tail.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.as_ref().map_or(0, |b| b.len) + self.tail.len()
+    }
+}
+
+/// A response piece, in order. `Done` (or a `Payload` with `end`) ends the exchange; the connection stays
+/// open only if it says so.
 pub enum Out {
-    Bytes(Vec<u8>),
+    Bytes(Payload),
     /// `count` bytes of `file` from `offset`, sent with sendfile(2) — the body never passes through Python.
     File {
         file: File,

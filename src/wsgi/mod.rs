@@ -330,7 +330,7 @@ impl WsgiRunner {
             if bytes.as_bytes().is_empty() {
                 continue;
             }
-            if r.send_body(py, bytes.as_bytes()).is_err() {
+            if r.send_body(py, bytes).is_err() {
                 return Ok(());
             }
         }
@@ -350,16 +350,11 @@ impl WsgiRunner {
         items: Vec<Bound<'_, PyAny>>,
         responder: &Py<Responder>,
     ) -> PyResult<()> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(items.len());
-        let mut owned = Vec::with_capacity(items.len());
-        for item in &items {
-            let b = item
-                .cast::<PyBytes>()
-                .map_err(|_| pyo3::exceptions::PyTypeError::new_err("the app must return bytes"))?;
-            owned.push(b.clone());
-        }
-        for b in &owned {
-            parts.push(b.as_bytes());
+        let mut parts = Vec::with_capacity(items.len());
+        for item in items {
+            parts.push(item.cast_into::<PyBytes>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err("the app must return bytes")
+            })?);
         }
         let mut r = responder.borrow_mut(py);
         if !r.started() {
@@ -394,6 +389,6 @@ impl WsgiRunner {
             return;
         }
         r.set_error(500);
-        let _ = r.send_complete(py, &[ERROR_500_BODY]);
+        let _ = r.send_complete(py, &[PyBytes::new(py, ERROR_500_BODY)]);
     }
 }

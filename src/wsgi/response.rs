@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::http;
-use crate::worker::exchange::Out;
+use crate::worker::exchange::{Out, Payload, ZERO_COPY_MIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
@@ -175,56 +175,72 @@ impl Responder {
     }
 
     /// Append body bytes under the chosen framing (truncating past a declared Content-Length, as a client
-    /// would misread anything beyond it).
-    fn frame_body(&mut self, buf: &mut Vec<u8>, data: &[u8]) {
-        match self.framing {
-            Framing::NoBody => {}
+    /// would misread anything beyond it). A large body is borrowed from the app's object, not copied.
+    fn frame_body(&mut self, out: &mut Payload, bytes: &Bound<'_, PyBytes>) {
+        let len = bytes.as_bytes().len();
+        let n = match self.framing {
+            Framing::NoBody => return,
             Framing::Length(left) => {
-                let n = (data.len() as u64).min(left) as usize;
-                buf.extend_from_slice(&data[..n]);
-                self.framing = Framing::Length(left - n as u64);
-                self.body_sent += n as u64;
+                let n = (len as u64).min(left);
+                self.framing = Framing::Length(left - n);
+                n as usize
             }
-            Framing::Chunked => {
-                http::write_chunk(buf, data);
-                self.body_sent += data.len() as u64;
-            }
-            Framing::UntilClose => {
-                buf.extend_from_slice(data);
-                self.body_sent += data.len() as u64;
-            }
+            Framing::Chunked | Framing::UntilClose => len,
+        };
+        if n == 0 {
+            return;
+        }
+        self.body_sent += n as u64;
+        let chunked = self.framing == Framing::Chunked;
+        if chunked {
+            http::write_chunk_size(out.buf_mut(), n);
+        }
+        out.push_app(bytes, n);
+        if chunked {
+            out.push(b"\r\n");
         }
     }
 
     /// Send one piece of body (the head first if it has not gone yet).
-    pub fn send_body(&mut self, py: Python<'_>, data: &[u8]) -> Result<(), Disconnected> {
-        if self.headers_sent && data.is_empty() {
+    pub fn send_body(
+        &mut self,
+        py: Python<'_>,
+        bytes: &Bound<'_, PyBytes>,
+    ) -> Result<(), Disconnected> {
+        let len = bytes.as_bytes().len();
+        if self.headers_sent && len == 0 {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(data.len() + 256);
+        let mut out = Payload::with_capacity(if len < ZERO_COPY_MIN { len + 256 } else { 256 });
         if !self.headers_sent {
-            self.write_head(&mut buf, None);
+            self.write_head(&mut out.head, None);
         }
-        self.frame_body(&mut buf, data);
-        if buf.is_empty() {
+        self.frame_body(&mut out, bytes);
+        if out.is_empty() {
             return Ok(());
         }
-        self.send(py, Out::Bytes(buf))
+        self.send(py, Out::Bytes(out))
     }
 
-    /// Send the whole response at once (head, the complete body and the end): one buffer, one write.
-    pub fn send_complete(&mut self, py: Python<'_>, parts: &[&[u8]]) -> Result<(), Disconnected> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut buf = Vec::with_capacity(total + 256);
+    /// Send the whole response at once (head, the complete body and the end): one message, one write.
+    pub fn send_complete(
+        &mut self,
+        py: Python<'_>,
+        parts: &[Bound<'_, PyBytes>],
+    ) -> Result<(), Disconnected> {
+        let total: usize = parts.iter().map(|p| p.as_bytes().len()).sum();
+        let mut out = Payload::with_capacity(if total < ZERO_COPY_MIN {
+            total + 256
+        } else {
+            256
+        });
         if !self.headers_sent {
-            self.write_head(&mut buf, Some(total as u64));
+            self.write_head(&mut out.head, Some(total as u64));
         }
         for p in parts {
-            if !p.is_empty() {
-                self.frame_body(&mut buf, p);
-            }
+            self.frame_body(&mut out, p);
         }
-        self.end_and_send(py, buf)
+        self.end_and_send(py, out)
     }
 
     /// Head for a body sent as a file (sendfile): the length is the file's unless the app declared one.
@@ -235,9 +251,9 @@ impl Responder {
         offset: u64,
         len: u64,
     ) -> Result<(), Disconnected> {
-        let mut buf = Vec::with_capacity(256);
+        let mut head = Payload::with_capacity(256);
         if !self.headers_sent {
-            self.write_head(&mut buf, Some(len));
+            self.write_head(&mut head.head, Some(len));
         }
         let count = match self.framing {
             Framing::Length(left) => left.min(len),
@@ -248,7 +264,7 @@ impl Responder {
                 return Err(Disconnected);
             }
         };
-        self.send(py, Out::Bytes(buf))?;
+        self.send(py, Out::Bytes(head))?;
         if count > 0 {
             self.send(
                 py,
@@ -270,9 +286,9 @@ impl Responder {
         self.framing == Framing::Chunked
     }
 
-    fn end_body(&mut self, buf: &mut Vec<u8>) {
+    fn end_body(&mut self, out: &mut Payload) {
         match self.framing {
-            Framing::Chunked => http::write_last_chunk(buf),
+            Framing::Chunked => http::write_last_chunk(out.buf_mut()),
             // Fewer bytes than the declared Content-Length: the client would wait for the rest, so the
             // connection must close to end the response.
             Framing::Length(left) if left > 0 => self.keep_alive = false,
@@ -282,25 +298,27 @@ impl Responder {
 
     /// End the response after streaming: the last chunk (if chunked) and the end marker.
     pub fn finish(&mut self, py: Python<'_>) -> Result<(), Disconnected> {
-        let mut buf = Vec::new();
+        let mut out = Payload::default();
         if !self.headers_sent {
-            self.write_head(&mut buf, Some(0));
+            self.write_head(&mut out.head, Some(0));
         }
-        self.end_and_send(py, buf)
+        self.end_and_send(py, out)
     }
 
-    /// Close the body in `buf` (last chunk, or note a short Content-Length) and send it with the end marker.
-    fn end_and_send(&mut self, py: Python<'_>, mut buf: Vec<u8>) -> Result<(), Disconnected> {
-        self.end_body(&mut buf);
-        if !buf.is_empty() {
-            self.send(py, Out::Bytes(buf))?;
+    /// Close the body in `out` (last chunk, or note a short Content-Length) and send it as the response's
+    /// last piece.
+    fn end_and_send(&mut self, py: Python<'_>, mut out: Payload) -> Result<(), Disconnected> {
+        self.end_body(&mut out);
+        if out.is_empty() {
+            return self.send(
+                py,
+                Out::Done {
+                    keep_alive: self.keep_alive,
+                },
+            );
         }
-        self.send(
-            py,
-            Out::Done {
-                keep_alive: self.keep_alive,
-            },
-        )
+        out.end = Some(self.keep_alive);
+        self.send(py, Out::Bytes(out))
     }
 
     /// Replace whatever the app set with an error response (only before the head went out).
@@ -422,7 +440,7 @@ impl Responder {
         let bytes = data
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() argument must be bytes"))?;
-        self.send_body(py, bytes.as_bytes())
+        self.send_body(py, bytes)
             .map_err(|_| PyOSError::new_err("client disconnected"))
     }
 }

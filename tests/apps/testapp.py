@@ -177,6 +177,31 @@ def write_callable(environ, start_response):
     return [b"part3"]
 
 
+def pattern(n, salt=0):
+    """`n` bytes that differ at every position mod 251, so a lost, repeated or reordered piece shows."""
+    block = bytes((i + salt) % 251 for i in range(251))
+    return (block * (n // 251 + 1))[:n]
+
+
+def large(environ, start_response):
+    """Large bodies in every shape the server frames: ?shape=list|parts|iter|write, ?size=bytes per
+    piece, ?count=pieces, ?declared=Content-Length to send (fewer bytes than the body truncates it)."""
+    q = _query(environ)
+    shape, size, count = q.get("shape", "list"), int(q.get("size", "100000")), int(q.get("count", "3"))
+    pieces = [pattern(size, salt=i) for i in range(1 if shape == "list" else count)]
+    headers = [("Content-Type", "application/octet-stream")]
+    if "declared" in q:
+        headers.append(("Content-Length", q["declared"]))
+    write = start_response("200 OK", headers)
+    if shape in ("list", "parts"):
+        return pieces
+    if shape == "write":
+        for piece in pieces[:-1]:
+            write(piece)
+        return pieces[-1:]
+    return iter(pieces)
+
+
 class Tracked:
     """An iterable response that records its close() call (and how far iteration went)."""
 
@@ -255,6 +280,7 @@ def file_route(environ, start_response):
 
 ROUTES = {
     "/hello": hello,
+    "/large": large,
     "/pid": pid,
     "/echo": echo,
     "/noread": noread,
