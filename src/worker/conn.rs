@@ -59,8 +59,10 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 /// How often a queued request is checked for having started in Python (its timeout clock starts then).
 const TIMEOUT_POLL: Duration = Duration::from_millis(250);
-/// How much body is read before the app is called (see `handle_request`).
-const PREFETCH_LIMIT: usize = 64 * 1024;
+/// How much body is read before the app is called (see `start_body`). Most form posts and JSON bodies fit,
+/// so the app gets them with the request instead of pulling them across threads piece by piece; it bounds
+/// the memory a connection can hold before its request runs.
+const PREFETCH_LIMIT: usize = 256 * 1024;
 
 enum HeadOutcome {
     Head(Box<RequestHead>),
@@ -350,7 +352,7 @@ impl BodyState {
                     }
                     if !buf.is_empty() {
                         let n = (*remaining).min(buf.len() as u64).min(BODY_CHUNK as u64) as usize;
-                        let piece: Vec<u8> = buf.drain(..n).collect();
+                        let piece = take_front(buf, n);
                         *remaining -= n as u64;
                         if *remaining == 0 {
                             *self = BodyState::Done;
@@ -421,9 +423,28 @@ async fn start_body<S: Stream>(
     let mut prefetched = Vec::new();
     if !expect_continue {
         let deadline = Instant::now() + io.header_timeout;
+        if let BodyState::Length(n) = body {
+            // A body of known length that fits is read into one buffer of its size: no piecing together.
+            if n <= PREFETCH_LIMIT as u64 {
+                let n = n as usize;
+                while buf.len() < n {
+                    buf.reserve(n - buf.len());
+                    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                        Ok(Ok(_)) => {}
+                    }
+                }
+                return Some(BodyStart {
+                    body: BodyState::Done,
+                    prefetched: take_front(buf, n),
+                    expect_continue,
+                });
+            }
+        }
         while !body.is_done() && prefetched.len() < PREFETCH_LIMIT {
             let next = tokio::time::timeout_at(deadline, body.next(stream, buf, io.header_timeout));
             match next.await {
+                Ok(Ok(Some(d))) if prefetched.is_empty() => prefetched = d,
                 Ok(Ok(Some(d))) => prefetched.extend_from_slice(&d),
                 Ok(Ok(None)) => break,
                 Ok(Err(BodyError::Http(e))) => {
@@ -649,6 +670,21 @@ async fn handle_request<S: Stream>(
         return false;
     }
     drain(stream, buf, body, io.header_timeout).await
+}
+
+/// Split off the first `n` bytes of `buf`. The body piece is usually most of the buffer and what follows
+/// (a pipelined request, if anything) is short, so the piece keeps the allocation and the rest is copied.
+fn take_front(buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    if n == buf.len() {
+        return std::mem::take(buf);
+    }
+    if n >= buf.len() - n {
+        let rest = buf.split_off(n);
+        return std::mem::replace(buf, rest);
+    }
+    let piece = buf[..n].to_vec();
+    buf.drain(..n);
+    piece
 }
 
 async fn wait_start(

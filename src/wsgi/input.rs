@@ -48,10 +48,13 @@ impl WsgiInput {
         };
         match chunk {
             Some(BodyChunk::Data(d)) => {
-                if self.pos > 0 && self.pos == self.buf.len() {
-                    self.buf.clear();
+                if self.pos == self.buf.len() {
+                    // Nothing left unread: the chunk becomes the buffer, uncopied.
+                    self.buf = d;
                     self.pos = 0;
-                } else if self.pos > 64 * 1024 {
+                    return Ok(true);
+                }
+                if self.pos > 64 * 1024 {
                     self.buf.drain(..self.pos);
                     self.pos = 0;
                 }
