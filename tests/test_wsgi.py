@@ -434,6 +434,26 @@ def test_file_wrapper(srv, tmp_path):
     assert r.body == content
 
 
+def test_file_to_slow_reader_does_not_hold_the_worker(srv, tmp_path):
+    # A file sent with sendfile needs no Python thread: while one client does not read its download, the
+    # one sync thread serves others at once (not after the download ends or times out).
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(256 * 1024 * 1024)  # sparse: far more than the socket buffers hold
+    stalled = RawConnection(srv.port, timeout=10)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.send(f"GET /file?path={quote(str(path))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert stalled.sock.recv(4096).startswith(b"HTTP/1.1 200")
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert get(srv.port, "/hello", timeout=10).status == 200
+        # Generous: the point is "not after the download's 30 s write timeout".
+        assert time.monotonic() - t0 < 8
+    finally:
+        stalled.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # wsgiref.validate
 

@@ -195,6 +195,7 @@ pub async fn serve<S: Stream>(
             &server,
             &io,
             overflow,
+            &mut claim,
         )
         .await;
         if overflow {
@@ -482,6 +483,7 @@ async fn handle_request<S: Stream>(
     server: &Arc<ServerAddr>,
     io: &IoState,
     overflow: bool,
+    claim: &mut Claim<'_>,
 ) -> bool {
     let BodyStart {
         mut body,
@@ -540,19 +542,26 @@ async fn handle_request<S: Stream>(
     // of whatever the app makes of the failed read — as long as no response byte has gone out yet.
     let mut body_error: Option<HttpError> = None;
     let mut response_started = false;
+    // A piece taken from the channel early, to see whether the app is done before a long write.
+    let mut peeked: Option<Out> = None;
     let keep_alive = loop {
         let pumping = start_rx.is_none() && body_tx.is_some();
         // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
         let mut body_finished = false;
         tokio::select! {
             biased;
-            out = reply_rx.recv() => match out {
+            out = next_out(&mut peeked, &mut reply_rx) => match out {
                 Some(Out::Bytes(bytes)) => {
                     if let (Some(e), false) = (&body_error, response_started) {
                         let _ = stream.write_all(&http::error_response(e)).await;
                         return false;
                     }
                     response_started = true;
+                    if bytes.end.is_some() {
+                        // Python is done with the request: the write that remains is the I/O thread's
+                        // alone, so the thread's capacity is free for the next request now.
+                        claim.release();
+                    }
                     // A client that stops reading must not hold the app thread: give up after the
                     // timeout (the app's next send then fails and its iterable is closed).
                     let written = timeout(io.header_timeout, write_payload(stream, &bytes)).await;
@@ -564,6 +573,14 @@ async fn handle_request<S: Stream>(
                     }
                 }
                 Some(Out::File { file, offset, count }) => {
+                    // The end usually follows the file at once; if it is there, the file is sent with
+                    // the thread's capacity already given back.
+                    if let Ok(next) = reply_rx.try_recv() {
+                        if matches!(next, Out::Done { .. }) {
+                            claim.release();
+                        }
+                        peeked = Some(next);
+                    }
                     let sent = timeout(io.header_timeout, send_file(stream, &file, offset, count)).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return false;
@@ -685,6 +702,13 @@ fn take_front(buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
     let piece = buf[..n].to_vec();
     buf.drain(..n);
     piece
+}
+
+async fn next_out(peeked: &mut Option<Out>, rx: &mut mpsc::Receiver<Out>) -> Option<Out> {
+    match peeked.take() {
+        Some(out) => Some(out),
+        None => rx.recv().await,
+    }
 }
 
 async fn wait_start(
