@@ -294,7 +294,7 @@ def wrk_script(app):
 
 
 def run_wrk(app, port, mode, duration):
-    argv = ["wrk", "-t1", f"-c{app.connections}", f"-d{duration}s", "--latency", "--timeout", "5s",
+    argv = ["wrk", "-t1", f"-c{app.connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s",
             "-s", str(wrk_script(app))]
     if mode == "close":
         argv += ["-H", "Connection: close"]
@@ -698,8 +698,8 @@ def main():
     md_path, json_path = RESULTS / f"{stem}.md", RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(raw, indent=1) + "\n")
     md_path.write_text(report.render(raw))
-    log(f"[bench] done in {raw['elapsed_s'] / 60:.1f} min: {md_path.relative_to(REPO)} "
-        f"(raw: {json_path.relative_to(REPO)})")
+    log(f"[bench] done in {raw['elapsed_s'] / 60:.1f} min: {os.path.relpath(md_path, REPO)} "
+        f"(raw: {os.path.relpath(json_path, REPO)})")
     return 0
 
 
