@@ -538,17 +538,7 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> (i32, String, String) {
-        let argv: Vec<String> = std::iter::once(PROG)
-            .chain(args.iter().copied())
-            .map(String::from)
-            .collect();
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = main(&argv, &mut out, &mut err);
-        (
-            code,
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
-        )
+        crate::control::run_cli(main, PROG, args)
     }
 
     #[test]

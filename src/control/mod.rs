@@ -30,6 +30,25 @@ use crate::scoreboard::WorkerState;
 use json::Json;
 use protocol::{Request, Show};
 
+/// Runs a command-line entry point on `args` in-process, for unit tests: (exit code, stdout, stderr).
+#[cfg(test)]
+pub(crate) fn run_cli(
+    main: fn(&[String], &mut dyn std::io::Write, &mut dyn std::io::Write) -> i32,
+    prog: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let argv: Vec<String> = std::iter::once(prog)
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = main(&argv, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
 /// The socket's file name, in `$XDG_RUNTIME_DIR` or `~/.ferricorn/`.
 pub const SOCKET_NAME: &str = "ferricorn.ctl";
 /// Mode of the socket file unless `--control-socket-mode` says otherwise: the owner only.

@@ -246,6 +246,19 @@ pub struct RequestEvent {
 }
 
 impl RequestEvent {
+    /// An event as the log line names it; its stack follows on later lines, if at all.
+    fn new(time: i64, method: String, target: String, worker: i32) -> RequestEvent {
+        RequestEvent {
+            time,
+            path: path_of(&target),
+            method,
+            target,
+            worker,
+            stack: Vec::new(),
+            no_python_frame: false,
+        }
+    }
+
     pub fn kind(&self) -> WaitKind {
         classify(&self.stack, self.no_python_frame)
     }
@@ -407,15 +420,8 @@ pub fn summarize(text: &str, since: i64, cut: bool) -> LogSummary {
             else {
                 continue;
             };
-            s.timeouts.push(RequestEvent {
-                time,
-                path: path_of(&target),
-                method,
-                target,
-                worker: pid,
-                stack: Vec::new(),
-                no_python_frame: false,
-            });
+            s.timeouts
+                .push(RequestEvent::new(time, method, target, pid));
             owner = Some(StackOwner::Timeout(s.timeouts.len() - 1));
         } else if let Some(rest) = msg.strip_prefix("Request in flight on worker ") {
             // The master names the request of a worker that did not end it itself; the worker may have
@@ -432,29 +438,14 @@ pub fn summarize(text: &str, since: i64, cut: bool) -> LogSummary {
                 .iter()
                 .any(|e| e.worker == worker && e.target == target)
             {
-                s.timeouts.push(RequestEvent {
-                    time,
-                    path: path_of(&target),
-                    method,
-                    target,
-                    worker,
-                    stack: Vec::new(),
-                    no_python_frame: false,
-                });
+                s.timeouts
+                    .push(RequestEvent::new(time, method, target, worker));
             }
         } else if let Some(rest) = msg.strip_prefix("Slow request: ") {
             let Some((method, target)) = request_words(rest) else {
                 continue;
             };
-            s.slow.push(RequestEvent {
-                time,
-                path: path_of(&target),
-                method,
-                target,
-                worker: pid,
-                stack: Vec::new(),
-                no_python_frame: false,
-            });
+            s.slow.push(RequestEvent::new(time, method, target, pid));
             owner = Some(StackOwner::Slow(s.slow.len() - 1));
         } else if msg.starts_with("All ") && msg.contains(" worker threads are busy and ") {
             let holders = msg
