@@ -117,6 +117,8 @@ pub struct IoState {
     in_use: Cell<usize>,
     limit: usize,
     connections: Cell<usize>,
+    /// Requests have run since the heap was last given back to the system (see `supervise`).
+    trim_due: Cell<bool>,
     max_connections: usize,
     capacity_changed: Notify,
     pub shutdown_signal: Notify,
@@ -157,6 +159,7 @@ impl IoState {
 
     /// A request of this worker took `d` from dispatch to its last byte: update the moving average.
     pub fn record_duration(&self, d: Duration) {
+        self.trim_due.set(true);
         let ns = d.as_nanos().min(u64::MAX as u128) as u64;
         let avg = self.avg_request_ns.get();
         self.avg_request_ns.set(if avg == 0 {
@@ -666,6 +669,7 @@ fn io_main(
         in_use: Cell::new(0),
         limit: threads,
         connections: Cell::new(0),
+        trim_due: Cell::new(false),
         max_connections: cfg.worker_connections.max(1),
         capacity_changed: Notify::new(),
         shutdown_signal: Notify::new(),
@@ -925,6 +929,14 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                 ctx.board.heartbeat();
                 io.check_recycle();
                 ctx.board.set_queued(io.queue.len() as u32);
+                if io.trim_due.get() && io.connections.get() == 0 {
+                    // A burst of connections leaves freed buffers in the heap's free lists, which glibc
+                    // keeps mapped; with no connection left, give them back so an idle worker's memory
+                    // returns to its idle size instead of staying at its peak.
+                    io.trim_due.set(false);
+                    // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 if io.shutting_down.get() && io.connections.get() == 0 {
                     return 0;
                 }
