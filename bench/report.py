@@ -285,7 +285,9 @@ def target_p99(raw):
     return ("; ".join(parts) or "all rows within"), verdict(1, all(verdicts))
 
 
-def target_idle_memory(raw):
+def versus_gunicorn(raw, ok, describe):
+    """A hello target that pairs ferricorn with gunicorn of the same worker class (sync, gthread):
+    `ok(f, g)` and `describe(f, g)` take the two servers' memory_stats."""
     parts, oks = [], []
     for kind in ("sync", "gthread"):
         f = memory_stats(raw, "hello", f"ferricorn-{kind}")
@@ -293,12 +295,19 @@ def target_idle_memory(raw):
         if not f or not g:
             oks.append(None)
             continue
-        oks.append(f["idle_rss"] <= g["idle_rss"] and f["idle_pss"] <= g["idle_pss"])
-        parts.append(f"{kind}: {f_mib(f['idle_rss'])}/{f_mib(f['idle_pss'])} vs "
-                     f"{f_mib(g['idle_rss'])}/{f_mib(g['idle_pss'])} MiB")
+        oks.append(ok(f, g))
+        parts.append(f"{kind}: {describe(f, g)}")
     if None in oks:
         return "n/a", "n/a"
     return "; ".join(parts), verdict(1, all(oks))
+
+
+def target_idle_memory(raw):
+    return versus_gunicorn(
+        raw,
+        lambda f, g: f["idle_rss"] <= g["idle_rss"] and f["idle_pss"] <= g["idle_pss"],
+        lambda f, g: (f"{f_mib(f['idle_rss'])}/{f_mib(f['idle_pss'])} vs "
+                      f"{f_mib(g['idle_rss'])}/{f_mib(g['idle_pss'])} MiB"))
 
 
 def target_growth(raw):
@@ -311,18 +320,10 @@ def target_growth(raw):
 
 
 def target_startup(raw):
-    parts, oks = [], []
-    for kind in ("sync", "gthread"):
-        f = memory_stats(raw, "hello", f"ferricorn-{kind}")
-        g = memory_stats(raw, "hello", f"gunicorn-{kind}")
-        if not f or not g:
-            oks.append(None)
-            continue
-        oks.append(f["startup"] <= g["startup"])
-        parts.append(f"{kind}: {f['startup']:.0f} vs {g['startup']:.0f} ms")
-    if None in oks:
-        return "n/a", "n/a"
-    return "; ".join(parts), verdict(1, all(oks))
+    return versus_gunicorn(
+        raw,
+        lambda f, g: f["startup"] <= g["startup"],
+        lambda f, g: f"{f['startup']:.0f} vs {g['startup']:.0f} ms")
 
 
 def targets(raw):

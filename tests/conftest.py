@@ -124,6 +124,15 @@ def pid_alive(pid):
         return False
 
 
+def rss(pid):
+    """A process's resident set size in bytes (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def wait_for(predicate, timeout, interval=0.05, message="condition"):
     """Poll `predicate` until it returns a truthy value (returned) or `timeout` seconds pass (fail)."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from conftest import RawConnection
+from conftest import RawConnection, rss
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -21,14 +21,6 @@ RSS_BUDGET = 64 * MIB
 PIECE = 65536
 PATTERN = bytes(range(256)) * (PIECE // 256)  # what /download repeats
 BLOCK = PATTERN * 16  # 1 MiB, what the uploads repeat
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class RssSampler:

@@ -11,17 +11,9 @@ import time
 
 import pytest
 
-from conftest import RawConnection
+from conftest import RawConnection, rss
 
 MIB = 1 << 20
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def hello(port, timeout=20):

@@ -5,7 +5,7 @@
 //! a request: they are left in [`Pending`] and carried out by the loop right after.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::signal::Signal;
 
@@ -26,15 +26,6 @@ pub(super) struct Pending {
     halt: Option<Halt>,
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    std::env::current_dir()
-        .map(|d| d.join(p))
-        .unwrap_or_else(|_| p.to_path_buf())
-}
-
 /// Open the control socket the configuration asks for. An explicit `--control-socket` that cannot be
 /// created stops the start; the default one only earns a warning (the server runs without it).
 pub(super) fn open(cfg: &Config, log: &ErrorLog) -> io::Result<Option<ControlServer>> {
@@ -43,7 +34,7 @@ pub(super) fn open(cfg: &Config, log: &ErrorLog) -> io::Result<Option<ControlSer
         return Ok(None);
     }
     let (path, explicit) = match &cfg.control_socket {
-        Some(p) => (absolute(Path::new(p)), true),
+        Some(p) => (crate::system::absolute(Path::new(p)), true),
         None => (control::default_socket_path_from_env(), false),
     };
     match ControlServer::bind(&path, cfg.control_socket_mode, log.clone()) {

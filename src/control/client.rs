@@ -6,7 +6,7 @@
 //! command line.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{value_parser, Arg, ArgAction, Command};
@@ -174,7 +174,7 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         return usage(err, "the timeout must be a positive number of seconds");
     }
     let path = match matches.get_one::<String>("socket") {
-        Some(p) => absolute(Path::new(p)),
+        Some(p) => crate::system::absolute(Path::new(p)),
         None => super::default_socket_path_from_env(),
     };
     let reply = match exchange(&path, &words, Duration::from_secs_f64(timeout)) {
@@ -209,15 +209,6 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     };
     let _ = writeln!(out, "{}", text.trim_end());
     0
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    std::env::current_dir()
-        .map(|d| d.join(p))
-        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// `No such file or directory`, without Rust's ` (os error 2)`.

@@ -19,7 +19,7 @@ pub mod reload;
 pub mod systemd;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -28,6 +28,12 @@ use socket2::{SockAddr, Socket};
 
 use crate::config::Config;
 use crate::log::ErrorLog;
+
+/// `p` made absolute against the current directory (without touching the filesystem), so a path given
+/// relative keeps meaning the same file after a later `chdir`; `p` itself if the directory is unknown.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
 use crate::scoreboard::WorkerState;
 use crate::sock::{self, BindError, Listener};
 

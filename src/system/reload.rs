@@ -178,10 +178,6 @@ fn module_files() -> Vec<PathBuf> {
     .unwrap_or_default()
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
 fn watch(
     engine: &str,
     extra: &[String],
@@ -198,7 +194,7 @@ fn watch(
     let literal: Vec<PathBuf> = extra
         .iter()
         .filter(|e| !is_pattern(e))
-        .map(|e| absolute(Path::new(e)))
+        .map(|e| super::absolute(Path::new(e)))
         .collect();
     for p in &patterns {
         let mode = if p.recursive {
@@ -217,7 +213,7 @@ fn watch(
         let mut candidates = module_files();
         candidates.extend(literal.iter().cloned());
         for file in candidates {
-            let file = absolute(&file);
+            let file = super::absolute(&file);
             if files.contains(&file) {
                 continue;
             }

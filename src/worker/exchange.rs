@@ -130,10 +130,6 @@ impl Payload {
     pub fn is_empty(&self) -> bool {
         self.head.is_empty() && self.body.is_none() && self.tail.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.head.len() + self.body.as_ref().map_or(0, |b| b.len) + self.tail.len()
-    }
 }
 
 /// A response piece, in order. `Done` (or a `Payload` with `end`) ends the exchange; the connection stays
