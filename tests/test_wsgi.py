@@ -434,6 +434,42 @@ def test_file_wrapper(srv, tmp_path):
     assert r.body == content
 
 
+def test_large_file_to_a_reader_that_pauses_arrives_whole(srv, tmp_path):
+    # The socket holds only a little of a file unsent at a time (TCP_NOTSENT_LOWAT), so a large file is
+    # sent in many pieces as the client drains it: all of it arrives, in order, and the connection carries
+    # the next request afterwards.
+    content = os.urandom(12 * 1024 * 1024 + 17)
+    path = tmp_path / "large.bin"
+    path.write_bytes(content)
+    with RawConnection(srv.port, timeout=20) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        for _ in range(2):
+            c.send(f"GET /file?path={quote(str(path))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                piece = c.sock.recv(4096)
+                assert piece, head
+                head += piece
+            head, _, body = head.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert f"Content-Length: {len(content)}".encode() in head, head
+            digest = hashlib.sha256(body)
+            received = len(body)
+            pauses = 0
+            while received < len(content):
+                if pauses < 5 and received > pauses * 2 * 1024 * 1024:
+                    time.sleep(0.2)  # let the server find the socket full
+                    pauses += 1
+                piece = c.sock.recv(min(65536, len(content) - received))
+                assert piece, f"connection closed after {received} of {len(content)} bytes"
+                digest.update(piece)
+                received += len(piece)
+            assert digest.digest() == hashlib.sha256(content).digest()
+        c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200
+
+
 def test_file_to_slow_reader_does_not_hold_the_worker(srv, tmp_path):
     # A file sent with sendfile needs no Python thread: while one client does not read its download, the
     # one sync thread serves others at once (not after the download ends or times out).
