@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::exchange::{
-    BodyChunk, BodyStream, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr, BODY_CHUNK,
-    BODY_QUEUE, REPLY_QUEUE,
+    BodyChunk, BodyStream, FileBody, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr,
+    BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
 };
 use super::{proxy, Admission, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
@@ -215,7 +215,9 @@ pub async fn serve<S: Stream>(
         io.board_handle().remove_held();
     }
     drop(claim);
-    let _ = stream.shutdown().await;
+    // Dropping the stream closes it, which sends the FIN: a shutdown(2) first would only cost one more
+    // system call per connection.
+    drop(stream);
     io.connection_closed();
 }
 
@@ -542,15 +544,13 @@ async fn handle_request<S: Stream>(
     // of whatever the app makes of the failed read — as long as no response byte has gone out yet.
     let mut body_error: Option<HttpError> = None;
     let mut response_started = false;
-    // A piece taken from the channel early, to see whether the app is done before a long write.
-    let mut peeked: Option<Out> = None;
     let keep_alive = loop {
         let pumping = start_rx.is_none() && body_tx.is_some();
         // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
         let mut body_finished = false;
         tokio::select! {
             biased;
-            out = next_out(&mut peeked, &mut reply_rx) => match out {
+            out = reply_rx.recv() => match out {
                 Some(Out::Bytes(bytes)) => {
                     if let (Some(e), false) = (&body_error, response_started) {
                         let _ = stream.write_all(&http::error_response(e)).await;
@@ -572,19 +572,23 @@ async fn handle_request<S: Stream>(
                         break keep_alive;
                     }
                 }
-                Some(Out::File { file, offset, count }) => {
-                    // The end usually follows the file at once; if it is there, the file is sent with
-                    // the thread's capacity already given back.
-                    if let Ok(next) = reply_rx.try_recv() {
-                        if matches!(next, Out::Done { .. }) {
-                            claim.release();
-                        }
-                        peeked = Some(next);
+                Some(Out::File(body)) => {
+                    if let (Some(e), false) = (&body_error, response_started) {
+                        let _ = stream.write_all(&http::error_response(e)).await;
+                        return false;
                     }
-                    let sent = timeout(io.header_timeout, send_file(stream, &file, offset, count)).await;
+                    // The file ends the response: Python is done, so a long download holds no thread.
+                    claim.release();
+                    let FileBody { head, file, offset, count, keep_alive } = *body;
+                    let sent = timeout(io.header_timeout, async {
+                        stream.write_all(&head).await?;
+                        send_file(stream, &file, offset, count).await
+                    })
+                    .await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return false;
                     }
+                    break keep_alive;
                 }
                 Some(Out::Done { keep_alive }) => break keep_alive,
                 Some(Out::Abort) | None => return false,
@@ -702,13 +706,6 @@ fn take_front(buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
     let piece = buf[..n].to_vec();
     buf.drain(..n);
     piece
-}
-
-async fn next_out(peeked: &mut Option<Out>, rx: &mut mpsc::Receiver<Out>) -> Option<Out> {
-    match peeked.take() {
-        Some(out) => Some(out),
-        None => rx.recv().await,
-    }
 }
 
 async fn wait_start(

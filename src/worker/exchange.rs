@@ -132,16 +132,27 @@ impl Payload {
     }
 }
 
+/// A response whose body is `count` bytes of `file` from `offset`, sent with sendfile(2) — the body never
+/// passes through Python. It is the response's last piece: `keep_alive` says whether the connection
+/// carries another request.
+pub struct FileBody {
+    /// The response head (empty if it went out before).
+    pub head: Vec<u8>,
+    pub file: File,
+    pub offset: u64,
+    pub count: u64,
+    pub keep_alive: bool,
+}
+
 /// A response piece, in order. `Done` (or a `Payload` with `end`) ends the exchange; the connection stays
 /// open only if it says so.
+///
+/// The pieces are boxed so that `Out` is two words: the reply channel allocates its slots 32 at a time,
+/// and a block of 32 unboxed payloads (~3 KiB) is a "large" request for glibc, which consolidates its
+/// free lists before serving one — on every request, as the channel is made per request (bench/README.md).
 pub enum Out {
-    Bytes(Payload),
-    /// `count` bytes of `file` from `offset`, sent with sendfile(2) — the body never passes through Python.
-    File {
-        file: File,
-        offset: u64,
-        count: u64,
-    },
+    Bytes(Box<Payload>),
+    File(Box<FileBody>),
     Done {
         keep_alive: bool,
     },
@@ -237,3 +248,18 @@ pub const REPLY_QUEUE: usize = 8;
 /// Capacity of the body channel, in chunks of at most `BODY_CHUNK` bytes.
 pub const BODY_QUEUE: usize = 4;
 pub const BODY_CHUNK: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_slots_stay_small() {
+        // 32 slots of the reply channel's block must stay under glibc's 1 KiB large-request size.
+        assert!(
+            std::mem::size_of::<Out>() <= 16,
+            "{}",
+            std::mem::size_of::<Out>()
+        );
+    }
+}

@@ -736,6 +736,13 @@ fn io_main(
             let server = Arc::new(server_addr(&l.addr));
             match &l.addr {
                 ListenAddr::Tcp(_) => {
+                    // Small responses go out in one segment; waiting for an ACK (Nagle) would add latency
+                    // to each. Set once here: Linux gives accepted sockets the listener's TCP_NODELAY,
+                    // which saves a system call per connection.
+                    if let Err(e) = sock.set_tcp_nodelay(true) {
+                        ctx.log
+                            .warning(&format!("Cannot set TCP_NODELAY on {}: {e}", l.addr));
+                    }
                     let std_l: std::net::TcpListener = sock.into();
                     match tokio::net::TcpListener::from_std(std_l) {
                         Ok(tl) => {
@@ -903,9 +910,7 @@ macro_rules! accept_loop {
     };
 }
 
-fn tcp_peer(stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Peer {
-    // Small responses go out in one segment; waiting for an ACK (Nagle) would add latency to each.
-    let _ = stream.set_nodelay(true);
+fn tcp_peer(_stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Peer {
     Peer {
         ip: addr.ip().to_string(),
         port: addr.port(),

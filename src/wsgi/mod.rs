@@ -310,9 +310,9 @@ impl WsgiRunner {
                 if let Some((file, offset, len)) =
                     file_wrapper::sendfile_source(py, &wrapper.borrow())
                 {
-                    r.send_file(py, file, offset, len)
-                        .map_err(|_| disconnected())?;
-                    return r.finish(py).map_err(|_| disconnected());
+                    return r
+                        .send_file(py, file, offset, len)
+                        .map_err(|_| disconnected());
                 }
             }
         }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::http;
-use crate::worker::exchange::{Out, Payload, ZERO_COPY_MIN};
+use crate::worker::exchange::{FileBody, Out, Payload, ZERO_COPY_MIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
@@ -219,7 +219,7 @@ impl Responder {
         if out.is_empty() {
             return Ok(());
         }
-        self.send(py, Out::Bytes(out))
+        self.send(py, Out::Bytes(Box::new(out)))
     }
 
     /// Send the whole response at once (head, the complete body and the end): one message, one write.
@@ -243,7 +243,9 @@ impl Responder {
         self.end_and_send(py, out)
     }
 
-    /// Head for a body sent as a file (sendfile): the length is the file's unless the app declared one.
+    /// The whole body as a file, sent with sendfile (its length is the file's unless the app declared
+    /// one), ending the response. Head, file and end travel as one message, so the I/O thread knows before
+    /// a long send that Python is done with the request and its thread is free for the next.
     pub fn send_file(
         &mut self,
         py: Python<'_>,
@@ -251,9 +253,9 @@ impl Responder {
         offset: u64,
         len: u64,
     ) -> Result<(), Disconnected> {
-        let mut head = Payload::with_capacity(256);
+        let mut head = Vec::with_capacity(256);
         if !self.headers_sent {
-            self.write_head(&mut head.head, Some(len));
+            self.write_head(&mut head, Some(len));
         }
         let count = match self.framing {
             Framing::Length(left) => left.min(len),
@@ -264,22 +266,24 @@ impl Responder {
                 return Err(Disconnected);
             }
         };
-        self.send(py, Out::Bytes(head))?;
-        if count > 0 {
-            self.send(
-                py,
-                Out::File {
-                    file,
-                    offset,
-                    count,
-                },
-            )?;
-            if let Framing::Length(left) = self.framing {
-                self.framing = Framing::Length(left - count);
-            }
-            self.body_sent += count;
+        if let Framing::Length(left) = self.framing {
+            self.framing = Framing::Length(left - count);
         }
-        Ok(())
+        self.body_sent += count;
+        // A file shorter than the declared length ends the connection (see `end_body`); nothing to write.
+        let mut rest = Payload::default();
+        self.end_body(&mut rest);
+        debug_assert!(rest.is_empty());
+        self.send(
+            py,
+            Out::File(Box::new(FileBody {
+                head,
+                file,
+                offset,
+                count,
+                keep_alive: self.keep_alive,
+            })),
+        )
     }
 
     pub fn is_chunked(&self) -> bool {
@@ -318,7 +322,7 @@ impl Responder {
             );
         }
         out.end = Some(self.keep_alive);
-        self.send(py, Out::Bytes(out))
+        self.send(py, Out::Bytes(Box::new(out)))
     }
 
     /// Replace whatever the app set with an error response (only before the head went out).
