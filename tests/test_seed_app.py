@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -57,11 +58,14 @@ def test_hello_world_and_unknown_session(start_server):
 
 def test_session_found_with_two_workers(start_server):
     # state_cache lives in each worker process: a lookup answers 200 only on the worker that
-    # created the session, 404 on the other. Some of several lookups must find it.
+    # created the session, 404 on the other. Some of several lookups must find it. Which worker
+    # accepts a new connection is the kernel's choice, and a worker still awake from the previous
+    # request tends to win the next one: a pause between lookups lets both workers wait alike.
     srv = _serve(start_server, 2)
     sid = requests.post(srv.url + "/hello_world", timeout=10).json()["session_id"]
     statuses = []
-    for _ in range(30):
+    for _ in range(60):
+        time.sleep(0.02)
         r = requests.get(srv.url + "/get_hello_world", params={"session_id": sid}, timeout=10)
         statuses.append(r.status_code)
         assert r.status_code in (200, 404)
