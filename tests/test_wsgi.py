@@ -434,6 +434,20 @@ def test_file_wrapper(srv, tmp_path):
     assert r.body == content
 
 
+def test_file_wrapper_head_sends_no_body_and_keeps_the_connection(srv, tmp_path):
+    path = tmp_path / "head.bin"
+    path.write_bytes(b"x" * 5000)
+    with RawConnection(srv.port) as c:
+        c.send(f"HEAD /file?path={quote(str(path))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        r = c.read_response(head=True)
+        assert r.status == 200
+        assert r.header("Content-Length") == "5000"
+        c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        # no stray body bytes from the HEAD response in front of this one
+        assert (r.status, r.body) == (200, b"Hello, World!")
+
+
 def test_large_file_to_a_reader_that_pauses_arrives_whole(srv, tmp_path):
     # The socket holds only a little of a file unsent at a time (TCP_NOTSENT_LOWAT), so a large file is
     # sent in many pieces as the client drains it: all of it arrives, in order, and the connection carries

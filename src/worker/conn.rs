@@ -797,6 +797,9 @@ async fn send_file<S: Stream>(
     offset: u64,
     count: u64,
 ) -> io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
     stream.flush().await?;
     let out_fd: RawFd = stream.as_raw_fd();
     limit_unsent(out_fd);

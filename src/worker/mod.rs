@@ -445,7 +445,6 @@ pub struct Boot<'a> {
     pub num_workers: usize,
 }
 
-/// The worker's main function, called in the child right after fork. Never returns.
 /// Bodies of 100 KiB and more are allocated and freed for every request (the request body, the `bytes`
 /// objects an app builds). With glibc's defaults a freed block at the top of the heap over 128 KiB is
 /// handed back to the kernel at once and faulted in again by the next request, and blocks over 128 KiB are
@@ -462,6 +461,7 @@ fn keep_heap_under_load() {
     }
 }
 
+/// The worker's main function, called in the child right after fork. Never returns.
 pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
     let Boot {
         cfg,
