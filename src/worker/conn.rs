@@ -550,49 +550,49 @@ async fn handle_request<S: Stream>(
         let mut body_finished = false;
         tokio::select! {
             biased;
-            out = reply_rx.recv() => match out {
-                Some(Out::Bytes(bytes)) => {
+            out = reply_rx.recv() => {
+                if matches!(out, Some(Out::Bytes(_) | Out::File(_))) {
                     if let (Some(e), false) = (&body_error, response_started) {
                         let _ = stream.write_all(&http::error_response(e)).await;
                         return false;
                     }
                     response_started = true;
-                    if bytes.end.is_some() {
-                        // Python is done with the request: the write that remains is the I/O thread's
-                        // alone, so the thread's capacity is free for the next request now.
+                }
+                match out {
+                    Some(Out::Bytes(bytes)) => {
+                        if bytes.end.is_some() {
+                            // Python is done with the request: the write that remains is the I/O thread's
+                            // alone, so the thread's capacity is free for the next request now.
+                            claim.release();
+                        }
+                        // A client that stops reading must not hold the app thread: give up after the
+                        // timeout (the app's next send then fails and its iterable is closed).
+                        let written = timeout(io.header_timeout, write_payload(stream, &bytes)).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            return false;
+                        }
+                        if let Some(keep_alive) = bytes.end {
+                            break keep_alive;
+                        }
+                    }
+                    Some(Out::File(body)) => {
+                        // The file ends the response: Python is done, so a long download holds no thread.
                         claim.release();
-                    }
-                    // A client that stops reading must not hold the app thread: give up after the
-                    // timeout (the app's next send then fails and its iterable is closed).
-                    let written = timeout(io.header_timeout, write_payload(stream, &bytes)).await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        return false;
-                    }
-                    if let Some(keep_alive) = bytes.end {
+                        let FileBody { head, file, offset, count, keep_alive } = *body;
+                        let sent = timeout(io.header_timeout, async {
+                            stream.write_all(&head).await?;
+                            send_file(stream, &file, offset, count).await
+                        })
+                        .await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            return false;
+                        }
                         break keep_alive;
                     }
+                    Some(Out::Done { keep_alive }) => break keep_alive,
+                    Some(Out::Abort) | None => return false,
                 }
-                Some(Out::File(body)) => {
-                    if let (Some(e), false) = (&body_error, response_started) {
-                        let _ = stream.write_all(&http::error_response(e)).await;
-                        return false;
-                    }
-                    // The file ends the response: Python is done, so a long download holds no thread.
-                    claim.release();
-                    let FileBody { head, file, offset, count, keep_alive } = *body;
-                    let sent = timeout(io.header_timeout, async {
-                        stream.write_all(&head).await?;
-                        send_file(stream, &file, offset, count).await
-                    })
-                    .await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return false;
-                    }
-                    break keep_alive;
-                }
-                Some(Out::Done { keep_alive }) => break keep_alive,
-                Some(Out::Abort) | None => return false,
-            },
+            }
             r = wait_start(start_rx.as_mut()) => {
                 start_rx = None;
                 if r.is_err() {
