@@ -49,6 +49,7 @@ pub(crate) fn run_cli(
         String::from_utf8_lossy(&err).into_owned(),
     )
 }
+
 /// The socket's file name, in `$XDG_RUNTIME_DIR` or `~/.ferricorn/`.
 pub const SOCKET_NAME: &str = "ferricorn.ctl";
 /// Mode of the socket file unless `--control-socket-mode` says otherwise: the owner only.

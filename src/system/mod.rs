@@ -28,14 +28,14 @@ use socket2::{SockAddr, Socket};
 
 use crate::config::Config;
 use crate::log::ErrorLog;
+use crate::scoreboard::WorkerState;
+use crate::sock::{self, BindError, Listener};
 
 /// `p` made absolute against the current directory (without touching the filesystem), so a path given
 /// relative keeps meaning the same file after a later `chdir`; `p` itself if the directory is unknown.
 pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
-use crate::scoreboard::WorkerState;
-use crate::sock::{self, BindError, Listener};
 
 /// Set (to the old master's pid) in the environment of a master started by re-executing a running one
 /// (USR2): such a master writes `PIDFILE.2` and calls itself `NAME.2` until the old one is gone.
