@@ -70,6 +70,31 @@ def test_log_level_warning_hides_info(start_server):
 
 
 
+def test_refused_requests_are_logged_with_the_client(start_server):
+    """A request the server refuses (bad head, bad body framing, bad chunked body read ahead) gets
+    its 4xx and one WARNING naming the client and the violation, as gunicorn logs them; the app
+    never sees it."""
+    srv = start_server(["-w", "1", "--access-logfile", "-", "testapp"])
+    bad = [
+        (b"GET /hello HTTP/1.1\r\n\r\n", 400, "Missing Host header (400)"),
+        (b"G@T /hello HTTP/1.1\r\nHost: x\r\n\r\n", 400, "Invalid HTTP method (400)"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab",
+         400, "Duplicate Content-Length (400)"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+         400, "Invalid chunk size (400)"),
+    ]
+    for data, status, what in bad:
+        r = raw_request(srv.port, data)
+        assert r.status == status, (data, r.status)
+        srv.wait_log(r"\[WARNING\] Invalid request from ip=127\.0\.0\.1: " + re.escape(what) + "$")
+    assert get(srv.port, "/hello").status == 200
+    srv.wait_log(r'"GET /hello HTTP/1\.1" 200 ', text=srv.stdout_text)
+    # none of them reached the app, so none has an access line
+    assert "/echo" not in srv.stdout_text()
+    assert srv.stop(timeout=15) == 0
+    parse_log_lines(srv.log_text())
+
+
 # ---------------------------------------------------------------------------------------------
 # access log
 

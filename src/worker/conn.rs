@@ -129,7 +129,7 @@ pub async fn serve<S: Stream>(
             proxy::Outcome::Accepted(None) => {}
             proxy::Outcome::Refused(err) => {
                 if let Some(err) = err {
-                    let _ = stream.write_all(&err.response()).await;
+                    refuse(&mut stream, &io, &peer, &err, &err.response()).await;
                 }
                 refused = true;
             }
@@ -144,7 +144,7 @@ pub async fn serve<S: Stream>(
             HeadOutcome::Closed => break,
             HeadOutcome::Refused(err) => {
                 if let Some(err) = err {
-                    let _ = stream.write_all(&http::error_response(&err)).await;
+                    refuse(&mut stream, &io, &peer, &err, &http::error_response(&err)).await;
                 }
                 break;
             }
@@ -153,7 +153,7 @@ pub async fn serve<S: Stream>(
         let https = match io.forwarded.https(&head, &peer) {
             Ok(https) => https,
             Err(e) => {
-                let _ = stream.write_all(&http::error_response(&e)).await;
+                refuse(&mut stream, &io, &peer, &e, &http::error_response(&e)).await;
                 break;
             }
         };
@@ -161,7 +161,7 @@ pub async fn serve<S: Stream>(
         if !body_in_buffer(&head, &buf) {
             claim.release();
         }
-        let Some(start) = start_body(&mut stream, &mut buf, &head, &io).await else {
+        let Some(start) = start_body(&mut stream, &mut buf, &head, &io, &peer).await else {
             break;
         };
         if held {
@@ -219,6 +219,21 @@ pub async fn serve<S: Stream>(
     // system call per connection.
     drop(stream);
     io.connection_closed();
+}
+
+/// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
+/// naming the client and what was wrong, so a misbehaving client or proxy is visible without a capture.
+async fn refuse<S: Stream>(
+    stream: &mut S,
+    io: &IoState,
+    peer: &Peer,
+    what: &dyn std::fmt::Display,
+    response: &[u8],
+) {
+    io.ctx
+        .log
+        .warning(&format!("Invalid request from ip={}: {what}", peer.ip));
+    let _ = stream.write_all(response).await;
 }
 
 fn head_complete(buf: &[u8], scanned_from: usize) -> bool {
@@ -416,6 +431,7 @@ async fn start_body<S: Stream>(
     buf: &mut Vec<u8>,
     head: &RequestHead,
     io: &IoState,
+    peer: &Peer,
 ) -> Option<BodyStart> {
     let mut body = match head.body {
         BodyKind::Empty => BodyState::Done,
@@ -451,7 +467,7 @@ async fn start_body<S: Stream>(
                 Ok(Ok(Some(d))) => prefetched.extend_from_slice(&d),
                 Ok(Ok(None)) => break,
                 Ok(Err(BodyError::Http(e))) => {
-                    let _ = stream.write_all(&http::error_response(&e)).await;
+                    refuse(stream, io, peer, &e, &http::error_response(&e)).await;
                     return None;
                 }
                 Ok(Err(_)) | Err(_) => return None,
@@ -553,7 +569,7 @@ async fn handle_request<S: Stream>(
             out = reply_rx.recv() => {
                 if matches!(out, Some(Out::Bytes(_) | Out::File(_))) {
                     if let (Some(e), false) = (&body_error, response_started) {
-                        let _ = stream.write_all(&http::error_response(e)).await;
+                        refuse(stream, io, peer, e, &http::error_response(e)).await;
                         return false;
                     }
                     response_started = true;
