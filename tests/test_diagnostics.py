@@ -76,6 +76,37 @@ def test_gthread_timeout_spares_the_other_threads(start_server):
     assert requests.get(srv.url + "/", timeout=10).status_code == 200
 
 
+def test_timeout_answer_is_the_access_line(start_server):
+    """The 504 sent for --timeout has its access line; the view that returns after it (while the retiring
+    worker finishes another request) sent nothing, so it adds no line of its own."""
+    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "5",
+                        "--graceful-timeout", "10", "--access-logfile", "-", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    results = {}
+
+    def call(name, path):
+        try:
+            results[name] = requests.get(srv.url + path, timeout=20).status_code
+        except requests.RequestException as e:
+            results[name] = repr(e)
+
+    late = threading.Thread(target=call, args=("late", "/sleep?s=5.5"))
+    late.start()
+    time.sleep(2)
+    # Within the timeout, and keeps the retiring worker alive until after the late view returns (5.5 s).
+    other = threading.Thread(target=call, args=("other", "/sleep?s=4"))
+    other.start()
+    late.join(20)
+    other.join(20)
+    assert results == {"late": 504, "other": 200}, results
+    srv.wait_log(rf"Worker exiting \(pid: {worker}\)")
+    access = srv.stdout_text()
+    late_lines = [line for line in access.splitlines() if "/sleep?s=5.5 " in line]
+    assert len(late_lines) == 1, access
+    assert re.search(r'"GET /sleep\?s=5\.5 HTTP/1\.1" 504 \d+ ', late_lines[0]), access
+    assert re.search(r'"GET /sleep\?s=4 HTTP/1\.1" 200 ', access), access
+
+
 def test_outside_kill_is_not_blamed_on_memory(start_server):
     srv = start_server(["-w", "1", "stuck"])
     (worker,) = srv.wait_workers(1)

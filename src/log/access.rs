@@ -47,6 +47,40 @@ pub struct AccessRecord<'a> {
     pub environ: Option<&'a EnvironLookup<'a>>,
 }
 
+impl<'a> AccessRecord<'a> {
+    /// The record of a response to `head`, without environ lookups (`{var}e` renders `-` until
+    /// `environ` is set).
+    pub fn of_request(
+        head: &'a crate::http::RequestHead,
+        remote_addr: &'a str,
+        status: u16,
+        response_length: Option<u64>,
+        response_headers: &'a [(String, String)],
+        start: SystemTime,
+        duration: Duration,
+    ) -> AccessRecord<'a> {
+        AccessRecord {
+            remote_addr,
+            method: &head.method,
+            target: &head.target,
+            path: &head.path,
+            query: &head.query,
+            version: if head.version_minor == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
+            status,
+            response_length,
+            request_headers: &head.headers,
+            response_headers,
+            start,
+            duration,
+            environ: None,
+        }
+    }
+}
+
 /// `name -> value` for the WSGI environ, used by `{var}e` atoms.
 pub type EnvironLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
 

@@ -65,7 +65,8 @@ const TIMEOUT_POLL: Duration = Duration::from_millis(250);
 const PREFETCH_LIMIT: usize = 256 * 1024;
 
 enum HeadOutcome {
-    Head(Box<RequestHead>),
+    /// Shared: the Python thread reads it, and the connection keeps it to log a 504 of its own.
+    Head(Arc<RequestHead>),
     /// Clean end: the client closed or idled out between requests.
     Closed,
     /// The client sent something that is not a request, or timed out mid-head: answer (if a status is
@@ -188,7 +189,7 @@ pub async fn serve<S: Stream>(
         let keep = handle_request(
             &mut stream,
             &mut buf,
-            *head,
+            head,
             start,
             https,
             &client,
@@ -265,7 +266,7 @@ async fn read_head<S: Stream>(
                 match http::parse_request(buf, &io.parser) {
                     Ok(Parsed::Complete { head, consumed }) => {
                         buf.drain(..consumed);
-                        return HeadOutcome::Head(Box::new(head));
+                        return HeadOutcome::Head(Arc::new(head));
                     }
                     Ok(Parsed::Partial) => {}
                     Err(e) => return HeadOutcome::Refused(Some(e)),
@@ -494,7 +495,7 @@ fn body_in_buffer(head: &RequestHead, buf: &[u8]) -> bool {
 async fn handle_request<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    head: RequestHead,
+    head: Arc<RequestHead>,
     start: BodyStart,
     https: bool,
     peer: &Arc<Peer>,
@@ -532,7 +533,7 @@ async fn handle_request<S: Stream>(
         })
     };
     let job = Job {
-        head,
+        head: head.clone(),
         peer: peer.clone(),
         server: server.clone(),
         body: RequestBody {
@@ -636,7 +637,9 @@ async fn handle_request<S: Stream>(
                             "The request ran longer than the server's timeout ({} s).\n",
                             limit.as_secs()
                         );
+                        progress.timed_out.store(true, Ordering::Release);
                         let _ = stream.write_all(&http::simple_response(504, &body, true)).await;
+                        io.log_timeout_answer(&head, peer, body.len(), elapsed);
                     }
                     return false;
                 }

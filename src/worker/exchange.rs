@@ -3,7 +3,7 @@
 //! response pieces (`Out`) streamed back to the connection.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -161,7 +161,8 @@ pub enum Out {
 }
 
 pub struct Job {
-    pub head: RequestHead,
+    /// Shared with the connection, which logs the request itself if it answers for it (`--timeout`).
+    pub head: Arc<RequestHead>,
     pub peer: Arc<Peer>,
     pub server: Arc<ServerAddr>,
     pub body: RequestBody,
@@ -233,6 +234,9 @@ pub struct Progress {
     pub started_ns: AtomicU64,
     /// The index of that thread.
     pub thread: AtomicUsize,
+    /// The connection answered 504 for `--timeout` and logged that answer: whatever the app returns
+    /// later was never sent, so the Python thread writes no access line for it.
+    pub timed_out: AtomicBool,
 }
 
 impl Progress {

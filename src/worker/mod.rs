@@ -378,6 +378,35 @@ impl IoState {
         self.begin_stop();
     }
 
+    /// The access line of the 504 a connection sent for `--timeout` (the app's thread may never return
+    /// to write one, and what it returns later was not sent).
+    pub fn log_timeout_answer(
+        &self,
+        head: &crate::http::RequestHead,
+        peer: &Peer,
+        body_len: usize,
+        elapsed: Duration,
+    ) {
+        let Some(access) = &self.ctx.access_log else {
+            return;
+        };
+        let headers = [
+            ("Content-Type".to_string(), "text/plain".to_string()),
+            ("Content-Length".to_string(), body_len.to_string()),
+            ("Connection".to_string(), "close".to_string()),
+        ];
+        let now = std::time::SystemTime::now();
+        access.log(&crate::log::AccessRecord::of_request(
+            head,
+            &peer.ip,
+            504,
+            Some(body_len as u64),
+            &headers,
+            now.checked_sub(elapsed).unwrap_or(now),
+            elapsed,
+        ));
+    }
+
     /// A request is still running at `--slow-request-threshold`: one WARNING with the request and the
     /// current Python stack of its thread; the request goes on.
     pub fn request_slow(&self, thread: usize, elapsed: Duration) {

@@ -169,13 +169,11 @@ impl WsgiRunner {
         if let Some(req) = hook_req {
             self.post_request(py, req, outcome.as_ref(), &responder);
         }
-        if let Some(access) = &self.ctx.access_log {
+        // After a `--timeout` 504 the I/O thread logged the response the client got; the app's own
+        // outcome, if it ever comes, was never sent.
+        let answered_by_timeout = progress.timed_out.load(Ordering::Acquire);
+        if let (Some(access), false) = (&self.ctx.access_log, answered_by_timeout) {
             let r = responder.borrow(py);
-            let version = if head.version_minor == 0 {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            };
             let env = outcome.as_ref();
             // `{var}e` names come lower-cased and match environ keys case-insensitively, as in gunicorn.
             let lookup = |key: &str| -> Option<String> {
@@ -186,29 +184,18 @@ impl WsgiRunner {
                     })
                     .and_then(|(_, v)| v.str().ok().map(|s| s.to_string()))
             };
-            let rec = AccessRecord {
-                remote_addr: &peer.ip,
-                method: &head.method,
-                target: &head.target,
-                path: &head.path,
-                query: &head.query,
-                version,
-                status: r.status_code,
-                response_length: if r.headers_sent() {
-                    Some(r.body_sent)
-                } else {
-                    None
-                },
-                request_headers: &head.headers,
-                response_headers: &r.headers,
-                start: started_at,
-                duration: t0.elapsed(),
-                environ: if access.wants_environ() {
-                    Some(&lookup)
-                } else {
-                    None
-                },
-            };
+            let mut rec = AccessRecord::of_request(
+                &head,
+                &peer.ip,
+                r.status_code,
+                r.headers_sent().then_some(r.body_sent),
+                &r.headers,
+                started_at,
+                t0.elapsed(),
+            );
+            if access.wants_environ() {
+                rec.environ = Some(&lookup);
+            }
             access.log(&rec);
         }
         board.request_finished(self.thread);
