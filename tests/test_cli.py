@@ -234,6 +234,15 @@ def test_print_config_lists_settings():
         assert name in s, f"{name} missing from --print-config"
 
 
+def test_sendfile_setting_as_in_gunicorn(tmp_path):
+    """`sendfile` is None unless set; --no-sendfile and `sendfile = False` in the config file turn it off."""
+    assert _print_config([])["sendfile"] == "None"
+    assert _print_config(["--no-sendfile"])["sendfile"] == "False"
+    conf = tmp_path / "sf.conf.py"
+    conf.write_text("sendfile = False\n")
+    assert _print_config(["-c", str(conf)])["sendfile"] == "False"
+
+
 def test_version():
     res = run_cli(["-v"])
     assert res.returncode == 0
@@ -250,7 +259,7 @@ HELP_FLAGS = [
     "--log-file", "--log-level", "--limit-request-line", "--limit-request-fields",
     "--limit-request-field_size", "--forwarded-allow-ips", "-n", "--name", "-p", "--pid",
     "--check-config", "--print-config", "-v", "--version", "-c", "--config", "--max-requests",
-    "--preload",
+    "--preload", "--no-sendfile",
 ]
 
 

@@ -434,6 +434,20 @@ def test_file_wrapper(srv, tmp_path):
     assert r.body == content
 
 
+@pytest.mark.parametrize("args,expected", [([], b"abc" * 5000), (["--no-sendfile"], b"ABC" * 5000)],
+                         ids=["sendfile", "no-sendfile"])
+def test_no_sendfile_reads_the_file_through_python(start_server, tmp_path, args, expected):
+    """By default a file_wrapper body goes out from the descriptor and the object's read() is not called;
+    --no-sendfile (as in gunicorn) reads it through the object. The route's read() upper-cases."""
+    path = tmp_path / "lower.txt"
+    path.write_bytes(b"abc" * 5000)
+    srv = start_server(["-w", "1", *args, "testapp"])
+    r = get(srv.port, f"/upper-file?path={quote(str(path))}")
+    assert r.status == 200
+    assert r.header("Content-Length") == str(len(expected))
+    assert r.body == expected
+
+
 def test_file_wrapper_head_sends_no_body_and_keeps_the_connection(srv, tmp_path):
     path = tmp_path / "head.bin"
     path.write_bytes(b"x" * 5000)

@@ -287,6 +287,7 @@ fn parse_words(origin: Origin, words: Vec<String>) -> Result<Given, CliError> {
         }
         let value = match s.kind {
             Kind::Switch => SettingValue::Bool(true),
+            Kind::SwitchOff => SettingValue::Bool(false),
             Kind::Repeated => SettingValue::List(strings(&m, s.name)),
             Kind::OptionalValue => strings(&m, s.name)
                 .pop()
@@ -407,7 +408,7 @@ fn arg_for(s: &'static Setting) -> Option<Arg> {
     let arg = match s.kind {
         Kind::FileOnly => return None,
         Kind::Positional => return Some(arg.value_name(s.meta).help(s.help)),
-        Kind::Switch => arg.action(ArgAction::SetTrue).help(s.help),
+        Kind::Switch | Kind::SwitchOff => arg.action(ArgAction::SetTrue).help(s.help),
         Kind::Value | Kind::Repeated | Kind::OptionalValue => arg
             .action(if s.kind == Kind::Repeated {
                 ArgAction::Append

@@ -83,6 +83,9 @@ pub struct Config {
     pub daemon: bool,
     pub enable_stdio_inheritance: bool,
     pub reuse_port: bool,
+    /// `wsgi.file_wrapper` bodies go out with sendfile(2) unless this is `Some(false)` (`--no-sendfile`);
+    /// None, gunicorn's default, means on.
+    pub sendfile: Option<bool>,
     /// Accepted and checked for gunicorn compatibility; the heartbeat lives in the scoreboard.
     pub worker_tmp_dir: Option<PathBuf>,
     pub capture_output: bool,
@@ -162,6 +165,7 @@ impl Default for Config {
             daemon: false,
             enable_stdio_inheritance: false,
             reuse_port: false,
+            sendfile: None,
             worker_tmp_dir: None,
             capture_output: false,
             reload: false,

@@ -208,6 +208,8 @@ impl Section {
 pub enum Kind {
     /// A flag without a value that turns the setting on.
     Switch,
+    /// A flag without a value that turns the setting off (`--no-sendfile`).
+    SwitchOff,
     /// A flag with one value; given again, the last one wins.
     Value,
     /// A flag with one value that may be repeated; the values form a list.
@@ -1363,6 +1365,24 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| py_bool(c.initgroups),
+    },
+    Setting {
+        name: "sendfile",
+        section: Section::ServerMechanics,
+        kind: Kind::SwitchOff,
+        cli: &["--no-sendfile"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "on",
+        help: "Do not send wsgi.file_wrapper bodies with sendfile(2): read them through the file object in Python, like any other body",
+        apply: |c, v| {
+            c.sendfile = match v {
+                SettingValue::None => None,
+                v => Some(boolean(v)?),
+            };
+            Ok(())
+        },
+        show: |c| c.sendfile.map_or_else(|| "None".to_string(), py_bool),
     },
     Setting {
         name: "reuse_port",

@@ -293,7 +293,7 @@ impl WsgiRunner {
                     "start_response() was not called",
                 ));
             }
-            if !r.headers_sent() {
+            if !r.headers_sent() && self.ctx.cfg.sendfile != Some(false) {
                 if let Some((file, offset, len)) =
                     file_wrapper::sendfile_source(py, &wrapper.borrow())
                 {

@@ -6,6 +6,7 @@ environment variables CLOSE_LOG and CALL_LOG.
 """
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -278,6 +279,21 @@ def file_route(environ, start_response):
     return environ["wsgi.file_wrapper"](f, 8192)
 
 
+class _UpperFile(io.FileIO):
+    """A real file whose read() upper-cases: what arrives tells whether the body was read through Python
+    (upper case) or sent from the descriptor with sendfile (as stored)."""
+
+    def read(self, size=-1):
+        return super().read(size).upper()
+
+
+def upper_file_route(environ, start_response):
+    f = _UpperFile(_query(environ)["path"], "r")
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(os.fstat(f.fileno()).st_size))])
+    return environ["wsgi.file_wrapper"](f, 4096)
+
+
 ROUTES = {
     "/hello": hello,
     "/large": large,
@@ -298,6 +314,7 @@ ROUTES = {
     "/length": length,
     "/hop": hop,
     "/badheader": badheader,
+    "/upper-file": upper_file_route,
     "/file": file_route,
 }
 
