@@ -125,8 +125,11 @@ def test_v1_tcp4_and_tcp6(servers, mode):
     s = servers("--proxy-protocol", mode)
     env, _ = s.environ(v1("TCP4", "192.0.2.7", "198.51.100.1", 4242, 443) + REQUEST)
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.7", "4242")
-    env, _ = s.environ(v1("TCP6", "2001:db8::7", "2001:db8::1", 65535, 443) + REQUEST)
+    # the proxy's side, under gunicorn's keys
+    assert (env["PROXY_PROTOCOL"], env["PROXY_ADDR"], env["PROXY_PORT"]) == ("TCP4", "198.51.100.1", "443")
+    env, _ = s.environ(v1("TCP6", "2001:db8::7", "2001:db8::1", 65535, 8443) + REQUEST)
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("2001:db8::7", "65535")
+    assert (env["PROXY_PROTOCOL"], env["PROXY_ADDR"], env["PROXY_PORT"]) == ("TCP6", "2001:db8::1", "8443")
 
 
 @pytest.mark.ferricorn_only
@@ -136,6 +139,7 @@ def test_v1_unknown_keeps_the_real_peer(servers):
                  b"PROXY UNKNOWN ffff:f::1 ffff:f::2 65535 65535\r\n"):
         env, port = s.environ(line + REQUEST)
         assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("127.0.0.1", str(port))
+        assert "PROXY_ADDR" not in env
 
 
 @pytest.mark.parametrize("mode", ["v2", "auto"])
@@ -147,6 +151,9 @@ def test_v2_proxy_ipv4_ipv6_with_tlvs(servers, mode):
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.7", "4242")
     env, _ = s.environ(v2("2001:db8::7", "2001:db8::1", 1, 443) + REQUEST)
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("2001:db8::7", "1")
+    assert (env["PROXY_ADDR"], env["PROXY_PORT"]) == ("2001:db8::1", "443")
+    if not IS_GUNICORN:
+        assert env["PROXY_PROTOCOL"] == "TCP6"
     # TLVs are skipped, not passed on to the app
     env, _ = s.environ(v2("192.0.2.7", "198.51.100.1", 4242, 443, tlvs=tlvs) + REQUEST)
     assert not any("tlv-authority" in str(v) for v in env.values())
@@ -158,6 +165,7 @@ def test_v2_local_keeps_the_real_peer(servers):
     for header in (v2_local(), v2_local(b"\x01" * 12)):
         env, port = s.environ(header + REQUEST)
         assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("127.0.0.1", str(port))
+        assert "PROXY_ADDR" not in env
 
 
 def test_auto_takes_either_version_or_none(servers):

@@ -18,6 +18,18 @@ use crate::scoreboard::now_ns;
 pub struct Peer {
     pub ip: String,
     pub port: u16,
+    /// Set when a PROXY protocol header named the client: the proxy's side of it.
+    pub proxy: Option<ProxyEnd>,
+}
+
+/// What a PROXY header says of the proxy (`PROXY_PROTOCOL`, `PROXY_ADDR`, `PROXY_PORT`, as gunicorn).
+#[derive(Clone, Debug)]
+pub struct ProxyEnd {
+    /// `TCP4` or `TCP6`.
+    pub protocol: &'static str,
+    /// The address the client connected to.
+    pub ip: String,
+    pub port: u16,
 }
 
 /// The listener a request came in on: the fallback for `SERVER_NAME`/`SERVER_PORT` without a Host header.

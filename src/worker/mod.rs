@@ -943,6 +943,7 @@ fn tcp_peer(_stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Pee
     Peer {
         ip: addr.ip().to_string(),
         port: addr.port(),
+        proxy: None,
     }
 }
 
@@ -950,6 +951,7 @@ fn unix_peer(_stream: &tokio::net::UnixStream, _addr: &tokio::net::unix::SocketA
     Peer {
         ip: String::new(),
         port: 0,
+        proxy: None,
     }
 }
 

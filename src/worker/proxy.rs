@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::exchange::Peer;
+use super::exchange::{Peer, ProxyEnd};
 
 /// The 12 bytes a version 2 header starts with.
 pub const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -231,12 +231,21 @@ pub enum Step {
     Header(Header),
 }
 
+/// The two ends a PROXY header names for a TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proxied {
+    /// The client the app sees (`REMOTE_ADDR`, `REMOTE_PORT`).
+    pub client: SocketAddr,
+    /// Where the client connected to on the proxy (`PROXY_ADDR`, `PROXY_PORT`).
+    pub proxy: SocketAddr,
+}
+
 /// A complete, valid header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// The client the header names; None where the connection's own peer stands (v1 `UNKNOWN`, v2
+    /// The ends the header names; None where the connection's own peer stands (v1 `UNKNOWN`, v2
     /// `LOCAL`, and families other than TCP over IPv4/IPv6).
-    pub client: Option<SocketAddr>,
+    pub client: Option<Proxied>,
     /// Bytes the header takes at the start of the connection.
     pub len: usize,
 }
@@ -346,11 +355,14 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
         return Err(ProxyError::InvalidLine("wrong number of fields"));
     };
     let src = v1_address(src, v6)?;
-    v1_address(dst, v6)?;
+    let dst = v1_address(dst, v6)?;
     let sport = v1_port(sport)?;
-    v1_port(dport)?;
+    let dport = v1_port(dport)?;
     Ok(Some(Header {
-        client: Some(SocketAddr::new(src, sport)),
+        client: Some(Proxied {
+            client: SocketAddr::new(src, sport),
+            proxy: SocketAddr::new(dst, dport),
+        }),
         len,
     }))
 }
@@ -420,23 +432,28 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
             let a = block.get(..12).ok_or(ProxyError::InvalidHeader(
                 "address block too short for IPv4",
             ))?;
-            let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-            Some(SocketAddr::new(
-                IpAddr::V4(ip),
-                u16::from_be_bytes([a[8], a[9]]),
-            ))
+            let v4 = |at: usize| IpAddr::V4(Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]));
+            let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
+            Some(Proxied {
+                client: SocketAddr::new(v4(0), port(8)),
+                proxy: SocketAddr::new(v4(4), port(10)),
+            })
         }
         // TCP over IPv6.
         (2, 1) => {
             let a = block.get(..36).ok_or(ProxyError::InvalidHeader(
                 "address block too short for IPv6",
             ))?;
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&a[..16]);
-            Some(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(octets)),
-                u16::from_be_bytes([a[32], a[33]]),
-            ))
+            let v6 = |at: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&a[at..at + 16]);
+                IpAddr::V6(Ipv6Addr::from(octets))
+            };
+            let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
+            Some(Proxied {
+                client: SocketAddr::new(v6(0), port(32)),
+                proxy: SocketAddr::new(v6(16), port(34)),
+            })
         }
         // UNSPEC, UDP, unix sockets: as the specification allows, the connection's own endpoints.
         _ => None,
@@ -461,16 +478,25 @@ pub struct Waits<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Go on with HTTP; the client the app sees is this one, or the connection's own peer if None.
-    Accepted(Option<SocketAddr>),
+    Accepted(Option<Proxied>),
     /// Answer with the error (if there is one: not for a timeout or a peer that went away) and close.
     Refused(Option<ProxyError>),
 }
 
 /// The client as the app sees it (`REMOTE_ADDR`, `REMOTE_PORT`).
-pub fn peer(client: SocketAddr) -> Peer {
+pub fn peer(ends: Proxied) -> Peer {
     Peer {
-        ip: client.ip().to_string(),
-        port: client.port(),
+        ip: ends.client.ip().to_string(),
+        port: ends.client.port(),
+        proxy: Some(ProxyEnd {
+            protocol: if ends.client.is_ipv4() {
+                "TCP4"
+            } else {
+                "TCP6"
+            },
+            ip: ends.proxy.ip().to_string(),
+            port: ends.proxy.port(),
+        }),
     }
 }
 
@@ -592,8 +618,11 @@ mod tests {
         whole
     }
 
-    fn client(ip: &str, port: u16) -> Option<SocketAddr> {
-        Some(SocketAddr::new(ip.parse().unwrap(), port))
+    fn ends(client: (&str, u16), proxy: (&str, u16)) -> Option<Proxied> {
+        Some(Proxied {
+            client: SocketAddr::new(client.0.parse().unwrap(), client.1),
+            proxy: SocketAddr::new(proxy.0.parse().unwrap(), proxy.1),
+        })
     }
 
     #[test]
@@ -602,7 +631,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), line, REQUEST),
             Ok(Step::Header(Header {
-                client: client("192.168.0.1", 56324),
+                client: ends(("192.168.0.1", 56324), ("192.168.0.11", 443)),
                 len: line.len()
             }))
         );
@@ -610,7 +639,7 @@ mod tests {
         assert_eq!(
             feed(&settings(Mode::V1, &["127.0.0.1"]), line, REQUEST),
             Ok(Step::Header(Header {
-                client: client("2001:db8::1", 1),
+                client: ends(("2001:db8::1", 1), ("2001:db8::2", 65535)),
                 len: line.len()
             }))
         );
@@ -714,7 +743,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: client("192.168.1.10", 12345),
+                client: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
                 len: 28
             }))
         );
@@ -723,7 +752,7 @@ mod tests {
         assert_eq!(
             feed(&settings(Mode::V2, &["127.0.0.1"]), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: client("192.168.1.10", 12345),
+                client: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
                 len: 36
             }))
         );
@@ -731,7 +760,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: client("2001:db8::1", 54321),
+                client: ends(("2001:db8::1", 54321), ("2001:db8::2", 80)),
                 len: 52
             }))
         );
@@ -804,7 +833,7 @@ mod tests {
         assert_eq!(
             s.inspect(&h, LOCAL_PEER),
             Ok(Step::Header(Header {
-                client: client("7.7.7.7", 0x0707),
+                client: ends(("7.7.7.7", 0x0707), ("7.7.7.7", 0x0707)),
                 len: 16 + 65535
             }))
         );
@@ -962,12 +991,18 @@ mod tests {
             data.extend_from_slice(REQUEST);
             let pieces = data.iter().map(|&b| vec![b]).collect();
             let r = run(&auto(), pieces, false, Duration::from_secs(10)).await;
-            assert_eq!(r.outcome, Outcome::Accepted(client("2001:db8::7", 4242)));
+            let want = ends(("2001:db8::7", 4242), ("2001:db8::2", 443));
+            assert_eq!(r.outcome, Outcome::Accepted(want));
             let Outcome::Accepted(Some(addr)) = r.outcome else {
                 unreachable!()
             };
             let p = peer(addr);
             assert_eq!((p.ip.as_str(), p.port), ("2001:db8::7", 4242));
+            let proxy = p.proxy.expect("a proxied peer");
+            assert_eq!(
+                (proxy.protocol, proxy.ip.as_str(), proxy.port),
+                ("TCP6", "2001:db8::2", 443)
+            );
             // The reader stops at the header's end: what follows is at most what came with it.
             assert!(REQUEST.starts_with(&r.rest));
             assert_eq!(r.slow_calls, 1);
@@ -975,7 +1010,10 @@ mod tests {
             let mut data = v2_ipv4(&[0xe0, 0x00, 0x01, 0x00]);
             data.extend_from_slice(REQUEST);
             let r = run(&auto(), vec![data], false, Duration::from_secs(10)).await;
-            assert_eq!(r.outcome, Outcome::Accepted(client("192.168.1.10", 12345)));
+            assert_eq!(
+                r.outcome,
+                Outcome::Accepted(ends(("192.168.1.10", 12345), ("192.168.1.1", 443)))
+            );
             assert_eq!(r.rest, REQUEST);
             assert_eq!(r.slow_calls, 0);
         });

@@ -121,6 +121,12 @@ impl EnvironBuilder {
             itoa::Buffer::new().format(peer.port),
         )?;
         env.set_item(k.input.bind(py), input)?;
+        if let Some(proxy) = &peer.proxy {
+            // As gunicorn: a PROXY header also tells the app which of the proxy's addresses was used.
+            env.set_item("PROXY_PROTOCOL", proxy.protocol)?;
+            env.set_item("PROXY_ADDR", proxy.ip.as_str())?;
+            env.set_item("PROXY_PORT", itoa::Buffer::new().format(proxy.port))?;
+        }
 
         // Header names with '_' were already dropped or refused by the parser (`--header-map`).
         let mut host: Option<&[u8]> = None;
