@@ -48,10 +48,9 @@ def test_sync_request_past_timeout_gets_504_and_the_worker_is_replaced(start_ser
     assert requests.get(srv.url + "/", timeout=10).status_code == 200
 
 
-def test_gthread_timeout_spares_the_other_threads(start_server):
-    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "2",
-                        "--graceful-timeout", "10", "stuck"])
-    (worker,) = srv.wait_workers(1)
+def _stuck_then_other(srv, stuck_path, pause, other_path):
+    """GET `stuck_path`, then after `pause` seconds `other_path`, each from its own thread; returns
+    {"stuck": status, "other": status}."""
     results = {}
 
     def call(name, path):
@@ -60,15 +59,23 @@ def test_gthread_timeout_spares_the_other_threads(start_server):
         except requests.RequestException as e:
             results[name] = repr(e)
 
-    stuck = threading.Thread(target=call, args=("stuck", "/sleep?s=30"))
+    stuck = threading.Thread(target=call, args=("stuck", stuck_path))
     stuck.start()
-    time.sleep(0.8)
-    # Shorter than the timeout, but still running when the stuck request's timeout fires at ~2 s and the
-    # worker starts to retire: it must finish normally.
-    other = threading.Thread(target=call, args=("other", "/sleep?s=1.8"))
+    time.sleep(pause)
+    other = threading.Thread(target=call, args=("other", other_path))
     other.start()
     stuck.join(20)
     other.join(20)
+    return results
+
+
+def test_gthread_timeout_spares_the_other_threads(start_server):
+    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "2",
+                        "--graceful-timeout", "10", "stuck"])
+    (worker,) = srv.wait_workers(1)
+    # The other request is shorter than the timeout, but still running when the stuck request's timeout
+    # fires at ~2 s and the worker starts to retire: it must finish normally.
+    results = _stuck_then_other(srv, "/sleep?s=30", 0.8, "/sleep?s=1.8")
     assert results == {"stuck": 504, "other": 200}, results
     _assert_timeout_forensics(srv, worker, "/sleep?s=30", "sleeping_view")
     pids = srv.wait_workers(2)
@@ -82,23 +89,10 @@ def test_timeout_answer_is_the_access_line(start_server):
     srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "5",
                         "--graceful-timeout", "10", "--access-logfile", "-", "stuck"])
     (worker,) = srv.wait_workers(1)
-    results = {}
-
-    def call(name, path):
-        try:
-            results[name] = requests.get(srv.url + path, timeout=20).status_code
-        except requests.RequestException as e:
-            results[name] = repr(e)
-
-    late = threading.Thread(target=call, args=("late", "/sleep?s=5.5"))
-    late.start()
-    time.sleep(2)
-    # Within the timeout, and keeps the retiring worker alive until after the late view returns (5.5 s).
-    other = threading.Thread(target=call, args=("other", "/sleep?s=4"))
-    other.start()
-    late.join(20)
-    other.join(20)
-    assert results == {"late": 504, "other": 200}, results
+    # The other request is within the timeout and keeps the retiring worker alive until after the stuck
+    # view returns (5.5 s).
+    results = _stuck_then_other(srv, "/sleep?s=5.5", 2, "/sleep?s=4")
+    assert results == {"stuck": 504, "other": 200}, results
     srv.wait_log(rf"Worker exiting \(pid: {worker}\)")
     access = srv.stdout_text()
     late_lines = [line for line in access.splitlines() if "/sleep?s=5.5 " in line]
