@@ -126,7 +126,7 @@ pub async fn serve<S: Stream>(
             stop_signal: &io.shutdown_signal,
         };
         match proxy::read_header(&mut stream, &mut buf, settings, &peer.ip, waits).await {
-            proxy::Outcome::Accepted(Some(addr)) => client = Arc::new(proxy::peer(addr)),
+            proxy::Outcome::Accepted(Some(ends)) => client = Arc::new(proxy::peer(ends)),
             proxy::Outcome::Accepted(None) => {}
             proxy::Outcome::Refused(err) => {
                 if let Some(err) = err {

@@ -245,7 +245,7 @@ pub struct Proxied {
 pub struct Header {
     /// The ends the header names; None where the connection's own peer stands (v1 `UNKNOWN`, v2
     /// `LOCAL`, and families other than TCP over IPv4/IPv6).
-    pub client: Option<Proxied>,
+    pub ends: Option<Proxied>,
     /// Bytes the header takes at the start of the connection.
     pub len: usize,
 }
@@ -343,7 +343,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
     let proto = fields.next().unwrap_or_default();
     if proto == b"UNKNOWN" {
         // The rest of the line is to be ignored: the connection's own endpoints stand.
-        return Ok(Some(Header { client: None, len }));
+        return Ok(Some(Header { ends: None, len }));
     }
     let v6 = match proto {
         b"TCP4" => false,
@@ -359,7 +359,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
     let sport = v1_port(sport)?;
     let dport = v1_port(dport)?;
     Ok(Some(Header {
-        client: Some(Proxied {
+        ends: Some(Proxied {
             client: SocketAddr::new(src, sport),
             proxy: SocketAddr::new(dst, dport),
         }),
@@ -423,10 +423,10 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
     if local {
         // A connection the balancer made itself (a health check): its own endpoints stand, whatever
         // family is given.
-        return Ok(Some(Header { client: None, len }));
+        return Ok(Some(Header { ends: None, len }));
     }
     // What follows the addresses is TLVs, which are skipped.
-    let client = match (family, transport) {
+    let ends = match (family, transport) {
         // TCP over IPv4: source, destination, source port, destination port.
         (1, 1) => {
             let a = block.get(..12).ok_or(ProxyError::InvalidHeader(
@@ -458,7 +458,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, ProxyError> {
         // UNSPEC, UDP, unix sockets: as the specification allows, the connection's own endpoints.
         _ => None,
     };
-    Ok(Some(Header { client, len }))
+    Ok(Some(Header { ends, len }))
 }
 
 /// How [`read_header`] waits, as the connection waits for a request head.
@@ -516,7 +516,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
                 Ok(Step::NotProxy) => return Outcome::Accepted(None),
                 Ok(Step::Header(h)) => {
                     buf.drain(..h.len);
-                    return Outcome::Accepted(h.client);
+                    return Outcome::Accepted(h.ends);
                 }
                 Ok(Step::Incomplete) => {
                     if !slow {
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), line, REQUEST),
             Ok(Step::Header(Header {
-                client: ends(("192.168.0.1", 56324), ("192.168.0.11", 443)),
+                ends: ends(("192.168.0.1", 56324), ("192.168.0.11", 443)),
                 len: line.len()
             }))
         );
@@ -639,7 +639,7 @@ mod tests {
         assert_eq!(
             feed(&settings(Mode::V1, &["127.0.0.1"]), line, REQUEST),
             Ok(Step::Header(Header {
-                client: ends(("2001:db8::1", 1), ("2001:db8::2", 65535)),
+                ends: ends(("2001:db8::1", 1), ("2001:db8::2", 65535)),
                 len: line.len()
             }))
         );
@@ -662,7 +662,7 @@ mod tests {
             assert_eq!(
                 feed(&auto(), line, REQUEST),
                 Ok(Step::Header(Header {
-                    client: None,
+                    ends: None,
                     len: line.len()
                 }))
             );
@@ -743,7 +743,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
+                ends: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
                 len: 28
             }))
         );
@@ -752,7 +752,7 @@ mod tests {
         assert_eq!(
             feed(&settings(Mode::V2, &["127.0.0.1"]), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
+                ends: ends(("192.168.1.10", 12345), ("192.168.1.1", 443)),
                 len: 36
             }))
         );
@@ -760,7 +760,7 @@ mod tests {
         assert_eq!(
             feed(&auto(), &h, REQUEST),
             Ok(Step::Header(Header {
-                client: ends(("2001:db8::1", 54321), ("2001:db8::2", 80)),
+                ends: ends(("2001:db8::1", 54321), ("2001:db8::2", 80)),
                 len: 52
             }))
         );
@@ -782,7 +782,7 @@ mod tests {
             let len = h.len();
             assert_eq!(
                 feed(&auto(), &h, REQUEST),
-                Ok(Step::Header(Header { client: None, len })),
+                Ok(Step::Header(Header { ends: None, len })),
                 "{:x?}",
                 &h[12..16]
             );
@@ -833,7 +833,7 @@ mod tests {
         assert_eq!(
             s.inspect(&h, LOCAL_PEER),
             Ok(Step::Header(Header {
-                client: ends(("7.7.7.7", 0x0707), ("7.7.7.7", 0x0707)),
+                ends: ends(("7.7.7.7", 0x0707), ("7.7.7.7", 0x0707)),
                 len: 16 + 65535
             }))
         );
