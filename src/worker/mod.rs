@@ -919,7 +919,7 @@ macro_rules! accept_loop {
                 match accepted {
                     Ok((stream, addr)) => {
                         io.connections.set(io.connections.get() + 1);
-                        let peer = Arc::new($peer(&stream, &addr));
+                        let peer = Arc::new($peer(&addr));
                         let admission = io.admit(&peer);
                         tokio::task::spawn_local(conn::serve(
                             stream,
@@ -939,7 +939,7 @@ macro_rules! accept_loop {
     };
 }
 
-fn tcp_peer(_stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Peer {
+fn tcp_peer(addr: &std::net::SocketAddr) -> Peer {
     Peer {
         ip: addr.ip().to_string(),
         port: addr.port(),
@@ -947,7 +947,7 @@ fn tcp_peer(_stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Pee
     }
 }
 
-fn unix_peer(_stream: &tokio::net::UnixStream, _addr: &tokio::net::unix::SocketAddr) -> Peer {
+fn unix_peer(_addr: &tokio::net::unix::SocketAddr) -> Peer {
     Peer {
         ip: String::new(),
         port: 0,
