@@ -18,7 +18,7 @@ pub const MAX_WORKERS: usize = 512;
 pub const MAX_THREADS: usize = 128;
 
 /// How many simultaneous loopback calls per worker the scoreboard can name.
-pub const MAX_LOOPBACK_PORTS: usize = 16;
+pub const MAX_LOOPBACK_PORTS: usize = 64;
 
 const METHOD_LEN: usize = 16;
 const PATH_LEN: usize = 192;
@@ -70,9 +70,8 @@ struct WorkerSlot {
     requests: AtomicU64,
     /// Client ports of this worker's open connections to the server itself (loopback calls); 0 = empty.
     loopback_ports: [AtomicU32; MAX_LOOPBACK_PORTS],
-    /// Connections this worker accepted while full and holds until it can run them (see `Admission`).
-    held: AtomicU32,
-    /// Requests dispatched to this worker's Python threads but not started yet.
+    /// Requests in this worker's run queue, not taken by a thread yet (refreshed every
+    /// `loopback::SCAN_INTERVAL`).
     queued: AtomicU32,
     threads: [ThreadEntry; MAX_THREADS],
 }
@@ -196,7 +195,6 @@ impl Scoreboard {
         for p in s.loopback_ports.iter() {
             p.store(0, Ordering::Relaxed);
         }
-        s.held.store(0, Ordering::Relaxed);
         s.queued.store(0, Ordering::Relaxed);
     }
 
@@ -227,12 +225,33 @@ impl Scoreboard {
             .map(|i| self.worker(i))
     }
 
-    /// Whether any worker holds a connection it accepted while full (which may be a loopback call not
-    /// yet published by its owner).
-    pub fn any_held(&self) -> bool {
+    /// The live worker with process id `pid`, if any.
+    pub fn worker_with_pid(&self, pid: i32) -> Option<WorkerHandle> {
+        if pid <= 0 {
+            return None;
+        }
+        self.slots_in_use()
+            .find(|&i| self.slot(i).pid.load(Ordering::Acquire) == pid)
+            .map(|i| self.worker(i))
+    }
+
+    /// Whether a request of any worker has been running for at least `ns`.
+    pub fn any_request_older_than(&self, ns: u64) -> bool {
+        let now = now_ns();
         self.slots_in_use()
             .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
-            .any(|i| self.slot(i).held.load(Ordering::Acquire) > 0)
+            .any(|i| {
+                self.worker(i)
+                    .oldest_start_ns()
+                    .is_some_and(|started| now.saturating_sub(started) >= ns)
+            })
+    }
+
+    /// Whether requests wait in any worker's run queue.
+    pub fn any_waiting(&self) -> bool {
+        self.slots_in_use()
+            .filter(|&i| self.slot(i).pid.load(Ordering::Acquire) > 0)
+            .any(|i| self.slot(i).queued.load(Ordering::Acquire) > 0)
     }
 
     /// Whether any worker has a loopback call open.
@@ -275,24 +294,15 @@ impl WorkerHandle {
         self.board
     }
 
-    /// Requests waiting inside this worker: queued for a thread, or held connections.
+    /// Requests waiting inside this worker for a thread.
     pub fn waiting(&self) -> u32 {
-        self.slot().queued.load(Ordering::Relaxed) + self.slot().held.load(Ordering::Relaxed)
+        self.slot().queued.load(Ordering::Relaxed)
     }
 
     pub fn set_queued(&self, n: u32) {
-        self.slot().queued.store(n, Ordering::Relaxed);
-    }
-
-    pub fn add_held(&self) {
-        self.slot().held.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn remove_held(&self) {
-        let _ = self
-            .slot()
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if self.slot().queued.load(Ordering::Relaxed) != n {
+            self.slot().queued.store(n, Ordering::Release);
+        }
     }
 
     /// Replace this worker's list of open loopback calls.
@@ -364,6 +374,16 @@ impl WorkerHandle {
     }
 
     /// The oldest request in flight on any thread, if any: (thread index, snapshot).
+    /// When the oldest request in flight started (monotonic ns), without reading the requests themselves.
+    pub fn oldest_start_ns(&self) -> Option<u64> {
+        self.slot()
+            .threads
+            .iter()
+            .map(|t| t.started_ns.load(Ordering::Acquire))
+            .filter(|&ns| ns != 0)
+            .min()
+    }
+
     pub fn oldest_request(&self) -> Option<(usize, RequestInFlight)> {
         self.requests_in_flight()
             .into_iter()

@@ -232,6 +232,18 @@ pub fn accept_queue_len(fd: RawFd) -> u32 {
     info.tcpi_unacked
 }
 
+/// Whether a listening socket of any kind has a connection waiting to be accepted (no wait).
+pub fn has_pending(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd we own; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Listening sockets handed to a master started by `USR2`: their descriptor numbers, comma-separated.
 pub const INHERITED_FDS_ENV: &str = "FERRICORN_FD";
 

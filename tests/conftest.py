@@ -52,6 +52,10 @@ def pytest_configure(config):
         "markers",
         "ferricorn_only: behaviour gunicorn does not have; skipped when FERRICORN_SERVER is gunicorn",
     )
+    config.addinivalue_line(
+        "markers",
+        "stress: a guarantee repeated many times; FERRICORN_STRESS=N multiplies the repeats (CI runs N=1)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,11 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
+use super::admission::{Claim, Placed, WAIT_POLL};
 use super::exchange::{
     BodyChunk, BodyStream, FileBody, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr,
     BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
 };
-use super::{proxy, Admission, IoState};
+use super::{proxy, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
 use crate::scoreboard::now_ns;
 use std::sync::atomic::Ordering;
@@ -74,42 +75,16 @@ enum HeadOutcome {
     Refused(Option<HttpError>),
 }
 
-/// The connection's claim on worker capacity, if it still holds one.
-struct Claim<'a> {
-    io: &'a IoState,
-    held: bool,
-}
-
-impl Claim<'_> {
-    fn release(&mut self) {
-        if self.held {
-            self.held = false;
-            self.io.release();
-        }
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 pub async fn serve<S: Stream>(
     mut stream: S,
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: Rc<IoState>,
-    admission: Admission,
+    claimed: bool,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
-    // A connection admitted within capacity holds one unit of it from accept.
-    let mut claim = Claim {
-        io: &io,
-        held: admission == Admission::Claimed,
-    };
-    let mut overflow = admission == Admission::Overflow;
-    let mut held = admission == Admission::Held;
+    // A connection accepted within capacity holds one unit of it from accept (see `admission`).
+    let mut claim = io.admission.claim(claimed);
     let mut first = true;
     // PROXY protocol (`--proxy-protocol`, see `proxy`): a load balancer's header before the first request
     // names the client the app sees. The connection's own peer still decides loopback calls and
@@ -165,44 +140,25 @@ pub async fn serve<S: Stream>(
         let Some(start) = start_body(&mut stream, &mut buf, &head, &io, &peer).await else {
             break;
         };
-        if held {
-            // Accepted while full, to look for a loopback call: wait for a free thread, or until this
-            // connection is known to be such a call.
-            let admitted = io.wait_for_admission(&peer).await;
-            held = false;
-            io.board_handle().remove_held();
-            if admitted == Admission::Overflow {
-                overflow = true;
-            }
-        }
-        if overflow {
-            io.warn_loopback(&head.method, &head.target, &peer);
-        } else {
-            // The request runs now: it holds one unit of capacity until its response is complete, whether
-            // it converts the accept-time claim or takes a new one.
-            if !claim.held {
-                io.acquire();
-                claim.held = true;
-            }
-        }
         let dispatched = Instant::now();
+        let mut on_overflow = false;
         let keep = handle_request(
             &mut stream,
             &mut buf,
             head,
             start,
             https,
-            &client,
+            (&peer, &client),
             &server,
             &io,
-            overflow,
             &mut claim,
+            &mut on_overflow,
         )
         .await;
-        if overflow {
-            io.overflow_done();
+        if on_overflow {
+            io.admission.overflow_done();
         } else {
-            io.record_duration(dispatched.elapsed());
+            io.request_done(dispatched.elapsed());
         }
         claim.release();
         io.check_recycle();
@@ -212,14 +168,11 @@ pub async fn serve<S: Stream>(
             break;
         }
     }
-    if held {
-        io.board_handle().remove_held();
-    }
     drop(claim);
     // Dropping the stream closes it, which sends the FIN: a shutdown(2) first would only cost one more
     // system call per connection.
     drop(stream);
-    io.connection_closed();
+    io.admission.connection_closed();
 }
 
 /// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
@@ -491,6 +444,9 @@ fn body_in_buffer(head: &RequestHead, buf: &[u8]) -> bool {
     }
 }
 
+/// Run one request through the Python threads and write its response. `peers` are the connection's own
+/// peer (which tells a loopback call) and the client the app sees (different behind a PROXY header).
+/// Returns whether the connection may carry another request; `on_overflow` says where the request ran.
 #[allow(clippy::too_many_arguments)]
 async fn handle_request<S: Stream>(
     stream: &mut S,
@@ -498,11 +454,11 @@ async fn handle_request<S: Stream>(
     head: Arc<RequestHead>,
     start: BodyStart,
     https: bool,
-    peer: &Arc<Peer>,
+    (conn_peer, peer): (&Arc<Peer>, &Arc<Peer>),
     server: &Arc<ServerAddr>,
     io: &IoState,
-    overflow: bool,
     claim: &mut Claim<'_>,
+    on_overflow: &mut bool,
 ) -> bool {
     let BodyStart {
         mut body,
@@ -544,13 +500,18 @@ async fn handle_request<S: Stream>(
         progress: progress.clone(),
         https,
     };
-    let queued = if overflow {
-        io.dispatch_overflow(job)
-    } else {
-        io.queue.send(job).is_ok()
+    // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
+    // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
+    let mut waiting = match io.admission.place(job, conn_peer, claim) {
+        Some(Placed::Threads(ticket)) => Some(ticket),
+        Some(Placed::Overflow) => {
+            *on_overflow = true;
+            None
+        }
+        None => return false,
     };
-    if !queued {
-        return false;
+    if waiting.is_some() {
+        timeout_check = Instant::now() + WAIT_POLL;
     }
 
     let mut continue_sent = false;
@@ -622,10 +583,21 @@ async fn handle_request<S: Stream>(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(timeout_check), if watched => {
+            _ = tokio::time::sleep_until(timeout_check), if watched || waiting.is_some() => {
                 let started = progress.started_ns.load(Ordering::Acquire);
                 if started == 0 {
-                    timeout_check = Instant::now() + TIMEOUT_POLL;
+                    if let Some(ticket) = &waiting {
+                        if io.admission.recheck(ticket, conn_peer, claim) {
+                            *on_overflow = true;
+                            waiting = None;
+                        }
+                    }
+                    let poll = if waiting.is_some() { WAIT_POLL } else { TIMEOUT_POLL };
+                    timeout_check = Instant::now() + poll;
+                    continue;
+                }
+                waiting = None;
+                if !watched {
                     continue;
                 }
                 let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -20,6 +20,12 @@ pub struct Peer {
     pub port: u16,
     /// Set when a PROXY protocol header named the client: the proxy's side of it.
     pub proxy: Option<ProxyEnd>,
+    /// The client's process, for a unix-socket client (`SO_PEERCRED`): how a loopback call over a unix
+    /// socket is known (see `admission`).
+    pub local_pid: Option<i32>,
+    /// The TCP client is on this host (a loopback address, or the address it connected to): only such a
+    /// client can be a loopback call.
+    pub same_host: bool,
 }
 
 /// What a PROXY header says of the proxy (`PROXY_PROTOCOL`, `PROXY_ADDR`, `PROXY_PORT`, as gunicorn).
@@ -182,6 +188,23 @@ pub struct Job {
     pub progress: Arc<Progress>,
     /// `wsgi.url_scheme` is https: a trusted proxy said so (see `ForwardedTrust`).
     pub https: bool,
+}
+
+/// A request in a run queue. Whoever takes the job out first runs it: a thread of the queue's pool, or —
+/// while it still waits — its connection, which moves a loopback call to the overflow lane (see
+/// `admission`). So a request never runs twice, and never waits where the I/O thread cannot reach it.
+pub struct Ticket(Mutex<Option<Job>>);
+
+impl Ticket {
+    pub fn new(job: Job) -> Arc<Ticket> {
+        Arc::new(Ticket(Mutex::new(Some(job))))
+    }
+
+    /// The job, if nobody took it yet.
+    pub fn take(&self) -> Option<Job> {
+        // The lock is never held across anything that can panic, but a poisoned one still holds the job.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// `--forwarded-allow-ips` and the secure scheme headers: which peers may tell the scheme, and how.

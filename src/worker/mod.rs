@@ -1,11 +1,10 @@
 //! A worker process, after fork: load the app, then run the I/O loop (tokio, on the main thread) beside the
 //! Python threads that run the app — one for `sync`, `--threads` for `gthread`.
 //!
-//! Capacity is counted in requests: a worker accepts a new connection only while fewer requests are
-//! running or about to run than it has Python threads, so no request waits inside a busy worker while
-//! another worker is idle. Keep-alive connections it already holds may still queue a request; that is the
-//! price of keep-alive and stays bounded by the connections the worker holds.
+//! Which connections it accepts and where each request runs (its threads, their queue, or the overflow
+//! lane for loopback calls) is `admission`'s job; this module boots the worker and runs its I/O loop.
 
+mod admission;
 pub mod conn;
 pub mod exchange;
 mod loopback;
@@ -14,7 +13,7 @@ pub mod proxy;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,51 +28,12 @@ use crate::python::hooks::HookRunner;
 use crate::scoreboard::{WorkerHandle, WorkerState};
 use crate::signals::{self, SignalPipe};
 use crate::sock::{ListenAddr, Listener};
-use exchange::{Job, Peer, ServerAddr};
+use admission::{Admission, OverflowLane};
+use exchange::{Peer, ServerAddr, Ticket};
 use pyo3::types::PyTuple;
 
 /// Exit code of a worker whose app could not be loaded; the master stops with "Worker failed to boot."
 pub const WORKER_BOOT_ERROR: i32 = 3;
-
-/// Extra Python threads a worker may start, on demand, to serve loopback calls while its ordinary threads
-/// are all busy.
-const MAX_OVERFLOW_THREADS: usize = 4;
-/// A request must have run this long before the worker looks for loopback calls: a fast load never pays
-/// for the scan.
-const LOOPBACK_SUSPECT_AGE: Duration = Duration::from_millis(100);
-/// At most one loopback warning per worker in this period (the others are counted).
-const LOOPBACK_WARNING_PERIOD: Duration = Duration::from_secs(10);
-
-/// How an accepted connection was admitted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Within capacity: the connection holds a unit of it from accept.
-    Claimed,
-    /// Accepted while the worker was full because a loopback call was waiting somewhere; this is not it,
-    /// so its first request waits for ordinary capacity.
-    Held,
-    /// The loopback call itself: served on the overflow lane, outside ordinary capacity.
-    Overflow,
-    /// Accepted beyond capacity for fairness (see `FAST_REQUEST`): its requests queue like a kept-alive
-    /// connection's.
-    Queued,
-}
-
-/// A worker whose requests finish faster than this on average, and none of whose running requests is
-/// older, will run a new connection soon even when all its threads are busy. Such a worker keeps accepting
-/// while connections wait in the backlog: otherwise its own kept-alive connections would win every freed
-/// thread and the backlog would never be served.
-const FAST_REQUEST: Duration = Duration::from_millis(20);
-
-/// The overflow lane: its own queue and lazily started threads, so a loopback call never waits behind
-/// the busy ordinary threads.
-struct OverflowLane {
-    tx: crossbeam_channel::Sender<Job>,
-    rx: crossbeam_channel::Receiver<Job>,
-    spawned: Cell<usize>,
-    in_flight: Cell<usize>,
-    first_index: usize,
-}
 
 /// Everything a worker needs, fixed after boot and shared by the I/O thread and the Python threads.
 pub struct WorkerContext {
@@ -95,6 +55,9 @@ pub struct WorkerContext {
     pub hook_worker: Option<Py<PyAny>>,
     /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
     pub tstates: Vec<AtomicPtr<libc::c_void>>,
+    /// Tickets in the run queue whose request moved to the overflow lane (see `admission`): the queue's
+    /// length less these is what waits for a thread.
+    pub empty_tickets: AtomicUsize,
 }
 
 impl WorkerContext {
@@ -114,33 +77,17 @@ impl WorkerContext {
 
 /// State of the I/O thread (single-threaded runtime, so plain cells).
 pub struct IoState {
-    in_use: Cell<usize>,
-    limit: usize,
-    connections: Cell<usize>,
+    pub admission: Admission,
     /// Requests have run since the heap was last given back to the system (see `supervise`).
     trim_due: Cell<bool>,
-    max_connections: usize,
-    capacity_changed: Notify,
     pub shutdown_signal: Notify,
     pub shutting_down: Cell<bool>,
-    pub queue: crossbeam_channel::Sender<Job>,
     pub parser: ParserOptions,
     keepalive: Duration,
     pub header_timeout: Duration,
-    overflow: OverflowLane,
     pub forwarded: exchange::ForwardedTrust,
     /// `--proxy-protocol` and `--proxy-allow-from`; None when off.
     pub proxy: Option<proxy::ProxySettings>,
-    /// Some worker has a loopback call open: a full worker still accepts, to find and serve it.
-    loopback_mode: Cell<bool>,
-    listen_ports: Vec<loopback::ListenPort>,
-    listen_fds: Vec<std::os::fd::RawFd>,
-    last_loopback_warning: Cell<Option<tokio::time::Instant>>,
-    /// Accepting beyond capacity for fairness (see `FAST_REQUEST`), refreshed by the watch task.
-    fair_accept: Cell<bool>,
-    /// Moving average of request durations (dispatch to last byte), ns; 0 = none yet.
-    avg_request_ns: Cell<u64>,
-    loopback_warnings_suppressed: Cell<u64>,
     /// `--timeout` for a request in Python; None when off.
     pub request_timeout: Option<Duration>,
     /// `--slow-request-threshold`; None when off.
@@ -152,187 +99,10 @@ pub struct IoState {
 }
 
 impl IoState {
-    fn can_accept(&self) -> bool {
-        self.connections.get() < self.max_connections
-            && (self.has_free_thread() || self.loopback_mode.get() || self.fair_accept.get())
-    }
-
-    /// A request of this worker took `d` from dispatch to its last byte: update the moving average.
-    pub fn record_duration(&self, d: Duration) {
+    /// A request of this worker took `d` from dispatch to its last byte.
+    pub fn request_done(&self, d: Duration) {
         self.trim_due.set(true);
-        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
-        let avg = self.avg_request_ns.get();
-        self.avg_request_ns.set(if avg == 0 {
-            ns.max(1)
-        } else {
-            (avg * 7 + ns) / 8
-        });
-    }
-
-    /// See `FAST_REQUEST`.
-    fn should_accept_for_fairness(&self) -> bool {
-        let fast = FAST_REQUEST.as_nanos() as u64;
-        let avg = self.avg_request_ns.get();
-        !self.has_free_thread()
-            && avg > 0
-            && avg < fast
-            && self.board.oldest_request().is_none_or(|(_, r)| {
-                crate::scoreboard::now_ns().saturating_sub(r.started_ns) < fast
-            })
-            && self
-                .listen_fds
-                .iter()
-                .any(|fd| crate::sock::accept_queue_len(*fd) > 0)
-    }
-
-    pub fn board_handle(&self) -> WorkerHandle {
-        self.board
-    }
-
-    pub fn has_free_thread(&self) -> bool {
-        self.in_use.get() < self.limit
-    }
-
-    /// Decide how a connection just accepted is admitted (see `Admission`).
-    fn admit(&self, peer: &Peer) -> Admission {
-        if self.has_free_thread() {
-            self.acquire();
-            return Admission::Claimed;
-        }
-        // Held is for connections taken only to look for a loopback call. A connection that lost the last
-        // free thread to a kept-alive request in the same instant (or was taken for fairness) simply
-        // queues, as a kept-alive request does.
-        let admission = if self.is_loopback_call(peer) {
-            Admission::Overflow
-        } else if self.loopback_mode.get() && !self.fair_accept.get() {
-            self.board.add_held();
-            Admission::Held
-        } else {
-            Admission::Queued
-        };
-        self.ctx.log.debug(&format!(
-            "Accepted {}:{} while full: {admission:?}",
-            peer.ip, peer.port
-        ));
-        admission
-    }
-
-    /// Whether `peer` is the client end of a loopback call some worker has published.
-    pub fn is_loopback_call(&self, peer: &Peer) -> bool {
-        let local = peer
-            .ip
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || self.listen_ports.iter().any(|l| l.ip == ip));
-        local && self.board.board().loopback_owner(peer.port).is_some()
-    }
-
-    /// A held connection's first request: wait for a free thread — unless the connection turns out to be
-    /// a loopback call (its owner may publish it only after we accepted it), which goes to the overflow
-    /// lane instead. A stopping worker still serves it: its request was already read.
-    pub async fn wait_for_admission(&self, peer: &Peer) -> Admission {
-        loop {
-            if self.has_free_thread() {
-                return Admission::Claimed;
-            }
-            if self.is_loopback_call(peer) {
-                return Admission::Overflow;
-            }
-            tokio::select! {
-                _ = self.capacity_changed.notified() => {}
-                _ = self.shutdown_signal.notified() => {}
-                _ = tokio::time::sleep(loopback::SCAN_INTERVAL) => {}
-            }
-        }
-    }
-
-    /// Queue a loopback call on the overflow lane, starting one more overflow thread if all are busy.
-    pub fn dispatch_overflow(&self, job: Job) -> bool {
-        let lane = &self.overflow;
-        if lane.in_flight.get() >= lane.spawned.get() && lane.spawned.get() < MAX_OVERFLOW_THREADS {
-            let index = lane.first_index + lane.spawned.get();
-            let ctx = self.ctx.clone();
-            let rx = lane.rx.clone();
-            let started = std::thread::Builder::new()
-                .name(format!("ferricorn-loopback-{index}"))
-                .spawn(move || pool::python_thread(ctx, index, rx));
-            match started {
-                Ok(_) => lane.spawned.set(lane.spawned.get() + 1),
-                Err(e) => self
-                    .ctx
-                    .log
-                    .error(&format!("Cannot start a thread for a loopback call: {e}")),
-            }
-        }
-        lane.in_flight.set(lane.in_flight.get() + 1);
-        lane.tx.send(job).is_ok()
-    }
-
-    pub fn overflow_done(&self) {
-        let lane = &self.overflow;
-        lane.in_flight.set(lane.in_flight.get().saturating_sub(1));
-    }
-
-    /// One WARNING per loopback call (at most one per period; the rest are counted in the next one),
-    /// naming the nested request, the request that made it, and what to change.
-    pub fn warn_loopback(&self, method: &str, target: &str, peer: &Peer) {
-        let now = tokio::time::Instant::now();
-        if self
-            .last_loopback_warning
-            .get()
-            .is_some_and(|t| now.duration_since(t) < LOOPBACK_WARNING_PERIOD)
-        {
-            self.loopback_warnings_suppressed
-                .set(self.loopback_warnings_suppressed.get() + 1);
-            return;
-        }
-        self.last_loopback_warning.set(Some(now));
-        let outer = self
-            .board
-            .board()
-            .loopback_owner(peer.port)
-            .and_then(|w| {
-                let pid = w.pid();
-                w.oldest_request().map(|(_, r)| {
-                    format!(
-                        "{} {} (worker {pid}, running for {:.1}s)",
-                        r.method,
-                        r.path,
-                        r.age_secs()
-                    )
-                })
-            })
-            .unwrap_or_else(|| "a request of this server".to_string());
-        let suppressed = self.loopback_warnings_suppressed.replace(0);
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more since the last warning)")
-        } else {
-            String::new()
-        };
-        self.ctx.log.warning(&format!(
-            "Loopback call: {method} {target} from {}:{} was sent to this server by its own request {outer} while every worker thread was busy; it is served on extra capacity so it cannot deadlock{more}. Run more workers or threads (--workers, --threads), or call the view's function instead of its URL.",
-            peer.ip, peer.port
-        ));
-    }
-
-    pub fn acquire(&self) {
-        self.in_use.set(self.in_use.get() + 1);
-        self.board.set_state(WorkerState::Busy);
-        self.capacity_changed.notify_waiters();
-    }
-
-    pub fn release(&self) {
-        let n = self.in_use.get().saturating_sub(1);
-        self.in_use.set(n);
-        if n == 0 && !self.shutting_down.get() {
-            self.board.set_state(WorkerState::Idle);
-        }
-        self.capacity_changed.notify_waiters();
-    }
-
-    pub fn connection_closed(&self) {
-        self.connections
-            .set(self.connections.get().saturating_sub(1));
-        self.capacity_changed.notify_waiters();
+        self.admission.record_duration(d);
     }
 
     /// Stop taking connections and requests; exit once the open ones are done (or the deadline passes).
@@ -597,12 +367,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         served: std::sync::atomic::AtomicU64::new(0),
         hooks: hooks.clone(),
         hook_worker,
-        tstates: (0..threads + MAX_OVERFLOW_THREADS)
+        tstates: (0..threads + admission::MAX_OVERFLOW_THREADS)
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
+        empty_tickets: AtomicUsize::new(0),
     });
-    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    let (overflow_tx, overflow_rx) = crossbeam_channel::unbounded::<Job>();
+    let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
         for i in 0..threads {
             let ctx = ctx.clone();
@@ -616,13 +386,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             }
         }
         drop(rx);
-        let overflow = OverflowLane {
-            tx: overflow_tx,
-            rx: overflow_rx,
-            spawned: Cell::new(0),
-            in_flight: Cell::new(0),
-            first_index: threads,
-        };
+        let overflow = OverflowLane::new(threads);
         io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
     });
     log.info(&format!("Worker exiting (pid: {pid})"));
@@ -690,7 +454,7 @@ pub fn exit(code: i32) -> ! {
 fn io_main(
     ctx: &Arc<WorkerContext>,
     listeners: &[Listener],
-    queue: crossbeam_channel::Sender<Job>,
+    queue: crossbeam_channel::Sender<Arc<Ticket>>,
     overflow: OverflowLane,
     threads: usize,
     sigpipe: SignalPipe,
@@ -711,42 +475,40 @@ fn io_main(
     } else {
         Duration::from_secs(30)
     };
+    let listen_ports = listeners
+        .iter()
+        .filter_map(|l| match l.addr {
+            ListenAddr::Tcp(a) => Some(loopback::ListenPort {
+                ip: a.ip(),
+                port: a.port(),
+            }),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect();
+    let (tcp_fds, unix_fds) = listeners
+        .iter()
+        .partition::<Vec<&Listener>, _>(|l| matches!(l.addr, ListenAddr::Tcp(_)));
+    let listen_fds = admission::ListenFds {
+        tcp: tcp_fds.iter().map(|l| l.fd()).collect(),
+        unix: unix_fds.iter().map(|l| l.fd()).collect(),
+    };
     let io = Rc::new(IoState {
-        in_use: Cell::new(0),
-        limit: threads,
-        connections: Cell::new(0),
+        admission: Admission::new(
+            ctx.clone(),
+            threads,
+            queue,
+            overflow,
+            listen_ports,
+            listen_fds,
+        ),
         trim_due: Cell::new(false),
-        max_connections: cfg.worker_connections.max(1),
-        capacity_changed: Notify::new(),
         shutdown_signal: Notify::new(),
         shutting_down: Cell::new(false),
-        queue,
         parser: parser_options(cfg),
         keepalive: Duration::from_secs(cfg.keepalive),
         header_timeout,
-        overflow,
         forwarded: exchange::ForwardedTrust::new(cfg),
         proxy: proxy::ProxySettings::new(cfg),
-        loopback_mode: Cell::new(false),
-        listen_ports: listeners
-            .iter()
-            .filter_map(|l| match l.addr {
-                ListenAddr::Tcp(a) => Some(loopback::ListenPort {
-                    ip: a.ip(),
-                    port: a.port(),
-                }),
-                ListenAddr::Unix(_) => None,
-            })
-            .collect(),
-        listen_fds: listeners
-            .iter()
-            .filter(|l| matches!(l.addr, ListenAddr::Tcp(_)))
-            .map(|l| l.fd())
-            .collect(),
-        last_loopback_warning: Cell::new(None),
-        fair_accept: Cell::new(false),
-        avg_request_ns: Cell::new(0),
-        loopback_warnings_suppressed: Cell::new(0),
         request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
         slow_threshold: (cfg.slow_request_threshold > 0)
             .then(|| Duration::from_secs(cfg.slow_request_threshold)),
@@ -797,60 +559,10 @@ fn io_main(
                 }
             }
         }
-        tokio::task::spawn_local(watch_loopback_calls(io.clone()));
+        let watcher = io.clone();
+        tokio::task::spawn_local(async move { admission::watch(&watcher.admission).await });
         supervise(ctx, &io, sigpipe).await
     })
-}
-
-/// While the worker is saturated, connections wait to be accepted and one of its requests has been running
-/// for a while, look for loopback calls this process has open and publish them; and follow whether any
-/// worker has one (then a full worker keeps accepting, to find the nested request and serve it).
-async fn watch_loopback_calls(io: Rc<IoState>) {
-    let mut published = false;
-    loop {
-        let board = io.board;
-        let suspect = !io.has_free_thread()
-            && !io.listen_ports.is_empty()
-            && board.oldest_request().is_some_and(|(_, r)| {
-                crate::scoreboard::now_ns().saturating_sub(r.started_ns)
-                    >= LOOPBACK_SUSPECT_AGE.as_nanos() as u64
-            })
-            // Only while something waits: in the accept queue, or held inside some worker (which is then
-            // in loopback mode, as this one follows).
-            && (io.loopback_mode.get()
-                || board.board().any_held()
-                || io
-                    .listen_fds
-                    .iter()
-                    .any(|fd| crate::sock::accept_queue_len(*fd) > 0));
-        let calls = if suspect {
-            loopback::own_calls_to(&io.listen_ports)
-        } else {
-            Vec::new()
-        };
-        if !calls.is_empty() || published {
-            io.ctx
-                .log
-                .debug(&format!("Loopback calls open in this worker: {calls:?}"));
-            board.publish_loopback_ports(&calls);
-            published = !calls.is_empty();
-        }
-        let fair = io.should_accept_for_fairness();
-        if fair != io.fair_accept.get() {
-            io.fair_accept.set(fair);
-            io.capacity_changed.notify_waiters();
-        }
-        let mode = !io.has_free_thread()
-            && (board.board().any_loopback_calls() || board.board().any_held());
-        if mode != io.loopback_mode.get() {
-            io.loopback_mode.set(mode);
-            io.capacity_changed.notify_waiters();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(loopback::SCAN_INTERVAL) => {}
-            _ = io.shutdown_signal.notified() => return,
-        }
-    }
 }
 
 fn parser_options(cfg: &Config) -> ParserOptions {
@@ -892,11 +604,11 @@ async fn wait_for_capacity(io: &IoState) -> bool {
         if io.shutting_down.get() {
             return false;
         }
-        if io.can_accept() {
+        if io.admission.can_accept() {
             return true;
         }
         tokio::select! {
-            _ = io.capacity_changed.notified() => {}
+            _ = io.admission.changed.notified() => {}
             _ = io.shutdown_signal.notified() => {}
         }
     }
@@ -913,20 +625,19 @@ macro_rules! accept_loop {
                 // request), so a connection is never taken while the worker cannot run it.
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
-                    _ = io.capacity_changed.notified() => continue,
+                    _ = io.admission.changed.notified() => continue,
                     _ = io.shutdown_signal.notified() => return,
                 };
                 match accepted {
                     Ok((stream, addr)) => {
-                        io.connections.set(io.connections.get() + 1);
-                        let peer = Arc::new($peer(&addr));
-                        let admission = io.admit(&peer);
+                        let peer = Arc::new($peer(&stream, &addr));
+                        let claimed = io.admission.accepted(&peer);
                         tokio::task::spawn_local(conn::serve(
                             stream,
                             peer,
                             server.clone(),
                             io.clone(),
-                            admission,
+                            claimed,
                         ));
                     }
                     Err(_) => {
@@ -939,19 +650,31 @@ macro_rules! accept_loop {
     };
 }
 
-fn tcp_peer(addr: &std::net::SocketAddr) -> Peer {
+fn tcp_peer(stream: &tokio::net::TcpStream, addr: &std::net::SocketAddr) -> Peer {
+    // An IPv4 client of an IPv6 listener shows as `::ffff:a.b.c.d`: judge its IPv4 address.
+    let ip = addr.ip().to_canonical();
     Peer {
         ip: addr.ip().to_string(),
         port: addr.port(),
         proxy: None,
+        local_pid: None,
+        // A client connecting to an address of this host from the same address is on this host; a
+        // loopback client needs no system call to tell.
+        same_host: ip.is_loopback()
+            || stream
+                .local_addr()
+                .is_ok_and(|local| local.ip().to_canonical() == ip),
     }
 }
 
-fn unix_peer(_addr: &tokio::net::unix::SocketAddr) -> Peer {
+/// A unix-socket client: no address, but its process is known, which tells a loopback call.
+fn unix_peer(stream: &tokio::net::UnixStream, _addr: &tokio::net::unix::SocketAddr) -> Peer {
     Peer {
         ip: String::new(),
         port: 0,
         proxy: None,
+        local_pid: stream.peer_cred().ok().and_then(|c| c.pid()),
+        same_host: true,
     }
 }
 
@@ -981,8 +704,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
             _ = tick.tick() => {
                 ctx.board.heartbeat();
                 io.check_recycle();
-                ctx.board.set_queued(io.queue.len() as u32);
-                if io.trim_due.get() && io.connections.get() == 0 {
+                if io.trim_due.get() && io.admission.connections() == 0 {
                     // A burst of connections leaves freed buffers in the heap's free lists, which glibc
                     // keeps mapped; with no connection left, give them back so an idle worker's memory
                     // returns to its idle size instead of staying at its peak.
@@ -990,7 +712,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                     // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
                     unsafe { libc::malloc_trim(0) };
                 }
-                if io.shutting_down.get() && io.connections.get() == 0 {
+                if io.shutting_down.get() && io.admission.connections() == 0 {
                     return 0;
                 }
                 if io.stop_deadline.get().is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -1004,7 +726,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                     match sig {
                         Signal::SIGTERM => {
                             io.begin_stop();
-                            if io.connections.get() == 0 {
+                            if io.admission.connections() == 0 {
                                 return 0;
                             }
                         }

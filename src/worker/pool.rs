@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::exchange::Job;
+use super::exchange::Ticket;
 use super::WorkerContext;
 use crate::wsgi::WsgiRunner;
 
@@ -24,7 +24,11 @@ const BATCH: u32 = 8;
 /// batching; Flask JSON (60–90 µs per request) got slower with it (87 → 105 µs), hence the limit.
 const SHORT_REQUEST: std::time::Duration = std::time::Duration::from_micros(20);
 
-pub fn python_thread(ctx: Arc<WorkerContext>, index: usize, rx: crossbeam_channel::Receiver<Job>) {
+pub fn python_thread(
+    ctx: Arc<WorkerContext>,
+    index: usize,
+    rx: crossbeam_channel::Receiver<Arc<Ticket>>,
+) {
     let log = ctx.log.clone();
     Python::attach(|py| {
         if let Some(slot) = ctx.tstates.get(index) {
@@ -35,7 +39,7 @@ pub fn python_thread(ctx: Arc<WorkerContext>, index: usize, rx: crossbeam_channe
                 std::sync::atomic::Ordering::Release,
             );
         }
-        let mut runner = match WsgiRunner::new(py, ctx, index) {
+        let mut runner = match WsgiRunner::new(py, ctx.clone(), index) {
             Ok(r) => r,
             Err(e) => {
                 log.error(&format!(
@@ -52,15 +56,21 @@ pub fn python_thread(ctx: Arc<WorkerContext>, index: usize, rx: crossbeam_channe
             } else {
                 None
             };
-            let job = match queued {
-                Some(job) => job,
+            let ticket = match queued {
+                Some(ticket) => ticket,
                 None => {
                     in_a_row = 0;
                     match py.detach(|| rx.recv()) {
-                        Ok(job) => job,
+                        Ok(ticket) => ticket,
                         Err(_) => break,
                     }
                 }
+            };
+            let Some(job) = ticket.take() else {
+                // Its connection moved the request to the overflow lane (a loopback call).
+                ctx.empty_tickets
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
             };
             let started = std::time::Instant::now();
             // A bug on our side must cost one request (its connection closes when the reply channel

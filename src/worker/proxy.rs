@@ -497,6 +497,8 @@ pub fn peer(ends: Proxied) -> Peer {
             ip: ends.proxy.ip().to_string(),
             port: ends.proxy.port(),
         }),
+        local_pid: None,
+        same_host: false,
     }
 }
 
