@@ -85,8 +85,8 @@ def settings_to_args(settings):
         if key in MISSING_SETTINGS:
             raise KeyError(key)
         if key == "limit_request_line":
-            # gunicorn clamps values above 8190 to 8190; ferricorn refuses them at startup.
-            args += ["--limit-request-line", str(min(int(value), 8190))]
+            # above 8190 (case 024: 8200), ferricorn uses 8190, as gunicorn does
+            args += ["--limit-request-line", str(value)]
         elif key == "limit_request_field_size":
             args += ["--limit-request-field_size", str(value)]
         elif key == "limit_request_fields":
