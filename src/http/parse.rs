@@ -768,7 +768,6 @@ struct FieldSink<'o> {
     content_length: Option<u64>,
     transfer_encoding: bool,
     chunked: bool,
-    compressed: bool,
     host_seen: bool,
     content_type_seen: bool,
     close: bool,
@@ -785,7 +784,6 @@ impl<'o> FieldSink<'o> {
             content_length: None,
             transfer_encoding: false,
             chunked: false,
-            compressed: false,
             host_seen: false,
             content_type_seen: false,
             close: false,
@@ -874,14 +872,12 @@ impl<'o> FieldSink<'o> {
             }
             if coding.eq_ignore_ascii_case(b"chunked") {
                 self.chunked = true;
-            } else if coding.eq_ignore_ascii_case(b"gzip")
-                || coding.eq_ignore_ascii_case(b"deflate")
-                || coding.eq_ignore_ascii_case(b"compress")
-            {
-                // Passed to the application undecoded; gunicorn then closes
-                // the connection, as the application may not consume it all.
-                self.compressed = true;
             } else if !coding.eq_ignore_ascii_case(b"identity") {
+                // `gzip`, `deflate` and `compress` included: the body would
+                // reach the application still coded, as if it were the
+                // content (gunicorn passes it on so). Decoding would put a
+                // decompressor of outside input on the I/O thread for a
+                // coding no client sends unasked: RFC 9112 §6.1's 501.
                 return Err(HttpError::UnsupportedTransferCoding);
             }
         }
@@ -914,8 +910,7 @@ impl<'o> FieldSink<'o> {
         if self.version_minor >= 1 && !self.host_seen && !self.opts.permit_missing_host {
             return Err(HttpError::MissingHost);
         }
-        let keep_alive =
-            !self.close && !self.compressed && (self.version_minor >= 1 || self.keep_alive_token);
+        let keep_alive = !self.close && (self.version_minor >= 1 || self.keep_alive_token);
         Ok(HeadFacts {
             headers: self.headers,
             body,
@@ -1394,11 +1389,23 @@ mod tests {
         assert_eq!(te("CHUNKED"), Ok((BodyKind::Chunked, true)));
         assert_eq!(te("\tchunked "), Ok((BodyKind::Chunked, true)));
         assert_eq!(te("identity, chunked"), Ok((BodyKind::Chunked, true)));
-        assert_eq!(te("gzip,chunked"), Ok((BodyKind::Chunked, false)));
+        // Known codings are refused as unknown ones are: the body would reach the app still coded.
+        for coding in [
+            "gzip,chunked",
+            "deflate, chunked",
+            "compress, chunked",
+            "x-gzip, chunked",
+        ] {
+            assert_eq!(
+                te(coding),
+                Err(HttpError::UnsupportedTransferCoding),
+                "{coding}"
+            );
+        }
         assert_eq!(te("chunked, chunked"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("chunked, gzip"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("chunked, identity"), Err(HttpError::ChunkedNotFinal));
-        assert_eq!(te("gzip"), Err(HttpError::ChunkedNotFinal));
+        assert_eq!(te("gzip"), Err(HttpError::UnsupportedTransferCoding));
         assert_eq!(te("identity"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("br, chunked"), Err(HttpError::UnsupportedTransferCoding));
         assert_eq!(
@@ -1412,8 +1419,10 @@ mod tests {
         assert_eq!(te("\x0bchunked"), Err(HttpError::InvalidHeaderValue));
         let two = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(err(two), HttpError::ChunkedNotFinal);
-        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(head(split).0.body, BodyKind::Chunked);
+        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(err(split), HttpError::UnsupportedTransferCoding);
         let cl = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(err(cl), HttpError::ContentLengthWithTransferEncoding);
         let v10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -1486,7 +1495,7 @@ mod tests {
     #[test]
     fn mutated_input_never_panics() {
         let seeds: [&[u8]; 3] = [
-            b"POST http://a:1/p?q#f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n5;x=\"y\"\r\nhello\r\n0\r\nT: v\r\n\r\n",
+            b"POST http://a:1/p?q#f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\nExpect: 100-continue\r\n\r\n5;x=\"y\"\r\nhello\r\n0\r\nT: v\r\n\r\n",
             b"GET / HTTP/1.0\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabc",
             b"\r\nOPTIONS * HTTP/1.9\r\nHost: [::1]:80\r\nX: \t\xff \r\n\r\n",
         ];
