@@ -179,6 +179,9 @@ fn serve(
     }
 
     log.info(&format!("Starting ferricorn {VERSION}"));
+    for warning in config::settings::limits_above_maximum(&cfg) {
+        log.warning(&warning);
+    }
     let listeners = match system::listeners(py, &cfg, &log) {
         Ok(l) => l,
         Err(e) => {
@@ -222,6 +225,9 @@ fn load_or_report(py: Python<'_>, cfg: &config::Config, log: &log::ErrorLog) -> 
 
 /// `--check-config`: load the configuration and the app, then exit 0 (good) or 1.
 fn check_config(py: Python<'_>, cfg: &config::Config, log: &log::ErrorLog) -> i32 {
+    for warning in config::settings::limits_above_maximum(cfg) {
+        log.warning(&warning);
+    }
     match load_or_report(py, cfg, log) {
         Some(_) => 0,
         None => 1,

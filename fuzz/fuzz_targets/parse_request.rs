@@ -8,7 +8,8 @@
 //!   before the head is whole;
 //! - the fields are what a WSGI environ may safely carry (token names, no CR/LF/NUL in values, `_`
 //!   names only under `--header-map dangerous`, one framing);
-//! - the head written back out in canonical form parses to the same head.
+//! - the head written back out in canonical form parses to the same head;
+//! - with an absolute-form target, the Host field holds the target's host (userinfo left out).
 //!
 //! For `Partial`: the input is no longer than `max_head_size`, so a caller's buffer stays bounded.
 #![no_main]
@@ -68,7 +69,28 @@ fn check_complete(buf: &[u8], opts: &ParserOptions, head: &RequestHead, consumed
     }
 
     check_fields(opts, head);
+    check_absolute_host(head);
     check_round_trip(opts, head);
+}
+
+/// RFC 9112 §3.2.2: the host of an absolute-form target replaces the Host field, exactly once.
+fn check_absolute_host(head: &RequestHead) {
+    if head.method == "CONNECT" || head.target.starts_with('/') || head.target == "*" {
+        return;
+    }
+    let rest = match head.target.split_once("://") {
+        Some((_, rest)) => rest,
+        None => panic!("absolute-form without ://: {:?}", head.target),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let hosts: Vec<&[u8]> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(hosts, vec![host.as_bytes()], "Host for {:?}", head.target);
 }
 
 fn check_fields(opts: &ParserOptions, head: &RequestHead) {
@@ -135,10 +157,26 @@ fn check_round_trip(opts: &ParserOptions, head: &RequestHead) {
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(format!(" HTTP/{}.{}\r\n", head.version.0, head.version.1).as_bytes());
-    for (name, value) in &head.headers {
+    // With an absolute-form target the parser puts the target's host in the Host field (RFC 9112
+    // §3.2.2), replacing the one sent or adding one at the end where none was needed. The canonical form
+    // sends that field empty (the parse fills it in again; an empty Host is valid), and leaves out one the
+    // parser may have added itself, so that no line and no field count grows past what the original met.
+    let absolute = head.method != "CONNECT" && !head.target.starts_with('/') && head.target != "*";
+    let last = head.headers.len().wrapping_sub(1);
+    for (i, (name, value)) in head.headers.iter().enumerate() {
+        let host = absolute && name.eq_ignore_ascii_case("host");
+        if host
+            && i == last
+            && name == "Host"
+            && (head.version_minor == 0 || opts.permit_missing_host)
+        {
+            continue;
+        }
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
-        out.extend_from_slice(value);
+        if !host {
+            out.extend_from_slice(value);
+        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

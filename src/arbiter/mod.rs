@@ -401,6 +401,9 @@ impl Arbiter {
                 if let Ok(level) = cfg.loglevel.parse() {
                     self.log.set_level(level);
                 }
+                for warning in crate::config::settings::limits_above_maximum(&cfg) {
+                    self.log.warning(&warning);
+                }
                 let workers = cfg.workers.max(1);
                 self.cfg = Arc::new(cfg);
                 self.hooks = hooks;

@@ -63,11 +63,12 @@ pub struct Config {
     pub errorlog: String,
     /// One of [`settings::LOG_LEVELS`], lower-case.
     pub loglevel: String,
-    /// 0 means no limit.
+    /// As configured: 0 means no limit, and above 8190 the parser uses 8190 (as gunicorn does; see
+    /// [`settings::limits_above_maximum`]).
     pub limit_request_line: usize,
-    /// Always 1..=32768 (a configured 0 is stored as 32768).
+    /// At least 1 (a configured 0 is stored as 32768); above 32768 the parser uses 32768.
     pub limit_request_fields: usize,
-    /// 0 means no limit.
+    /// 0 means the default, 8190 (gunicorn's documentation says "unlimited", its parser uses 8190).
     pub limit_request_field_size: usize,
     /// Canonical IP addresses, or `*`.
     pub forwarded_allow_ips: Vec<String>,

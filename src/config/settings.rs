@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use super::bind::{BindAddress, BindError};
 use super::{Config, WorkerClass};
 
-/// gunicorn's hard ceiling on the request line; larger values are refused.
+/// gunicorn's ceiling on the request line: a larger value is accepted and this one used.
 pub const MAX_REQUEST_LINE: usize = 8190;
-/// gunicorn's hard ceiling on the number of header fields.
+/// gunicorn's ceiling on the number of header fields: a larger value is accepted and this one used.
 pub const MAX_HEADERS: usize = 32768;
 /// Ceiling for second counts: keeps `seconds * 1e9` (nanosecond arithmetic elsewhere) inside a u64.
 pub const MAX_SECONDS: u64 = u32::MAX as u64;
@@ -418,6 +418,21 @@ fn usize_in(v: SettingValue, min: usize, max: usize) -> Result<usize, ValueError
     let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let n = int(v, clamp(min), clamp(max))?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The limits configured above gunicorn's ceilings, each as the WARNING the master logs at startup.
+/// gunicorn takes such a value and uses its ceiling instead (a unit file written for it must still
+/// boot), and so does the parser (`crate::http::ParserOptions` clamps); the line says which value is used.
+/// `limit_request_field_size` has no ceiling, in gunicorn either.
+pub fn limits_above_maximum(c: &Config) -> Vec<String> {
+    [
+        ("limit_request_line", c.limit_request_line, MAX_REQUEST_LINE),
+        ("limit_request_fields", c.limit_request_fields, MAX_HEADERS),
+    ]
+    .into_iter()
+    .filter(|(_, value, max)| value > max)
+    .map(|(name, value, max)| format!("{name} {value} is above its maximum, {max}: {max} is used"))
+    .collect()
 }
 
 fn seconds(v: SettingValue) -> Result<u64, ValueError> {
@@ -916,9 +931,11 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "INT",
         default: "4094",
-        help: "Longest request line accepted, in bytes (at most 8190; 0 means no limit)",
+        help: "Longest request line accepted, in bytes (0 means no limit; above 8190, 8190 is used)",
         apply: |c, v| {
-            c.limit_request_line = usize_in(v, 0, MAX_REQUEST_LINE)?;
+            // Kept as given, as gunicorn keeps it: the parser uses the ceiling, and startup says so
+            // (`limits_above_maximum`).
+            c.limit_request_line = usize_in(v, 0, usize::MAX)?;
             Ok(())
         },
         show: |c| c.limit_request_line.to_string(),
@@ -931,10 +948,11 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "INT",
         default: "100",
-        help: "Most header fields accepted in one request (at most 32768; 0 means 32768)",
+        help: "Most header fields accepted in one request (0 or above 32768 means 32768)",
         apply: |c, v| {
             // gunicorn treats 0 as its ceiling; storing the ceiling spares the parser a special case.
-            c.limit_request_fields = match usize_in(v, 0, MAX_HEADERS)? {
+            // A value above it is kept as given, like the request line's.
+            c.limit_request_fields = match usize_in(v, 0, usize::MAX)? {
                 0 => MAX_HEADERS,
                 n => n,
             };
@@ -950,7 +968,7 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &["limit-request-field-size"],
         meta: "INT",
         default: "8190",
-        help: "Longest header field accepted, in bytes (0 means no limit)",
+        help: "Longest header field accepted, in bytes (0 means the default, 8190, as in gunicorn)",
         apply: |c, v| {
             c.limit_request_field_size = usize_in(v, 0, usize::MAX)?;
             Ok(())

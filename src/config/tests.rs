@@ -347,11 +347,11 @@ fn bad_values_name_the_flag() {
             "argument --worker-connections: ",
         ),
         (
-            &["--limit-request-line", "8191"],
+            &["--limit-request-line", "8k"],
             "argument --limit-request-line: ",
         ),
         (
-            &["--limit-request-fields", "32769"],
+            &["--limit-request-fields=-1"],
             "argument --limit-request-fields: ",
         ),
         (
@@ -383,7 +383,7 @@ fn bad_values_name_the_flag() {
         let e = err(args);
         assert!(e.contains(want), "{args:?}: {e}");
     }
-    assert!(err(&["--limit-request-line", "8191"]).contains("between 0 and 8190"));
+    assert!(err(&["--limit-request-line=-1"]).contains("argument --limit-request-line: "));
 }
 
 #[test]
@@ -717,4 +717,46 @@ fn normalized(out: &str) -> Vec<String> {
             None => l.to_string(),
         })
         .collect()
+}
+
+#[test]
+fn limits_above_gunicorns_maximum_are_kept_and_named() {
+    // gunicorn accepts these and uses its ceiling; so does ferricorn, with one warning each.
+    let c = cfg(&[
+        "--limit-request-line",
+        "8200",
+        "--limit-request-fields",
+        "40000",
+    ]);
+    assert_eq!(
+        (c.limit_request_line, c.limit_request_fields),
+        (8200, 40000)
+    );
+    assert_eq!(
+        super::settings::limits_above_maximum(&c),
+        vec![
+            "limit_request_line 8200 is above its maximum, 8190: 8190 is used",
+            "limit_request_fields 40000 is above its maximum, 32768: 32768 is used",
+        ]
+    );
+    let at_max = cfg(&[
+        "--limit-request-line",
+        "8190",
+        "--limit-request-fields",
+        "32768",
+    ]);
+    assert!(super::settings::limits_above_maximum(&at_max).is_empty());
+    // 0 is gunicorn's "no limit" (request line) or its ceiling (fields): nothing to warn about.
+    let zero = cfg(&["--limit-request-line", "0", "--limit-request-fields", "0"]);
+    assert!(super::settings::limits_above_maximum(&zero).is_empty());
+    // The parser enforces the ceilings.
+    let opts = crate::http::ParserOptions {
+        limit_request_line: c.limit_request_line,
+        limit_request_fields: c.limit_request_fields,
+        ..Default::default()
+    };
+    assert_eq!(
+        (opts.request_line_limit(), opts.fields_limit()),
+        (8190, 32768)
+    );
 }

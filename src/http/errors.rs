@@ -4,7 +4,8 @@
 //! Statuses follow gunicorn's answers so that clients and proxies see the
 //! same behaviour when ferricorn replaces it: every framing or syntax error is
 //! a 400, header-size limits are 431, an unknown transfer coding is 501 and an
-//! expectation other than `100-continue` is 417.
+//! expectation other than `100-continue` is 417. A request the client cuts off (it closes its side
+//! inside the head or the body) is a 400 too: the client may still be reading.
 
 use std::fmt;
 
@@ -83,6 +84,10 @@ pub enum HttpError {
     ForbiddenTrailer,
     /// The trailer section exceeds its size or field-count limits.
     TrailersTooLarge,
+    /// The client ended the connection (or its sending side) inside a request head.
+    IncompleteHead,
+    /// The client ended the connection (or its sending side) before the body its framing announced.
+    IncompleteBody,
     /// The application's status string is not `NNN reason`.
     InvalidResponseStatus,
 }
@@ -125,7 +130,9 @@ impl HttpError {
             | InvalidChunkExtension
             | ChunkLineTooLong
             | InvalidChunk
-            | ForbiddenTrailer => 400,
+            | ForbiddenTrailer
+            | IncompleteHead
+            | IncompleteBody => 400,
         }
     }
 
@@ -167,6 +174,8 @@ impl HttpError {
             InvalidChunk => "Chunk data not terminated by CRLF",
             ForbiddenTrailer => "Forbidden trailer field",
             TrailersTooLarge => "Trailer section is too large",
+            IncompleteHead => "Request ended before its head was complete",
+            IncompleteBody => "Request ended before its body was complete",
             InvalidResponseStatus => "Invalid response status",
         }
     }

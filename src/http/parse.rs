@@ -321,6 +321,8 @@ struct TargetParts {
     path: (usize, usize),
     query: (usize, usize),
     fragment: (usize, usize),
+    /// Absolute-form only: the authority's `host[:port]`, userinfo left out.
+    host: Option<(usize, usize)>,
 }
 
 struct RequestLine<'a> {
@@ -330,10 +332,11 @@ struct RequestLine<'a> {
     version: (u8, u8),
     version_minor: u8,
     casefold: bool,
+    connect: bool,
 }
 
 impl RequestLine<'_> {
-    fn into_head(self, facts: HeadFacts) -> Result<RequestHead, HttpError> {
+    fn into_head(self, mut facts: HeadFacts) -> Result<RequestHead, HttpError> {
         // Every byte was checked to be ASCII above, so these conversions
         // cannot fail; the errors only avoid a panic path.
         let mut method = std::str::from_utf8(self.method)
@@ -344,6 +347,28 @@ impl RequestLine<'_> {
         }
         let target = std::str::from_utf8(self.target).map_err(|_| HttpError::InvalidTarget)?;
         let slice = |(a, b): (usize, usize)| target.get(a..b).unwrap_or("").to_owned();
+        if let Some(range) = self.parts.host {
+            // RFC 9112 §3.2.2: with an absolute-form target the server uses the
+            // target's host and ignores the Host field (checked above all the
+            // same: a bad or repeated one is still refused). Replacing the
+            // field here gives every reader of the head the same host.
+            let host = slice(range).into_bytes();
+            match facts
+                .headers
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            {
+                Some((_, value)) => *value = host,
+                None => facts.headers.push(("Host".to_owned(), host)),
+            }
+        }
+        if self.connect {
+            // RFC 9110 §9.3.6: after a 2xx the connection is a tunnel, which a
+            // WSGI application cannot run, and after any other answer the
+            // client may already have sent tunnel bytes: nothing after a
+            // CONNECT is read as a request.
+            facts.keep_alive = false;
+        }
         Ok(RequestHead {
             path: slice(self.parts.path),
             query: slice(self.parts.query),
@@ -399,7 +424,8 @@ fn parse_request_line<'a>(
     };
 
     let (version, version_minor) = parse_version(version, opts)?;
-    let parts = split_target(target, method_is("OPTIONS"), method_is("CONNECT"))?;
+    let connect = method_is("CONNECT");
+    let parts = split_target(target, method_is("OPTIONS"), connect)?;
     Ok(RequestLine {
         method,
         target,
@@ -407,6 +433,7 @@ fn parse_request_line<'a>(
         version,
         version_minor,
         casefold,
+        connect,
     })
 }
 
@@ -445,6 +472,7 @@ fn split_target(t: &[u8], is_options: bool, is_connect: bool) -> Result<TargetPa
             path: (0, n),
             query: (n, n),
             fragment: (n, n),
+            host: None,
         });
     }
     if t == b"*" {
@@ -455,8 +483,10 @@ fn split_target(t: &[u8], is_options: bool, is_connect: bool) -> Result<TargetPa
             path: (0, 1),
             query: (1, 1),
             fragment: (1, 1),
+            host: None,
         });
     }
+    let mut host = None;
     let path_start = if t.first() == Some(&b'/') {
         0
     } else {
@@ -481,6 +511,10 @@ fn split_target(t: &[u8], is_options: bool, is_connect: bool) -> Result<TargetPa
         if !valid_authority(authority, true, false) {
             return Err(HttpError::InvalidTarget);
         }
+        // The userinfo ends at the last `@`; none may follow in a reg-name or an IP-literal.
+        let host_start =
+            memchr::memrchr(b'@', authority).map_or(auth_start, |at| auth_start + at + 1);
+        host = Some((host_start, auth_start + auth_len));
         auth_start + auth_len
     };
     let hash = memchr(b'#', &t[path_start..]).map_or(n, |i| path_start + i);
@@ -489,6 +523,7 @@ fn split_target(t: &[u8], is_options: bool, is_connect: bool) -> Result<TargetPa
         path: (path_start, qmark),
         query: ((qmark + 1).min(hash), hash),
         fragment: ((hash + 1).min(n), n),
+        host,
     })
 }
 
@@ -768,7 +803,6 @@ struct FieldSink<'o> {
     content_length: Option<u64>,
     transfer_encoding: bool,
     chunked: bool,
-    compressed: bool,
     host_seen: bool,
     content_type_seen: bool,
     close: bool,
@@ -785,7 +819,6 @@ impl<'o> FieldSink<'o> {
             content_length: None,
             transfer_encoding: false,
             chunked: false,
-            compressed: false,
             host_seen: false,
             content_type_seen: false,
             close: false,
@@ -874,14 +907,12 @@ impl<'o> FieldSink<'o> {
             }
             if coding.eq_ignore_ascii_case(b"chunked") {
                 self.chunked = true;
-            } else if coding.eq_ignore_ascii_case(b"gzip")
-                || coding.eq_ignore_ascii_case(b"deflate")
-                || coding.eq_ignore_ascii_case(b"compress")
-            {
-                // Passed to the application undecoded; gunicorn then closes
-                // the connection, as the application may not consume it all.
-                self.compressed = true;
             } else if !coding.eq_ignore_ascii_case(b"identity") {
+                // `gzip`, `deflate` and `compress` included: the body would
+                // reach the application still coded, as if it were the
+                // content (gunicorn passes it on so). Decoding would put a
+                // decompressor of outside input on the I/O thread for a
+                // coding no client sends unasked: RFC 9112 §6.1's 501.
                 return Err(HttpError::UnsupportedTransferCoding);
             }
         }
@@ -914,8 +945,7 @@ impl<'o> FieldSink<'o> {
         if self.version_minor >= 1 && !self.host_seen && !self.opts.permit_missing_host {
             return Err(HttpError::MissingHost);
         }
-        let keep_alive =
-            !self.close && !self.compressed && (self.version_minor >= 1 || self.keep_alive_token);
+        let keep_alive = !self.close && (self.version_minor >= 1 || self.keep_alive_token);
         Ok(HeadFacts {
             headers: self.headers,
             body,
@@ -1104,6 +1134,40 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_host_replaces_the_host_field() {
+        let (h, _) = head(b"GET http://a.example/x HTTP/1.1\r\nHOST: b.example\r\nX: 1\r\n\r\n");
+        assert_eq!(
+            h.headers,
+            vec![
+                ("HOST".to_owned(), b"a.example".to_vec()),
+                ("X".to_owned(), b"1".to_vec())
+            ]
+        );
+        // HTTP/1.0 needs no Host: the target's host is added.
+        let (h, _) = head(b"GET http://u@a.example:81/x HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            h.headers,
+            vec![("Host".to_owned(), b"a.example:81".to_vec())]
+        );
+        // The Host field is still checked: a bad or repeated one is refused, a missing one on 1.1 too.
+        assert_eq!(
+            err(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            HttpError::DuplicateHost
+        );
+        assert_eq!(
+            err(b"GET http://a/ HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            HttpError::InvalidHost
+        );
+        assert_eq!(
+            err(b"GET http://a/ HTTP/1.1\r\n\r\n"),
+            HttpError::MissingHost
+        );
+        // Origin-form keeps the field as sent.
+        let (h, _) = head(b"GET /x HTTP/1.1\r\nHost: b.example\r\n\r\n");
+        assert_eq!(h.header("host"), Some(&b"b.example"[..]));
+    }
+
+    #[test]
     fn target_forms() {
         let (h, _) =
             head(b"GET http://user:pw@example.com:8080/p/q?x=1#f HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1111,8 +1175,11 @@ mod tests {
             (h.path.as_str(), h.query.as_str(), h.fragment.as_str()),
             ("/p/q", "x=1", "f")
         );
+        assert_eq!(h.header("host"), Some(&b"example.com:8080"[..]));
         let (h, _) = head(b"GET https://[::1]:8443?q HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!((h.path.as_str(), h.query.as_str()), ("", "q"));
+        assert_eq!(h.header("host"), Some(&b"[::1]:8443"[..]));
+        assert!(h.keep_alive);
         let (h, _) = head(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.path, "*");
         let (h, _) = head(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
@@ -1120,6 +1187,8 @@ mod tests {
             (h.target.as_str(), h.path.as_str()),
             ("example.com:443", "example.com:443")
         );
+        // Nothing after a CONNECT is read as a request.
+        assert!(!h.keep_alive);
         let (h, _) = head(b"GET //a//b?c?d HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!((h.path.as_str(), h.query.as_str()), ("//a//b", "c?d"));
         let (h, _) = head(b"GET /a#b?c HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1394,11 +1463,23 @@ mod tests {
         assert_eq!(te("CHUNKED"), Ok((BodyKind::Chunked, true)));
         assert_eq!(te("\tchunked "), Ok((BodyKind::Chunked, true)));
         assert_eq!(te("identity, chunked"), Ok((BodyKind::Chunked, true)));
-        assert_eq!(te("gzip,chunked"), Ok((BodyKind::Chunked, false)));
+        // Known codings are refused as unknown ones are: the body would reach the app still coded.
+        for coding in [
+            "gzip,chunked",
+            "deflate, chunked",
+            "compress, chunked",
+            "x-gzip, chunked",
+        ] {
+            assert_eq!(
+                te(coding),
+                Err(HttpError::UnsupportedTransferCoding),
+                "{coding}"
+            );
+        }
         assert_eq!(te("chunked, chunked"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("chunked, gzip"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("chunked, identity"), Err(HttpError::ChunkedNotFinal));
-        assert_eq!(te("gzip"), Err(HttpError::ChunkedNotFinal));
+        assert_eq!(te("gzip"), Err(HttpError::UnsupportedTransferCoding));
         assert_eq!(te("identity"), Err(HttpError::ChunkedNotFinal));
         assert_eq!(te("br, chunked"), Err(HttpError::UnsupportedTransferCoding));
         assert_eq!(
@@ -1412,8 +1493,10 @@ mod tests {
         assert_eq!(te("\x0bchunked"), Err(HttpError::InvalidHeaderValue));
         let two = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(err(two), HttpError::ChunkedNotFinal);
-        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(head(split).0.body, BodyKind::Chunked);
+        let split = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(err(split), HttpError::UnsupportedTransferCoding);
         let cl = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(err(cl), HttpError::ContentLengthWithTransferEncoding);
         let v10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -1486,7 +1569,7 @@ mod tests {
     #[test]
     fn mutated_input_never_panics() {
         let seeds: [&[u8]; 3] = [
-            b"POST http://a:1/p?q#f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n5;x=\"y\"\r\nhello\r\n0\r\nT: v\r\n\r\n",
+            b"POST http://a:1/p?q#f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\nExpect: 100-continue\r\n\r\n5;x=\"y\"\r\nhello\r\n0\r\nT: v\r\n\r\n",
             b"GET / HTTP/1.0\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabc",
             b"\r\nOPTIONS * HTTP/1.9\r\nHost: [::1]:80\r\nX: \t\xff \r\n\r\n",
         ];

@@ -58,6 +58,11 @@ const RESERVATION_GRACE: Duration = Duration::from_millis(200);
 /// connection is closed instead, so an unwanted upload never costs more than this.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 const READ_SIZE: usize = 16 * 1024;
+/// The staged close (see `close_staged`) reads what the client still sends for at most this long...
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ...and at most this much: enough for the rest of a typical upload in flight, while a client that never
+/// stops sending costs a bounded amount of reading before the connection is closed under it.
+const LINGER_LIMIT: usize = 1024 * 1024;
 /// How often a queued request is checked for having started in Python (its timeout clock starts then).
 const TIMEOUT_POLL: Duration = Duration::from_millis(250);
 /// How much body is read before the app is called (see `start_body`). Most form posts and JSON bodies fit,
@@ -91,6 +96,9 @@ pub async fn serve<S: Stream>(
     // `--forwarded-allow-ips`, as gunicorn judges forwarded headers by the socket peer.
     let mut client = peer.clone();
     let mut refused = false;
+    // Whether the server, not the client, ends the connection after sending something: then it closes in
+    // stages, so that what the client still sends cannot turn into a reset that destroys the answer.
+    let mut staged = true;
     if let Some(settings) = &io.proxy {
         let now = Instant::now();
         let waits = proxy::Waits {
@@ -104,8 +112,9 @@ pub async fn serve<S: Stream>(
             proxy::Outcome::Accepted(Some(ends)) => client = Arc::new(proxy::peer(ends)),
             proxy::Outcome::Accepted(None) => {}
             proxy::Outcome::Refused(err) => {
-                if let Some(err) = err {
-                    refuse(&mut stream, &io, &peer, &err, &err.response()).await;
+                match err {
+                    Some(err) => refuse(&mut stream, &io, &peer, &err, &err.response()).await,
+                    None => staged = false,
                 }
                 refused = true;
             }
@@ -117,10 +126,16 @@ pub async fn serve<S: Stream>(
         }
         let head = match read_head(&mut stream, &mut buf, &io, first, &mut claim).await {
             HeadOutcome::Head(h) => h,
-            HeadOutcome::Closed => break,
+            HeadOutcome::Closed => {
+                staged = false;
+                break;
+            }
             HeadOutcome::Refused(err) => {
-                if let Some(err) = err {
-                    refuse(&mut stream, &io, &peer, &err, &http::error_response(&err)).await;
+                match err {
+                    Some(err) => {
+                        refuse(&mut stream, &io, &peer, &err, &http::error_response(&err)).await
+                    }
+                    None => staged = false,
                 }
                 break;
             }
@@ -169,10 +184,37 @@ pub async fn serve<S: Stream>(
         }
     }
     drop(claim);
-    // Dropping the stream closes it, which sends the FIN: a shutdown(2) first would only cost one more
-    // system call per connection.
+    if staged {
+        close_staged(&mut stream, &mut buf).await;
+    }
+    // Dropping the stream closes it. When the client ended the connection (or it idled out) nothing is on
+    // its way, and the close alone sends the FIN.
     drop(stream);
     io.admission.connection_closed();
+}
+
+/// RFC 9112 §9.6's staged close, for a connection the server ends after an answer (a refusal, `--timeout`'s
+/// 504, `Connection: close`, the `--max-requests` last response, CONNECT): send the FIN after the answer
+/// (shutdown of the write side), then read and throw away what the client still sends — the rest of an
+/// upload, pipelined requests — until it closes too or `LINGER_TIME` / `LINGER_LIMIT` run out. A plain
+/// close with request bytes unread (or arriving later) makes the kernel answer with a reset, and a reset
+/// destroys the response the client has not read yet: it sees ECONNRESET instead of the 400 or 504.
+async fn close_staged<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
+    buf.clear();
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    while drained < LINGER_LIMIT {
+        buf.clear();
+        buf.reserve(READ_SIZE);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => drained += n,
+        }
+    }
+    buf.clear();
 }
 
 /// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
@@ -247,9 +289,15 @@ async fn read_head<S: Stream>(
         buf.reserve(READ_SIZE);
         tokio::select! {
             r = stream.read_buf(buf) => match r {
-                Ok(0) | Err(_) => {
-                    // EOF mid-head is a truncated request: close without an answer, as there is no
-                    // complete request to answer.
+                // The client ended its side inside a head: a cut-off request (a truncating proxy, a
+                // client that gave up). It may still be reading, so it gets its 400, and the log says so.
+                // Blank lines alone are not a request begun (RFC 9112 §2.2).
+                Ok(0) if buf.iter().any(|&b| b != b'\r' && b != b'\n') => {
+                    return HeadOutcome::Refused(Some(HttpError::IncompleteHead));
+                }
+                Ok(0) => return HeadOutcome::Closed,
+                // A reset or another error: nobody is left to answer.
+                Err(_) => {
                     return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
                 }
                 Ok(_) => {}
@@ -269,8 +317,9 @@ async fn read_head<S: Stream>(
 /// True when the buffer holds more than a request line may be and still no line end: refuse now rather
 /// than buffer up to the whole head size first.
 fn no_line_within_limit(buf: &[u8], io: &IoState) -> bool {
-    let limit = io.parser.limit_request_line;
-    limit > 0 && buf.len() > limit + 2 && memchr::memchr(b'\n', &buf[..limit + 2]).is_none()
+    // The limit enforced, which is not the one configured above gunicorn's maximum.
+    let limit = io.parser.request_line_limit();
+    buf.len() > limit + 2 && memchr::memchr(b'\n', &buf[..limit + 2]).is_none()
 }
 
 /// The request body still on the socket.
@@ -298,6 +347,18 @@ impl std::fmt::Display for BodyError {
             BodyError::Timeout => f.write_str("timed out reading the request body"),
             BodyError::Closed => f.write_str("client closed the connection before the body ended"),
             BodyError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl BodyError {
+    /// The protocol violation to answer with, if the client can still read an answer: a malformed body,
+    /// or one cut off by the client closing its side.
+    fn http(&self) -> Option<HttpError> {
+        match self {
+            BodyError::Http(e) => Some(*e),
+            BodyError::Closed => Some(HttpError::IncompleteBody),
+            BodyError::Pending | BodyError::Io | BodyError::Timeout => None,
         }
     }
 }
@@ -403,7 +464,12 @@ async fn start_body<S: Stream>(
                 while buf.len() < n {
                     buf.reserve(n - buf.len());
                     match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                        Ok(Ok(0)) => {
+                            let e = HttpError::IncompleteBody;
+                            refuse(stream, io, peer, &e, &http::error_response(&e)).await;
+                            return None;
+                        }
+                        Ok(Err(_)) | Err(_) => return None,
                         Ok(Ok(_)) => {}
                     }
                 }
@@ -420,7 +486,8 @@ async fn start_body<S: Stream>(
                 Ok(Ok(Some(d))) if prefetched.is_empty() => prefetched = d,
                 Ok(Ok(Some(d))) => prefetched.extend_from_slice(&d),
                 Ok(Ok(None)) => break,
-                Ok(Err(BodyError::Http(e))) => {
+                Ok(Err(e @ (BodyError::Http(_) | BodyError::Closed))) => {
+                    let e = e.http().unwrap_or(HttpError::IncompleteBody);
                     refuse(stream, io, peer, &e, &http::error_response(&e)).await;
                     return None;
                 }
@@ -658,9 +725,7 @@ async fn handle_request<S: Stream>(
                             body_finished = true;
                             body = BodyState::Done;
                             framing_lost = true;
-                            if let BodyError::Http(e) = e {
-                                body_error = Some(e);
-                            }
+                            body_error = e.http();
                         }
                     },
                 }

@@ -115,13 +115,12 @@ impl WsgiRunner {
         }
 
         let keep_alive = head.keep_alive && self.ctx.cfg.keepalive > 0;
-        let head_only = head.method == "HEAD";
         let responder = match Py::new(
             py,
             Responder::new(
                 reply,
                 head.version_minor,
-                head_only,
+                &head.method,
                 keep_alive,
                 self.ctx.shutting_down.clone(),
             ),

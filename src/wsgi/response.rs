@@ -1,6 +1,6 @@
 //! The response side of a WSGI call: `start_response` (with PEP 3333's `exc_info` rules), the `write()`
 //! callable, and the framing of the body (the app's Content-Length, a length we know because the whole body
-//! is in hand, chunked on HTTP/1.1, or close-delimited on HTTP/1.0).
+//! is in hand, chunked on HTTP/1.1, or close-delimited on HTTP/1.0 and after a 2xx to CONNECT).
 //!
 //! Everything is serialized on the Python thread and handed to the I/O thread as ready-to-write bytes, so
 //! the I/O thread only copies buffers to sockets.
@@ -32,6 +32,8 @@ pub struct Responder {
     reply: mpsc::Sender<Out>,
     version_minor: u8,
     head_only: bool,
+    /// The request is a CONNECT: a 2xx to it has no framing (RFC 9110 §9.3.6).
+    connect: bool,
     keep_alive: bool,
     status: Option<String>,
     pub status_code: u16,
@@ -53,14 +55,15 @@ impl Responder {
     pub fn new(
         reply: mpsc::Sender<Out>,
         version_minor: u8,
-        head_only: bool,
+        method: &str,
         keep_alive: bool,
         stopping: Arc<AtomicBool>,
     ) -> Self {
         Responder {
             reply,
             version_minor,
-            head_only,
+            head_only: method == "HEAD",
+            connect: method == "CONNECT",
             keep_alive,
             status: None,
             status_code: 0,
@@ -112,7 +115,13 @@ impl Responder {
             .unwrap_or("500 Internal Server Error");
         let code = self.status_code;
         let no_body = self.head_only || code < 200 || code == 204 || code == 304;
-        self.framing = if let Some(n) = self.content_length {
+        // A 2xx to CONNECT carries neither Content-Length nor Transfer-Encoding: what follows its head is
+        // the tunnel, so the app's bytes go out as they are and the connection's end ends them (the parser
+        // never keeps a CONNECT's connection alive).
+        let tunnel = self.connect && (200..300).contains(&code);
+        self.framing = if tunnel {
+            Framing::UntilClose
+        } else if let Some(n) = self.content_length {
             if no_body {
                 Framing::NoBody
             } else {
@@ -136,6 +145,9 @@ impl Responder {
         let mut has_date = false;
         let mut has_server = false;
         for (name, value) in &self.headers {
+            if tunnel && name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
             if name.eq_ignore_ascii_case("date") {
                 has_date = true;
             } else if name.eq_ignore_ascii_case("server") {
@@ -344,6 +356,15 @@ impl Responder {
         headers: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let code = parse_status(&status)?;
+        if code < 200 {
+            // RFC 9110 §15.2: a 1xx is interim, and the request still needs its final answer. Sent as the
+            // answer, it would leave the client taking the next response on the connection for this
+            // request's. The app's error is logged and the client gets a 500.
+            return Err(PyValueError::new_err(format!(
+                "status '{status}' is not a final response: start_response() needs a status of 200 or \
+                 more (1xx responses are interim)"
+            )));
+        }
         let mut out = Vec::new();
         let mut content_length = None;
         for item in headers.try_iter()? {
@@ -399,11 +420,12 @@ fn parse_status(status: &str) -> PyResult<u16> {
     let ok = bytes.len() >= 3
         && bytes[..3].iter().all(|b| b.is_ascii_digit())
         && (bytes.len() == 3 || bytes[3] == b' ')
-        && !bytes.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0);
-    if !ok {
-        return Err(PyValueError::new_err(format!("invalid status {status:?}")));
+        && http::valid_header_value(bytes);
+    // RFC 9110 §15: 100-599; the status line could not be written for anything else.
+    match status.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+        Some(code) if ok && (100..=599).contains(&code) => Ok(code),
+        _ => Err(PyValueError::new_err(format!("invalid status {status:?}"))),
     }
-    Ok(status[..3].parse::<u16>().unwrap_or(500))
 }
 
 #[pymethods]
