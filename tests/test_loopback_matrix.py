@@ -70,6 +70,22 @@ def _serve_selfcall(start_server, args, bind=None, self_url=None, app="selfcall:
     return srv, port
 
 
+def _all_at_once(n, call):
+    """Run call(i) for i in range(n) in n threads at once; the outcomes in order ("no answer" if one
+    never returned)."""
+    outcomes = {}
+
+    def one(i):
+        outcomes[i] = _outcome(lambda: call(i))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(CLIENT_TIMEOUT + 5)
+    return [outcomes.get(i, "no answer") for i in range(n)]
+
+
 def _workers(args):
     return int(args[args.index("-w") + 1]) if "-w" in args else 1
 
@@ -214,20 +230,9 @@ def test_loopback_calls_under_load_in_every_configuration(start_server, workers,
                 base + f"/call?via={via}", timeout=CLIENT_TIMEOUT).status_code))
         # As many outer calls at once as the server has threads: every thread waits for a nested call.
         for round_ in range(repeat(3)):
-            batch = {}
-            n = _capacity(args)
-
-            def outer(i, via):
-                batch[i] = _outcome(lambda: requests.post(
-                    base + f"/call?via={via}", timeout=CLIENT_TIMEOUT).status_code)
-
-            threads = [threading.Thread(target=outer, args=(i, CLIENTS[(round_ + i) % len(CLIENTS)]))
-                       for i in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(CLIENT_TIMEOUT + 5)
-            results.extend(batch.get(i, "no answer") for i in range(n))
+            results += _all_at_once(_capacity(args), lambda i: requests.post(
+                base + f"/call?via={CLIENTS[(round_ + i) % len(CLIENTS)]}",
+                timeout=CLIENT_TIMEOUT).status_code)
     finally:
         stop.set()
         for t in load:
@@ -256,18 +261,8 @@ def test_pooled_connections_opened_while_capacity_was_free(start_server, args, v
         results.append(_outcome(lambda: requests.post(base + f"/call?via={via}",
                                                       timeout=CLIENT_TIMEOUT).status_code))
     for _ in range(repeat(8)):
-        batch = {}
-
-        def outer(i):
-            batch[i] = _outcome(lambda: requests.post(base + f"/call?via={via}",
-                                                      timeout=CLIENT_TIMEOUT).status_code)
-
-        threads = [threading.Thread(target=outer, args=(i,)) for i in range(_capacity(args))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(CLIENT_TIMEOUT + 5)
-        results.extend(batch.get(i, "no answer") for i in range(len(threads)))
+        results += _all_at_once(_capacity(args), lambda i: requests.post(
+            base + f"/call?via={via}", timeout=CLIENT_TIMEOUT).status_code)
     _assert_no_hangs(results, srv)
 
 
@@ -326,18 +321,8 @@ def test_loopback_calls_through_every_address(start_server, args, name, binds, u
         results.append(_outcome(lambda: httpx.post(self_url + f"/call?via={via}",
                                                    timeout=CLIENT_TIMEOUT).status_code))
     # and all threads busy at once
-    batch = {}
-
-    def outer(i):
-        batch[i] = _outcome(lambda: httpx.post(self_url + "/call?via=session",
-                                               timeout=CLIENT_TIMEOUT).status_code)
-
-    threads = [threading.Thread(target=outer, args=(i,)) for i in range(_capacity(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CLIENT_TIMEOUT + 5)
-    results.extend(batch.get(i, "no answer") for i in range(len(threads)))
+    results += _all_at_once(_capacity(args), lambda i: httpx.post(
+        self_url + "/call?via=session", timeout=CLIENT_TIMEOUT).status_code)
     _assert_no_hangs(results, srv)
 
 
@@ -354,18 +339,12 @@ def test_loopback_calls_through_a_unix_socket(start_server, tmp_short, args):
         for i in range(repeat(6)):
             via = ["httpx", "session", "urllib"][i % 3]
             results.append(_outcome(lambda: c.post(f"http://localhost/call?via={via}").status_code))
-    batch = {}
 
     def outer(i):
         with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=CLIENT_TIMEOUT) as c:
-            batch[i] = _outcome(lambda: c.post("http://localhost/call?via=httpx").status_code)
+            return c.post("http://localhost/call?via=httpx").status_code
 
-    threads = [threading.Thread(target=outer, args=(i,)) for i in range(_capacity(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CLIENT_TIMEOUT + 5)
-    results.extend(batch.get(i, "no answer") for i in range(len(threads)))
+    results += _all_at_once(_capacity(args), outer)
     _assert_no_hangs(results, srv)
     if _capacity(args) == 1:
         # one thread: every nested call was served on the overflow lane, and said so
@@ -386,17 +365,7 @@ def test_django_view_calling_its_own_server(start_server, args, via):
             client.get(srv.url + "/fast/", timeout=CLIENT_TIMEOUT)
             results.append(_outcome(lambda: client.post(srv.url + f"/call/?via={via}",
                                                         timeout=CLIENT_TIMEOUT).status_code))
-    batch = {}
-
-    def outer(i):
-        batch[i] = _outcome(lambda: requests.post(srv.url + f"/call/?via={via}",
-                                                  timeout=CLIENT_TIMEOUT).status_code)
-
-    threads = [threading.Thread(target=outer, args=(i,)) for i in range(_capacity(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CLIENT_TIMEOUT + 5)
-    results.extend(batch.get(i, "no answer") for i in range(len(threads)))
+    results += _all_at_once(_capacity(args), lambda i: requests.post(
+        srv.url + f"/call/?via={via}", timeout=CLIENT_TIMEOUT).status_code)
     _assert_no_hangs(results, srv)
 
