@@ -535,7 +535,7 @@ impl Arbiter {
         let blocked = signals::block_all();
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
-                crate::system::worker_started(&self.cfg, &self.log);
+                crate::system::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }

@@ -648,7 +648,10 @@ fn current_configuration_record() {
     assert_eq!(lines.next(), Some("Current configuration:"));
     let rest: Vec<&str> = lines.collect();
     assert_eq!(rest.len(), SETTINGS.len() + 1);
-    assert!(rest.iter().all(|l| l.starts_with("  ") && l.contains(": ")), "{text}");
+    assert!(
+        rest.iter().all(|l| l.starts_with("  ") && l.contains(": ")),
+        "{text}"
+    );
     let names: Vec<&str> = rest
         .iter()
         .map(|l| l.trim_start().split(": ").next().unwrap_or(""))
@@ -656,7 +659,11 @@ fn current_configuration_record() {
     let mut sorted = names.clone();
     sorted.sort_unstable();
     assert_eq!(names, sorted);
-    for want in ["  workers: 3", "  bind: ['[::1]:81']", "  on_starting: None"] {
+    for want in [
+        "  workers: 3",
+        "  bind: ['[::1]:81']",
+        "  on_starting: None",
+    ] {
         assert!(rest.contains(&want), "missing {want:?} in\n{text}");
     }
     assert!(!text.ends_with('\n'));
