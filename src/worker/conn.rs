@@ -240,7 +240,7 @@ pub async fn serve<S: Stream>(
             } else if io.ctx.cfg.keepalive == 0 {
                 "keep-alive is off (--keep-alive 0)"
             } else if io.shutting_down.get() {
-                "the worker is stopping"
+                "its last response ended it, the worker is stopping"
             } else {
                 "its last response ended it (an error, a timeout, a failed write, or Connection: close from the app)"
             };
