@@ -219,7 +219,7 @@ def test_debug_level_follows_each_connection(start_server):
     srv.wait_log(rf"Connection from 127\.0\.0\.1:{bad_port} closed after 0 requests: the request was refused$")
     for port in (idle_port, close_port, eof_port, bad_port):
         srv.wait_log(rf"\[{worker}\] \[DEBUG\] Connection from 127\.0\.0\.1:{port} accepted on "
-                     rf"127\.0\.0\.1:{srv.port} \(a thread is free for it\)$")
+                     rf"127\.0\.0\.1:{srv.port} \(admission: claimed\)$")
     srv.wait_log(rf"\[{worker}\] \[DEBUG\] Worker \(pid:{worker}\) serving: 2 app threads \(gthread\), "
                  r"up to 1000 connections$")
     assert srv.stop(timeout=15) == 0

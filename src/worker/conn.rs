@@ -116,12 +116,12 @@ pub async fn serve<S: Stream>(
     let trace = io.ctx.log.enabled(crate::log::Level::Debug);
     if trace {
         io.ctx.log.debug(&format!(
-            "Connection from {} accepted on {}{}{} ({})",
+            "Connection from {} accepted on {}{}{} (admission: {})",
             client_text(&peer),
             server.name,
             if server.port.is_empty() { "" } else { ":" },
             server.port,
-            admission_text(admission)
+            format!("{admission:?}").to_lowercase()
         ));
     }
     let mut served = 0u64;
@@ -272,16 +272,6 @@ fn client_text(peer: &Peer) -> String {
         format!("[{}]:{}", peer.ip, peer.port)
     } else {
         format!("{}:{}", peer.ip, peer.port)
-    }
-}
-
-/// How the connection was admitted (see `Admission`), in the debug log's words.
-fn admission_text(admission: Admission) -> &'static str {
-    match admission {
-        Admission::Claimed => "a thread is free for it",
-        Admission::Held => "held while every thread is busy, in case it is a loopback call",
-        Admission::Overflow => "a loopback call, served on the overflow lane",
-        Admission::Queued => "queued while every thread is busy, for fairness",
     }
 }
 
