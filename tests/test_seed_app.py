@@ -103,7 +103,7 @@ def _field_report_sequence(srv, client):
         assert r.status_code == 200, r.text
         assert r.json() == {"message": "Hello, World!", "session_id": sid}
     r = client.post(srv.url + "/call_hello_world", timeout=15)
-    assert r.status_code == 201, (r.status_code, r.text, srv.log_text())
+    assert r.status_code == 201, f"{r.status_code} {r.text}\n{_admissions(srv)}"
     nested = r.json()["session_id"]
     assert nested != sid
     for s in (nested, sid):
