@@ -141,7 +141,7 @@ def test_info_level_has_no_debug_records(start_server):
     with requests.Session() as s:
         for _ in range(5):
             assert s.get(srv.url + "/hello").status_code == 200
-    assert raw_request(srv.port, b"GET /hello HTTP/1.1\r\n\r\n").status == 400
+    assert raw_request(srv.port, b"G@T /hello HTTP/1.1\r\nHost: x\r\n\r\n").status == 400
     srv.signal(signal.SIGHUP)
     srv.wait_workers(2)
     assert srv.stop(timeout=15) == 0
