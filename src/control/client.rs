@@ -307,27 +307,6 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// The process that listens on the socket (`SO_PEERCRED`): the server's master.
-    fn server_pid(&self) -> Option<i32> {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: a connected socket we own and a ucred-sized buffer.
-        let rc = unsafe {
-            libc::getsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                &mut cred as *mut libc::ucred as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        (rc == 0 && cred.pid > 0).then_some(cred.pid)
-    }
-
     fn request(&mut self, words: &[String]) -> Result<Json, String> {
         let id = self.next_id;
         self.next_id += 1;
@@ -361,7 +340,7 @@ impl<'a> Connection<'a> {
     /// http://127.0.0.1:8000 (control socket /run/app/ferricorn.ctl)`. Asked before the command, so
     /// that even `shutdown` names the server it stopped.
     fn describe_server(&mut self) -> Result<String, String> {
-        let pid = match self.server_pid() {
+        let pid = match super::peer_pid(std::os::fd::AsRawFd::as_raw_fd(&self.stream)) {
             Some(p) => format!("pid {p}"),
             None => "pid unknown".to_string(),
         };

@@ -274,6 +274,28 @@ enum Occupant {
     Live(Option<i32>),
 }
 
+/// The process at the other end of a connected unix socket (`SO_PEERCRED`): for a client, the one that
+/// listens, i.e. the server's master. None when the kernel does not say.
+pub(crate) fn peer_pid(fd: RawFd) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `fd` is a socket the caller owns, and the buffer is ucred-sized.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 /// A non-blocking connect answers at once: refused for a stale file, accepted (or pending, when the
 /// backlog is full) for a live one, whose process the kernel names (`SO_PEERCRED`).
 fn occupant(path: &Path) -> Occupant {
@@ -287,25 +309,7 @@ fn occupant(path: &Path) -> Occupant {
         return Occupant::Stale;
     }
     match sock.connect(&addr) {
-        Ok(()) => {
-            let mut cred = libc::ucred {
-                pid: 0,
-                uid: 0,
-                gid: 0,
-            };
-            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-            // SAFETY: a connected socket we own and a ucred-sized buffer.
-            let rc = unsafe {
-                libc::getsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_PEERCRED,
-                    &mut cred as *mut libc::ucred as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            Occupant::Live((rc == 0 && cred.pid > 0).then_some(cred.pid))
-        }
+        Ok(()) => Occupant::Live(peer_pid(sock.as_raw_fd())),
         Err(e)
             if matches!(
                 e.raw_os_error(),
