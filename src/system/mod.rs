@@ -222,8 +222,8 @@ pub fn bind_unix(socket: &Socket, addr: &SockAddr, path: &Path) -> io::Result<()
     Ok(())
 }
 
-/// In a worker right after fork, before the app is loaded: its title, its user and group, and the
-/// reloader.
+/// In a worker right after fork, before the app is loaded: its title, its user and group (and whether,
+/// as that user, it can still read what imports need: [`check_import_dirs`]), and the reloader.
 pub fn worker_started(py: Python<'_>, cfg: &Config, log: &ErrorLog, preloaded: bool) {
     proctitle::set(
         &format!("{}: worker [{}]", crate::config::PROG, process_name(cfg)),
