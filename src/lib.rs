@@ -123,6 +123,10 @@ fn serve(
         eprintln!("ferricorn: error: No application module specified.");
         return USAGE_ERROR;
     }
+    // gunicorn's first debug record: every setting the server runs with.
+    if log.enabled(log::Level::Debug) {
+        log.debug(&cfg.current_configuration_with(&hooks.print_config_lines(py)));
+    }
     if let Err(e) = python::prepare(py, cfg.chdir.as_deref(), &cfg.pythonpath, &cfg.raw_env) {
         log.error(&format!(
             "Cannot prepare the Python environment:\n{}",
@@ -190,6 +194,7 @@ fn serve(
         }
     };
     let shown: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
+    log.debug("Arbiter booted");
     log.info(&format!(
         "Listening at: {} ({})",
         shown.join(","),

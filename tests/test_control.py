@@ -132,7 +132,68 @@ def test_live_socket_is_not_taken_over(start_server, tmp_short):
     wait_for(lambda: is_socket(path), 5, message="the control socket")
     second = start_server([APP, "--control-socket", path], ready=False)
     assert second.wait(20) not in (None, 0)
+    assert f"another server (pid {first.pid}) is listening on it" in second.log_text()
     assert ctl_json(first, "show", "stats", socket_path=path)["pid"] == first.pid
+
+
+def _server_line(srv, socket_path):
+    return (f"pid {srv.pid}, listening at http://127.0.0.1:{srv.port} "
+            f"(control socket {socket_path})")
+
+
+def test_servers_sharing_the_default_socket_each_get_one(start_server, tmp_short):
+    """A server that finds the default socket held by another live server gets its own beside it
+    (`ferricorn.PID.ctl`) and says so; a bare ferricornctl names the server it talks to, and points at
+    the others or picks the only one left."""
+    env = {"XDG_RUNTIME_DIR": tmp_short}
+    default = os.path.join(tmp_short, "ferricorn.ctl")
+    a = start_server([APP], env=env)
+    a.wait_log(r"Control socket listening at " + re.escape(default))
+    b = start_server([APP], env=env)
+    own_b = os.path.join(tmp_short, f"ferricorn.{b.pid}.ctl")
+    b.wait_log(rf"\[WARNING\] Control socket {re.escape(default)} belongs to another server "
+               rf"\(pid {a.pid}\): this server's is {re.escape(own_b)} instead \(ferricornctl -s "
+               rf"{re.escape(own_b)}, or --control-socket PATH to choose one\)$")
+    b.wait_log(r"Control socket listening at " + re.escape(own_b) + "$")
+    assert stat.S_IMODE(os.lstat(own_b).st_mode) == 0o600
+    c = start_server([APP], env=env)
+    own_c = os.path.join(tmp_short, f"ferricorn.{c.pid}.ctl")
+    c.wait_log(r"Control socket listening at " + re.escape(own_c) + "$")
+    for srv in (a, b, c):  # each is reached at its own socket, after other traffic
+        assert get(srv.port, "/").status == 200
+
+    # bare: the default socket's server, named, and the others pointed at
+    res = ctl(a, "show", "stats", socket_path=False, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "Server: " + _server_line(a, default)
+    assert re.search(rf"^PID:\s+{a.pid}$", res.stdout, re.M)
+    assert res.stderr == ("ferricornctl: note: other servers have control sockets beside it: "
+                          f"{', '.join(sorted([own_b, own_c]))} (choose one with -s)\n")
+    res = ctl(b, "--json", "show", "stats", socket_path=own_b)
+    assert res.returncode == 0 and json.loads(res.stdout)["pid"] == b.pid
+    assert res.stderr == "ferricornctl: server " + _server_line(b, own_b) + "\n"
+    assert ctl_json(b, "show", "config", socket_path=own_b)["control_socket"] == own_b
+    assert ctl_json(a, "show", "config", socket_path=default)["control_socket"] == default
+
+    # the default's server gone: with two left, the user must choose; with one, that one
+    assert a.stop() == 0
+    assert not os.path.exists(default)
+    res = ctl(a, "show", "stats", socket_path=False, env=env)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == (f"ferricornctl: no server at {default}, and several beside it: "
+                          f"{', '.join(sorted([own_b, own_c]))}; choose one with -s\n")
+    assert c.stop() == 0
+    assert not os.path.exists(own_c)
+    res = ctl(b, "show", "stats", socket_path=False, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "Server: " + _server_line(b, own_b)
+    assert res.stderr == f"ferricornctl: note: no server at {default}; talking to the only one beside it\n"
+    # a server started now takes the free default again
+    d = start_server([APP], env=env)
+    d.wait_log(r"Control socket listening at " + re.escape(default) + "$")
+    assert json.loads(ctl_ok(d, "--json", "show", "stats", socket_path=False, env=env))["pid"] == d.pid
+    assert b.stop() == 0
+    assert not os.path.exists(own_b)
 
 
 def test_parent_process_socket_is_taken_over(start_server, tmp_short):
@@ -209,7 +270,9 @@ def test_show_workers_names_the_request_in_flight(start_server):
         time.sleep(1.2)
         text = ctl_ok(srv, "show", "workers")
         lines = text.splitlines()
-        assert lines[0].split()[:5] == ["PID", "AGE", "STATE", "REQUESTS", "RSS"], text
+        assert lines[0] == (f"Server: pid {srv.pid}, listening at http://127.0.0.1:{srv.port} "
+                            f"(control socket {ctl_path(srv)})"), text
+        assert lines[1].split()[:5] == ["PID", "AGE", "STATE", "REQUESTS", "RSS"], text
         (row_index,) = [i for i, line in enumerate(lines) if line.startswith(f"{w['pid']} ")]
         assert " busy " in lines[row_index], text
         detail = lines[row_index + 1]
@@ -333,7 +396,11 @@ def test_shutdown(start_server, mode):
     srv.wait_workers(2)
     workers = srv.children()
     out = ctl_ok(srv, "shutdown", mode)
-    assert f"Shutting down ({mode})" in out
+    # the server it stopped is named first
+    assert out.splitlines() == [
+        f"Server: pid {srv.pid}, listening at http://127.0.0.1:{srv.port} (control socket {ctl_path(srv)})",
+        f"Shutting down ({mode})",
+    ]
     assert srv.wait(15) == 0
     assert "Shutting down: Master" in srv.log_text()
     assert not os.path.exists(ctl_path(srv))

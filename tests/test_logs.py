@@ -5,8 +5,11 @@ import re
 import signal
 
 import pytest
+import requests
 
-from conftest import PRODUCT, child_pids, get, parse_log_lines, raw_request
+from conftest import (
+    LOG_LINE_RE, PRODUCT, RawConnection, child_pids, get, parse_log_lines, raw_request,
+)
 
 ACCESS_TIME = r"\[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\]"
 
@@ -68,6 +71,160 @@ def test_log_level_warning_hides_info(start_server):
     assert "[INFO]" not in log, log
     assert "Listening at" not in log and "Booting worker" not in log
 
+
+
+# ---------------------------------------------------------------------------------------------
+# --log-level debug
+
+
+def _records(text):
+    """The error log as records (time, pid, level, message): a line that does not start a record (the
+    `  name: value` lines after `Current configuration:`) belongs to the record before it."""
+    out = []
+    for line in text.splitlines():
+        m = LOG_LINE_RE.match(line)
+        if m:
+            out.append([m.group(1), int(m.group(2)), m.group(3), m.group(4)])
+        else:
+            assert out, f"the log starts with a continuation line {line!r}"
+            out[-1][3] += "\n" + line
+    return out
+
+
+def _messages(records, level, pattern, pid=None):
+    rx = re.compile(pattern)
+    return [m for _, p, lv, m in records if lv == level and rx.search(m) and pid in (None, p)]
+
+
+@pytest.mark.parametrize("worker_args", [[], ["-k", "gthread", "--threads", "2"]], ids=["sync", "gthread"])
+def test_debug_level_shows_configuration_boot_and_each_request(start_server, worker_args):
+    """gunicorn's debug records: the effective configuration, `Arbiter booted`, and `METHOD PATH` per
+    request, logged by the worker that runs it (its default `pre_request` hook)."""
+    srv = start_server(["-w", "1", "--log-level", "debug", "--keep-alive", "5", *worker_args, "testapp"])
+    (worker,) = srv.wait_workers(1)
+    # other traffic first, then a kept-alive session: every request gets its line, once
+    assert get(srv.port, "/pid").status == 200
+    paths = [f"/hello?n={i}" for i in range(6)] + ["/echo"] * 3
+    with requests.Session() as s:
+        for p in paths:
+            r = s.post(srv.url + p, data=b"x") if p == "/echo" else s.get(srv.url + p)
+            assert r.status_code == 200
+    assert get(srv.port, "/error").status == 500
+    srv.wait_log(r"Error handling request GET /error")
+    assert srv.stop(timeout=15) == 0
+    records = _records(srv.log_text())
+
+    (config,) = _messages(records, "DEBUG", r"^Current configuration:", pid=srv.pid)
+    settings = dict(line[2:].split(": ", 1) for line in config.splitlines()[1:])
+    assert all(line.startswith("  ") for line in config.splitlines()[1:]), config
+    assert settings["workers"] == "1" and settings["loglevel"] == "debug"
+    assert settings["keepalive"] == "5"
+    assert settings["bind"] == f"['127.0.0.1:{srv.port}']"
+    assert len(settings) > 50, config  # every setting, not a selection
+
+    msgs = [m for *_, m in records]
+    order = [next(i for i, m in enumerate(msgs) if re.match(p, m)) for p in (
+        r"Current configuration:", rf"Starting {PRODUCT} ", r"Arbiter booted$", r"Listening at: ")]
+    assert order == sorted(order), msgs[:10]
+    assert _messages(records, "DEBUG", r"^Arbiter booted$", pid=srv.pid)
+
+    # the path without its query, as gunicorn's req.path
+    assert len(_messages(records, "DEBUG", r"^GET /hello$", pid=worker)) == 6
+    assert len(_messages(records, "DEBUG", r"^POST /echo$", pid=worker)) == 3
+    assert len(_messages(records, "DEBUG", r"^GET /pid$", pid=worker)) == 1
+    assert len(_messages(records, "DEBUG", r"^GET /error$", pid=worker)) == 1
+
+
+def test_info_level_has_no_debug_records(start_server):
+    srv = start_server(["-w", "1", "--threads", "2", "testapp"])
+    srv.wait_workers(1)
+    with requests.Session() as s:
+        for _ in range(5):
+            assert s.get(srv.url + "/hello").status_code == 200
+    assert raw_request(srv.port, b"G@T /hello HTTP/1.1\r\nHost: x\r\n\r\n").status == 400
+    srv.signal(signal.SIGHUP)
+    srv.wait_workers(2)
+    assert srv.stop(timeout=15) == 0
+    assert "[DEBUG]" not in srv.log_text()
+    assert "Current configuration" not in srv.log_text()
+
+
+def test_config_file_pre_request_replaces_the_debug_line(start_server, tmp_path):
+    # gunicorn's per-request debug record is its default pre_request hook: a hook of the config file
+    # takes its place.
+    conf = tmp_path / "conf.py"
+    conf.write_text("def pre_request(worker, req):\n    worker.log.info('hooked %s', req.path)\n")
+    srv = start_server(["-c", str(conf), "--log-level", "debug", "testapp"])
+    for _ in range(3):
+        assert get(srv.port, "/hello").status == 200
+    srv.wait_log(r"\[INFO\] hooked /hello$", count=3)
+    assert srv.stop(timeout=15) == 0
+    records = _records(srv.log_text())
+    assert not _messages(records, "DEBUG", r"^GET /hello$")
+    (config,) = _messages(records, "DEBUG", r"^Current configuration:")
+    assert re.search(r"^  pre_request: <.*pre_request.*>$", config, re.M), config
+
+
+def test_debug_configuration_again_after_hup(start_server, tmp_path):
+    # As gunicorn re-runs its setup on HUP: the configuration read again is logged again, and a level
+    # raised to debug by the reload counts at once.
+    conf = tmp_path / "conf.py"
+    conf.write_text("loglevel = 'info'\nworkers = 1\n")
+    srv = start_server(["-c", str(conf), "testapp"])
+    srv.wait_workers(1)
+    assert "Current configuration" not in srv.log_text()
+    conf.write_text("loglevel = 'debug'\nworkers = 2\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_log(r"\[DEBUG\] Current configuration:")
+    srv.wait_workers(3)
+    assert srv.stop(timeout=15) == 0
+    (config,) = _messages(_records(srv.log_text()), "DEBUG", r"^Current configuration:", pid=srv.pid)
+    assert "\n  workers: 2" in config and "\n  loglevel: debug" in config
+
+
+@pytest.mark.ferricorn_only
+def test_debug_level_follows_each_connection(start_server):
+    """ferricorn's own debug records: each connection accepted (and how it was admitted) and closed,
+    with how many requests it carried and why it ended; the worker's threads at boot; its SIGTERM."""
+    srv = start_server(["-w", "1", "--threads", "2", "--log-level", "debug", "--keep-alive", "1",
+                        "testapp"])
+    (worker,) = srv.wait_workers(1)
+    # 1. a kept-alive connection left idle past --keep-alive
+    idle = RawConnection(srv.port)
+    for _ in range(3):
+        idle.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.read_response().status == 200
+    idle_port = idle.sock.getsockname()[1]
+    # 2. a client that asks to close
+    with RawConnection(srv.port) as c:
+        c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert c.read_response().status == 200
+        close_port = c.sock.getsockname()[1]
+        c.read_until_close()
+    # 3. a client that closes between requests
+    with RawConnection(srv.port) as c:
+        for _ in range(2):
+            c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.read_response().status == 200
+        eof_port = c.sock.getsockname()[1]
+    # 4. an invalid request
+    with RawConnection(srv.port) as c:
+        c.send(b"GET /hello HTTP/1.1\r\n\r\n")
+        assert c.read_response().status == 400
+        bad_port = c.sock.getsockname()[1]
+    srv.wait_log(rf"Connection from 127\.0\.0\.1:{idle_port} closed after 3 requests: idle for --keep-alive$")
+    idle.close()
+    srv.wait_log(rf"Connection from 127\.0\.0\.1:{eof_port} closed after 2 requests: the client closed it$")
+    srv.wait_log(rf"Connection from 127\.0\.0\.1:{close_port} closed after 1 request: the client asked for it")
+    srv.wait_log(rf"Connection from 127\.0\.0\.1:{bad_port} closed after 0 requests: the request was refused$")
+    for port in (idle_port, close_port, eof_port, bad_port):
+        srv.wait_log(rf"\[{worker}\] \[DEBUG\] Connection from 127\.0\.0\.1:{port} accepted on "
+                     rf"127\.0\.0\.1:{srv.port} \(a thread is free for it\)$")
+    srv.wait_log(rf"\[{worker}\] \[DEBUG\] Worker \(pid:{worker}\) serving: 2 app threads \(gthread\), "
+                 r"up to 1000 connections$")
+    assert srv.stop(timeout=15) == 0
+    srv.wait_log(rf"\[DEBUG\] Worker \(pid:{worker}\) got SIGTERM: finishing its 0 open connection\(s\)")
+    srv.wait_log(r"\[DEBUG\] 1 workers$")
 
 
 def test_refused_requests_are_logged_with_the_client(start_server):

@@ -136,7 +136,7 @@ def test_umask_applies_to_the_unix_socket_file(start_server, tmp_short, args, mo
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
 
-def _nobody():
+def _nobody_or_skip():
     import grp
     import pwd
     try:
@@ -147,6 +147,32 @@ def _nobody():
     if group is None:
         pytest.skip("no group 'nogroup' or 'nobody'")
     return user, group, grp.getgrnam(group).gr_gid
+
+
+# The standard library of the Python the server runs (the suite runs the server with its own interpreter).
+STDLIB = os.path.dirname(os.__file__)
+
+
+def _readable_by(uid, gid, path):
+    """Whether a process of that user and group may list `path` (and enter every directory on the way)."""
+    res = subprocess.run(["test", "-r", path, "-a", "-x", path], user=uid, group=gid, extra_groups=[],
+                         stdin=subprocess.DEVNULL, capture_output=True)
+    return res.returncode == 0
+
+
+def _stdlib_readable_by_nobody():
+    user, _, gid = _nobody_or_skip()
+    return _readable_by(user.pw_uid, gid, STDLIB)
+
+
+def _nobody():
+    """`nobody` and its group, for tests whose worker switches to it; skipped when that user cannot
+    read this machine's Python (e.g. a pyenv under /root): such a worker cannot import anything."""
+    user, group, gid = _nobody_or_skip()
+    if not _readable_by(user.pw_uid, gid, STDLIB):
+        pytest.skip(f"this machine's Python ({STDLIB}) is not readable by the user nobody, so a worker "
+                    "switched to it cannot import anything")
+    return user, group, gid
 
 
 def _group_exists(grp, name):
@@ -186,6 +212,69 @@ def test_initgroups(start_server):
     import grp
     expected = {g.gr_gid for g in grp.getgrall() if "nobody" in g.gr_mem} | {gid}
     assert set(_status_ids(worker)[2]) == expected
+
+
+@root_only
+@pytest.mark.ferricorn_only
+def test_worker_that_cannot_read_python_says_so(start_server):
+    """A worker switched to a user that cannot read the Python installation says which user and which
+    directory stops it, and the server stops as for any boot failure — instead of a traceback ending in
+    `ModuleNotFoundError: No module named 'importlib'`."""
+    user, group, gid = _nobody_or_skip()
+    if _readable_by(user.pw_uid, gid, STDLIB):
+        pytest.skip(f"this machine's Python ({STDLIB}) is readable by nobody: nothing to report")
+    srv = start_server(["-u", "nobody", "-g", group, APP], ready=False)
+    assert srv.wait(20) == 3
+    log = srv.log_text()
+    (line,) = [ln for ln in log.splitlines() if "cannot read the Python installation" in ln]
+    assert "[ERROR] Worker (pid:" in line
+    assert f"runs as user nobody (uid {user.pw_uid}), group {group} (gid {gid}) (--user/--group)" in line
+    assert f"the standard library {STDLIB} (cannot " in line
+    # the first directory on the way that nobody may not enter, with its mode and owner
+    blocker = next(d for d in _parents(STDLIB) if not _readable_by(user.pw_uid, gid, d))
+    mode = stat.filemode(os.stat(blocker).st_mode)
+    assert re.search(rf"cannot (enter|read) {re.escape(blocker)}: {re.escape(mode)} \S+:\S+\)", line), line
+    assert "Worker failed to boot." in log
+    assert "Traceback" not in log and "ModuleNotFoundError: No module" not in log
+    assert "Booting worker" not in log
+
+
+def _parents(path):
+    """`path`'s directories from the top down, `path` last: /a, /a/b, /a/b/c."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+@root_only
+@pytest.mark.ferricorn_only
+def test_preloaded_app_serves_with_a_warning_about_unreadable_python(start_server):
+    # With --preload the master imported the app: the worker serves, and warns that later imports fail.
+    user, group, gid = _nobody_or_skip()
+    if _readable_by(user.pw_uid, gid, STDLIB):
+        pytest.skip(f"this machine's Python ({STDLIB}) is readable by nobody: nothing to report")
+    srv = start_server(["--preload", "-u", "nobody", "-g", group, APP])
+    srv.wait_log(r"\[WARNING\] Worker \(pid:\d+\) runs as user nobody .* cannot read the Python "
+                 rf"installation: the standard library {re.escape(STDLIB)} \(cannot .*--preload")
+    for _ in range(3):
+        assert _text(srv.port, "/ids").split()[:2] == [str(user.pw_uid), str(gid)]
+
+
+@root_only
+@pytest.mark.ferricorn_only
+def test_worker_that_cannot_read_the_app_directory_says_so(start_server, tmp_short):
+    user, group, gid = _nobody_or_skip()
+    os.chmod(tmp_short, 0o755)
+    app_dir = os.path.join(tmp_short, "private")
+    os.mkdir(app_dir)
+    os.chmod(app_dir, 0o700)
+    with open(os.path.join(APPS_DIR, "sysapp.py")) as src, open(os.path.join(app_dir, "sysapp.py"), "w") as dst:
+        dst.write(src.read())
+    # --preload: the master reads the app; then it is the worker that cannot, whatever else it can read
+    srv = start_server(["--preload", "-u", "nobody", "-g", group, APP], app_dir=app_dir)
+    srv.wait_log(r"\[WARNING\] Worker \(pid:\d+\) runs as user nobody .* and cannot read .*"
+                 rf"the app's directory {re.escape(app_dir)} \(cannot read {re.escape(app_dir)}: "
+                 r"drwx------ root:root\)")
+    assert _text(srv.port, "/ids").split()[:2] == [str(user.pw_uid), str(gid)]
 
 
 # ------------------------------------------------------------------------------------------------

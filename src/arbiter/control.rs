@@ -27,7 +27,9 @@ pub(super) struct Pending {
 }
 
 /// Open the control socket the configuration asks for. An explicit `--control-socket` that cannot be
-/// created stops the start; the default one only earns a warning (the server runs without it).
+/// created stops the start. The default one, when another live server holds it, is replaced by a socket
+/// of this server's own beside it (`ferricorn.PID.ctl`, see [`control::own_socket_path`]), with a
+/// warning naming both; any other failure only earns a warning (the server runs without one).
 pub(super) fn open(cfg: &Config, log: &ErrorLog) -> io::Result<Option<ControlServer>> {
     if cfg.control_socket_disable {
         log.debug("Control socket disabled");
@@ -37,18 +39,44 @@ pub(super) fn open(cfg: &Config, log: &ErrorLog) -> io::Result<Option<ControlSer
         Some(p) => (crate::system::absolute(Path::new(p)), true),
         None => (control::default_socket_path_from_env(), false),
     };
+    let without = |path: &Path, e: &io::Error| {
+        log.warning(&format!(
+            "Control socket not created at {}: {e}; running without one \
+             (choose a path with --control-socket, or --no-control-socket)",
+            path.display()
+        ));
+    };
     match ControlServer::bind(&path, cfg.control_socket_mode, log.clone()) {
         Ok(server) => Ok(Some(server)),
         Err(e) if explicit => Err(io::Error::new(
             e.kind(),
             format!("cannot create the control socket {}: {e}", path.display()),
         )),
-        Err(e) => {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // Never take a live server's socket (gunicorn would): a bare `ferricornctl` keeps reaching
+            // that server, and this one is reached through its own.
+            let own = control::own_socket_path(&path, std::process::id());
+            let holder = match control::live_server(&path) {
+                Some(Some(pid)) => format!("another server (pid {pid})"),
+                _ => "another server".to_string(),
+            };
             log.warning(&format!(
-                "Control socket not created at {}: {e}; running without one \
-                 (choose a path with --control-socket, or --no-control-socket)",
-                path.display()
+                "Control socket {} belongs to {holder}: this server's is {} instead \
+                 (ferricornctl -s {}, or --control-socket PATH to choose one)",
+                path.display(),
+                own.display(),
+                own.display()
             ));
+            match ControlServer::bind(&own, cfg.control_socket_mode, log.clone()) {
+                Ok(server) => Ok(Some(server)),
+                Err(e) => {
+                    without(&own, &e);
+                    Ok(None)
+                }
+            }
+        }
+        Err(e) => {
+            without(&path, &e);
             Ok(None)
         }
     }

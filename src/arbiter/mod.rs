@@ -106,6 +106,8 @@ pub struct Arbiter {
     control: Option<crate::control::ControlServer>,
     control_pending: control::Pending,
     reloads: u64,
+    /// The worker count last logged at debug level (`N workers`, as gunicorn).
+    logged_worker_count: Option<usize>,
 }
 
 pub fn worker_class_name(cfg: &Config) -> &'static str {
@@ -154,6 +156,7 @@ impl Arbiter {
             control,
             control_pending: Default::default(),
             reloads: 0,
+            logged_worker_count: None,
         })
     }
 
@@ -246,6 +249,8 @@ impl Arbiter {
     fn handle_signals(&mut self) -> Result<(), Halt> {
         for sig in self.sigpipe.drain() {
             if sig == Signal::SIGCHLD {
+                // Frequent, so at debug level, as gunicorn does.
+                self.log.debug("Handling signal: chld");
                 continue;
             }
             self.log
@@ -385,14 +390,17 @@ impl Arbiter {
         }
         let loaded = Python::attach(|py| {
             let (cfg, hooks) = crate::reconfigure(py, &self.argv)?;
+            // As at start, the settings now in force at debug level (the new level counts).
+            let shown = (cfg.loglevel.parse() == Ok(crate::log::Level::Debug))
+                .then(|| cfg.current_configuration_with(&hooks.print_config_lines(py)));
             crate::python::prepare(py, cfg.chdir.as_deref(), &cfg.pythonpath, &cfg.raw_env)
                 .map_err(|e| crate::python::format_exception(py, &e))?;
             let runner = HookRunner::new(py, hooks, &cfg, &self.log)
                 .map_err(|e| crate::python::format_exception(py, &e))?;
-            Ok::<_, String>((cfg, runner))
+            Ok::<_, String>((cfg, runner, shown))
         });
         match loaded {
-            Ok((cfg, hooks)) => {
+            Ok((cfg, hooks, shown)) => {
                 if cfg.binds != self.cfg.binds {
                     self.log.warning(
                         "The bind addresses changed: that takes a restart, the old ones stay",
@@ -403,6 +411,9 @@ impl Arbiter {
                 }
                 for warning in crate::config::settings::limits_above_maximum(&cfg) {
                     self.log.warning(&warning);
+                }
+                if let Some(text) = shown {
+                    self.log.debug(&text);
                 }
                 let workers = cfg.workers.max(1);
                 self.cfg = Arc::new(cfg);
@@ -470,6 +481,12 @@ impl Arbiter {
             };
             self.retire(pid, Some(Signal::SIGTERM));
         }
+        // gunicorn's gauge line, whenever the number of workers counted changes.
+        let count = self.workers.len();
+        if self.logged_worker_count != Some(count) {
+            self.logged_worker_count = Some(count);
+            self.log.debug(&format!("{count} workers"));
+        }
         Ok(())
     }
 
@@ -521,7 +538,7 @@ impl Arbiter {
         let blocked = signals::block_all();
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
-                crate::system::worker_started(&self.cfg, &self.log);
+                crate::system::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }

@@ -215,17 +215,37 @@ impl Config {
     /// [`Config::print_config`] with more `(name, value)` lines sorted in among the settings (the
     /// server hooks a config file defined, which live outside `Config`).
     pub fn print_config_with(&self, extra: &[(&str, String)]) -> String {
+        let lines = self.settings_with(extra);
+        let width = lines.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        lines
+            .iter()
+            .map(|(name, value)| format!("{name:width$} = {value}\n"))
+            .collect()
+    }
+
+    /// The record gunicorn logs at `debug` level when the master starts (and after each `HUP`): the line
+    /// `Current configuration:`, then `  name: value` per setting, sorted by name, with `extra` (the
+    /// server hooks) among them. No trailing newline.
+    pub fn current_configuration_with(&self, extra: &[(&str, String)]) -> String {
+        let mut out = String::from("Current configuration:");
+        for (name, value) in self.settings_with(extra) {
+            out.push_str("\n  ");
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(&value);
+        }
+        out
+    }
+
+    /// Every setting's `(name, shown value)` and `extra`, sorted by name.
+    fn settings_with<'a>(&self, extra: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
         let mut lines: Vec<(&str, String)> = SETTINGS
             .iter()
             .map(|s| (s.name, (s.show)(self)))
             .chain(extra.iter().cloned())
             .collect();
         lines.sort_by_key(|(name, _)| *name);
-        let width = lines.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
         lines
-            .iter()
-            .map(|(name, value)| format!("{name:width$} = {value}\n"))
-            .collect()
     }
 
     /// Re-derive `worker_class` after `worker_class_name` or `threads` changed. Called by the

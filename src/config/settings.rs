@@ -1162,7 +1162,7 @@ pub static SETTINGS: &[Setting] = &[
         cli: &["--control-socket"],
         hidden_aliases: &[],
         meta: "PATH",
-        default: "$XDG_RUNTIME_DIR/ferricorn.ctl, else ~/.ferricorn/ferricorn.ctl",
+        default: "$XDG_RUNTIME_DIR/ferricorn.ctl, else ~/.ferricorn/ferricorn.ctl (ferricorn.PID.ctl beside it when another server holds it)",
         help: "Unix socket on which the master answers ferricornctl (workers, requests in flight, reload...)",
         apply: |c, v| {
             c.control_socket = opt_string(v)?.filter(|p| !p.is_empty());

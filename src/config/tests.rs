@@ -638,6 +638,38 @@ fn version() {
 }
 
 #[test]
+fn current_configuration_record() {
+    let c = match run_env(&["-w", "3", "-b", "[::1]:81", "app:x"], &[]) {
+        Ok(Action::Run(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    let text = c.current_configuration_with(&[("on_starting", "None".to_string())]);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("Current configuration:"));
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.len(), SETTINGS.len() + 1);
+    assert!(
+        rest.iter().all(|l| l.starts_with("  ") && l.contains(": ")),
+        "{text}"
+    );
+    let names: Vec<&str> = rest
+        .iter()
+        .map(|l| l.trim_start().split(": ").next().unwrap_or(""))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    for want in [
+        "  workers: 3",
+        "  bind: ['[::1]:81']",
+        "  on_starting: None",
+    ] {
+        assert!(rest.contains(&want), "missing {want:?} in\n{text}");
+    }
+    assert!(!text.ends_with('\n'));
+}
+
+#[test]
 fn print_config_action_and_format() {
     let c = match run_env(
         &["--print-config", "-w", "3", "-b", "[::1]:81", "app:x"],

@@ -2,6 +2,10 @@
 //! people or as JSON (`--json`) for programs. It speaks gunicorn's protocol, so it can also drive a
 //! gunicorn that has a control socket.
 //!
+//! Every answer names the server it came from (its pid and addresses, asked before the command), and
+//! without `-s` the socket is chosen among the default one and the servers' own sockets beside it
+//! ([`choose_default_socket`]), so a command cannot reach another server than the user thinks unseen.
+//!
 //! Exit status: 0 on success, 1 when the server cannot be reached or answers with an error, 2 for a bad
 //! command line.
 
@@ -63,7 +67,8 @@ fn command() -> Command {
                 .value_name("PATH")
                 .help(
                     "The server's control socket [default: $XDG_RUNTIME_DIR/ferricorn.ctl, \
-                     else ~/.ferricorn/ferricorn.ctl]",
+                     else ~/.ferricorn/ferricorn.ctl; when no server answers there, the one \
+                     server's ferricorn.PID.ctl beside it]",
                 ),
         )
         .arg(
@@ -173,17 +178,38 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if !(timeout.is_finite() && timeout > 0.0) {
         return usage(err, "the timeout must be a positive number of seconds");
     }
-    let path = match matches.get_one::<String>("socket") {
-        Some(p) => crate::system::absolute(Path::new(p)),
-        None => super::default_socket_path_from_env(),
+    let (path, notes) = match matches.get_one::<String>("socket") {
+        Some(p) => (crate::system::absolute(Path::new(p)), Vec::new()),
+        None => match choose_default_socket() {
+            Ok(chosen) => chosen,
+            Err(e) => {
+                let _ = writeln!(err, "{PROG}: {e}");
+                return FAILURE;
+            }
+        },
     };
-    let reply = match exchange(&path, &words, Duration::from_secs_f64(timeout)) {
+    let json = matches.get_flag("json");
+    let talk = || -> Result<(String, Json), String> {
+        let mut conn = Connection::open(&path, Duration::from_secs_f64(timeout))?;
+        let server = conn.describe_server()?;
+        Ok((server, conn.request(&words)?))
+    };
+    let (server, reply) = match talk() {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "{PROG}: {e}");
             return FAILURE;
         }
     };
+    for note in notes {
+        let _ = writeln!(err, "{PROG}: note: {note}");
+    }
+    // Which server answered: the first line for people; on stderr with --json, so the output stays JSON.
+    if json {
+        let _ = writeln!(err, "{PROG}: server {server}");
+    } else {
+        let _ = writeln!(out, "Server: {server}");
+    }
     if reply.get("status").and_then(Json::as_str) != Some("ok") {
         let msg = reply
             .get("error")
@@ -202,7 +228,7 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         let _ = writeln!(err, "{PROG}: error: {msg}");
         return FAILURE;
     }
-    let text = if matches.get_flag("json") {
+    let text = if json {
         data.pretty()
     } else {
         human(&request, &data)
@@ -222,54 +248,164 @@ fn describe(e: &std::io::Error) -> String {
 
 /// Send one request and read its reply.
 pub(crate) fn exchange(path: &Path, words: &[String], timeout: Duration) -> Result<Json, String> {
-    let cannot_connect = |e: &std::io::Error| {
-        format!(
-            "cannot connect to {}: {} (is the server running with its control socket there? see -s)",
-            path.display(),
-            describe(e)
-        )
-    };
-    let addr = socket2::SockAddr::unix(path).map_err(|e| cannot_connect(&e))?;
-    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
-        .map_err(|e| cannot_connect(&e))?;
-    sock.connect_timeout(&addr, timeout)
-        .map_err(|e| cannot_connect(&e))?;
-    let mut stream: std::os::unix::net::UnixStream = sock.into();
-    let broken = |e: std::io::Error| {
+    Connection::open(path, timeout)?.request(words)
+}
+
+/// One connection to a control socket, for one or more requests.
+struct Connection<'a> {
+    path: &'a Path,
+    stream: std::os::unix::net::UnixStream,
+    timeout: Duration,
+    next_id: i64,
+}
+
+impl<'a> Connection<'a> {
+    fn open(path: &'a Path, timeout: Duration) -> Result<Connection<'a>, String> {
+        let cannot_connect = |e: &std::io::Error| {
+            format!(
+                "cannot connect to {}: {} (is the server running with its control socket there? see -s)",
+                path.display(),
+                describe(e)
+            )
+        };
+        let addr = socket2::SockAddr::unix(path).map_err(|e| cannot_connect(&e))?;
+        let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .map_err(|e| cannot_connect(&e))?;
+        sock.connect_timeout(&addr, timeout)
+            .map_err(|e| cannot_connect(&e))?;
+        let conn = Connection {
+            path,
+            stream: sock.into(),
+            timeout,
+            next_id: 1,
+        };
+        conn.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| conn.broken(e))?;
+        conn.stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| conn.broken(e))?;
+        Ok(conn)
+    }
+
+    fn broken(&self, e: std::io::Error) -> String {
         if matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
             format!(
                 "no answer from {} within {:.0}s",
-                path.display(),
-                timeout.as_secs_f64()
+                self.path.display(),
+                self.timeout.as_secs_f64()
             )
         } else {
-            format!("connection to {} failed: {}", path.display(), describe(&e))
+            format!(
+                "connection to {} failed: {}",
+                self.path.display(),
+                describe(&e)
+            )
         }
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
-    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
-    stream
-        .write_all(&protocol::frame(&protocol::request(1, words)))
-        .map_err(broken)?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            format!("{} closed the connection without answering", path.display())
-        } else {
-            broken(e)
-        }
-    })?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > protocol::MAX_REPLY {
-        return Err(format!("reply too large ({len} bytes)"));
     }
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).map_err(broken)?;
-    let text = String::from_utf8(payload).map_err(|_| "reply is not UTF-8".to_string())?;
-    Json::parse(&text).map_err(|e| format!("unreadable reply: {e}"))
+
+    fn request(&mut self, words: &[String]) -> Result<Json, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(&protocol::frame(&protocol::request(id, words)))
+            .map_err(|e| self.broken(e))?;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!(
+                    "{} closed the connection without answering",
+                    self.path.display()
+                )
+            } else {
+                self.broken(e)
+            }
+        })?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > protocol::MAX_REPLY {
+            return Err(format!("reply too large ({len} bytes)"));
+        }
+        let mut payload = vec![0u8; len];
+        self.stream
+            .read_exact(&mut payload)
+            .map_err(|e| self.broken(e))?;
+        let text = String::from_utf8(payload).map_err(|_| "reply is not UTF-8".to_string())?;
+        Json::parse(&text).map_err(|e| format!("unreadable reply: {e}"))
+    }
+
+    /// Which server this is, for the first line of the answer: `pid 1234, listening at
+    /// http://127.0.0.1:8000 (control socket /run/app/ferricorn.ctl)`. Asked before the command, so
+    /// that even `shutdown` names the server it stopped.
+    fn describe_server(&mut self) -> Result<String, String> {
+        let pid = match super::peer_pid(std::os::fd::AsRawFd::as_raw_fd(&self.stream)) {
+            Some(p) => format!("pid {p}"),
+            None => "pid unknown".to_string(),
+        };
+        let reply = self.request(&["show".to_string(), "listeners".to_string()])?;
+        let addresses: Vec<String> = reply
+            .get("data")
+            .and_then(|d| d.get("listeners"))
+            .and_then(Json::as_array)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|l| l.get("address").and_then(Json::as_str))
+            .map(str::to_string)
+            .collect();
+        let bind = if addresses.is_empty() {
+            String::new()
+        } else {
+            format!(", listening at {}", addresses.join(", "))
+        };
+        Ok(format!(
+            "{pid}{bind} (control socket {})",
+            self.path.display()
+        ))
+    }
+}
+
+/// The socket a bare `ferricornctl` (no `-s`) talks to, and what the user should know about the choice.
+/// The default path first; a server that found it held put its own beside it (`ferricorn.PID.ctl`):
+/// when nobody answers at the default path and exactly one such server lives, that one; when several
+/// do, none (the user must choose).
+fn choose_default_socket() -> Result<(std::path::PathBuf, Vec<String>), String> {
+    let default = super::default_socket_path_from_env();
+    let others = super::sockets_beside(&default);
+    let listed = |paths: &[std::path::PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if super::live_server(&default).is_some() {
+        let notes = if others.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "other servers have control sockets beside it: {} (choose one with -s)",
+                listed(&others)
+            )]
+        };
+        return Ok((default, notes));
+    }
+    match others.as_slice() {
+        [] => Ok((default, Vec::new())),
+        [only] => Ok((
+            only.clone(),
+            vec![format!(
+                "no server at {}; talking to the only one beside it",
+                default.display()
+            )],
+        )),
+        _ => Err(format!(
+            "no server at {}, and several beside it: {}; choose one with -s",
+            default.display(),
+            listed(&others)
+        )),
+    }
 }
 
 // ---- human-readable output ----

@@ -90,6 +90,47 @@ pub fn default_socket_path_from_env() -> PathBuf {
     default_socket_path(&|k| std::env::var(k).ok())
 }
 
+/// Where a server whose default socket is held by another live server puts its own: beside it, named
+/// after its pid (`ferricorn.4242.ctl`), so that every server has one and none takes another's.
+pub fn own_socket_path(default: &Path, pid: u32) -> PathBuf {
+    default.with_file_name(format!("ferricorn.{pid}.ctl"))
+}
+
+/// Whether a file name is one [`own_socket_path`] makes.
+fn is_own_socket_name(name: &str) -> bool {
+    name.strip_prefix("ferricorn.")
+        .and_then(|r| r.strip_suffix(".ctl"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The sockets of other live servers beside the default one (see [`own_socket_path`]), sorted.
+pub fn sockets_beside(default: &Path) -> Vec<PathBuf> {
+    let Some(dir) = default.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(is_own_socket_name))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+        .filter(|p| p != default && live_server(p).is_some())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Some(pid) when a server accepts on the socket `path` (`Some(None)` when the kernel did not say
+/// who), None when nobody does.
+pub fn live_server(path: &Path) -> Option<Option<i32>> {
+    match occupant(path) {
+        Occupant::Live(pid) => Some(pid),
+        Occupant::Stale => None,
+    }
+}
+
 /// A request one thread of a worker is running.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BusyThread {
@@ -233,6 +274,28 @@ enum Occupant {
     Live(Option<i32>),
 }
 
+/// The process at the other end of a connected unix socket (`SO_PEERCRED`): for a client, the one that
+/// listens, i.e. the server's master. None when the kernel does not say.
+pub(crate) fn peer_pid(fd: RawFd) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `fd` is a socket the caller owns, and the buffer is ucred-sized.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 /// A non-blocking connect answers at once: refused for a stale file, accepted (or pending, when the
 /// backlog is full) for a live one, whose process the kernel names (`SO_PEERCRED`).
 fn occupant(path: &Path) -> Occupant {
@@ -246,25 +309,7 @@ fn occupant(path: &Path) -> Occupant {
         return Occupant::Stale;
     }
     match sock.connect(&addr) {
-        Ok(()) => {
-            let mut cred = libc::ucred {
-                pid: 0,
-                uid: 0,
-                gid: 0,
-            };
-            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-            // SAFETY: a connected socket we own and a ucred-sized buffer.
-            let rc = unsafe {
-                libc::getsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_PEERCRED,
-                    &mut cred as *mut libc::ucred as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            Occupant::Live((rc == 0 && cred.pid > 0).then_some(cred.pid))
-        }
+        Ok(()) => Occupant::Live(peer_pid(sock.as_raw_fd())),
         Err(e)
             if matches!(
                 e.raw_os_error(),
@@ -301,10 +346,15 @@ impl ControlServer {
                              (pid {pid})"
                         ));
                     }
-                    Occupant::Live(_) => {
+                    Occupant::Live(pid) => {
                         return Err(io::Error::new(
                             io::ErrorKind::AddrInUse,
-                            "another server is listening on it",
+                            match pid {
+                                Some(pid) => {
+                                    format!("another server (pid {pid}) is listening on it")
+                                }
+                                None => "another server is listening on it".to_string(),
+                            },
                         ))
                     }
                 }
@@ -591,7 +641,17 @@ impl ControlServer {
             Request::Show(Show::Stats) => {
                 protocol::stats_data(&target.stats(), self.started.elapsed().as_secs_f64())
             }
-            Request::Show(Show::Config) => protocol::config_data(&target.config()),
+            Request::Show(Show::Config) => {
+                // The socket actually in use, which is not the configured default when another server
+                // held that (see `own_socket_path`).
+                let mut settings = target.config();
+                for (name, value) in settings.iter_mut() {
+                    if name == "control_socket" {
+                        *value = self.path.display().to_string();
+                    }
+                }
+                protocol::config_data(&settings)
+            }
             Request::Show(Show::Listeners) => protocol::listeners_data(&target.listeners()),
             Request::Show(Show::All) => protocol::all_data(std::process::id(), &target.workers()),
             Request::Show(Show::Dirty) => protocol::dirty_data(),
@@ -752,6 +812,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         client.join().unwrap()
+    }
+
+    #[test]
+    fn own_sockets_beside_the_default() {
+        let dir = temp_dir("beside");
+        let default = dir.join(SOCKET_NAME);
+        assert_eq!(
+            own_socket_path(&default, 4242),
+            dir.join("ferricorn.4242.ctl")
+        );
+        assert!(is_own_socket_name("ferricorn.1.ctl"));
+        for name in [
+            "ferricorn.ctl",
+            "ferricorn..ctl",
+            "ferricorn.12a.ctl",
+            "gunicorn.1.ctl",
+        ] {
+            assert!(!is_own_socket_name(name), "{name}");
+        }
+        let a = ControlServer::bind(&own_socket_path(&default, 7), DEFAULT_MODE, log()).unwrap();
+        let b = ControlServer::bind(&own_socket_path(&default, 12), DEFAULT_MODE, log()).unwrap();
+        let _default = ControlServer::bind(&default, DEFAULT_MODE, log()).unwrap();
+        // a stale one and an unrelated socket are not listed
+        drop(UnixListener::bind(dir.join("ferricorn.99.ctl")).unwrap());
+        let _other = UnixListener::bind(dir.join("other.ctl")).unwrap();
+        assert_eq!(
+            sockets_beside(&default),
+            // sorted by name
+            vec![b.path().to_path_buf(), a.path().to_path_buf()]
+        );
+        assert_eq!(live_server(a.path()), Some(Some(std::process::id() as i32)));
+        assert_eq!(live_server(&dir.join("ferricorn.99.ctl")), None);
+        let e = ControlServer::bind(&default, DEFAULT_MODE, log())
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains(&format!("(pid {})", std::process::id())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The embedded interpreter: reading the config file, preparing `sys.path` and `os.environ`, forking
-//! safely, loading the app and rendering Python errors for the error log.
+//! safely, loading the app, listing the directories imports read from, and rendering Python errors for
+//! the error log.
 
 pub mod app;
 pub mod config_file;
@@ -64,6 +65,72 @@ pub fn put_cwd_on_path(py: Python<'_>) -> PyResult<()> {
         path.insert(0, &cwd)?;
     }
     Ok(())
+}
+
+/// What a directory the app's imports read from is, for a worker that cannot read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportDirRole {
+    /// The standard library (where `os` was loaded from).
+    Stdlib,
+    /// The working directory (the app's directory, first on `sys.path`).
+    AppDir,
+    /// A `site-packages` or `dist-packages` directory: installed distributions.
+    Packages,
+    /// Any other `sys.path` entry (`--pythonpath`, `lib-dynload`, `PYTHONPATH`).
+    Other,
+}
+
+impl ImportDirRole {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImportDirRole::Stdlib => "the standard library",
+            ImportDirRole::AppDir => "the app's directory",
+            ImportDirRole::Packages => "the installed packages",
+            ImportDirRole::Other => "the sys.path entry",
+        }
+    }
+}
+
+/// The directories imports read from, as this process sees them now: the standard library, the working
+/// directory, and every `sys.path` entry that is a directory (zip files and missing entries are left
+/// out). Asked before a worker changes its user, to check afterwards that it can still read them.
+pub fn import_dirs(py: Python<'_>) -> PyResult<Vec<(std::path::PathBuf, ImportDirRole)>> {
+    use std::path::{Path, PathBuf};
+    let os = py.import("os")?;
+    let cwd = PathBuf::from(os.call_method0("getcwd")?.extract::<String>()?);
+    let stdlib = os
+        .getattr("__file__")?
+        .extract::<String>()
+        .ok()
+        .and_then(|f| Path::new(&f).parent().map(Path::to_path_buf));
+    let mut out: Vec<(PathBuf, ImportDirRole)> = Vec::new();
+    if let Some(dir) = &stdlib {
+        out.push((dir.clone(), ImportDirRole::Stdlib));
+    }
+    out.push((cwd.clone(), ImportDirRole::AppDir));
+    let entries: Vec<String> = py
+        .import("sys")?
+        .getattr("path")?
+        .extract()
+        .unwrap_or_default();
+    for entry in entries {
+        let path = if entry.is_empty() {
+            cwd.clone()
+        } else {
+            cwd.join(&entry)
+        };
+        if !path.is_dir() || out.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let role = if name == "site-packages" || name == "dist-packages" {
+            ImportDirRole::Packages
+        } else {
+            ImportDirRole::Other
+        };
+        out.push((path, role));
+    }
+    Ok(out)
 }
 
 /// Fork with CPython's fork protocol around the raw call, so the child gets a sane interpreter (import

@@ -222,20 +222,82 @@ pub fn bind_unix(socket: &Socket, addr: &SockAddr, path: &Path) -> io::Result<()
     Ok(())
 }
 
-/// In a worker right after fork, before the app is loaded: its title, its user and group, and the
-/// reloader.
-pub fn worker_started(cfg: &Config, log: &ErrorLog) {
+/// In a worker right after fork, before the app is loaded: its title, its user and group (and whether,
+/// as that user, it can still read what imports need: [`check_import_dirs`]), and the reloader.
+pub fn worker_started(py: Python<'_>, cfg: &Config, log: &ErrorLog, preloaded: bool) {
     proctitle::set(
         &format!("{}: worker [{}]", crate::config::PROG, process_name(cfg)),
         "ferricorn-wrk",
     );
+    // What imports read, listed as the master's user, to check again as the worker's.
+    let import_dirs = if cfg.uid.is_some() || cfg.gid.is_some() {
+        crate::python::import_dirs(py).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if let Err(e) = privileges::switch(cfg.uid, cfg.gid, cfg.initgroups) {
         log.error(&format!("Cannot switch the worker's user or group: {e}"));
         crate::worker::exit(WORKER_BOOT_ERROR);
     }
+    check_import_dirs(&import_dirs, log, preloaded);
     if cfg.reload {
         reload::start(&cfg.reload_engine, &cfg.reload_extra_files, log);
     }
+}
+
+/// A worker that switched to `--user`/`--group` and cannot read a directory imports need says so, with
+/// the user and the directory that stops it, rather than fail with a bare `ModuleNotFoundError` (`No
+/// module named 'importlib'` for an unreadable standard library). An unreadable standard library stops
+/// the worker as a boot failure (every module not imported yet would fail), unless the master loaded the
+/// app (`--preload`); any other directory is a warning, and the app's import says the rest.
+fn check_import_dirs(
+    dirs: &[(PathBuf, crate::python::ImportDirRole)],
+    log: &ErrorLog,
+    preloaded: bool,
+) {
+    use crate::python::ImportDirRole;
+    let blocked: Vec<(&PathBuf, ImportDirRole, String)> = dirs
+        .iter()
+        .filter_map(|(p, role)| privileges::unreadable(p).map(|why| (p, *role, why)))
+        .collect();
+    if blocked.is_empty() {
+        return;
+    }
+    let has = |r: ImportDirRole| blocked.iter().any(|(_, role, _)| *role == r);
+    let what = if has(ImportDirRole::Stdlib) {
+        "the Python installation"
+    } else if has(ImportDirRole::AppDir) {
+        "the app's directory"
+    } else {
+        "directories on sys.path"
+    };
+    let list: Vec<String> = blocked
+        .iter()
+        .map(|(p, role, why)| format!("{} {} ({why})", role.describe(), p.display()))
+        .collect();
+    let head = format!(
+        "Worker (pid:{}) runs as {} (--user/--group) and cannot read {what}: {}.",
+        std::process::id(),
+        privileges::identity(),
+        list.join("; ")
+    );
+    let fix =
+        "let that user read these directories, install Python and the app where it can read them, \
+               or run the workers as another user";
+    if has(ImportDirRole::Stdlib) && !preloaded {
+        log.error(&format!(
+            "{head} Every module not imported yet would fail to import (ModuleNotFoundError), so the \
+             worker stops here: {fix}."
+        ));
+        crate::worker::exit(WORKER_BOOT_ERROR);
+    }
+    let consequence = if preloaded {
+        "The master loaded the app (--preload), but a module imported from there later fails with \
+         ModuleNotFoundError"
+    } else {
+        "Modules there cannot be imported (ModuleNotFoundError)"
+    };
+    log.warning(&format!("{head} {consequence}: {fix}."));
 }
 
 /// `READY=1` was sent for the current set of workers.

@@ -1,10 +1,17 @@
 //! `-u/--user`, `-g/--group` and `--initgroups`: workers drop to another user and group right after
 //! fork; the master keeps its identity (it may need it to bind privileged ports again or to reopen
 //! logs). Names are resolved when the configuration is read, so a typo is a usage error.
+//!
+//! After the switch, [`unreadable`] tells why the worker can no longer read a directory the master
+//! could (a Python installed under a private home directory), so the worker can say so instead of
+//! failing later with a bare `ModuleNotFoundError`.
 
 use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use nix::unistd::{self, Gid, Group, Uid, User};
+use nix::errno::Errno;
+use nix::unistd::{self, AccessFlags, Gid, Group, Uid, User};
 
 /// A user name or a numeric id, as gunicorn accepts them.
 pub fn lookup_user(value: &str) -> Result<u32, String> {
@@ -91,6 +98,97 @@ pub fn switch(uid: Option<u32>, gid: Option<u32>, initgroups: bool) -> Result<()
     Ok(())
 }
 
+/// This process's user and group, as the log names them: `user nobody (uid 65534), group nogroup
+/// (gid 65534)`.
+pub fn identity() -> String {
+    let uid = unistd::getuid();
+    let gid = unistd::getgid();
+    let user = User::from_uid(uid).ok().flatten().map(|u| u.name);
+    let group = Group::from_gid(gid).ok().flatten().map(|g| g.name);
+    let named = |kind: &str, name: Option<String>, id: u32, id_kind: &str| match name {
+        Some(n) => format!("{kind} {n} ({id_kind} {id})"),
+        None => format!("{kind} {id_kind} {id}"),
+    };
+    format!(
+        "{}, {}",
+        named("user", user, uid.as_raw(), "uid"),
+        named("group", group, gid.as_raw(), "gid")
+    )
+}
+
+/// Why this process cannot read the directory `path` (list it and open what is in it), or None when it
+/// can: the first directory on the way that it may not enter, else `path` itself. Asked with access(2),
+/// that is as the real user and groups: a switched worker's.
+pub fn unreadable(path: &Path) -> Option<String> {
+    let ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    for dir in ancestors.into_iter().rev() {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        if let Err(e) = unistd::access(dir, AccessFlags::X_OK) {
+            return Some(refusal("cannot enter", dir, e));
+        }
+    }
+    match unistd::access(path, AccessFlags::R_OK | AccessFlags::X_OK) {
+        Ok(()) => None,
+        Err(e) => Some(refusal("cannot read", path, e)),
+    }
+}
+
+/// `cannot enter /root: drwx------ root:root`, or the error itself when it is not a permission.
+fn refusal(what: &str, dir: &Path, e: Errno) -> String {
+    if e != Errno::EACCES {
+        return format!("{}: {}", dir.display(), e.desc());
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) => {
+            let owner = User::from_uid(Uid::from_raw(m.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| m.uid().to_string(), |u| u.name);
+            let group = Group::from_gid(Gid::from_raw(m.gid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| m.gid().to_string(), |g| g.name);
+            format!(
+                "{what} {}: {} {owner}:{group}",
+                dir.display(),
+                mode_string(m.mode())
+            )
+        }
+        Err(_) => format!("{what} {}", dir.display()),
+    }
+}
+
+/// `ls -l`'s rendering of a mode: `drwx------`, `drwxrwxrwt`.
+fn mode_string(mode: u32) -> String {
+    let kind = match mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFREG => '-',
+        _ => '?',
+    };
+    let mut out = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 0o7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let exec = bits & 1 != 0;
+        let special = match shift {
+            6 => mode & libc::S_ISUID != 0,
+            3 => mode & libc::S_ISGID != 0,
+            _ => mode & libc::S_ISVTX != 0,
+        };
+        let (on, off) = match (shift, special) {
+            (0, true) => ('t', 'T'),
+            (_, true) => ('s', 'S'),
+            _ => ('x', '-'),
+        };
+        out.push(if exec { on } else { off });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +210,23 @@ mod tests {
             lookup_group("no-such-group-fcn"),
             Err("no such group: 'no-such-group-fcn'".to_string())
         );
+    }
+
+    #[test]
+    fn modes_as_ls_shows_them() {
+        assert_eq!(mode_string(libc::S_IFDIR | 0o700), "drwx------");
+        assert_eq!(mode_string(libc::S_IFDIR | 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(libc::S_IFREG | 0o4644), "-rwSr--r--");
+        assert_eq!(mode_string(libc::S_IFDIR | 0o2755), "drwxr-sr-x");
+    }
+
+    #[test]
+    fn readable_directories_and_missing_ones() {
+        assert_eq!(unreadable(Path::new("/")), None);
+        assert_eq!(unreadable(&std::env::temp_dir()), None);
+        let missing = unreadable(Path::new("/no/such/dir/fcn")).expect("missing");
+        assert!(missing.starts_with("/no: "), "{missing}");
+        assert!(identity().starts_with("user "), "{}", identity());
     }
 
     #[test]

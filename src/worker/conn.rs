@@ -73,8 +73,8 @@ const PREFETCH_LIMIT: usize = 256 * 1024;
 enum HeadOutcome {
     /// Shared: the Python thread reads it, and the connection keeps it to log a 504 of its own.
     Head(Arc<RequestHead>),
-    /// Clean end: the client closed or idled out between requests.
-    Closed,
+    /// Clean end: the client closed or idled out between requests (the reason, for the debug log).
+    Closed(&'static str),
     /// The client sent something that is not a request, or timed out mid-head: answer (if a status is
     /// given) and close.
     Refused(Option<HttpError>),
@@ -91,6 +91,25 @@ pub async fn serve<S: Stream>(
     // A connection accepted within capacity holds one unit of it from accept (see `admission`).
     let mut claim = io.admission.claim(claimed);
     let mut first = true;
+    // `--log-level debug` follows each connection: accepted, then closed with its request count and why.
+    // Asked once, so at other levels the connection pays nothing more.
+    let trace = io.ctx.log.enabled(crate::log::Level::Debug);
+    if trace {
+        io.ctx.log.debug(&format!(
+            "Connection from {} accepted on {}{}{} ({})",
+            client_text(&peer),
+            server.name,
+            if server.port.is_empty() { "" } else { ":" },
+            server.port,
+            if claimed {
+                "a thread is free for it"
+            } else {
+                "every thread is busy"
+            }
+        ));
+    }
+    let mut served = 0u64;
+    let mut closed_because = "the request was refused";
     // PROXY protocol (`--proxy-protocol`, see `proxy`): a load balancer's header before the first request
     // names the client the app sees. The connection's own peer still decides loopback calls and
     // `--forwarded-allow-ips`, as gunicorn judges forwarded headers by the socket peer.
@@ -114,7 +133,10 @@ pub async fn serve<S: Stream>(
             proxy::Outcome::Refused(err) => {
                 match err {
                     Some(err) => refuse(&mut stream, &io, &peer, &err, &err.response()).await,
-                    None => staged = false,
+                    None => {
+                        staged = false;
+                        closed_because = "no PROXY protocol header arrived";
+                    }
                 }
                 refused = true;
             }
@@ -126,8 +148,9 @@ pub async fn serve<S: Stream>(
         }
         let head = match read_head(&mut stream, &mut buf, &io, first, &mut claim).await {
             HeadOutcome::Head(h) => h,
-            HeadOutcome::Closed => {
+            HeadOutcome::Closed(why) => {
                 staged = false;
+                closed_because = why;
                 break;
             }
             HeadOutcome::Refused(err) => {
@@ -135,7 +158,11 @@ pub async fn serve<S: Stream>(
                     Some(err) => {
                         refuse(&mut stream, &io, &peer, &err, &http::error_response(&err)).await
                     }
-                    None => staged = false,
+                    None => {
+                        staged = false;
+                        closed_because =
+                            "the request head was incomplete (the client closed or was too slow)";
+                    }
                 }
                 break;
             }
@@ -153,10 +180,12 @@ pub async fn serve<S: Stream>(
             claim.release();
         }
         let Some(start) = start_body(&mut stream, &mut buf, &head, &io, &peer).await else {
+            closed_because = "the request body did not arrive in full, or was malformed";
             break;
         };
         let dispatched = Instant::now();
         let mut on_overflow = false;
+        let asked_to_close = !head.keep_alive;
         let keep = handle_request(
             &mut stream,
             &mut buf,
@@ -177,11 +206,28 @@ pub async fn serve<S: Stream>(
         }
         claim.release();
         io.check_recycle();
+        served += 1;
         // A stopping worker still answers what arrives on a kept-alive connection (with
         // `Connection: close`) rather than closing it under a client that may be sending right now.
         if !keep {
+            closed_because = if asked_to_close {
+                "the client asked for it (Connection: close, or HTTP/1.0 without keep-alive)"
+            } else if io.ctx.cfg.keepalive == 0 {
+                "keep-alive is off (--keep-alive 0)"
+            } else if io.shutting_down.get() {
+                "its last response ended it, the worker is stopping"
+            } else {
+                "its last response ended it (an error, a timeout, a failed write, or Connection: close from the app)"
+            };
             break;
         }
+    }
+    if trace {
+        io.ctx.log.debug(&format!(
+            "Connection from {} closed after {served} request{}: {closed_because}",
+            client_text(&peer),
+            if served == 1 { "" } else { "s" }
+        ));
     }
     drop(claim);
     if staged {
@@ -215,6 +261,17 @@ async fn close_staged<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
         }
     }
     buf.clear();
+}
+
+/// The client as the debug log names it.
+fn client_text(peer: &Peer) -> String {
+    if peer.ip.is_empty() {
+        "a unix socket client".to_string()
+    } else if peer.ip.contains(':') {
+        format!("[{}]:{}", peer.ip, peer.port)
+    } else {
+        format!("{}:{}", peer.ip, peer.port)
+    }
 }
 
 /// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
@@ -295,10 +352,14 @@ async fn read_head<S: Stream>(
                 Ok(0) if buf.iter().any(|&b| b != b'\r' && b != b'\n') => {
                     return HeadOutcome::Refused(Some(HttpError::IncompleteHead));
                 }
-                Ok(0) => return HeadOutcome::Closed,
+                Ok(0) => return HeadOutcome::Closed("the client closed it"),
                 // A reset or another error: nobody is left to answer.
                 Err(_) => {
-                    return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
+                    return if buf.is_empty() {
+                        HeadOutcome::Closed("the client closed it")
+                    } else {
+                        HeadOutcome::Refused(None)
+                    };
                 }
                 Ok(_) => {}
             },
@@ -307,7 +368,15 @@ async fn read_head<S: Stream>(
                     claim.release();
                     continue;
                 }
-                return if buf.is_empty() { HeadOutcome::Closed } else { HeadOutcome::Refused(None) };
+                return if !buf.is_empty() {
+                    HeadOutcome::Refused(None)
+                } else if io.shutting_down.get() {
+                    HeadOutcome::Closed("the worker is stopping")
+                } else if first {
+                    HeadOutcome::Closed("no request arrived in time")
+                } else {
+                    HeadOutcome::Closed("idle for --keep-alive")
+                };
             }
             _ = io.shutdown_signal.notified(), if buf.is_empty() => {}
         }

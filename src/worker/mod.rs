@@ -386,6 +386,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             }
         }
         drop(rx);
+        log.debug(&format!(
+            "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
+            if threads == 1 { "" } else { "s" },
+            crate::arbiter::worker_class_name(&cfg),
+            cfg.worker_connections
+        ));
         let overflow = OverflowLane::new(threads);
         io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
     });
@@ -725,12 +731,23 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                 for sig in sigpipe.drain() {
                     match sig {
                         Signal::SIGTERM => {
+                            ctx.log.debug(&format!(
+                                "Worker (pid:{}) got SIGTERM: finishing its {} open connection(s) within --graceful-timeout {}s",
+                                std::process::id(),
+                                io.admission.connections(),
+                                ctx.cfg.graceful_timeout
+                            ));
                             io.begin_stop();
                             if io.admission.connections() == 0 {
                                 return 0;
                             }
                         }
                         Signal::SIGINT | Signal::SIGQUIT => {
+                            ctx.log.debug(&format!(
+                                "Worker (pid:{}) got {}: stopping now",
+                                std::process::id(),
+                                sig.as_str()
+                            ));
                             ctx.worker_hook("worker_int");
                             return 0;
                         }

@@ -207,8 +207,15 @@ impl WsgiRunner {
         py: Python<'py>,
         head: &crate::http::RequestHead,
     ) -> Option<Bound<'py, PyAny>> {
-        let worker = self.ctx.hook_worker.as_ref()?;
         let hooks = &self.ctx.hooks;
+        // gunicorn's default `pre_request` logs `METHOD PATH` at debug level; a hook of the config file
+        // replaces it, as there. The level is asked first: at info this costs one atomic load.
+        if self.ctx.log.enabled(crate::log::Level::Debug) && !hooks.has("pre_request") {
+            self.ctx
+                .log
+                .debug(&format!("{} {}", head.method, head.path));
+        }
+        let worker = self.ctx.hook_worker.as_ref()?;
         if !hooks.has("pre_request") && !hooks.has("post_request") {
             return None;
         }
