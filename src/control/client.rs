@@ -177,7 +177,12 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Some(p) => crate::system::absolute(Path::new(p)),
         None => super::default_socket_path_from_env(),
     };
-    let reply = match exchange(&path, &words, Duration::from_secs_f64(timeout)) {
+    let timeout = Duration::from_secs_f64(timeout);
+    let reply = match if request == Request::Show(Show::Stacks) {
+        fresh_stacks(&path, timeout)
+    } else {
+        exchange(&path, &words, timeout)
+    } {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "{PROG}: {e}");
@@ -272,6 +277,35 @@ pub(crate) fn exchange(path: &Path, words: &[String], timeout: Duration) -> Resu
     Json::parse(&text).map_err(|e| format!("unreadable reply: {e}"))
 }
 
+/// `show stacks` until every worker's snapshot was taken after the first request (each request makes
+/// the workers take a new one, within about half a second), or `timeout` (at most 3 s) has passed: the
+/// last reply.
+pub(crate) fn fresh_stacks(path: &Path, timeout: Duration) -> Result<Json, String> {
+    let words = ["show".to_string(), "stacks".to_string()];
+    let first = std::time::Instant::now();
+    let patience = timeout.min(Duration::from_secs(3));
+    loop {
+        let reply = exchange(path, &words, timeout)?;
+        // Ages are rounded to hundredths.
+        let since = first.elapsed().as_secs_f64() + 0.01;
+        let fresh = reply
+            .get("data")
+            .and_then(|d| d.get("workers"))
+            .and_then(Json::as_array)
+            .is_none_or(|ws| {
+                ws.iter().all(|w| {
+                    w.get("snapshot_age")
+                        .and_then(Json::as_f64)
+                        .is_some_and(|age| age <= since)
+                })
+            });
+        if fresh || first.elapsed() >= patience {
+            return Ok(reply);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---- human-readable output ----
 
 /// `45s`, `1m05s`, `2h03m`, `3d04h`.
@@ -316,6 +350,7 @@ fn human(request: &Request, data: &Json) -> String {
         Request::Show(Show::Config) => format_config(data),
         Request::Show(Show::Listeners) => format_listeners(data),
         Request::Show(Show::All) => format_all(data),
+        Request::Show(Show::Stacks) => format_stacks(data),
         Request::Show(Show::Dirty) if data.get("enabled").and_then(Json::as_bool) != Some(true) => {
             "No dirty workers".to_string()
         }
@@ -390,6 +425,67 @@ fn format_workers(data: &Json) -> String {
         .unwrap_or(workers.len() as i64);
     let noun = if count == 1 { "worker" } else { "workers" };
     lines.push(format!("Total: {count} {noun}, {busy} busy"));
+    lines.join("\n")
+}
+
+/// Recent requests listed per worker by `show stacks` (the reply has more).
+const RECENT_SHOWN: usize = 5;
+
+fn format_stacks(data: &Json) -> String {
+    let workers = data.get("workers").and_then(Json::as_array).unwrap_or(&[]);
+    if workers.is_empty() {
+        return "No workers running".to_string();
+    }
+    let mut lines = Vec::new();
+    for w in workers {
+        if !lines.is_empty() {
+            lines.push(String::new());
+        }
+        let taken = match w.get("snapshot_age").and_then(Json::as_f64) {
+            Some(s) => format!("stacks taken {} ago", elapsed(s)),
+            None => "no stacks yet: the worker did not answer in time".to_string(),
+        };
+        lines.push(format!("Worker {} ({taken})", text_of(w.get("pid"))));
+        let threads = w.get("threads").and_then(Json::as_array).unwrap_or(&[]);
+        if threads.is_empty() {
+            lines.push("  no request in flight".to_string());
+        }
+        for t in threads {
+            lines.push(format!(
+                "  thread {}: {} {} from {}, running {}",
+                text_of(t.get("thread")),
+                text_of(t.get("method")),
+                text_of(t.get("path")),
+                match t.get("client").and_then(Json::as_str) {
+                    Some("") | None => "-".to_string(),
+                    Some(c) => c.to_string(),
+                },
+                elapsed(t.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0))
+            ));
+            match t.get("stack").and_then(Json::as_array) {
+                Some(stack) => {
+                    lines.extend(stack.iter().map(|l| format!("    {}", text_of(Some(l)))))
+                }
+                None => lines.push("    (no stack: the request started after the snapshot)".into()),
+            }
+        }
+        let recent = w.get("recent").and_then(Json::as_array).unwrap_or(&[]);
+        if !recent.is_empty() {
+            lines.push("  recently finished (newest first):".to_string());
+            for r in recent.iter().rev().take(RECENT_SHOWN) {
+                let started = r.get("started").and_then(Json::as_f64).unwrap_or(0.0);
+                let finished = r.get("finished").and_then(Json::as_f64).unwrap_or(0.0);
+                lines.push(format!(
+                    "    {} {} (thread {}, ended {} ago after {})",
+                    text_of(r.get("method")),
+                    text_of(r.get("path")),
+                    text_of(r.get("thread")),
+                    elapsed(finished),
+                    elapsed((started - finished).max(0.0))
+                ));
+            }
+        }
+    }
     lines.join("\n")
 }
 

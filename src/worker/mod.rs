@@ -11,6 +11,7 @@ pub mod exchange;
 mod loopback;
 mod pool;
 pub mod proxy;
+mod snapshot;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -980,6 +981,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         tokio::select! {
             _ = tick.tick() => {
                 ctx.board.heartbeat();
+                snapshot::answer_if_asked(ctx);
                 io.check_recycle();
                 ctx.board.set_queued(io.queue.len() as u32);
                 if io.trim_due.get() && io.connections.get() == 0 {
