@@ -269,6 +269,11 @@ fn secs(x: f64) -> Json {
     Json::Float((x * 100.0).round() / 100.0)
 }
 
+/// Seconds rounded to milliseconds.
+fn millis(x: f64) -> Json {
+    Json::Float((x * 1000.0).round() / 1000.0)
+}
+
 fn busy_json(b: &BusyThread) -> Json {
     obj([
         ("thread", b.thread.into()),
@@ -315,6 +320,12 @@ pub fn stacks_data(workers: &[WorkerStacks]) -> Json {
                 .map(|t| {
                     let mut j = busy_json(&t.request);
                     if let Json::Obj(pairs) = &mut j {
+                        // Milliseconds here: `doctor` compares these with the database's times.
+                        for (k, v) in pairs.iter_mut() {
+                            if k == "elapsed" {
+                                *v = millis(t.request.elapsed_secs);
+                            }
+                        }
                         pairs.push((
                             "stack".to_string(),
                             t.stack.as_ref().map_or(Json::Null, |lines| {
@@ -333,8 +344,8 @@ pub fn stacks_data(workers: &[WorkerStacks]) -> Json {
                         ("thread", r.thread.into()),
                         ("method", r.method.as_str().into()),
                         ("path", r.path.as_str().into()),
-                        ("started", secs(r.started_secs_ago)),
-                        ("finished", secs(r.finished_secs_ago)),
+                        ("started", millis(r.started_secs_ago)),
+                        ("finished", millis(r.finished_secs_ago)),
                     ])
                 })
                 .collect();

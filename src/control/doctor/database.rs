@@ -32,9 +32,12 @@ use super::logs::{self, Frame, WaitKind};
 use crate::control::json::{obj, Json};
 use crate::system::tcp_table::{self, TcpEntry};
 
-/// Ages measured in two places (PostgreSQL, ferricorn) at moments a few milliseconds apart are
-/// compared with this much leeway.
-const SLACK_SECS: f64 = 0.2;
+/// Ages measured in two places are compared with this much leeway. ferricorn's are shifted to the
+/// moment psql answered, which is a few milliseconds after PostgreSQL took its own (its
+/// `clock_timestamp()`): ferricorn's times come out that much too early. So "started before" needs
+/// only the rounding ([`SLACK_SECS`]), "still running after" that delay too ([`LATE_SECS`]).
+const SLACK_SECS: f64 = 0.005;
+const LATE_SECS: f64 = 0.03;
 /// Query text shown per session.
 const QUERY_CHARS: usize = 300;
 
@@ -495,7 +498,8 @@ pub fn query(psql: &Path, target: &Target, timeout: Duration) -> Result<DbState,
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            // Short naps: the moment of the answer is the clock the requests' ages are set to.
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -711,6 +715,8 @@ pub struct Analysis {
     pub owners: BTreeMap<i64, i32>,
     /// `backend pid -> request` for the backends tied to a request in flight.
     pub requests: BTreeMap<i64, String>,
+    /// Requests in the database driver that no backend could be tied to.
+    pub unmatched: usize,
 }
 
 struct Matcher<'a> {
@@ -748,53 +754,55 @@ impl<'a> Matcher<'a> {
 
     /// Tie each backend running a query to the request in the driver that sent it, where only one can
     /// have: in the same worker, in the driver, started before the query, not tied to another backend.
+    /// When a worker has more such backends than requests in the driver, some backend was not sent by
+    /// a request (a thread of the app's own): then a pair is made only when neither side has another
+    /// candidate.
     fn match_running(&mut self) {
-        let mut taken: HashSet<(usize, usize)> = HashSet::new();
-        loop {
-            let mut progress = false;
-            for s in &self.db.sessions {
-                if self.running.contains_key(&s.pid) || s.state.as_deref() != Some("active") {
-                    continue;
+        for (wi, w) in self.workers.iter().enumerate() {
+            let backends: Vec<&Session> = self
+                .db
+                .sessions
+                .iter()
+                .filter(|s| {
+                    !s.hidden
+                        && s.state.as_deref() == Some("active")
+                        && self.owner.get(&s.pid) == Some(&wi)
+                })
+                .collect();
+            let requests: Vec<usize> = (0..w.live.len())
+                .filter(|ri| w.live[*ri].in_driver())
+                .collect();
+            let fits =
+                |b: &Session, ri: usize| w.live[ri].age + SLACK_SECS >= b.query_age.unwrap_or(0.0);
+            let explained = backends.len() <= requests.len();
+            let mut taken: HashSet<usize> = HashSet::new();
+            let mut paired: HashSet<i64> = HashSet::new();
+            loop {
+                let mut progress = false;
+                for b in &backends {
+                    if paired.contains(&b.pid) {
+                        continue;
+                    }
+                    let free: Vec<usize> = requests
+                        .iter()
+                        .copied()
+                        .filter(|ri| !taken.contains(ri) && fits(b, *ri))
+                        .collect();
+                    let [ri] = free[..] else { continue };
+                    let rivals = backends
+                        .iter()
+                        .filter(|o| o.pid != b.pid && !paired.contains(&o.pid) && fits(o, ri))
+                        .count();
+                    if explained || rivals == 0 {
+                        taken.insert(ri);
+                        paired.insert(b.pid);
+                        self.running.insert(b.pid, (wi, ri));
+                        progress = true;
+                    }
                 }
-                let Some(&wi) = self.owner.get(&s.pid) else {
-                    continue;
-                };
-                let q_age = s.query_age.unwrap_or(0.0);
-                let candidates: Vec<usize> = self.workers[wi]
-                    .live
-                    .iter()
-                    .enumerate()
-                    .filter(|(ri, r)| {
-                        !taken.contains(&(wi, *ri)) && r.in_driver() && r.age + SLACK_SECS >= q_age
-                    })
-                    .map(|(ri, _)| ri)
-                    .collect();
-                // Other active backends of the worker that could claim the same requests.
-                let rivals = self
-                    .db
-                    .sessions
-                    .iter()
-                    .filter(|o| {
-                        o.pid != s.pid
-                            && o.state.as_deref() == Some("active")
-                            && self.owner.get(&o.pid) == Some(&wi)
-                            && !self.running.contains_key(&o.pid)
-                    })
-                    .count();
-                let in_driver = self.workers[wi]
-                    .live
-                    .iter()
-                    .enumerate()
-                    .filter(|(ri, r)| !taken.contains(&(wi, *ri)) && r.in_driver())
-                    .count();
-                if candidates.len() == 1 && (rivals == 0 || in_driver == 1) {
-                    taken.insert((wi, candidates[0]));
-                    self.running.insert(s.pid, (wi, candidates[0]));
-                    progress = true;
+                if !progress {
+                    break;
                 }
-            }
-            if !progress {
-                break;
             }
         }
     }
@@ -845,7 +853,7 @@ impl<'a> Matcher<'a> {
         let past: Vec<&PastRequest> = w
             .recent
             .iter()
-            .filter(|r| r.started_ago + SLACK_SECS >= began && r.finished_ago <= began + SLACK_SECS)
+            .filter(|r| r.started_ago + SLACK_SECS >= began && r.finished_ago <= began + LATE_SECS)
             .collect();
         match (live.as_slice(), past.as_slice()) {
             ([r], []) => Origin::Live {
@@ -1056,7 +1064,7 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
     let blocked: Vec<&Session> = db
         .sessions
         .iter()
-        .filter(|s| !named.contains(&s.pid) && !s.blocked_by.is_empty())
+        .filter(|s| !s.hidden && !named.contains(&s.pid) && !s.blocked_by.is_empty())
         .collect();
     if !blocked.is_empty() {
         let mut evidence = Vec::new();
@@ -1098,7 +1106,8 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
         .sessions
         .iter()
         .filter(|s| {
-            !named.contains(&s.pid)
+            !s.hidden
+                && !named.contains(&s.pid)
                 && s.state.as_deref() == Some("active")
                 && s.query_age.unwrap_or(0.0) >= threshold
         })
@@ -1191,7 +1200,9 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
             }
         }
     }
-    if !unmatched.is_empty() {
+    // With sessions hidden from the role, that is why: the role's own line says so.
+    let unmatched_count = unmatched.len();
+    if !unmatched.is_empty() && db.hidden() == 0 {
         out.push(Finding {
             id: "db-request-unmatched",
             severity: Severity::Info,
@@ -1221,19 +1232,28 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
         findings: out,
         owners,
         requests,
+        unmatched: unmatched_count,
     }
 }
 
 /// The info line for a role that cannot see other roles' sessions.
-pub fn limited_role(db: &DbState) -> Option<Finding> {
+pub fn limited_role(db: &DbState, a: &Analysis) -> Option<Finding> {
     let hidden = db.hidden();
     (hidden > 0).then(|| Finding {
         id: "database-role-limited",
         severity: Severity::Info,
         title: format!(
-            "database: role {} sees only its own sessions ({hidden} of {} hidden); grant it pg_read_all_stats (GRANT pg_read_all_stats TO {}) or connect as a superuser",
+            "database: role {} sees only its own sessions ({hidden} of {} hidden{}); grant it pg_read_all_stats (GRANT pg_read_all_stats TO {}) or connect as a superuser",
             db.user,
             db.sessions.len(),
+            if a.unmatched > 0 {
+                format!(
+                    ", so {} request(s) in the database driver cannot be tied to their backends",
+                    a.unmatched
+                )
+            } else {
+                String::new()
+            },
             db.user
         ),
         evidence: Vec::new(),
@@ -1611,6 +1631,44 @@ mod tests {
     }
 
     #[test]
+    fn two_requests_of_one_worker_in_the_driver() {
+        let (mut db, mut workers) = lock_scene();
+        // /slow-query/ runs in the same worker as /lock-wait/, started after it.
+        let mut slow = session(814, 40003, "active");
+        slow.query_age = Some(5.0);
+        slow.query = "SELECT pg_sleep(8)".into();
+        db.sessions.push(slow);
+        workers[1].conns.as_mut().unwrap().push(conn(40003));
+        workers[1].live.push(LiveRequest {
+            thread: 0,
+            method: "GET".into(),
+            path: "/slow-query/?seconds=8".into(),
+            age: 5.1,
+            stack: Some(driver_stack()),
+        });
+        let a = analyze(&db, &workers, 1.0, 30);
+        assert_eq!(
+            a.requests.get(&813).map(String::as_str),
+            Some("GET /lock-wait/")
+        );
+        assert_eq!(
+            a.requests.get(&814).map(String::as_str),
+            Some("GET /slow-query/?seconds=8")
+        );
+        // A third active backend in that worker, more than its requests in the driver can explain: one
+        // of them was sent by something else, and which one cannot be told, so nothing is paired.
+        let mut stray = session(815, 40004, "active");
+        stray.query_age = Some(4.0);
+        db.sessions.push(stray);
+        workers[1].conns.as_mut().unwrap().push(conn(40004));
+        let a = analyze(&db, &workers, 1.0, 30);
+        assert_eq!(a.requests.get(&813), None);
+        assert_eq!(a.requests.get(&814), None);
+        assert_eq!(a.requests.get(&815), None);
+        assert!(a.findings.iter().any(|f| f.id == "db-request-unmatched"));
+    }
+
+    #[test]
     fn the_answer_parses_and_hidden_sessions_are_counted() {
         let text = r#"{"user": "nopriv", "superuser": false, "read_all_stats": false, "server_port": 5432, "version": "15.8",
             "sessions": [{"pid": 5, "user": "demo", "application": "", "client_addr": null, "client_port": null, "state": null,
@@ -1626,7 +1684,8 @@ mod tests {
         assert_eq!(db.sessions[1].client, Some(local(4000)));
         assert_eq!(db.sessions[1].blocked_by, vec![7]);
         assert_eq!(db.hidden(), 1);
-        let f = limited_role(&db).unwrap();
+        let a = analyze(&db, &[], 1.0, 30);
+        let f = limited_role(&db, &a).unwrap();
         assert!(
             f.title
                 .contains("role nopriv sees only its own sessions (1 of 2 hidden)"),

@@ -735,7 +735,14 @@ fn config_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "graceful_timeout {}s < timeout {}s: a reload or deploy cuts off requests the timeout allows",
                 s.graceful_timeout, s.timeout
             ),
-            vec!["on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests, then is killed; clients behind nginx see 502".to_string()],
+            vec![format!(
+                "on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests, then is killed: a request still running then is cut off{}",
+                if i.nginx.is_some() {
+                    ", and its client gets nginx's error page (502) instead of the response"
+                } else {
+                    " without its response"
+                }
+            )],
             format!("Set graceful_timeout >= timeout (graceful_timeout = {}).", s.timeout),
         ));
     }
@@ -1114,6 +1121,25 @@ mod tests {
         ] {
             assert!(got.contains(&id), "{id} missing from {got:?}");
         }
+        let short = |f: &[Finding]| {
+            f.iter()
+                .find(|f| f.id == "graceful-timeout-short")
+                .map(|f| f.evidence.join(" "))
+                .unwrap_or_default()
+        };
+        assert!(
+            short(&f).contains("nginx's error page (502)"),
+            "{}",
+            short(&f)
+        );
+        // Without nginx in the report, nginx is not blamed.
+        let f = evaluate(&Inputs {
+            server: Some(&s),
+            ..Inputs::default()
+        });
+        let text = short(&f);
+        assert!(text.contains("cut off without its response"), "{text}");
+        assert!(!text.contains("nginx") && !text.contains("502"), "{text}");
     }
 
     #[test]

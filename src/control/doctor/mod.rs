@@ -674,7 +674,7 @@ fn diagnose(o: &Options) -> Report {
             Ok((detail, state, analysis)) => {
                 note("database", Ok(detail));
                 db_findings.extend(analysis.findings.iter().cloned());
-                db_findings.extend(database::limited_role(&state));
+                db_findings.extend(database::limited_role(&state, &analysis));
                 database = Some(database::state_json(&state, &analysis));
             }
             Err(e) => note("database", Err(format!("{e}; skipped"))),
@@ -1073,6 +1073,25 @@ mod tests {
         let (code, out, _) = run(&["--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("nginx-timeout-shorter"), "{out}");
+        assert!(out.contains("db-request-blocked"), "{out}");
+        // Laid out for 80 columns, and no line re-wrapped by clap (a wrapped line would start a
+        // line with a word at the indentation of neither column).
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "longer than 80 columns: {line:?}"
+            );
+        }
+        assert!(
+            !out.contains("\n  else\n") && !out.contains("\n  the\n"),
+            "{out}"
+        );
+        assert_eq!(run(&["--query-threshold", "-1"]).0, USAGE_ERROR);
+        assert_eq!(run(&["--database-url", "mysql://x/y"]).0, USAGE_ERROR);
+        assert_eq!(
+            run(&["--database-url", "postgresql://x/y", "--django-settings"]).0,
+            USAGE_ERROR
+        );
     }
 
     #[test]
