@@ -232,8 +232,8 @@ def test_database_step_names_the_blocking_backend_and_its_request(stack_with):
         assert blocked[0]["severity"] == "critical"
         assert re.match(
             rf"GET /lock-wait/ has waited \d+(\.\d)? s on a row lock held by backend {holder} "
-            rf"\(idle in transaction since \d\d:\d\d:\d\d, from GET /lock-hold/\?seconds={HOLD} "
-            rf"\(finished \d+(\.\d)? s ago, worker {hold_worker}: the transaction outlived the request\)\)$",
+            rf"\(idle in transaction since \d\d:\d\d:\d\d, from GET /lock-hold/\?seconds={HOLD}, "
+            rf"which finished \d+(\.\d)? s ago in worker {hold_worker}: the transaction outlived its request\)$",
             title), title
         assert any(e.startswith("GET /lock-wait/: ") and "catalog/views.py:" in e
                    for e in blocked[0]["evidence"]), blocked
@@ -272,7 +272,7 @@ def test_database_step_names_the_blocking_backend_and_its_request(stack_with):
         report = doctor_db(s, "--database-url",
                            f"postgresql://doctor_nopriv:nopriv-pw@127.0.0.1:{s.pg_port}/demo")
         lines = database_lines(report)
-        assert len(lines) == 1, lines
+        assert len(lines) == 1, (lines, report["database"])
         assert lines[0]["id"] == "database-role-limited" and lines[0]["severity"] == "info"
         assert "role doctor_nopriv sees only its own sessions" in lines[0]["title"]
         assert "pg_read_all_stats" in lines[0]["title"]

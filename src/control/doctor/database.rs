@@ -335,7 +335,11 @@ SELECT json_build_object(
       'query', left(a.query, 300)
     ) ORDER BY a.pid)
     FROM pg_stat_activity a
-    WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()), '[]'::json),
+    WHERE a.pid <> pg_backend_pid()
+      AND (a.backend_type = 'client backend'
+           -- another role's session, to a role without pg_read_all_stats: only its user shows
+           -- (and its database: background processes have none)
+           OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL AND a.datid IS NOT NULL))), '[]'::json),
   'waits', COALESCE((
     SELECT json_agg(json_build_object(
       'pid', l.pid, 'locktype', l.locktype, 'mode', l.mode,
@@ -655,12 +659,12 @@ impl Origin {
     fn describe(&self) -> String {
         match self {
             Origin::Live { pid, req } => format!(
-                "from {} (in flight {}, worker {pid})",
+                "from {}, in flight for {} in worker {pid}",
                 request_name(&req.method, &req.path),
                 secs(req.age)
             ),
             Origin::Past { pid, req } => format!(
-                "from {} (finished {} ago, worker {pid}: the transaction outlived the request)",
+                "from {}, which finished {} ago in worker {pid}: the transaction outlived its request",
                 request_name(&req.method, &req.path),
                 secs(req.finished_ago)
             ),
@@ -672,14 +676,6 @@ impl Origin {
                 candidates.join(", ")
             ),
             Origin::Other(s) => s.clone(),
-        }
-    }
-
-    fn short(&self) -> Option<String> {
-        match self {
-            Origin::Live { req, .. } => Some(request_name(&req.method, &req.path)),
-            Origin::Past { req, .. } => Some(request_name(&req.method, &req.path)),
-            _ => None,
         }
     }
 }
@@ -949,16 +945,12 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
         named.insert(h);
         let lock = m.lock_name(s.pid);
         let waited = s.query_age.unwrap_or(req.age);
-        let (holder_desc, holder_evidence, holder_query) = match db.session(h) {
-            Some(hs) => {
-                let o = m.origin(hs);
-                (
-                    format!("{}, {}", m.holder_state(hs), o.describe()),
-                    o.short(),
-                    (!hs.hidden).then(|| one_line(&hs.query)),
-                )
-            }
-            None => ("not visible to this role".to_string(), None, None),
+        let (holder_desc, holder_query) = match db.session(h) {
+            Some(hs) => (
+                format!("{}, {}", m.holder_state(hs), m.origin(hs).describe()),
+                (!hs.hidden).then(|| one_line(&hs.query)),
+            ),
+            None => ("not visible to this role".to_string(), None),
         };
         let mut evidence = vec![format!(
             "backend {} (worker {wpid}, thread {}) waits on {} ({}): {}",
@@ -982,9 +974,6 @@ pub fn analyze(db: &DbState, workers: &[WorkerView], threshold: f64, timeout: u6
         }
         if let Some(w) = req.where_() {
             evidence.push(format!("{} {}: {w}", req.method, req.path));
-        }
-        if let Some(r) = holder_evidence {
-            evidence.push(format!("the lock is held by a transaction from {r}"));
         }
         if s.blocked_by.len() > 1 {
             evidence.push(format!(
@@ -1243,9 +1232,8 @@ pub fn limited_role(db: &DbState, a: &Analysis) -> Option<Finding> {
         id: "database-role-limited",
         severity: Severity::Info,
         title: format!(
-            "database: role {} sees only its own sessions ({hidden} of {} hidden{}); grant it pg_read_all_stats (GRANT pg_read_all_stats TO {}) or connect as a superuser",
+            "database: role {} sees only its own sessions ({hidden} other session(s) hidden{}); grant it pg_read_all_stats (GRANT pg_read_all_stats TO {}) or connect as a superuser",
             db.user,
-            db.sessions.len(),
             if a.unmatched > 0 {
                 format!(
                     ", so {} request(s) in the database driver cannot be tied to their backends",
@@ -1501,7 +1489,7 @@ mod tests {
         );
         assert!(
             f.title
-                .contains("from GET /lock-hold/?seconds=60 (finished 30 s ago, worker 10"),
+                .contains("from GET /lock-hold/?seconds=60, which finished 30 s ago in worker 10: the transaction outlived its request)"),
             "{}",
             f.title
         );
@@ -1546,7 +1534,7 @@ mod tests {
         assert!(
             a.findings[0]
                 .title
-                .contains("from POST /lock-hold/ (in flight 31 s, worker 10)"),
+                .contains("from POST /lock-hold/, in flight for 31 s in worker 10)"),
             "{}",
             a.findings[0].title
         );
@@ -1688,7 +1676,7 @@ mod tests {
         let f = limited_role(&db, &a).unwrap();
         assert!(
             f.title
-                .contains("role nopriv sees only its own sessions (1 of 2 hidden)"),
+                .contains("role nopriv sees only its own sessions (1 other session(s) hidden)"),
             "{}",
             f.title
         );
