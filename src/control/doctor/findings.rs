@@ -353,7 +353,7 @@ fn stack_line(e: &RequestEvent) -> String {
 fn kind_fix(kind: WaitKind, threaded: Option<bool>) -> String {
     match kind {
         WaitKind::Database => {
-            let mut s = "The thread waits inside the database driver: find the query (PostgreSQL: SELECT pid, now() - query_start, wait_event_type, query FROM pg_stat_activity WHERE state <> 'idle'), add the missing index or cut the number of queries (select_related/prefetch_related), shorten transactions that hold locks, and set a statement timeout below ferricorn's timeout.".to_string();
+            let mut s = "The thread waits inside the database driver: find the query (ferricornctl doctor --database-url postgresql://… names it, and the lock holder behind it; by hand: SELECT pid, now() - query_start, wait_event_type, query FROM pg_stat_activity WHERE state <> 'idle'), add the missing index or cut the number of queries (select_related/prefetch_related), shorten transactions that hold locks, and set a statement timeout below ferricorn's timeout.".to_string();
             if threaded == Some(false) {
                 s.push_str(" With sync workers one slow query blocks a whole worker: consider -k gthread --threads N.");
             }
