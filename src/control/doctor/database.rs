@@ -200,8 +200,9 @@ pub fn target_from_django(db: &DjangoDb) -> Result<Target, String> {
 }
 
 /// Read `DATABASES["default"]` by importing the settings module in this process, with the server's
-/// environment (`raw_env`), working directory and `pythonpath` — as the server's own import of the app
-/// would see them. Only the settings module is imported (no `django.setup()`, no app loading).
+/// environment (`env`: the master's own, then `raw_env`), working directory and `pythonpath` — as the
+/// server's own import of the app would see them. Only the settings module is imported (no
+/// `django.setup()`, no app loading); this process's environment is put back afterwards.
 pub fn django_database(
     module: Option<&str>,
     raw_env: &[String],
@@ -214,6 +215,15 @@ pub fn django_database(
 import os, sys
 
 def read(module, raw_env, chdir, pythonpath):
+    saved = dict(os.environ)
+    try:
+        return _read(module, raw_env, chdir, pythonpath)
+    finally:
+        # The settings were computed at import; psql must not inherit the server's environment.
+        os.environ.clear()
+        os.environ.update(saved)
+
+def _read(module, raw_env, chdir, pythonpath):
     for item in raw_env:
         key, sep, value = item.partition('=')
         if sep:
@@ -222,7 +232,7 @@ def read(module, raw_env, chdir, pythonpath):
         os.environ['DJANGO_SETTINGS_MODULE'] = module
     module = os.environ.get('DJANGO_SETTINGS_MODULE', '')
     if not module:
-        raise LookupError('no DJANGO_SETTINGS_MODULE: not in the server\\'s raw_env nor in the environment; give --django-settings MODULE')
+        raise LookupError('no DJANGO_SETTINGS_MODULE: not in the server\\'s environment or raw_env, nor in this one; give --django-settings MODULE')
     for p in reversed([chdir] + list(pythonpath)):
         if p and p not in sys.path:
             sys.path.insert(0, p)
@@ -285,6 +295,19 @@ def read(module, raw_env, chdir, pythonpath):
             options,
         })
     })
+}
+
+/// The environment of process `pid` as `KEY=VALUE` items (empty when it cannot be read: another
+/// user's process).
+pub fn process_environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|x| !x.is_empty())
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `psql` on PATH, else the newest one of Debian's PostgreSQL packages.
@@ -1353,6 +1376,32 @@ mod tests {
         assert!(target_from_django(&lite)
             .unwrap_err()
             .contains("not PostgreSQL"));
+    }
+
+    #[test]
+    fn a_process_environment_is_read() {
+        // The environment a process was started with (what a unit's EnvironmentFile gives a server).
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env("FERRICORN_DOCTOR_TEST", "a=b")
+            .spawn()
+            .expect("sleep");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut env = Vec::new();
+        while Instant::now() < deadline {
+            env = process_environ(child.id());
+            if env.iter().any(|e| e == "FERRICORN_DOCTOR_TEST=a=b") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            env.iter().any(|e| e == "FERRICORN_DOCTOR_TEST=a=b"),
+            "{env:?}"
+        );
+        assert!(process_environ(u32::MAX).is_empty());
     }
 
     #[test]

@@ -55,9 +55,9 @@ Sources (each optional; one that cannot be read is an info line, not an error):
               each, p50/p99 latency
   database    PostgreSQL, only when asked: --database-url URL, or
               --django-settings [MODULE] (DATABASES['default'] of the Django
-              settings, imported with the server's raw_env, chdir and
-              pythonpath; MODULE defaults to DJANGO_SETTINGS_MODULE from
-              raw_env, else from the environment). Read with psql
+              settings, imported with the server's environment and raw_env,
+              chdir and pythonpath; MODULE defaults to the server's
+              DJANGO_SETTINGS_MODULE, else this one's). Read with psql
               (--psql): pg_stat_activity, pg_blocking_pids(), pg_locks; each
               backend is tied to the worker holding the other end of its
               connection and to the request in flight that sent its query
@@ -218,7 +218,7 @@ pub fn command() -> Command {
                 .value_name("MODULE")
                 .num_args(0..=1)
                 .default_missing_value("")
-                .help("Take the database from these Django settings [default MODULE: DJANGO_SETTINGS_MODULE of raw_env]"),
+                .help("Take the database from these Django settings [default MODULE: the server's DJANGO_SETTINGS_MODULE]"),
         )
         .arg(
             Arg::new("psql")
@@ -727,9 +727,16 @@ fn database_step(
     let target = match choice {
         DatabaseChoice::Url(url) => database::target_from_url(url)?,
         DatabaseChoice::Django(module) => {
+            // The server's environment as its workers have it: the master's (a systemd unit's
+            // EnvironmentFile, say), then raw_env on top.
+            let mut env = server
+                .and_then(|s| s.stats.as_ref()?.pid)
+                .map(database::process_environ)
+                .unwrap_or_default();
+            env.extend(server.map_or(&[][..], |s| &s.raw_env).iter().cloned());
             let db = database::django_database(
                 module.as_deref(),
-                server.map_or(&[][..], |s| &s.raw_env),
+                &env,
                 server.and_then(|s| s.chdir.as_deref()),
                 server.map_or(&[][..], |s| &s.pythonpath),
             )
