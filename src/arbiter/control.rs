@@ -188,6 +188,9 @@ impl ControlTarget for Arbiter {
             return Vec::new();
         };
         let now = now_ns();
+        let ages_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let ago = |ns: u64| secs(now.saturating_sub(ns));
         let mut slots: Vec<(i32, u64, usize)> = self
             .workers
@@ -247,6 +250,7 @@ impl ControlTarget for Arbiter {
                     .collect();
                 WorkerStacks {
                     pid,
+                    ages_at,
                     snapshot_age_secs: snapshot.map(|s| ago(s.taken_ns)),
                     threads,
                     recent,

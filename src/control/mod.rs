@@ -143,6 +143,9 @@ pub struct RecentRequest {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerStacks {
     pub pid: i32,
+    /// The wall-clock time (Unix seconds) at which the ages below hold, so that a client can compare
+    /// them with another clock's times (the database's).
+    pub ages_at: f64,
     /// Seconds since the worker wrote its latest snapshot; None before its first one. Each `show stacks`
     /// asks every worker for a new one, which it writes within about half a second.
     pub snapshot_age_secs: Option<f64>,

@@ -306,7 +306,8 @@ fn worker_json(w: &WorkerInfo) -> Json {
     ])
 }
 
-/// `show stacks`: per worker, `snapshot_age` (seconds; null before the worker's first snapshot),
+/// `show stacks`: per worker, `ages_at` (the Unix time at which its ages hold), `snapshot_age`
+/// (seconds; null before the worker's first snapshot),
 /// `threads` (each request in flight, with `stack` as a list of lines, or null when the latest snapshot
 /// predates the request) and `recent` (finished requests, oldest first, with `started`/`finished` in
 /// seconds ago).
@@ -351,6 +352,7 @@ pub fn stacks_data(workers: &[WorkerStacks]) -> Json {
                 .collect();
             obj([
                 ("pid", w.pid.into()),
+                ("ages_at", millis(w.ages_at)),
                 (
                     "snapshot_age",
                     w.snapshot_age_secs.map(secs).unwrap_or(Json::Null),

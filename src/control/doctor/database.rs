@@ -32,10 +32,10 @@ use super::logs::{self, Frame, WaitKind};
 use crate::control::json::{obj, Json};
 use crate::system::tcp_table::{self, TcpEntry};
 
-/// Ages measured in two places are compared with this much leeway. ferricorn's are shifted to the
-/// moment psql answered, which is a few milliseconds after PostgreSQL took its own (its
-/// `clock_timestamp()`): ferricorn's times come out that much too early. So "started before" needs
-/// only the rounding ([`SLACK_SECS`]), "still running after" that delay too ([`LATE_SECS`]).
+/// Ages measured in two places are compared with this much leeway. They are put on one clock (see
+/// [`workers_from_stacks`]), to the millisecond: "started before" allows for the rounding
+/// ([`SLACK_SECS`]); "still running after" allows more ([`LATE_SECS`]), for a database host whose clock
+/// is a little off, or for the fallback, whose ferricorn times come out a few milliseconds early.
 const SLACK_SECS: f64 = 0.005;
 const LATE_SECS: f64 = 0.03;
 /// Query text shown per session.
@@ -339,6 +339,7 @@ SELECT json_build_object(
   'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
   'read_all_stats', pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
   'server_port', inet_server_port(),
+  'now', extract(epoch FROM clock_timestamp()),
   'version', current_setting('server_version'),
   'sessions', COALESCE((
     SELECT json_agg(json_build_object(
@@ -404,6 +405,8 @@ pub struct DbState {
     pub superuser: bool,
     pub read_all_stats: bool,
     pub server_port: Option<u16>,
+    /// The database's clock (Unix seconds) when the ages of the sessions were taken.
+    pub now: Option<f64>,
     pub version: String,
     pub sessions: Vec<Session>,
     pub waits: HashMap<i64, LockWait>,
@@ -435,6 +438,7 @@ pub fn parse_state(text: &str) -> Result<DbState, String> {
             .and_then(Json::as_i64)
             .and_then(|p| u16::try_from(p).ok()),
         version: s(j.get("version")).unwrap_or_default(),
+        now: j.get("now").and_then(Json::as_f64),
         ..DbState::default()
     };
     for x in j.get("sessions").and_then(Json::as_array).unwrap_or(&[]) {
@@ -605,9 +609,14 @@ pub struct WorkerView {
     pub conns: Result<Vec<TcpEntry>, String>,
 }
 
-/// The workers of a `show stacks` reply, with ages moved forward by `later` seconds (the time between
-/// that reply and the database's answer), and each worker's connections read now.
-pub fn workers_from_stacks(data: &Json, later: f64) -> Vec<WorkerView> {
+/// The workers of a `show stacks` reply, their ages made relative to the moment the database took its
+/// own, and each worker's connections read now.
+///
+/// Both sides give the wall-clock time their ages hold at (`ages_at`, the database's `now`): on one
+/// host that is one clock, and comparing there is exact. Without them, or with clocks more than a
+/// second apart (a database host whose clock is off), the ages are moved forward by `later`, the time
+/// between the `show stacks` reply and psql's answer (a few milliseconds too much).
+pub fn workers_from_stacks(data: &Json, later: f64, db_now: Option<f64>) -> Vec<WorkerView> {
     let f = |v: Option<&Json>| v.and_then(Json::as_f64).unwrap_or(0.0);
     let s = |v: Option<&Json>| v.and_then(Json::as_str).unwrap_or("").to_string();
     data.get("workers")
@@ -616,6 +625,10 @@ pub fn workers_from_stacks(data: &Json, later: f64) -> Vec<WorkerView> {
         .iter()
         .filter_map(|w| {
             let pid = i32::try_from(w.get("pid")?.as_i64()?).ok()?;
+            let later = match (w.get("ages_at").and_then(Json::as_f64), db_now) {
+                (Some(at), Some(now)) if (now - at - later).abs() < 1.0 => now - at,
+                _ => later,
+            };
             let live = w
                 .get("threads")
                 .and_then(Json::as_array)
@@ -1703,6 +1716,27 @@ mod tests {
         assert_eq!(a.requests.get(&814), None);
         assert_eq!(a.requests.get(&815), None);
         assert!(a.findings.iter().any(|f| f.id == "db-request-unmatched"));
+    }
+
+    #[test]
+    fn stacks_are_put_on_the_databases_clock() {
+        let data = Json::parse(
+            r#"{"workers": [{"pid": 1, "ages_at": 1000.0, "snapshot_age": 0.1,
+                "threads": [{"thread": 0, "method": "GET", "path": "/a", "elapsed": 2.0,
+                             "stack": ["Stack (most recent call first):", "  File \"/x/psycopg/c.py\", line 1 in wait"]}],
+                "recent": [{"thread": 1, "method": "GET", "path": "/b", "started": 5.0, "finished": 4.0}]}]}"#,
+        )
+        .unwrap();
+        // The database answered 0.25 s after the master's reply, by the common clock.
+        let w = workers_from_stacks(&data, 0.3, Some(1000.25));
+        assert!((w[0].live[0].age - 2.25).abs() < 1e-9);
+        assert!(w[0].live[0].in_driver());
+        assert!((w[0].recent[0].finished_ago - 4.25).abs() < 1e-9);
+        // Clocks far apart: the measured delay instead.
+        let w = workers_from_stacks(&data, 0.3, Some(5000.0));
+        assert!((w[0].live[0].age - 2.3).abs() < 1e-9);
+        let w = workers_from_stacks(&data, 0.3, None);
+        assert!((w[0].recent[0].started_ago - 5.3).abs() < 1e-9);
     }
 
     #[test]

@@ -763,7 +763,7 @@ fn database_step(
         Some(Ok((reply, at))) if reply.get("status").and_then(Json::as_str) == Some("ok") => {
             let data = reply.get("data").cloned().unwrap_or(Json::Null);
             let later = answered.saturating_duration_since(at).as_secs_f64();
-            let w = database::workers_from_stacks(&data, later);
+            let w = database::workers_from_stacks(&data, later, state.now);
             let n = w.len();
             (w, format!("{n} worker(s) matched by their connections"))
         }
