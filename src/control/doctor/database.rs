@@ -852,6 +852,12 @@ impl<'a> Matcher<'a> {
                 req: req.clone(),
             };
         }
+        if s.hidden {
+            return Origin::Other(format!(
+                "a session of role {} whose client this role may not see",
+                s.user
+            ));
+        }
         let Some(&wi) = self.owner.get(&s.pid) else {
             let who = if s.application.is_empty() {
                 format!("user {}", s.user)
@@ -949,7 +955,7 @@ impl<'a> Matcher<'a> {
             ),
             Some("active") => format!("running a query for {}", secs(h.query_age.unwrap_or(0.0))),
             Some(other) => other.to_string(),
-            None => "state hidden from this role".to_string(),
+            None => "its state hidden from this role".to_string(),
         }
     }
 }
@@ -1678,6 +1684,29 @@ mod tests {
         db2.sessions[0].query_age = Some(9.0);
         let a = analyze(&db2, &workers, 1.0, 30);
         assert!(a.findings.iter().all(|f| f.id != "db-request-slow-query"));
+    }
+
+    #[test]
+    fn a_holder_hidden_from_the_role_is_not_guessed_at() {
+        let (mut db, workers) = lock_scene();
+        let h = &mut db.sessions[0];
+        *h = Session {
+            pid: 812,
+            user: "postgres".into(),
+            hidden: true,
+            query: "<insufficient privilege>".into(),
+            ..Session::default()
+        };
+        let a = analyze(&db, &workers, 1.0, 30);
+        assert!(
+            a.findings[0].title.ends_with("held by backend 812 (its state hidden from this role, a session of role postgres whose client this role may not see)"),
+            "{}",
+            a.findings[0].title
+        );
+        assert!(a.findings[0]
+            .evidence
+            .iter()
+            .all(|e| !e.contains("insufficient")));
     }
 
     #[test]
