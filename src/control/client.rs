@@ -40,20 +40,21 @@ fn command() -> Command {
         .map(|(c, _)| c.len())
         .max()
         .unwrap_or(0);
-    for (c, h) in protocol::COMMANDS {
-        commands.push_str(&format!("  {c:width$}  {h}\n"));
-    }
-    commands.push_str(&format!(
-        "  {:width$}  {}\n",
+    let doctor = (
         "doctor [OPTIONS]",
-        "Diagnose worker timeouts: settings vs nginx, host, logs, probes (see doctor --help)"
-    ));
+        "Diagnose worker timeouts: settings vs nginx, host, logs, database, probes (see doctor --help)",
+    );
+    for (c, h) in protocol::COMMANDS.iter().chain([&doctor]) {
+        commands.push_str(&hanging(&format!("  {c:width$}  "), h, HELP_WIDTH));
+    }
     commands.push_str(
         "\nExamples:\n  ferricornctl show workers\n  ferricornctl -s /run/app/ferricorn.ctl worker add 2\n  \
          ferricornctl --json show stats\n  ferricornctl shutdown quick",
     );
     Command::new(PROG)
         .about("Control a running ferricorn server through its control socket")
+        // The command list is laid out for this width; wider, clap would re-wrap its lines.
+        .max_term_width(HELP_WIDTH)
         .disable_version_flag(true)
         .after_help(commands)
         .arg(
@@ -102,6 +103,33 @@ fn command() -> Command {
                 .num_args(1..)
                 .help("What to do: see Commands below"),
         )
+}
+
+/// Columns of `--help`.
+const HELP_WIDTH: usize = 80;
+
+/// `text` after `lead`, wrapped at `width` columns with later lines indented under its start.
+fn hanging(lead: &str, text: &str, width: usize) -> String {
+    let indent = " ".repeat(lead.chars().count());
+    let mut out = String::new();
+    let mut line = lead.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// The index of the `doctor` word when it is the command (after the global options), so that its own
@@ -638,6 +666,20 @@ mod tests {
         let (code, out, _) = run(&["--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("worker kill PID"), "{out}");
+        // The command list fits 80 columns; a wrapped help text goes on under its own column.
+        let commands = &out[out.find("Commands:").expect("commands")..];
+        for line in commands.lines() {
+            assert!(line.chars().count() <= HELP_WIDTH, "too long: {line:?}");
+        }
+        assert!(
+            commands
+                .contains("\n                             memory, and each request in flight\n"),
+            "{commands}"
+        );
+        assert_eq!(
+            hanging("  ab  ", "one two three", 14),
+            "  ab  one two\n      three\n"
+        );
     }
 
     #[test]
