@@ -864,13 +864,16 @@ impl<'a> Matcher<'a> {
             } else {
                 format!("{}, user {}", s.application, s.user)
             };
+            // "Not a worker's" only when every worker's connections were read.
+            let known = !self.workers.is_empty() && self.workers.iter().all(|w| w.conns.is_ok());
+            let not_ours = if known {
+                ", not a connection of a ferricorn worker"
+            } else {
+                ""
+            };
             return Origin::Other(match s.client {
-                Some((ip, port)) => {
-                    format!("from {ip}:{port} ({who}), not a connection of a ferricorn worker")
-                }
-                None => {
-                    format!("from a local socket ({who}), not a connection of a ferricorn worker")
-                }
+                Some((ip, port)) => format!("from {ip}:{port} ({who}){not_ours}"),
+                None => format!("from a local socket ({who}){not_ours}"),
             });
         };
         let w = &self.workers[wi];
@@ -1674,11 +1677,29 @@ mod tests {
         assert!(f.title.starts_with("GET /slow-query/?seconds=8 has waited 6.0 s on its query (backend 700, running since"), "{}", f.title);
         assert!(f.evidence[0].contains("waiting on Timeout/PgSleep: SELECT pg_sleep(8)"));
         assert!(
-            a.findings[1].evidence[0].starts_with("backend 701 for 3.0 s, from 127.0.0.1:42000 (user demo), not a connection of a ferricorn worker: SELECT 1"),
+            a.findings[1].evidence[0]
+                .starts_with("backend 701 for 3.0 s, from 127.0.0.1:42000 (user demo): SELECT 1"),
             "{:?}",
             a.findings[1].evidence
         );
         assert!(a.findings[2].evidence[0].contains("Permission denied"));
+        // With every worker's connections read, a stranger is said to be one.
+        let mut readable = workers.clone();
+        readable[1].conns = Ok(Vec::new());
+        let a = analyze(&db, &readable, 1.0, 30);
+        assert!(
+            a.findings[1].evidence[0].starts_with("backend 701 for 3.0 s, from 127.0.0.1:42000 (user demo), not a connection of a ferricorn worker: SELECT 1"),
+            "{:?}",
+            a.findings[1].evidence
+        );
+        // Without the workers' connections, nobody is said not to be a worker's.
+        let a = analyze(&db, &[], 1.0, 30);
+        assert!(
+            a.findings[0].evidence[0]
+                .ends_with("from 127.0.0.1:41000 (user demo): SELECT pg_sleep(8)"),
+            "{:?}",
+            a.findings[0].evidence
+        );
         // A query younger than its request's start cannot be the request's: not matched.
         let mut db2 = db.clone();
         db2.sessions[0].query_age = Some(9.0);

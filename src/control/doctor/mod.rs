@@ -1,11 +1,12 @@
 //! `ferricornctl doctor`: the worker-timeout runbook as one command. It gathers what a person would
 //! look at during an incident — the server's effective settings (control socket or config file), the
 //! nginx configuration in front of it, the host's memory, swap, load and OOM kills, the error and
-//! access logs of the last minutes, and the latency of a few URLs — and prints findings, each with a
-//! severity, its evidence and the fix.
+//! access logs of the last minutes, the latency of a few URLs, and when asked the database's sessions
+//! and locks — and prints findings, each with a severity, its evidence and the fix.
 //!
-//! One file per source (`config`, `nginx`, `host`, `logs`, `access`, `probe`), the rules in
-//! `findings`, and here the command line, the gathering (every source bounded in time; a source that
+//! One file per source (`config`, `nginx`, `host`, `logs`, `access`, `probe`, `database`, which has
+//! its own rules since they tie its sessions to the server's requests), the rules in `findings`, and
+//! here the command line, the gathering (every source bounded in time; a source that
 //! cannot be read becomes an info line) and the output (text, or JSON with `--json`).
 //!
 //! Exit status: 0 when nothing is critical or a warning, 1 when something is, 2 for a bad command line.
