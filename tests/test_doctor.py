@@ -361,6 +361,31 @@ def test_nginx_is_named_only_when_found(tmp_short):
     assert "nginx's error page (502)" in " ".join(short["evidence"]), short
 
 
+def test_database_that_cannot_be_used_is_one_line(tmp_short):
+    none = os.path.join(tmp_short, "none.ctl")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    cases = [
+        (["--database-url", f"postgresql://app:secret@127.0.0.1:{port}/app"],
+         f"database: postgresql://app@127.0.0.1:{port}/app: "),
+        (["--database-url", "postgresql://app@127.0.0.1/app", "--psql", "/nonexistent/psql"],
+         "database: postgresql://app@127.0.0.1/app: cannot run /nonexistent/psql: "),
+        (["--django-settings", "no_such_settings_module"], "database: Django settings: "),
+    ]
+    # Refused, psql missing (or not found: the same one line), settings that do not import.
+    for args, start in cases:
+        code, rep = doctor("-s", none, "--no-nginx", *args)
+        lines = [f for f in rep["findings"] if f["title"].startswith("database")]
+        assert len(lines) == 1, (args, rep["findings"])
+        assert lines[0]["id"] == "source-skipped" and lines[0]["title"].startswith(start), lines
+        assert lines[0]["title"].endswith("; skipped") and "secret" not in json.dumps(rep)
+        # the rest of the report
+        assert rep["sources"]["host"]["ok"] and rep["database"] is None
+        assert "ferricorn" in rep["sources"] and rep["findings"]
+
+
 def test_host_state_rules_from_fake_proc(tmp_short):
     root = fake_host_root(tmp_short, swap_used_kib=512000, cgroup_oom=3, host_oom=7)
     code, rep = doctor("-s", os.path.join(tmp_short, "none.ctl"), "--no-nginx", "--host-root", root)

@@ -186,8 +186,10 @@ def in_flight(stack, path_prefix):
     return [r for w in data["workers"] for r in w["in_flight"] if r["path"].startswith(path_prefix)]
 
 
-def test_database_step_names_the_blocking_backend_and_its_request(stack_with):
-    s = stack_with(DB_STACK)
+@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+def test_database_step_names_the_blocking_backend_and_its_request(stack_with, worker_class):
+    s = stack_with(dict(DB_STACK, STACK_WORKER_CLASS=worker_class,
+                        STACK_THREADS="2" if worker_class == "gthread" else "1"))
     password = s.db_password()
     url = f"postgresql://demo:{password}@127.0.0.1:{s.pg_port}/demo"
     # Traffic before the incident, on both workers.
