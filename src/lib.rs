@@ -13,6 +13,7 @@ pub mod log;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;
+pub mod snapshot;
 pub mod sock;
 pub mod system;
 pub mod worker;

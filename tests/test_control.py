@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from conftest import get, pid_alive, wait_for
 
@@ -284,6 +285,54 @@ def test_show_workers_names_the_request_in_flight(start_server):
         assert "Total: 2 workers, 1 busy" in text
     finally:
         sock.close()
+
+
+def test_show_stacks_names_where_each_request_is(start_server):
+    # gthread, after other traffic on a kept-alive connection: two requests in flight in one worker,
+    # a third started after them, and the finished ones listed.
+    srv = start_server([APP, "-w", "1", "-k", "gthread", "--threads", "3"])
+    srv.wait_workers(1)
+    with requests.Session() as session:
+        for i in range(5):
+            assert session.get(f"{srv.url}/pid?n={i}", timeout=10).status_code == 200
+    socks = [_slow_request(srv.port, 6)[0] for _ in range(2)]
+    try:
+        def both_stacked():
+            data = ctl_json(srv, "show", "stacks")
+            (w,) = data["workers"]
+            stacked = [t for t in w["threads"] if t["stack"]]
+            return len(stacked) == 2 and w
+
+        w = wait_for(both_stacked, 10, interval=0.2, message="two requests with their stacks")
+        assert w["pid"] in srv.children()
+        assert w["snapshot_age"] < 2
+        for t in w["threads"]:
+            assert t["path"] == "/sleep?s=6" and t["method"] == "GET"
+            assert t["stack"][0].startswith("Stack (most recent call first)"), t["stack"]
+            assert any(re.search(r'File ".*/stuck\.py", line \d+ in sleeping_view$', line)
+                       for line in t["stack"]), t["stack"]
+        recent = [r["path"] for r in w["recent"]]
+        assert recent[-5:] == [f"/pid?n={i}" for i in range(5)], recent
+        assert all(r["started"] >= r["finished"] >= 0 for r in w["recent"])
+
+        # A request newer than the snapshot is listed without a stack until the next one, which
+        # every `show stacks` asks for: the client waits for it.
+        third = _slow_request(srv.port, 6)[0]
+        socks.append(third)
+        wait_for(lambda: len(ctl_json(srv, "show", "workers")["workers"][0]["in_flight"]) == 3, 10,
+                 message="three requests in flight")
+        (w,) = ctl_json(srv, "show", "stacks")["workers"]
+        assert len(w["threads"]) == 3 and all(t["stack"] for t in w["threads"]), w
+
+        text = ctl_ok(srv, "show", "stacks")
+        assert text.startswith(f"Worker {w['pid']} (stacks taken "), text
+        assert len(re.findall(r"^  thread \d: GET /sleep\?s=6 from 127\.0\.0\.1:\d+, running \d+\.\ds$",
+                              text, re.M)) == 3, text
+        assert text.count("in sleeping_view") == 3, text
+        assert "  recently finished (newest first):\n    GET /pid?n=4 (thread " in text, text
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_show_stats_config_listeners(start_server):

@@ -11,6 +11,7 @@ The client command comes from FERRICORNCTL (default ``ferricornctl``).
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -343,6 +344,48 @@ def test_config_file_and_nginx_file_without_a_server(tmp_short):
     assert "nginx-upstream-mismatch" in ids(rep)
 
 
+def test_nginx_is_named_only_when_found(tmp_short):
+    conf = os.path.join(tmp_short, "gunicorn.conf.py")
+    with open(conf, "w") as f:
+        f.write("bind = '127.0.0.1:8123'\ntimeout = 30\ngraceful_timeout = 10\n")
+    code, rep = doctor("--config", conf, "--no-nginx")
+    (short,) = by_id(rep, "graceful-timeout-short")
+    text = " ".join(short["evidence"]) + short["fix"]
+    assert "cut off without its response" in text, short
+    assert "nginx" not in text and "502" not in text, short
+    ngx = os.path.join(tmp_short, "site.conf")
+    with open(ngx, "w") as f:
+        f.write("server {\n  location / {\n    proxy_pass http://127.0.0.1:8123;\n  }\n}\n")
+    code, rep = doctor("--config", conf, "--nginx-config", ngx)
+    (short,) = by_id(rep, "graceful-timeout-short")
+    assert "nginx's error page (502)" in " ".join(short["evidence"]), short
+
+
+def test_database_that_cannot_be_used_is_one_line(tmp_short):
+    none = os.path.join(tmp_short, "none.ctl")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    cases = [
+        (["--database-url", f"postgresql://app:secret@127.0.0.1:{port}/app"],
+         f"database: postgresql://app@127.0.0.1:{port}/app: "),
+        (["--database-url", "postgresql://app@127.0.0.1/app", "--psql", "/nonexistent/psql"],
+         "database: postgresql://app@127.0.0.1/app: cannot run /nonexistent/psql: "),
+        (["--django-settings", "no_such_settings_module"], "database: Django settings: "),
+    ]
+    # Refused, psql missing (or not found: the same one line), settings that do not import.
+    for args, start in cases:
+        code, rep = doctor("-s", none, "--no-nginx", *args)
+        lines = [f for f in rep["findings"] if f["title"].startswith("database")]
+        assert len(lines) == 1, (args, rep["findings"])
+        assert lines[0]["id"] == "source-skipped" and lines[0]["title"].startswith(start), lines
+        assert lines[0]["title"].endswith("; skipped") and "secret" not in json.dumps(rep)
+        # the rest of the report
+        assert rep["sources"]["host"]["ok"] and rep["database"] is None
+        assert "ferricorn" in rep["sources"] and rep["findings"]
+
+
 def test_host_state_rules_from_fake_proc(tmp_short):
     root = fake_host_root(tmp_short, swap_used_kib=512000, cgroup_oom=3, host_oom=7)
     code, rep = doctor("-s", os.path.join(tmp_short, "none.ctl"), "--no-nginx", "--host-root", root)
@@ -385,5 +428,19 @@ def test_human_output_and_usage_errors(tmp_short):
     assert res.returncode == 2
     res = subprocess.run(CTL_CMD + ["doctor", "--help"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0 and "nginx-timeout-shorter" in res.stdout
-    res = subprocess.run(CTL_CMD + ["--help"], capture_output=True, text=True, timeout=30)
-    assert "doctor [OPTIONS]" in res.stdout
+    assert "--database-url <URL>" in res.stdout and "db-request-blocked" in res.stdout
+    res2 = subprocess.run(CTL_CMD + ["--help"], capture_output=True, text=True, timeout=30)
+    assert "doctor [OPTIONS]" in res2.stdout
+    # Both laid out for 80 columns, whatever the terminal: nothing re-wrapped past it, and a help
+    # text that goes on to a second line goes on under its own column.
+    for text in (res.stdout, res2.stdout):
+        long = [line for line in text.splitlines() if len(line) > 80]
+        assert not long, long
+    sources = res.stdout[res.stdout.index("Sources"):res.stdout.index("Findings")]
+    for line in sources.splitlines()[1:]:
+        assert line == "" or re.match(r"^  \w[\w ]{0,10}\s+\S|^              \S", line), line
+    res = subprocess.run(CTL_CMD + ["doctor", "--database-url", "mysql://db/app"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        "ferricornctl doctor: error: --database-url must be a postgresql:// URL, got a mysql:// one"]

@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use super::{oom, Arbiter, Halt};
 use crate::config::{Config, SETTINGS};
 use crate::control::{
-    self, BusyThread, ControlCommand, ControlServer, ControlTarget, ListenerInfo, Outcome, Stats,
-    WorkerInfo,
+    self, BusyThread, ControlCommand, ControlServer, ControlTarget, ListenerInfo, Outcome,
+    RecentRequest, Stats, ThreadStack, WorkerInfo, WorkerStacks,
 };
 use crate::log::ErrorLog;
 use crate::scoreboard::{now_ns, WorkerState, MAX_WORKERS};
@@ -207,6 +207,82 @@ impl ControlTarget for Arbiter {
                     ListenAddr::Unix(_) => "unix",
                 },
                 fd: l.fd(),
+            })
+            .collect()
+    }
+
+    fn stacks(&self) -> Vec<WorkerStacks> {
+        let Some(snaps) = crate::snapshot::Snapshots::get() else {
+            return Vec::new();
+        };
+        let now = now_ns();
+        let ages_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let ago = |ns: u64| secs(now.saturating_sub(ns));
+        let mut slots: Vec<(i32, u64, usize)> = self
+            .workers
+            .iter()
+            .map(|(pid, w)| (*pid, w.age, w.slot))
+            .chain(self.retiring.iter().map(|(pid, w)| (*pid, w.age, w.slot)))
+            .collect();
+        slots.sort_by_key(|(_, age, _)| *age);
+        slots
+            .into_iter()
+            .map(|(pid, _, slot)| {
+                // The next tick of the worker answers; this reply carries the previous snapshot.
+                snaps.request(slot);
+                let snapshot = snaps.read(slot, pid);
+                let records = snapshot
+                    .as_ref()
+                    .map(|s| crate::snapshot::parse(&s.text))
+                    .unwrap_or_default();
+                let threads = self
+                    .board
+                    .worker(slot)
+                    .requests_in_flight()
+                    .into_iter()
+                    .map(|(thread, r)| {
+                        let stack = records.iter().find_map(|rec| match rec {
+                            crate::snapshot::Record::Stack {
+                                thread: t,
+                                started_ns,
+                                lines,
+                            } if *t == thread && *started_ns == r.started_ns => Some(lines.clone()),
+                            _ => None,
+                        });
+                        ThreadStack {
+                            request: BusyThread {
+                                thread,
+                                elapsed_secs: ago(r.started_ns),
+                                method: r.method,
+                                path: r.path,
+                                client: r.client,
+                            },
+                            stack,
+                        }
+                    })
+                    .collect();
+                let recent = records
+                    .iter()
+                    .filter_map(|rec| match rec {
+                        crate::snapshot::Record::Finished(f) => Some(RecentRequest {
+                            thread: f.thread,
+                            method: f.method.clone(),
+                            path: f.target.clone(),
+                            started_secs_ago: ago(f.started_ns),
+                            finished_secs_ago: ago(f.finished_ns),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                WorkerStacks {
+                    pid,
+                    ages_at,
+                    snapshot_age_secs: snapshot.map(|s| ago(s.taken_ns)),
+                    threads,
+                    recent,
+                }
             })
             .collect()
     }

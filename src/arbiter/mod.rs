@@ -126,6 +126,7 @@ impl Arbiter {
         hooks: Arc<HookRunner>,
     ) -> std::io::Result<Arbiter> {
         let board = Scoreboard::create()?;
+        crate::snapshot::Snapshots::create()?;
         let sigpipe = SignalPipe::install(&MASTER_SIGNALS)?;
         let control = control::open(&cfg, &log)?;
         Ok(Arbiter {

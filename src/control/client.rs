@@ -44,20 +44,21 @@ fn command() -> Command {
         .map(|(c, _)| c.len())
         .max()
         .unwrap_or(0);
-    for (c, h) in protocol::COMMANDS {
-        commands.push_str(&format!("  {c:width$}  {h}\n"));
-    }
-    commands.push_str(&format!(
-        "  {:width$}  {}\n",
+    let doctor = (
         "doctor [OPTIONS]",
-        "Diagnose worker timeouts: settings vs nginx, host, logs, probes (see doctor --help)"
-    ));
+        "Diagnose worker timeouts: settings vs nginx, host, logs, database, probes (see doctor --help)",
+    );
+    for (c, h) in protocol::COMMANDS.iter().chain([&doctor]) {
+        commands.push_str(&hanging(&format!("  {c:width$}  "), h, HELP_WIDTH));
+    }
     commands.push_str(
         "\nExamples:\n  ferricornctl show workers\n  ferricornctl -s /run/app/ferricorn.ctl worker add 2\n  \
          ferricornctl --json show stats\n  ferricornctl shutdown quick",
     );
     Command::new(PROG)
         .about("Control a running ferricorn server through its control socket")
+        // The command list is laid out for this width; wider, clap would re-wrap its lines.
+        .max_term_width(HELP_WIDTH)
         .disable_version_flag(true)
         .after_help(commands)
         .arg(
@@ -107,6 +108,33 @@ fn command() -> Command {
                 .num_args(1..)
                 .help("What to do: see Commands below"),
         )
+}
+
+/// Columns of `--help`.
+const HELP_WIDTH: usize = 80;
+
+/// `text` after `lead`, wrapped at `width` columns with later lines indented under its start.
+fn hanging(lead: &str, text: &str, width: usize) -> String {
+    let indent = " ".repeat(lead.chars().count());
+    let mut out = String::new();
+    let mut line = lead.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// The index of the `doctor` word when it is the command (after the global options), so that its own
@@ -189,10 +217,16 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         },
     };
     let json = matches.get_flag("json");
+    let timeout = Duration::from_secs_f64(timeout);
     let talk = || -> Result<(String, Json), String> {
-        let mut conn = Connection::open(&path, Duration::from_secs_f64(timeout))?;
+        let mut conn = Connection::open(&path, timeout)?;
         let server = conn.describe_server()?;
-        Ok((server, conn.request(&words)?))
+        let reply = if request == Request::Show(Show::Stacks) {
+            fresh_stacks(&path, timeout)?
+        } else {
+            conn.request(&words)?
+        };
+        Ok((server, reply))
     };
     let (server, reply) = match talk() {
         Ok(r) => r,
@@ -408,6 +442,35 @@ fn choose_default_socket() -> Result<(std::path::PathBuf, Vec<String>), String> 
     }
 }
 
+/// `show stacks` until every worker's snapshot was taken after the first request (each request makes
+/// the workers take a new one, within about half a second), or `timeout` (at most 3 s) has passed: the
+/// last reply.
+pub(crate) fn fresh_stacks(path: &Path, timeout: Duration) -> Result<Json, String> {
+    let words = ["show".to_string(), "stacks".to_string()];
+    let first = std::time::Instant::now();
+    let patience = timeout.min(Duration::from_secs(3));
+    loop {
+        let reply = exchange(path, &words, timeout)?;
+        // Ages are rounded to hundredths.
+        let since = first.elapsed().as_secs_f64() + 0.01;
+        let fresh = reply
+            .get("data")
+            .and_then(|d| d.get("workers"))
+            .and_then(Json::as_array)
+            .is_none_or(|ws| {
+                ws.iter().all(|w| {
+                    w.get("snapshot_age")
+                        .and_then(Json::as_f64)
+                        .is_some_and(|age| age <= since)
+                })
+            });
+        if fresh || first.elapsed() >= patience {
+            return Ok(reply);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---- human-readable output ----
 
 /// `45s`, `1m05s`, `2h03m`, `3d04h`.
@@ -452,6 +515,7 @@ fn human(request: &Request, data: &Json) -> String {
         Request::Show(Show::Config) => format_config(data),
         Request::Show(Show::Listeners) => format_listeners(data),
         Request::Show(Show::All) => format_all(data),
+        Request::Show(Show::Stacks) => format_stacks(data),
         Request::Show(Show::Dirty) if data.get("enabled").and_then(Json::as_bool) != Some(true) => {
             "No dirty workers".to_string()
         }
@@ -526,6 +590,67 @@ fn format_workers(data: &Json) -> String {
         .unwrap_or(workers.len() as i64);
     let noun = if count == 1 { "worker" } else { "workers" };
     lines.push(format!("Total: {count} {noun}, {busy} busy"));
+    lines.join("\n")
+}
+
+/// Recent requests listed per worker by `show stacks` (the reply has more).
+const RECENT_SHOWN: usize = 5;
+
+fn format_stacks(data: &Json) -> String {
+    let workers = data.get("workers").and_then(Json::as_array).unwrap_or(&[]);
+    if workers.is_empty() {
+        return "No workers running".to_string();
+    }
+    let mut lines = Vec::new();
+    for w in workers {
+        if !lines.is_empty() {
+            lines.push(String::new());
+        }
+        let taken = match w.get("snapshot_age").and_then(Json::as_f64) {
+            Some(s) => format!("stacks taken {} ago", elapsed(s)),
+            None => "no stacks yet: the worker did not answer in time".to_string(),
+        };
+        lines.push(format!("Worker {} ({taken})", text_of(w.get("pid"))));
+        let threads = w.get("threads").and_then(Json::as_array).unwrap_or(&[]);
+        if threads.is_empty() {
+            lines.push("  no request in flight".to_string());
+        }
+        for t in threads {
+            lines.push(format!(
+                "  thread {}: {} {} from {}, running {}",
+                text_of(t.get("thread")),
+                text_of(t.get("method")),
+                text_of(t.get("path")),
+                match t.get("client").and_then(Json::as_str) {
+                    Some("") | None => "-".to_string(),
+                    Some(c) => c.to_string(),
+                },
+                elapsed(t.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0))
+            ));
+            match t.get("stack").and_then(Json::as_array) {
+                Some(stack) => {
+                    lines.extend(stack.iter().map(|l| format!("    {}", text_of(Some(l)))))
+                }
+                None => lines.push("    (no stack: the request started after the snapshot)".into()),
+            }
+        }
+        let recent = w.get("recent").and_then(Json::as_array).unwrap_or(&[]);
+        if !recent.is_empty() {
+            lines.push("  recently finished (newest first):".to_string());
+            for r in recent.iter().rev().take(RECENT_SHOWN) {
+                let started = r.get("started").and_then(Json::as_f64).unwrap_or(0.0);
+                let finished = r.get("finished").and_then(Json::as_f64).unwrap_or(0.0);
+                lines.push(format!(
+                    "    {} {} (thread {}, ended {} ago after {})",
+                    text_of(r.get("method")),
+                    text_of(r.get("path")),
+                    text_of(r.get("thread")),
+                    elapsed(finished),
+                    elapsed((started - finished).max(0.0))
+                ));
+            }
+        }
+    }
     lines.join("\n")
 }
 
@@ -678,6 +803,20 @@ mod tests {
         let (code, out, _) = run(&["--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("worker kill PID"), "{out}");
+        // The command list fits 80 columns; a wrapped help text goes on under its own column.
+        let commands = &out[out.find("Commands:").expect("commands")..];
+        for line in commands.lines() {
+            assert!(line.chars().count() <= HELP_WIDTH, "too long: {line:?}");
+        }
+        assert!(
+            commands
+                .contains("\n                             memory, and each request in flight\n"),
+            "{commands}"
+        );
+        assert_eq!(
+            hanging("  ab  ", "one two three", 14),
+            "  ab  one two\n      three\n"
+        );
     }
 
     #[test]

@@ -161,6 +161,40 @@ pub struct WorkerInfo {
     pub in_flight: Vec<BusyThread>,
 }
 
+/// A thread's request in flight with its Python stack, as `show stacks` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreadStack {
+    pub request: BusyThread,
+    /// The stack (faulthandler's layout, most recent call first), when the worker's latest snapshot
+    /// was taken during this request.
+    pub stack: Option<Vec<String>>,
+}
+
+/// A request a worker finished recently (`show stacks`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentRequest {
+    pub thread: usize,
+    pub method: String,
+    pub path: String,
+    pub started_secs_ago: f64,
+    pub finished_secs_ago: f64,
+}
+
+/// One worker as `show stacks` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerStacks {
+    pub pid: i32,
+    /// The wall-clock time (Unix seconds) at which the ages below hold, so that a client can compare
+    /// them with another clock's times (the database's).
+    pub ages_at: f64,
+    /// Seconds since the worker wrote its latest snapshot; None before its first one. Each `show stacks`
+    /// asks every worker for a new one, which it writes within about half a second.
+    pub snapshot_age_secs: Option<f64>,
+    pub threads: Vec<ThreadStack>,
+    /// Oldest first.
+    pub recent: Vec<RecentRequest>,
+}
+
 /// `show stats` (the uptime is the control server's own: it starts with the master).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -224,6 +258,10 @@ pub trait ControlTarget {
     /// Every setting as `(name, value)`, the value as `--print-config` writes it.
     fn config(&self) -> Vec<(String, String)>;
     fn listeners(&self) -> Vec<ListenerInfo>;
+    /// Every worker's threads with their stacks (asking each worker for a fresh snapshot).
+    fn stacks(&self) -> Vec<WorkerStacks> {
+        Vec::new()
+    }
     /// Carry out an action; `Err` is the message sent back to the client.
     fn command(&mut self, cmd: ControlCommand) -> Result<Outcome, String>;
 }
@@ -653,6 +691,7 @@ impl ControlServer {
                 protocol::config_data(&settings)
             }
             Request::Show(Show::Listeners) => protocol::listeners_data(&target.listeners()),
+            Request::Show(Show::Stacks) => protocol::stacks_data(&target.stacks()),
             Request::Show(Show::All) => protocol::all_data(std::process::id(), &target.workers()),
             Request::Show(Show::Dirty) => protocol::dirty_data(),
             Request::Help => protocol::help_data(),

@@ -14,7 +14,7 @@
 //! carry any number of requests, each answered in order.
 
 use super::json::{obj, Json};
-use super::{BusyThread, ControlCommand, ListenerInfo, Outcome, Stats, WorkerInfo};
+use super::{BusyThread, ControlCommand, ListenerInfo, Outcome, Stats, WorkerInfo, WorkerStacks};
 use crate::scoreboard::WorkerState;
 
 /// Largest message `ferricornctl` accepts from a server.
@@ -82,6 +82,8 @@ pub enum Show {
     Stats,
     Config,
     Listeners,
+    /// Each thread's request in flight with its Python stack, and the recently finished requests.
+    Stacks,
     /// gunicorn's dirty-worker pool, which ferricorn does not have: always reported as not running.
     Dirty,
 }
@@ -102,6 +104,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("show stats", "Uptime, worker counts, reloads, busy threads"),
     ("show config", "The settings the server runs with"),
     ("show listeners", "The bound sockets"),
+    (
+        "show stacks",
+        "The Python stack of every request in flight, and each worker's recent requests",
+    ),
     ("show all", "The master and its workers"),
     ("worker add [N]", "Run N more workers (default 1)"),
     (
@@ -183,13 +189,16 @@ pub fn parse_command(words: &[String]) -> Result<Request, String> {
         Some("show") => {
             let target = match word(1) {
                 None => {
-                    return Err("Missing show target (workers|stats|config|listeners|all)".into())
+                    return Err(
+                        "Missing show target (workers|stats|config|listeners|stacks|all)".into(),
+                    )
                 }
                 Some("all") => Show::All,
                 Some("workers") => Show::Workers,
                 Some("stats") => Show::Stats,
                 Some("config") => Show::Config,
                 Some("listeners") => Show::Listeners,
+                Some("stacks") => Show::Stacks,
                 Some("dirty") => Show::Dirty,
                 Some(other) => return Err(format!("Unknown show target: {other}")),
             };
@@ -260,6 +269,11 @@ fn secs(x: f64) -> Json {
     Json::Float((x * 100.0).round() / 100.0)
 }
 
+/// Seconds rounded to milliseconds.
+fn millis(x: f64) -> Json {
+    Json::Float((x * 1000.0).round() / 1000.0)
+}
+
 fn busy_json(b: &BusyThread) -> Json {
     obj([
         ("thread", b.thread.into()),
@@ -290,6 +304,65 @@ fn worker_json(w: &WorkerInfo) -> Json {
             Json::Arr(w.in_flight.iter().map(busy_json).collect()),
         ),
     ])
+}
+
+/// `show stacks`: per worker, `ages_at` (the Unix time at which its ages hold), `snapshot_age`
+/// (seconds; null before the worker's first snapshot),
+/// `threads` (each request in flight, with `stack` as a list of lines, or null when the latest snapshot
+/// predates the request) and `recent` (finished requests, oldest first, with `started`/`finished` in
+/// seconds ago).
+pub fn stacks_data(workers: &[WorkerStacks]) -> Json {
+    let items = workers
+        .iter()
+        .map(|w| {
+            let threads = w
+                .threads
+                .iter()
+                .map(|t| {
+                    let mut j = busy_json(&t.request);
+                    if let Json::Obj(pairs) = &mut j {
+                        // Milliseconds here: `doctor` compares these with the database's times.
+                        for (k, v) in pairs.iter_mut() {
+                            if k == "elapsed" {
+                                *v = millis(t.request.elapsed_secs);
+                            }
+                        }
+                        pairs.push((
+                            "stack".to_string(),
+                            t.stack.as_ref().map_or(Json::Null, |lines| {
+                                Json::Arr(lines.iter().map(|l| l.as_str().into()).collect())
+                            }),
+                        ));
+                    }
+                    j
+                })
+                .collect();
+            let recent = w
+                .recent
+                .iter()
+                .map(|r| {
+                    obj([
+                        ("thread", r.thread.into()),
+                        ("method", r.method.as_str().into()),
+                        ("path", r.path.as_str().into()),
+                        ("started", millis(r.started_secs_ago)),
+                        ("finished", millis(r.finished_secs_ago)),
+                    ])
+                })
+                .collect();
+            obj([
+                ("pid", w.pid.into()),
+                ("ages_at", millis(w.ages_at)),
+                (
+                    "snapshot_age",
+                    w.snapshot_age_secs.map(secs).unwrap_or(Json::Null),
+                ),
+                ("threads", Json::Arr(threads)),
+                ("recent", Json::Arr(recent)),
+            ])
+        })
+        .collect();
+    obj([("workers", Json::Arr(items))])
 }
 
 pub fn workers_data(workers: &[WorkerInfo]) -> Json {

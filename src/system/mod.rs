@@ -17,6 +17,7 @@ pub mod privileges;
 pub mod proctitle;
 pub mod reload;
 pub mod systemd;
+pub mod tcp_table;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -5,14 +5,15 @@
 //! by its peer port and serve it on extra capacity.
 //!
 //! The kernel is the only place that knows which process owns the client end of a connection, so this
-//! reads `/proc/self/fd` (our socket inodes) and `/proc/net/tcp{,6}` (who is connected to whom). It runs
-//! only while a worker is saturated and its listener has connections waiting, at most every
-//! `SCAN_INTERVAL`.
+//! reads `/proc/self/fd` (our socket inodes) and `/proc/net/tcp{,6}` (who is connected to whom), through
+//! `system::tcp_table`. It runs only while a worker is saturated and its listener has connections
+//! waiting, at most every `SCAN_INTERVAL`.
 
-use std::collections::HashSet;
-use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
+
+use crate::system::tcp_table::{self, TcpEntry, ESTABLISHED, SYN_SENT};
 
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -23,60 +24,21 @@ pub struct ListenPort {
     pub port: u16,
 }
 
-/// Inodes of every socket this process has open.
-fn own_socket_inodes() -> HashSet<u64> {
-    let mut out = HashSet::new();
-    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        if let Ok(target) = fs::read_link(entry.path()) {
-            let t = target.to_string_lossy();
-            if let Some(inode) = t
-                .strip_prefix("socket:[")
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse().ok())
-            {
-                out.insert(inode);
-            }
-        }
-    }
-    out
-}
-
 /// Client ports of this process's connections to one of `ports` on this host.
 pub fn own_calls_to(ports: &[ListenPort]) -> Vec<u16> {
     if ports.is_empty() {
         return Vec::new();
     }
-    let inodes = own_socket_inodes();
-    let mut out = Vec::new();
-    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(table) = fs::read_to_string(file) else {
-            continue;
-        };
-        for line in table.lines().skip(1) {
-            if let Some(entry) = parse_line(line, v6) {
-                if inodes.contains(&entry.inode) && is_call_to(&entry, ports) {
-                    out.push(entry.local.1);
-                }
-            }
-        }
-    }
+    let inodes = tcp_table::socket_inodes(Path::new("/proc/self/fd")).unwrap_or_default();
+    let mut out: Vec<u16> = tcp_table::table(Path::new("/proc/self"))
+        .iter()
+        .filter(|e| inodes.contains(&e.inode) && is_call_to(e, ports))
+        .map(|e| e.local.1)
+        .collect();
     out.sort_unstable();
     out.dedup();
     out
 }
-
-struct TcpEntry {
-    local: (IpAddr, u16),
-    remote: (IpAddr, u16),
-    state: u8,
-    inode: u64,
-}
-
-const ESTABLISHED: u8 = 0x01;
-const SYN_SENT: u8 = 0x02;
 
 fn is_call_to(e: &TcpEntry, ports: &[ListenPort]) -> bool {
     if e.state != ESTABLISHED && e.state != SYN_SENT {
@@ -92,59 +54,10 @@ fn is_call_to(e: &TcpEntry, ports: &[ListenPort]) -> bool {
     })
 }
 
-/// One line of /proc/net/tcp{,6}: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`.
-fn parse_line(line: &str, v6: bool) -> Option<TcpEntry> {
-    let mut f = line.split_whitespace();
-    let _sl = f.next()?;
-    let local = parse_addr(f.next()?, v6)?;
-    let remote = parse_addr(f.next()?, v6)?;
-    let state = u8::from_str_radix(f.next()?, 16).ok()?;
-    let inode = f.nth(5)?.parse().ok()?;
-    Some(TcpEntry {
-        local,
-        remote,
-        state,
-        inode,
-    })
-}
-
-/// `0100007F:1F90` (IPv4, little-endian words) or 32 hex digits for IPv6.
-fn parse_addr(s: &str, v6: bool) -> Option<(IpAddr, u16)> {
-    let (ip_hex, port_hex) = s.split_once(':')?;
-    let port = u16::from_str_radix(port_hex, 16).ok()?;
-    let ip = if v6 {
-        if ip_hex.len() != 32 {
-            return None;
-        }
-        let mut bytes = [0u8; 16];
-        for word in 0..4 {
-            let w = u32::from_str_radix(&ip_hex[word * 8..word * 8 + 8], 16).ok()?;
-            bytes[word * 4..word * 4 + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    } else {
-        let w = u32::from_str_radix(ip_hex, 16).ok()?;
-        IpAddr::V4(Ipv4Addr::from(w.to_le_bytes()))
-    };
-    Some((ip, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_net_tcp_lines_parse() {
-        let line = "   3: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 123456 1 0000000000000000 20 4 30 10 -1";
-        let e = parse_line(line, false).expect("parsed");
-        assert_eq!(e.local, (IpAddr::V4(Ipv4Addr::LOCALHOST), 8080));
-        assert_eq!(e.remote, (IpAddr::V4(Ipv4Addr::LOCALHOST), 50000));
-        assert_eq!(e.state, ESTABLISHED);
-        assert_eq!(e.inode, 123456);
-        let v6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000     0        0 99 1";
-        let e = parse_line(v6, true).expect("parsed v6");
-        assert_eq!(e.local.0, IpAddr::V6(Ipv6Addr::LOCALHOST));
-    }
+    use std::net::Ipv4Addr;
 
     #[test]
     fn finds_its_own_connection_to_a_listener() {

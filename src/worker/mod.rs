@@ -10,6 +10,7 @@ pub mod exchange;
 mod loopback;
 mod pool;
 pub mod proxy;
+mod snapshot;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -709,6 +710,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         tokio::select! {
             _ = tick.tick() => {
                 ctx.board.heartbeat();
+                snapshot::answer_if_asked(ctx);
                 io.check_recycle();
                 if io.trim_due.get() && io.admission.connections() == 0 {
                     // A burst of connections leaves freed buffers in the heap's free lists, which glibc

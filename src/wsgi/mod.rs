@@ -106,6 +106,7 @@ impl WsgiRunner {
         } else {
             format!("{}:{}", peer.ip, peer.port)
         };
+        let started_ns = crate::scoreboard::now_ns();
         board.request_started(self.thread, &head.method, &head.target, &client);
         let served = self.ctx.served.fetch_add(1, Ordering::AcqRel) + 1;
         if self.ctx.max_requests > 0 && served >= self.ctx.max_requests {
@@ -197,6 +198,8 @@ impl WsgiRunner {
             }
             access.log(&rec);
         }
+        // For `show stacks`: which request a still-open transaction may have come from.
+        crate::snapshot::History::get().record(self.thread, &head.method, &head.target, started_ns);
         board.request_finished(self.thread);
     }
 

@@ -60,6 +60,9 @@ pub struct ServerInfo {
     pub errorlog: Option<String>,
     pub accesslog: Option<String>,
     pub chdir: Option<String>,
+    /// `raw_env` as `KEY=VALUE` items, and `pythonpath`'s directories: what the app's import sees.
+    pub raw_env: Vec<String>,
+    pub pythonpath: Vec<String>,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub slow_request_threshold: u64,
@@ -138,6 +141,18 @@ pub fn from_config_json(cfg: &Json, origin: String) -> ServerInfo {
         errorlog: text(cfg, "errorlog"),
         accesslog: text(cfg, "accesslog"),
         chdir: text(cfg, "chdir"),
+        raw_env: text(cfg, "raw_env")
+            .map(|e| py_list(&e))
+            .unwrap_or_default(),
+        pythonpath: text(cfg, "pythonpath")
+            .filter(|p| p != "None")
+            .map(|p| {
+                p.split(',')
+                    .map(|d| d.trim().to_string())
+                    .filter(|d| !d.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
         max_requests: num(cfg, "max_requests", 0),
         max_requests_jitter: num(cfg, "max_requests_jitter", 0),
         slow_request_threshold: num(cfg, "slow_request_threshold", 0),

@@ -353,7 +353,7 @@ fn stack_line(e: &RequestEvent) -> String {
 fn kind_fix(kind: WaitKind, threaded: Option<bool>) -> String {
     match kind {
         WaitKind::Database => {
-            let mut s = "The thread waits inside the database driver: find the query (PostgreSQL: SELECT pid, now() - query_start, wait_event_type, query FROM pg_stat_activity WHERE state <> 'idle'), add the missing index or cut the number of queries (select_related/prefetch_related), shorten transactions that hold locks, and set a statement timeout below ferricorn's timeout.".to_string();
+            let mut s = "The thread waits inside the database driver: find the query (ferricornctl doctor --database-url postgresql://… names it, and the lock holder behind it; by hand: SELECT pid, now() - query_start, wait_event_type, query FROM pg_stat_activity WHERE state <> 'idle'), add the missing index or cut the number of queries (select_related/prefetch_related), shorten transactions that hold locks, and set a statement timeout below ferricorn's timeout.".to_string();
             if threaded == Some(false) {
                 s.push_str(" With sync workers one slow query blocks a whole worker: consider -k gthread --threads N.");
             }
@@ -735,7 +735,14 @@ fn config_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "graceful_timeout {}s < timeout {}s: a reload or deploy cuts off requests the timeout allows",
                 s.graceful_timeout, s.timeout
             ),
-            vec!["on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests, then is killed; clients behind nginx see 502".to_string()],
+            vec![format!(
+                "on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests, then is killed: a request still running then is cut off{}",
+                if i.nginx.is_some() {
+                    ", and its client gets nginx's error page (502) instead of the response"
+                } else {
+                    " without its response"
+                }
+            )],
             format!("Set graceful_timeout >= timeout (graceful_timeout = {}).", s.timeout),
         ));
     }
@@ -1114,6 +1121,25 @@ mod tests {
         ] {
             assert!(got.contains(&id), "{id} missing from {got:?}");
         }
+        let short = |f: &[Finding]| {
+            f.iter()
+                .find(|f| f.id == "graceful-timeout-short")
+                .map(|f| f.evidence.join(" "))
+                .unwrap_or_default()
+        };
+        assert!(
+            short(&f).contains("nginx's error page (502)"),
+            "{}",
+            short(&f)
+        );
+        // Without nginx in the report, nginx is not blamed.
+        let f = evaluate(&Inputs {
+            server: Some(&s),
+            ..Inputs::default()
+        });
+        let text = short(&f);
+        assert!(text.contains("cut off without its response"), "{text}");
+        assert!(!text.contains("nginx") && !text.contains("502"), "{text}");
     }
 
     #[test]

@@ -140,7 +140,8 @@ impl fmt::Display for Frame {
     }
 }
 
-fn parse_frame(line: &str) -> Option<Frame> {
+/// A stack line: `  File "/srv/app/views.py", line 12 in view`.
+pub fn parse_frame(line: &str) -> Option<Frame> {
     let rest = line.trim_start().strip_prefix("File \"")?;
     let (file, rest) = rest.split_once("\", line ")?;
     let (num, function) = rest.split_once(" in ")?;
@@ -265,18 +266,24 @@ impl RequestEvent {
 
     /// The innermost frame outside Python's and ferricorn's own files: the app line to look at.
     pub fn app_frame(&self) -> Option<&Frame> {
-        self.stack
-            .iter()
-            .find(|f| {
-                !f.file.starts_with('<')
-                    && !DB_MARKERS
-                        .iter()
-                        .chain(NET_MARKERS)
-                        .any(|m| f.file.contains(m))
-                    && !f.file.contains("/lib/python3")
-            })
-            .or_else(|| self.stack.first())
+        app_frame(&self.stack)
     }
+}
+
+/// The innermost frame of the app's own code (not a driver, a client library, or the standard
+/// library), else the innermost frame.
+pub fn app_frame(stack: &[Frame]) -> Option<&Frame> {
+    stack
+        .iter()
+        .find(|f| {
+            !f.file.starts_with('<')
+                && !DB_MARKERS
+                    .iter()
+                    .chain(NET_MARKERS)
+                    .any(|m| f.file.contains(m))
+                && !f.file.contains("/lib/python3")
+        })
+        .or_else(|| stack.first())
 }
 
 /// A starvation warning: all threads busy while connections waited.

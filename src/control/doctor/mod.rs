@@ -1,17 +1,19 @@
 //! `ferricornctl doctor`: the worker-timeout runbook as one command. It gathers what a person would
 //! look at during an incident — the server's effective settings (control socket or config file), the
 //! nginx configuration in front of it, the host's memory, swap, load and OOM kills, the error and
-//! access logs of the last minutes, and the latency of a few URLs — and prints findings, each with a
-//! severity, its evidence and the fix.
+//! access logs of the last minutes, the latency of a few URLs, and when asked the database's sessions
+//! and locks — and prints findings, each with a severity, its evidence and the fix.
 //!
-//! One file per source (`config`, `nginx`, `host`, `logs`, `access`, `probe`), the rules in
-//! `findings`, and here the command line, the gathering (every source bounded in time; a source that
+//! One file per source (`config`, `nginx`, `host`, `logs`, `access`, `probe`, `database`, which has
+//! its own rules since they tie its sessions to the server's requests), the rules in `findings`, and
+//! here the command line, the gathering (every source bounded in time; a source that
 //! cannot be read becomes an info line) and the output (text, or JSON with `--json`).
 //!
 //! Exit status: 0 when nothing is critical or a warning, 1 when something is, 2 for a bad command line.
 
 pub mod access;
 pub mod config;
+pub mod database;
 pub mod findings;
 pub mod host;
 pub mod logs;
@@ -35,53 +37,88 @@ pub const USAGE_ERROR: i32 = 2;
 pub const FOUND: i32 = 1;
 
 const MANUAL: &str = "\
-Sources (each optional; one that cannot be read is reported as an info line, never an error):
-  ferricorn   the running server's settings and live counters through its control socket (-s, or the
-              default socket), or a config file resolved as `ferricorn -c FILE` would (--config)
-  nginx       --nginx-config FILE (a config file with its includes, or saved `nginx -T` output), else
-              the output of `nginx -T` (--nginx-bin, default: nginx on PATH or /usr/sbin/nginx)
-  host        load average, memory and swap (/proc/meminfo), OOM kills (/proc/vmstat and the server's
-              memory cgroup)
-  error log   the server's errorlog (or --error-log): WORKER TIMEOUT with the request and its stack,
-              slow-request and starvation warnings, OOM kills, slow boots of the last --since minutes,
-              grouped by path; stacks are classified as database, network, app code or response transfer
-  access log  the server's accesslog (or --access-log): static or media files answered by the app
-  probes      --probe URL (repeatable): --probe-count plain HTTP/1.1 GETs each, p50/p99 latency
+Sources (each optional; one that cannot be read is an info line, not an error):
+  ferricorn   the running server's settings and live counters through its
+              control socket (-s, or the default socket), or a config file
+              resolved as `ferricorn -c FILE` would (--config)
+  nginx       --nginx-config FILE (a config file with its includes, or saved
+              `nginx -T` output), else the output of `nginx -T` (--nginx-bin,
+              default: nginx on PATH or /usr/sbin/nginx)
+  host        load average, memory and swap (/proc/meminfo), OOM kills
+              (/proc/vmstat and the server's memory cgroup)
+  error log   the server's errorlog (or --error-log) of the last --since
+              minutes: WORKER TIMEOUT with the request and its stack, slow
+              requests, starvation, OOM kills, slow boots, grouped by path;
+              stacks are judged as database, network, app code or response
+  access log  the server's accesslog (or --access-log): static or media files
+              answered by the app
+  probes      --probe URL (repeatable): --probe-count plain HTTP/1.1 GETs
+              each, p50/p99 latency
+  database    PostgreSQL, only when asked: --database-url URL, or
+              --django-settings [MODULE] (DATABASES['default'] of the Django
+              settings, imported with the server's environment and raw_env,
+              chdir and pythonpath; MODULE defaults to the server's
+              DJANGO_SETTINGS_MODULE, else this one's). Read with psql
+              (--psql): pg_stat_activity, pg_blocking_pids(), pg_locks; each
+              backend is tied to the worker holding the other end of its
+              connection and to the request in flight that sent its query
+              (from `show stacks`), or that was running when its
+              transaction began
 
 Findings (id: when):
-  nginx-timeout-shorter        proxy_read_timeout <= ferricorn's timeout: nginx answers 504 while the
-                               worker keeps running (critical; warning with less than 2s of margin)
-  nginx-send-timeout-shorter   proxy_send_timeout <= timeout
-  nginx-upstream-mismatch      no proxied location reaches an address ferricorn listens on
-  nginx-upstream-keepalive     nginx keeps upstream connections longer than ferricorn's keepalive
-  route-causes-timeouts        one path has most (>50%) of the timeouts and slow requests
-  timeouts-across-routes       they are spread over many paths (capacity, database or host)
-  stuck-in-database, stuck-on-external-call, stuck-in-app-code, stuck-sending-response,
-  timeouts-without-stack       where the stuck threads were, from their stacks
-  sync-workers-waiting-on-io   sync workers while requests wait on the database or network
-  sync-with-threads            worker_class sync with threads > 1 (runs as gthread)
-  capacity-below-concurrency   all threads busy while connections waited (log, or show stats peaks)
-  static-served-by-app         nginx proxies /static/, or the access log shows static files
-  swap-in-use, memory-low, cpu-saturated, oom-kills, oom-kills-cgroup, oom-kills-host
-  max-requests-without-jitter, graceful-timeout-short, graceful-timeout-vs-nginx,
-  slow-request-threshold-off, slow-boot, crash-loop, loopback-calls, memory-recycles
+  nginx-timeout-shorter       proxy_read_timeout <= ferricorn's timeout:
+                              nginx answers 504 while the worker keeps
+                              running (critical; warning with < 2s margin)
+  nginx-send-timeout-shorter  proxy_send_timeout <= timeout
+  nginx-upstream-mismatch     no proxied location reaches ferricorn
+  nginx-upstream-keepalive    nginx keeps upstream connections longer than
+                              ferricorn's keepalive
+  route-causes-timeouts       one path has most (>50%) of the timeouts and
+                              slow requests
+  timeouts-across-routes      they are spread over many paths
+  stuck-in-database, stuck-on-external-call, stuck-in-app-code,
+  stuck-sending-response, timeouts-without-stack
+                              where the stuck threads were, from their stacks
+  sync-workers-waiting-on-io  sync workers while requests wait on I/O
+  sync-with-threads           worker_class sync with threads > 1 (gthread)
+  capacity-below-concurrency  all threads busy while connections waited
+  static-served-by-app        nginx proxies /static/, or the access log
+                              shows static files answered by the app
+  swap-in-use, memory-low, cpu-saturated, oom-kills, oom-kills-cgroup,
+  oom-kills-host, max-requests-without-jitter, graceful-timeout-short,
+  graceful-timeout-vs-nginx, slow-request-threshold-off, slow-boot,
+  crash-loop, loopback-calls, memory-recycles,
   probe-errors, probe-slow, probe-latency, source-skipped
+  db-request-blocked          a request in flight waits on a lock: which
+                              backend holds it, and from which request
+  db-request-slow-query       a request in flight waits on its own query
+                              longer than --query-threshold
+  db-blocked, db-slow-queries, db-idle-in-transaction
+                              the same for sessions not tied to a request
+  db-request-unmatched        a request in the driver with no backend found
+  database-role-limited       the role cannot see other roles' sessions
 
-Exit status: 0 when no finding is critical or a warning, 1 when one is, 2 for a bad command line.
+Exit status: 0 when no finding is critical or a warning, 1 when one is, 2 for
+a bad command line.
 
 Examples:
   ferricornctl doctor
-  ferricornctl doctor -s /run/app/ferricorn.ctl --probe http://127.0.0.1:8080/health/
-  ferricornctl doctor --config gunicorn.conf.py --nginx-config /etc/nginx/sites-enabled/app \\
-      --error-log /var/log/app/error.log --since 30 --json";
+  ferricornctl doctor -s /run/app/ferricorn.ctl --probe http://127.0.0.1:8080/
+  ferricornctl doctor --config gunicorn.conf.py --since 30 --json \\
+      --nginx-config /etc/nginx/sites-enabled/app --error-log /var/log/app.log
+  ferricornctl doctor --database-url postgresql://app@127.0.0.1/app
+  ferricornctl doctor -s /run/app/ferricorn.ctl --django-settings";
 
 pub fn command() -> Command {
     Command::new(PROG)
         .about(
             "Diagnose worker timeouts: compare ferricorn's settings with nginx's, read the host's \
-             state and the logs of the last minutes, probe URLs, and print findings with their fixes",
+             state, the logs of the last minutes and the database's sessions, probe URLs, and print \
+             findings with their fixes",
         )
         .disable_version_flag(true)
+        // The manual below is laid out for 80 columns; wider, clap would re-wrap its lines.
+        .max_term_width(80)
         .after_help(MANUAL)
         .arg(
             Arg::new("socket")
@@ -168,6 +205,35 @@ pub fn command() -> Command {
                 .value_parser(value_parser!(f64))
                 .default_value("10")
                 .help("Give up on the control socket or `nginx -T` after this long"),
+        )
+        .arg(
+            Arg::new("database_url")
+                .long("database-url")
+                .value_name("URL")
+                .conflicts_with("django_settings")
+                .help("PostgreSQL to read sessions and locks from (postgresql://USER@HOST:PORT/DB)"),
+        )
+        .arg(
+            Arg::new("django_settings")
+                .long("django-settings")
+                .value_name("MODULE")
+                .num_args(0..=1)
+                .default_missing_value("")
+                .help("Take the database from these Django settings [default MODULE: the server's DJANGO_SETTINGS_MODULE]"),
+        )
+        .arg(
+            Arg::new("psql")
+                .long("psql")
+                .value_name("PATH")
+                .help("The psql client [default: psql on PATH, else /usr/lib/postgresql/*/bin/psql]"),
+        )
+        .arg(
+            Arg::new("query_threshold")
+                .long("query-threshold")
+                .value_name("SECONDS")
+                .value_parser(value_parser!(f64))
+                .default_value("1")
+                .help("Report queries and idle transactions older than this"),
         )
         .arg(
             Arg::new("json")
@@ -283,6 +349,17 @@ struct Options {
     timeout: Duration,
     json: bool,
     host_root: PathBuf,
+    database: Option<DatabaseChoice>,
+    psql: Option<String>,
+    query_threshold: f64,
+}
+
+/// Where the database step's connection comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DatabaseChoice {
+    Url(String),
+    /// Django's settings; the module, or the one the server's environment names.
+    Django(Option<String>),
 }
 
 fn positive_secs(v: f64) -> Option<Duration> {
@@ -316,6 +393,28 @@ pub fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     ) else {
         return usage(err, "timeouts must be a positive number of seconds");
     };
+    let Some(query_threshold) = m
+        .get_one::<f64>("query_threshold")
+        .copied()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86400.0)
+    else {
+        return usage(
+            err,
+            "--query-threshold must be a number of seconds, 0 or more",
+        );
+    };
+    let database = match (get("database_url"), get("django_settings")) {
+        (Some(url), _) => {
+            if let Err(e) = database::target_from_url(&url) {
+                return usage(err, &e);
+            }
+            Some(DatabaseChoice::Url(url))
+        }
+        (None, Some(module)) => Some(DatabaseChoice::Django(
+            Some(module).filter(|m| !m.is_empty()),
+        )),
+        (None, None) => None,
+    };
     let opts = Options {
         socket: get("socket"),
         config: get("config"),
@@ -336,6 +435,9 @@ pub fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         timeout,
         json: m.get_flag("json"),
         host_root: get("host_root").map_or_else(|| PathBuf::from("/"), PathBuf::from),
+        database,
+        psql: get("psql"),
+        query_threshold,
     };
     let report = diagnose(&opts);
     let text = if opts.json {
@@ -358,6 +460,7 @@ struct Report {
     log: Option<(String, logs::LogSummary)>,
     access: Option<(String, access::AccessSummary)>,
     probes: Vec<probe::ProbeResult>,
+    database: Option<Json>,
     findings: Vec<Finding>,
 }
 
@@ -376,15 +479,15 @@ fn diagnose(o: &Options) -> Report {
     };
 
     // ferricorn
-    let server = match &o.config {
-        Some(file) => config::from_file(file),
-        None => {
-            let path = match &o.socket {
-                Some(p) => std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p)),
-                None => super::default_socket_path_from_env(),
-            };
-            config::from_socket(&path, o.timeout)
-        }
+    let socket_path = match (&o.config, &o.socket) {
+        (Some(_), _) => None,
+        (None, Some(p)) => Some(std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p))),
+        (None, None) => Some(super::default_socket_path_from_env()),
+    };
+    let server = match (&o.config, &socket_path) {
+        (Some(file), _) => config::from_file(file),
+        (None, Some(path)) => config::from_socket(path, o.timeout),
+        (None, None) => Err(config::ConfigError::Socket("no control socket".to_string())),
     };
     let server = match server {
         Ok(s) => {
@@ -559,6 +662,26 @@ fn diagnose(o: &Options) -> Report {
         .map(|u| probe::probe(u, o.probe_count, o.probe_timeout))
         .collect();
 
+    // database
+    let mut db_findings = Vec::new();
+    let mut database = None;
+    if let Some(choice) = &o.database {
+        let live = server
+            .as_ref()
+            .is_some_and(|s| s.stats.is_some())
+            .then_some(socket_path.as_deref())
+            .flatten();
+        match database_step(o, choice, server.as_ref(), live) {
+            Ok((detail, state, analysis)) => {
+                note("database", Ok(detail));
+                db_findings.extend(analysis.findings.iter().cloned());
+                db_findings.extend(database::limited_role(&state, &analysis));
+                database = Some(database::state_json(&state, &analysis));
+            }
+            Err(e) => note("database", Err(format!("{e}; skipped"))),
+        }
+    }
+
     let mut found = findings::evaluate(&Inputs {
         server: server.as_ref(),
         nginx: nginx.as_ref(),
@@ -568,6 +691,8 @@ fn diagnose(o: &Options) -> Report {
         probes: &probes,
         window_minutes: o.since_minutes,
     });
+    found.extend(db_findings);
+    found.sort_by_key(|f| f.severity);
     for s in sources.iter().filter(|s| !s.ok) {
         found.push(Finding {
             id: "source-skipped",
@@ -587,8 +712,90 @@ fn diagnose(o: &Options) -> Report {
         log,
         access,
         probes,
+        database,
         findings: found,
     }
+}
+
+/// The database step: connect, read, tie sessions to the server's requests. `Ok` carries the source
+/// line, what was read and what was concluded; `Err` the one line saying why not.
+fn database_step(
+    o: &Options,
+    choice: &DatabaseChoice,
+    server: Option<&ServerInfo>,
+    live_socket: Option<&Path>,
+) -> Result<(String, database::DbState, database::Analysis), String> {
+    let target = match choice {
+        DatabaseChoice::Url(url) => database::target_from_url(url)?,
+        DatabaseChoice::Django(module) => {
+            // The server's environment as its workers have it: the master's (a systemd unit's
+            // EnvironmentFile, say), then raw_env on top.
+            let mut env = server
+                .and_then(|s| s.stats.as_ref()?.pid)
+                .map(database::process_environ)
+                .unwrap_or_default();
+            env.extend(server.map_or(&[][..], |s| &s.raw_env).iter().cloned());
+            let db = database::django_database(
+                module.as_deref(),
+                &env,
+                server.and_then(|s| s.chdir.as_deref()),
+                server.map_or(&[][..], |s| &s.pythonpath),
+            )
+            .map_err(|e| format!("Django settings: {e}"))?;
+            database::target_from_django(&db)?
+        }
+    };
+    let psql = match &o.psql {
+        Some(p) => PathBuf::from(p),
+        None => database::find_psql().ok_or_else(|| {
+            format!(
+                "{}: psql not found (install postgresql-client, or give --psql PATH)",
+                target.display
+            )
+        })?,
+    };
+    // The stacks first: asking for them starts the workers' snapshots, which the query's time overlaps.
+    let stacks = live_socket
+        .map(|p| super::client::fresh_stacks(p, o.timeout).map(|reply| (reply, Instant::now())));
+    let state = database::query(&psql, &target, o.timeout)
+        .map_err(|e| format!("{}: {e}", target.display))?;
+    let answered = Instant::now();
+    let (workers, ferricorn_note) = match stacks {
+        Some(Ok((reply, at))) if reply.get("status").and_then(Json::as_str) == Some("ok") => {
+            let data = reply.get("data").cloned().unwrap_or(Json::Null);
+            let later = answered.saturating_duration_since(at).as_secs_f64();
+            let w = database::workers_from_stacks(&data, later, state.now);
+            let n = w.len();
+            (w, format!("{n} worker(s) matched by their connections"))
+        }
+        Some(Ok((reply, _))) => (
+            Vec::new(),
+            format!(
+                "requests not matched: show stacks failed ({})",
+                reply.get("error").and_then(Json::as_str).unwrap_or("error")
+            ),
+        ),
+        Some(Err(e)) => (Vec::new(), format!("requests not matched: {e}")),
+        None => (
+            Vec::new(),
+            "requests not matched: no running server (give -s)".to_string(),
+        ),
+    };
+    let timeout = server.map_or(0, |s| s.timeout);
+    let analysis = database::analyze(&state, &workers, o.query_threshold, timeout);
+    let count =
+        |f: &dyn Fn(&database::Session) -> bool| state.sessions.iter().filter(|s| f(s)).count();
+    let detail = format!(
+        "{}: PostgreSQL {} as {}: {} session(s), {} active, {} waiting on a lock, {} idle in transaction; {ferricorn_note}",
+        target.display,
+        state.version,
+        state.user,
+        state.sessions.len(),
+        count(&|s| s.state.as_deref() == Some("active")),
+        count(&|s| !s.blocked_by.is_empty()),
+        count(&|s| s.state.as_deref().is_some_and(|st| st.starts_with("idle in transaction"))),
+    );
+    Ok((detail, state, analysis))
 }
 
 impl Report {
@@ -852,6 +1059,7 @@ impl Report {
             ("error_log", error_log),
             ("access_log", access_log),
             ("probes", Json::Arr(probes)),
+            ("database", self.database.clone().unwrap_or(Json::Null)),
         ])
     }
 }
@@ -873,6 +1081,25 @@ mod tests {
         let (code, out, _) = run(&["--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("nginx-timeout-shorter"), "{out}");
+        assert!(out.contains("db-request-blocked"), "{out}");
+        // Laid out for 80 columns, and no line re-wrapped by clap (a wrapped line would start a
+        // line with a word at the indentation of neither column).
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "longer than 80 columns: {line:?}"
+            );
+        }
+        assert!(
+            !out.contains("\n  else\n") && !out.contains("\n  the\n"),
+            "{out}"
+        );
+        assert_eq!(run(&["--query-threshold", "-1"]).0, USAGE_ERROR);
+        assert_eq!(run(&["--database-url", "mysql://x/y"]).0, USAGE_ERROR);
+        assert_eq!(
+            run(&["--database-url", "postgresql://x/y", "--django-settings"]).0,
+            USAGE_ERROR
+        );
     }
 
     #[test]

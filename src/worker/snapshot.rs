@@ -1,0 +1,73 @@
+//! The worker's side of [`crate::snapshot`]: on the supervision tick, when the master has asked, write
+//! the Python stack of every thread running a request and the worker's recently finished requests.
+//!
+//! Stacks are read without the GIL by CPython's own dumper (as for `--timeout`), into a memfd so that a
+//! deep stack cannot fill a pipe that this same thread would have to drain.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::Ordering;
+
+use super::WorkerContext;
+use crate::snapshot::{History, SnapshotWriter, Snapshots, AREA_LEN};
+
+/// Room left for the stacks once the history is written; each stack gets an equal share.
+const STACK_RESERVE: usize = 512;
+
+/// Answer the master's request for a snapshot, if there is one.
+pub fn answer_if_asked(ctx: &WorkerContext) {
+    let Some(snaps) = Snapshots::get() else {
+        return;
+    };
+    let slot = ctx.board.index();
+    let Some(request) = snaps.pending(slot) else {
+        return;
+    };
+    let mut w = SnapshotWriter::default();
+    for f in History::get().entries() {
+        w.finished(&f);
+    }
+    let busy = ctx.board.requests_in_flight();
+    if !busy.is_empty() {
+        let room = AREA_LEN.saturating_sub(w.len() + STACK_RESERVE);
+        let budget = room / busy.len();
+        let mut scratch = memfd();
+        for (thread, req) in &busy {
+            let tstate = ctx
+                .tstates
+                .get(*thread)
+                .map(|t| t.load(Ordering::Acquire))
+                .unwrap_or(std::ptr::null_mut());
+            let text = match (&mut scratch, tstate.is_null()) {
+                (Some(file), false) => read_stack(file, tstate),
+                _ => None,
+            };
+            w.stack(
+                *thread,
+                req.started_ns,
+                text.as_deref().unwrap_or("(stack not available)\n"),
+                budget,
+            );
+        }
+    }
+    snaps.publish(slot, request, &w.into_text());
+}
+
+fn memfd() -> Option<File> {
+    // SAFETY: a static NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"ferricorn-stack".as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: a descriptor we just created and now own.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+}
+
+/// The stack of one thread, dumped into `file` (emptied first) and read back.
+fn read_stack(file: &mut File, tstate: *mut libc::c_void) -> Option<String> {
+    file.set_len(0).ok()?;
+    file.seek(SeekFrom::Start(0)).ok()?;
+    crate::python::stacks::dump_thread(file.as_raw_fd(), tstate);
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
