@@ -324,7 +324,8 @@ def test_show_stacks_names_where_each_request_is(start_server):
         (w,) = ctl_json(srv, "show", "stacks")["workers"]
         assert len(w["threads"]) == 3 and all(t["stack"] for t in w["threads"]), w
 
-        text = ctl_ok(srv, "show", "stacks")
+        server_line, text = ctl_ok(srv, "show", "stacks").split("\n", 1)
+        assert server_line.startswith(f"Server: pid {srv.pid}, "), server_line
         assert text.startswith(f"Worker {w['pid']} (stacks taken "), text
         assert len(re.findall(r"^  thread \d: GET /sleep\?s=6 from 127\.0\.0\.1:\d+, running \d+\.\ds$",
                               text, re.M)) == 3, text
