@@ -544,6 +544,7 @@ async fn handle_request<S: Stream>(
         progress: progress.clone(),
         https,
     };
+    let dispatched = Instant::now();
     let queued = if overflow {
         io.dispatch_overflow(job)
     } else {
@@ -639,7 +640,7 @@ async fn handle_request<S: Stream>(
                         );
                         progress.timed_out.store(true, Ordering::Release);
                         let _ = stream.write_all(&http::simple_response(504, &body, true)).await;
-                        io.log_timeout_answer(&head, peer, body.len(), elapsed);
+                        io.log_own_answer(&head, peer, 504, body.len(), elapsed);
                     }
                     return false;
                 }
@@ -660,6 +661,14 @@ async fn handle_request<S: Stream>(
                     Some(d) => timeout_check = Instant::now() + d,
                     None => watched = false,
                 }
+            }
+            // The worker is stopping and cannot finish this request (see `stop`).
+            why = io.cut_off(&progress, overflow) => {
+                super::stop::answer_cut_off(
+                    stream, io, &head, peer, &progress, response_started, why, dispatched,
+                )
+                .await;
+                return false;
             }
             permit = reserve(body_tx.as_ref()), if pumping => {
                 match permit {

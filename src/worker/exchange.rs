@@ -246,15 +246,31 @@ pub struct Progress {
     pub started_ns: AtomicU64,
     /// The index of that thread.
     pub thread: AtomicUsize,
-    /// The connection answered 504 for `--timeout` and logged that answer: whatever the app returns
-    /// later was never sent, so the Python thread writes no access line for it.
+    /// The connection answered the request itself (504 for `--timeout`, 503 when a stopping worker cut
+    /// it off) and logged that answer: whatever the app returns later was never sent, so the Python
+    /// thread writes no access line for it.
     pub timed_out: AtomicBool,
 }
 
+/// `started_ns` of a request the connection answered before any Python thread took it.
+const CANCELLED: u64 = u64::MAX;
+
 impl Progress {
-    pub fn start(&self, thread: usize) {
+    /// A Python thread takes the request. False when the connection has already answered it (`cancel`):
+    /// the thread must then not run it, since its client was told it failed.
+    pub fn start(&self, thread: usize) -> bool {
         self.thread.store(thread, Ordering::Relaxed);
-        self.started_ns.store(now_ns(), Ordering::Release);
+        self.started_ns
+            .compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The connection is about to answer a request no Python thread has taken yet; from now on none will
+    /// run it. False when a thread already took it.
+    pub fn cancel(&self) -> bool {
+        self.started_ns
+            .compare_exchange(0, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 

@@ -99,7 +99,10 @@ impl WsgiRunner {
             progress,
             https,
         } = job;
-        progress.start(self.thread);
+        if !progress.start(self.thread) {
+            // Answered already (a stopping worker cut it off before any thread was free): not run.
+            return;
+        }
         let board = self.ctx.board;
         let client = if peer.ip.is_empty() {
             String::new()
