@@ -265,3 +265,36 @@ def test_a_request_no_thread_will_run_is_answered_at_once(start_server, tmp_path
         for c in (early, late, holder, retry):
             c.close()
         srv.cleanup()
+
+
+@pytest.mark.parametrize("cause", ["max-requests", "timeout"])
+def test_a_worker_stopping_by_itself_is_replaced_at_once(start_server, tmp_path, cause):
+    """A worker that begins to stop by itself (its --max-requests-th request, or a request past
+    --timeout) while a long request runs: kept-alive clients still send it requests on the way out, and
+    the master must still see it stopping and start the replacement now, not when the long request
+    ends."""
+    from test_lifecycle import Load
+
+    extra = ["--max-requests", "30"] if cause == "max-requests" else ["--timeout", "2"]
+    for i in range(repeats(2)):
+        srv = start_server(["-w", "1", "-k", "gthread", "--threads", "4", "--graceful-timeout", "20",
+                            *extra, "stuck"])
+        (first,) = srv.wait_workers(1)
+        mark = _marked(tmp_path, f"self{i}")
+        # Runs past the timeout in the timeout case; in both it outlasts the check below.
+        long_call = Call(srv.port, f"/hold?s=8&mark={mark}", timeout=30)
+        _wait_started(mark)
+        with Load(srv.url, clients=3, limit_s=30) as load:
+            if cause == "max-requests":
+                srv.wait_log(rf"\[{first}\] \[INFO\] Autorestarting worker after current request\.", timeout=15)
+            else:
+                srv.wait_log(rf"WORKER TIMEOUT \(pid:{first}\)", timeout=15)
+            pids = srv.wait_workers(2, timeout=5)
+            wait_for(lambda: str(pids[-1]) in load.pids, 5, message="the replacement to serve")
+        if cause == "max-requests":
+            assert long_call.thread.is_alive()  # still running: the worker was replaced meanwhile
+        else:
+            r, err = long_call.result()
+            assert err is None and r.status == 504, (r, err)
+        assert load.errors == [], load.errors[:5]
+        srv.cleanup()

@@ -170,7 +170,9 @@ def test_kills_are_attributed_per_worker_through_the_lifecycle(memory_cgroup, st
         # way, and wedge one that has begun to recycle.
         from test_lifecycle import Load
 
-        with Load(srv.url, clients=3):
+        # Killing young workers makes the master wait before it starts more (the crash-loop backoff, up
+        # to 10 s each): the load lasts as long as the rounds may take.
+        with Load(srv.url, clients=3, limit_s=60 + 15 * rounds):
             for _ in range(rounds):
                 for target in live_workers(srv, 3):
                     try:

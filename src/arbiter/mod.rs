@@ -550,6 +550,7 @@ impl Arbiter {
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }
+                self.kernel_log.close_in_child();
                 let handle = self.board.worker(slot);
                 let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
                 worker::run(

@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,6 +101,16 @@ impl KernelLog {
         KernelLog {
             file: open_at_end(),
             oom_killed: VecDeque::new(),
+        }
+    }
+
+    /// In a freshly forked worker: the app must not inherit a descriptor of the kernel log (the worker may
+    /// run as a user who could not open it).
+    pub fn close_in_child(&self) {
+        if let Some(f) = &self.file {
+            // SAFETY: closing a descriptor this (child) process inherited and will never use; the File
+            // owning it is not dropped in the child (the worker never returns to the master's code).
+            unsafe { libc::close(f.as_raw_fd()) };
         }
     }
 

@@ -319,7 +319,11 @@ impl IoState {
 
     pub fn acquire(&self) {
         self.in_use.set(self.in_use.get() + 1);
-        self.board.set_state(WorkerState::Busy);
+        // A stopping worker stays Stopping: the master starts its replacement when it sees that state,
+        // and a request on a kept-alive connection on the way out must not hide it.
+        if !self.shutting_down.get() {
+            self.board.set_state(WorkerState::Busy);
+        }
         self.capacity_changed.notify_waiters();
     }
 

@@ -85,9 +85,12 @@ impl IoState {
             // Created before the checks, so a stop that begins after them still wakes this wait.
             let signalled = self.shutdown_signal.notified();
             if self.shutting_down.get() {
+                // Taken off the queue here, atomically: a stuck thread coming back at this moment either
+                // got it first (it is then answered normally) or will never run it.
                 if !overflow
                     && progress.started_ns.load(Ordering::Acquire) == 0
                     && self.all_threads_stuck()
+                    && progress.cancel()
                 {
                     return CutOff::NoThread;
                 }
@@ -150,8 +153,12 @@ pub async fn answer_cut_off<S: Stream>(
     let log = &io.ctx.log;
     let pid = std::process::id();
     let graceful = io.ctx.cfg.graceful_timeout;
-    // A request no thread has taken is taken off the queue; one a thread runs is named with its thread.
-    let never_run = progress.cancel();
+    // A request no thread has taken is taken off the queue (`cut_off` did for `NoThread`); one a thread
+    // runs is named with its thread.
+    let never_run = match why {
+        CutOff::NoThread => true,
+        CutOff::Deadline => progress.cancel(),
+    };
     let waited = dispatched.elapsed().as_secs_f64();
     let outcome = if response_started {
         "its response had begun, so the connection was closed before its end"
