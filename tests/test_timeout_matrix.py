@@ -155,7 +155,10 @@ def test_starvation_is_reported_in_every_episode(start_server, args):
             results.append((path, status))
 
     kept = requests.Session()
-    kept.get(srv.url + "/pid", timeout=10)  # its connection stays open on a worker
+    # Its connection stays open on a worker. Not a fast request: after fast ones only, a full worker may
+    # take a second connection "for fairness" while the other worker is idle (an admission race of its
+    # own, about 1 in 30 with -w 2), and this test is about the starvation reports.
+    kept.get(srv.url + "/hold?s=0.1", timeout=10)
     for ep in range(episodes):
         slow = [threading.Thread(target=call, args=(f"/sleep?s=3.5&ep={ep}&k={k}",)) for k in range(2)]
         for t in slow:
