@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -54,8 +55,18 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
-        "stress: a guarantee repeated many times; FERRICORN_STRESS=N multiplies the repeats (CI runs N=1)",
+        "stress: a matrix case repeated `repeats(default)` times; FERRICORN_STRESS=N repeats it N times "
+        "(`-m stress` selects these for a long run)",
     )
+
+
+# FERRICORN_STRESS=N: every matrix case (marked `stress`) repeats N times instead of its default count.
+STRESS = int(os.environ.get("FERRICORN_STRESS") or 0)
+
+
+def repeats(default):
+    """How many times a matrix case repeats: `default`, or N under FERRICORN_STRESS=N."""
+    return STRESS or default
 
 
 def pytest_collection_modifyitems(config, items):
@@ -153,7 +164,7 @@ class Server:
     """One server process started by the test suite."""
 
     def __init__(self, args, app_dir=APPS_DIR, env=None, bind=True, port=None, workdir=None,
-                 clean_env=True, wrap_cgroup=None):
+                 clean_env=True, wrap_cgroup=None, preexec=None):
         self.args = list(args)
         self.app_dir = app_dir
         self.port = port if port is not None else free_port()
@@ -177,12 +188,15 @@ class Server:
         self.cmd += self.args
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
-        preexec = None
-        if wrap_cgroup:
-            # Join the given cgroup (its cgroup.procs file) before exec, so the whole server runs in it.
+        setup = preexec  # run in the child before exec (e.g. to enter a mount namespace)
+        if wrap_cgroup or setup:
             def preexec():
-                with open(wrap_cgroup, "w") as f:
-                    f.write(str(os.getpid()))
+                if wrap_cgroup:
+                    # Join the given cgroup (its cgroup.procs file), so the whole server runs in it.
+                    with open(wrap_cgroup, "w") as f:
+                        f.write(str(os.getpid()))
+                if setup:
+                    setup()
         try:
             self.proc = subprocess.Popen(
                 self.cmd, cwd=app_dir, env=self.env, stdin=subprocess.DEVNULL,
@@ -608,6 +622,49 @@ def parse_log_lines(text):
         assert m, f"log line not in '[time] [pid] [LEVEL] msg' format: {line!r}\nfull log:\n{text}"
         out.append((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
     return out
+
+
+def _memory_cgroup_parent():
+    """A cgroup v1 memory hierarchy this process may create children in, or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    parent = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+                    if os.access(parent, os.W_OK):
+                        return parent
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A new cgroup v1 memory group limited to 300 MiB (skipped where none can be made); start a server
+    in it with ``start_server(..., wrap_cgroup=os.path.join(memory_cgroup, "cgroup.procs"))``."""
+    parent = _memory_cgroup_parent()
+    if parent is None:
+        pytest.skip("no writable cgroup v1 memory hierarchy")
+    path = os.path.join(parent, f"ferricorn-oom-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(300 * 1024 * 1024))
+        try:
+            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                f.write(str(300 * 1024 * 1024))
+        except OSError:
+            pass  # no swap accounting: the memory limit alone triggers the OOM killer
+        yield path
+    finally:
+        # Processes must leave before the group can be removed; the server fixture stops them first.
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 @pytest.fixture

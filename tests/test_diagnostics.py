@@ -6,7 +6,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 import requests
@@ -111,48 +110,8 @@ def test_outside_kill_is_not_blamed_on_memory(start_server):
     line = next(l for l in log.splitlines() if f"Worker (pid:{worker}) was sent SIGKILL!" in l)
     assert "another process killed it" in line, line
     assert "Perhaps out of memory" not in log
-    assert "last RSS" in line and "no request in flight" in line, line
-
-
-def _memory_cgroup_parent():
-    """A cgroup v1 memory hierarchy this process may create children in, or None."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if "memory" in controllers.split(","):
-                    parent = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
-                    if os.access(parent, os.W_OK):
-                        return parent
-    except OSError:
-        pass
-    return None
-
-
-@pytest.fixture
-def memory_cgroup():
-    parent = _memory_cgroup_parent()
-    if parent is None:
-        pytest.skip("no writable cgroup v1 memory hierarchy")
-    path = os.path.join(parent, f"ferricorn-oom-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path)
-    try:
-        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
-            f.write(str(300 * 1024 * 1024))
-        try:
-            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
-                f.write(str(300 * 1024 * 1024))
-        except OSError:
-            pass  # no swap accounting: the memory limit alone triggers the OOM killer
-        yield path
-    finally:
-        # Processes must leave before the group can be removed; the server fixture stops them first.
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.1)
+    assert re.search(r"last RSS \d+\.\d MiB|RSS not sampled yet", line), line
+    assert "no request in flight" in line, line
 
 
 def test_oom_kill_is_told_apart(start_server, memory_cgroup):
@@ -167,7 +126,7 @@ def test_oom_kill_is_told_apart(start_server, memory_cgroup):
     line = next(l for l in log.splitlines() if f"Worker (pid:{worker}) was sent SIGKILL!" in l)
     assert "Out of memory: the kernel's OOM killer ended it" in line, log
     assert re.search(r"request in flight: GET /alloc\?mb=1000 from 127\.0\.0\.1:\d+", line), line
-    assert re.search(r"last RSS \d+\.\d MiB", line), line
+    assert re.search(r"last RSS \d+\.\d MiB|RSS not sampled yet", line), line
     srv.stop()
 
 

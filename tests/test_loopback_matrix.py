@@ -5,7 +5,8 @@ two and three deep, IPv6, the any-address, unix sockets, one or two workers, syn
 --preload and --max-requests.
 
 Every case is repeated; a hang shows as the server's 504 at --timeout (or a client timeout), and zero
-hangs are allowed. FERRICORN_STRESS=N multiplies the repeat counts (the `stress` tests run in CI at N=1).
+hangs are allowed. FERRICORN_STRESS=N repeats each case N times instead of its default count
+(`conftest.repeats`; CI runs the defaults).
 gunicorn deadlocks here by design (the field report), so these are ferricorn-only.
 """
 
@@ -20,20 +21,15 @@ import httpx
 import pytest
 import requests
 
-from conftest import EXAMPLES_DIR, free_port, ipv6_available
+from conftest import EXAMPLES_DIR, free_port, ipv6_available, repeats
 
 pytestmark = pytest.mark.ferricorn_only
 
-STRESS = max(1, int(os.environ.get("FERRICORN_STRESS", "1")))
 SEED_DIR = os.path.join(EXAMPLES_DIR, "seed_app")
 # A hang ends at the server's --timeout with a 504: short, so a failing run fails quickly.
 SERVER_TIMEOUT = "8"
 CLIENT_TIMEOUT = 15
 CLIENTS = ["requests", "session", "httpx", "httpx_pool", "urllib"]
-
-
-def repeat(n):
-    return n * STRESS
 
 
 def _outcome(fn):
@@ -106,7 +102,7 @@ def test_field_report_sequence_on_fresh_servers(start_server, args):
     # The report's steps on a fresh server: POST /hello_world, a few lookups, then the loopback call —
     # after 0 to 5 fast requests, so the call meets every state the admission logic can be in.
     results = []
-    for i in range(repeat(20)):
+    for i in range(repeats(20)):
         srv = _serve_seed(start_server, args)
         srv.wait_workers(1)
         base = srv.url
@@ -121,7 +117,7 @@ def test_field_report_sequence_on_fresh_servers(start_server, args):
             lambda: requests.post(base + "/call_hello_world", timeout=CLIENT_TIMEOUT).status_code))
         _assert_no_hangs(results[-1:], srv)
         srv.cleanup()
-    assert len(results) == repeat(20)
+    assert len(results) == repeats(20)
 
 
 @pytest.mark.parametrize("client", ["requests.Session", "httpx.Client", "urllib"])
@@ -166,13 +162,13 @@ def test_field_report_sequence_on_one_kept_alive_client(start_server, client):
             q = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
             with urllib.request.urlopen(base + path + q, timeout=CLIENT_TIMEOUT) as r:
                 return R(r.status, r.read())
-    for i in range(repeat(10)):
+    for i in range(repeats(10)):
         sid = post("/hello_world").json()["session_id"]
         for _ in range(i % 4):
             assert get("/get_hello_world", params={"session_id": sid}).status_code == 200
         results.append(_outcome(lambda: post("/call_hello_world").status_code))
     _assert_no_hangs(results, srv)
-    assert len(results) == repeat(10)
+    assert len(results) == repeats(10)
 
 
 # --- every worker configuration, with other clients keeping the workers busy -------------------------
@@ -224,12 +220,12 @@ def test_loopback_calls_under_load_in_every_configuration(start_server, workers,
     results = []
     try:
         # Loopback calls one after another, through every client, while the load goes on.
-        for i in range(repeat(10)):
+        for i in range(repeats(10)):
             via = CLIENTS[i % len(CLIENTS)]
             results.append(_outcome(lambda: requests.post(
                 base + f"/call?via={via}", timeout=CLIENT_TIMEOUT).status_code))
         # As many outer calls at once as the server has threads: every thread waits for a nested call.
-        for round_ in range(repeat(3)):
+        for round_ in range(repeats(3)):
             results += _all_at_once(_capacity(args), lambda i: requests.post(
                 base + f"/call?via={CLIENTS[(round_ + i) % len(CLIENTS)]}",
                 timeout=CLIENT_TIMEOUT).status_code)
@@ -260,7 +256,7 @@ def test_pooled_connections_opened_while_capacity_was_free(start_server, args, v
     for _ in range(4):  # warm the pools of both workers
         results.append(_outcome(lambda: requests.post(base + f"/call?via={via}",
                                                       timeout=CLIENT_TIMEOUT).status_code))
-    for _ in range(repeat(8)):
+    for _ in range(repeats(8)):
         results += _all_at_once(_capacity(args), lambda i: requests.post(
             base + f"/call?via={via}", timeout=CLIENT_TIMEOUT).status_code)
     _assert_no_hangs(results, srv)
@@ -279,7 +275,7 @@ def test_nested_loopback_calls(start_server, args, depth):
     srv.wait_workers(_workers(args))
     results = []
     chains = []
-    for i in range(repeat(5)):
+    for i in range(repeats(5)):
         via = CLIENTS[i % len(CLIENTS)]
         r = _outcome(lambda: requests.post(srv.url + f"/call?via={via}&depth={depth}",
                                            timeout=CLIENT_TIMEOUT))
@@ -316,7 +312,7 @@ def test_loopback_calls_through_every_address(start_server, args, name, binds, u
                              ready_addr=(family, (host, port)))
     srv.wait_workers(_workers(args))
     results = []
-    for i in range(repeat(6)):
+    for i in range(repeats(6)):
         via = CLIENTS[i % len(CLIENTS)]
         results.append(_outcome(lambda: httpx.post(self_url + f"/call?via={via}",
                                                    timeout=CLIENT_TIMEOUT).status_code))
@@ -336,7 +332,7 @@ def test_loopback_calls_through_a_unix_socket(start_server, tmp_short, args):
     transport = httpx.HTTPTransport(uds=path)
     results = []
     with httpx.Client(transport=transport, timeout=CLIENT_TIMEOUT) as c:
-        for i in range(repeat(6)):
+        for i in range(repeats(6)):
             via = ["httpx", "session", "urllib"][i % 3]
             results.append(_outcome(lambda: c.post(f"http://localhost/call?via={via}").status_code))
 
@@ -361,7 +357,7 @@ def test_django_view_calling_its_own_server(start_server, args, via):
     srv.wait_workers(_workers(args))
     results = []
     with requests.Session() as client:
-        for i in range(repeat(6)):
+        for i in range(repeats(6)):
             client.get(srv.url + "/fast/", timeout=CLIENT_TIMEOUT)
             results.append(_outcome(lambda: client.post(srv.url + f"/call/?via={via}",
                                                         timeout=CLIENT_TIMEOUT).status_code))

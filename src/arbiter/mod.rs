@@ -5,6 +5,7 @@
 
 mod control;
 mod oom;
+mod starvation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,9 +38,16 @@ const MASTER_SIGNALS: [Signal; 10] = [
     Signal::SIGCHLD,
 ];
 
-/// How long starvation must last before it is reported, and how often it is reported at most.
-const STARVATION_GRACE: Duration = Duration::from_secs(1);
-const STARVATION_PERIOD: Duration = Duration::from_secs(10);
+/// Why the master itself sent a worker SIGKILL, so that its death is reported as what it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MasterKill {
+    /// After `WORKER TIMEOUT` (and SIGABRT) the worker did not stop.
+    Timeout,
+    /// It was still loading the app after `--timeout` (and SIGABRT) and did not stop.
+    SlowBoot,
+    /// It did not stop within `--graceful-timeout` of being told to (TERM, HUP, TTOU, recycling).
+    Graceful,
+}
 
 struct WorkerProc {
     slot: usize,
@@ -47,12 +55,12 @@ struct WorkerProc {
     aborted: bool,
     /// Spawn order, to retire the oldest first.
     age: u64,
-    /// The master itself sent SIGKILL (after a timeout), so a SIGKILL death is not a mystery.
-    killed_by_master: bool,
+    /// The master itself sent SIGKILL, and why, so a SIGKILL death is not a mystery.
+    killed: Option<MasterKill>,
     /// Resident memory at the last tick, reported if the worker is killed.
     last_rss: u64,
     /// The cgroup's OOM kill count when the worker was spawned: a higher count at its death by SIGKILL
-    /// means the OOM killer struck during its life.
+    /// means the OOM killer struck some process of the cgroup during its life (see oom.rs).
     oom_kills_at_spawn: Option<u64>,
     spawned_at: Instant,
     /// When the master told it to stop (TTOU, HUP, memory limit) or it began stopping by itself.
@@ -84,6 +92,7 @@ pub struct Arbiter {
     spawned: u64,
     preloaded: Option<Py<PyAny>>,
     oom: oom::OomCounter,
+    kernel_log: oom::KernelLog,
     hooks: Arc<HookRunner>,
     /// The command line, for `HUP`.
     argv: Vec<String>,
@@ -94,9 +103,8 @@ pub struct Arbiter {
     /// Consecutive workers that died right after boot, and when the next may be spawned.
     fast_deaths: u32,
     next_spawn_at: Option<Instant>,
-    /// Since when every thread has been busy with connections waiting (None when not starved).
-    starved_since: Option<Instant>,
-    last_starvation_warning: Option<Instant>,
+    /// Episodes of every thread busy while connections wait (starvation.rs).
+    starvation: starvation::Watch,
     /// Highest number of app threads seen busy at once, and of connections seen waiting (backlog plus
     /// inside workers) at once, since the master started: `show stats` reports them so that
     /// `ferricornctl doctor` can compare the observed concurrency with the capacity.
@@ -108,6 +116,25 @@ pub struct Arbiter {
     reloads: u64,
     /// The worker count last logged at debug level (`N workers`, as gunicorn).
     logged_worker_count: Option<usize>,
+}
+
+/// The requests a worker is running, for a log line: "requests still running: GET /a from 127.0.0.1:5555,
+/// thread 0, running for 31.0s; …", or "no request in flight".
+fn describe_requests(running: &[(usize, crate::scoreboard::RequestInFlight)]) -> String {
+    if running.is_empty() {
+        return "no request in flight".to_string();
+    }
+    let each: Vec<String> = running
+        .iter()
+        .map(|(t, r)| {
+            format!(
+                "{}, thread {t}, running for {:.1}s",
+                r.summary(),
+                r.age_secs()
+            )
+        })
+        .collect();
+    format!("requests still running: {}", each.join("; "))
 }
 
 pub fn worker_class_name(cfg: &Config) -> &'static str {
@@ -141,8 +168,8 @@ impl Arbiter {
             spawned: 0,
             preloaded,
             oom: oom::OomCounter::for_self(),
-            starved_since: None,
-            last_starvation_warning: None,
+            kernel_log: oom::KernelLog::open(),
+            starvation: Default::default(),
             peak_busy_threads: 0,
             peak_waiting: 0,
             hooks,
@@ -506,12 +533,13 @@ impl Arbiter {
     fn kill_overdue_retirees(&mut self) {
         let limit = Duration::from_secs(self.cfg.graceful_timeout) + Duration::from_secs(5);
         for (pid, w) in self.retiring.iter_mut() {
-            if !w.killed_by_master && w.retired_at.is_some_and(|t| t.elapsed() > limit) {
+            if w.killed.is_none() && w.retired_at.is_some_and(|t| t.elapsed() > limit) {
+                let running = describe_requests(&self.board.worker(w.slot).requests_in_flight());
                 self.log.warning(&format!(
-                    "Worker (pid:{pid}) did not stop within --graceful-timeout {}s: killing it",
+                    "Worker (pid:{pid}) did not stop within --graceful-timeout {}s: killing it ({running})",
                     self.cfg.graceful_timeout
                 ));
-                w.killed_by_master = true;
+                w.killed = Some(MasterKill::Graceful);
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
         }
@@ -543,6 +571,7 @@ impl Arbiter {
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }
+                self.kernel_log.close_in_child();
                 let handle = self.board.worker(slot);
                 let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
                 worker::run(
@@ -565,13 +594,14 @@ impl Arbiter {
         match pid {
             Ok(pid) => {
                 self.board.set_pid(slot, pid);
+                self.kernel_log.forget(pid);
                 self.workers.insert(
                     pid,
                     WorkerProc {
                         slot,
                         aborted: false,
                         age: self.spawned,
-                        killed_by_master: false,
+                        killed: None,
                         last_rss: 0,
                         oom_kills_at_spawn: self.oom.count(),
                         spawned_at: Instant::now(),
@@ -655,7 +685,7 @@ impl Arbiter {
             return; // the master stops instead
         }
         let failed =
-            exitcode.is_some_and(|c| c != 0) || (signal.is_some() && !proc.killed_by_master);
+            exitcode.is_some_and(|c| c != 0) || (signal.is_some() && proc.killed.is_none());
         if proc.retired_at.is_some() || !failed || proc.spawned_at.elapsed() >= FAST_DEATH {
             if proc.spawned_at.elapsed() >= FAST_DEATH {
                 self.fast_deaths = 0;
@@ -675,9 +705,9 @@ impl Arbiter {
         ));
     }
 
-    /// Log a worker's death by signal as gunicorn does, and for SIGKILL say who sent it: the master (after a
-    /// timeout), the kernel's OOM killer (its cgroup counter moved, or the kernel log names the pid), or
-    /// someone else — with the request it was running and its last known memory.
+    /// Log a worker's death by signal as gunicorn does, and for SIGKILL say who sent it: the master (and
+    /// why), the kernel's OOM killer (the kernel log names the pid), or someone else — with the request it
+    /// was running and its last known memory — or that it cannot be told, rather than guess (oom.rs).
     fn report_signaled(&mut self, pid: i32, sig: Signal, proc: &WorkerProc) {
         let msg = format!("Worker (pid:{pid}) was sent {}!", sig.as_str());
         match sig {
@@ -685,12 +715,28 @@ impl Arbiter {
             Signal::SIGKILL => {}
             _ => return self.log.warning(&msg),
         }
-        if proc.killed_by_master {
-            return self.log.error(&format!(
-                "{msg} The master killed it after WORKER TIMEOUT (it did not stop by itself)."
-            ));
-        }
         let handle = self.board.worker(proc.slot);
+        match proc.killed {
+            Some(MasterKill::Timeout) => {
+                return self.log.error(&format!(
+                    "{msg} The master killed it after WORKER TIMEOUT (it did not stop by itself)."
+                ))
+            }
+            Some(MasterKill::SlowBoot) => {
+                return self.log.error(&format!(
+                    "{msg} The master killed it: it was still loading the app after --timeout {}s and did not stop by itself.",
+                    self.cfg.timeout
+                ))
+            }
+            Some(MasterKill::Graceful) => {
+                return self.log.error(&format!(
+                    "{msg} The master killed it: it did not stop within --graceful-timeout {}s ({}).",
+                    self.cfg.graceful_timeout,
+                    describe_requests(&handle.requests_in_flight())
+                ))
+            }
+            None => {}
+        }
         let request = match handle.oldest_request() {
             Some((_, r)) => format!(
                 "request in flight: {}, running for {:.1}s",
@@ -699,26 +745,59 @@ impl Arbiter {
             ),
             None => "no request in flight".to_string(),
         };
-        let rss = format!(
-            "last RSS {:.1} MiB",
-            proc.last_rss as f64 / (1024.0 * 1024.0)
-        );
-        let by_counter = matches!(
-            (proc.oom_kills_at_spawn, self.oom.count()),
-            (Some(before), Some(now)) if now > before
-        );
-        if by_counter || oom::kernel_log_names_oom(pid) {
-            self.log.error(&format!(
-                "{msg} Out of memory: the kernel's OOM killer ended it ({rss}; {request})."
-            ));
+        let rss = if proc.last_rss == 0 {
+            // Killed before the master's first sample of it (a second at most after its spawn).
+            "RSS not sampled yet".to_string()
         } else {
-            let checked = match self.oom.source() {
-                Some(p) => format!("no OOM kill recorded in {}", p.display()),
-                None => "no OOM record readable on this host".to_string(),
-            };
-            self.log.error(&format!(
+            format!(
+                "last RSS {:.1} MiB",
+                proc.last_rss as f64 / (1024.0 * 1024.0)
+            )
+        };
+        let counter = match (proc.oom_kills_at_spawn, self.oom.count(), self.oom.source()) {
+            (Some(before), Some(now), Some(path)) => {
+                Some((before, now, path.display().to_string()))
+            }
+            _ => None,
+        };
+        let cause = match self.kernel_log.names_oom_kill(pid) {
+            Some(true) => {
+                return self.log.error(&format!(
+                    "{msg} Out of memory: the kernel's OOM killer ended it ({rss}; {request})."
+                ))
+            }
+            Some(false) => {
+                // The cgroup's counter may have moved for a sibling: it does not make this death an OOM.
+                let others = match &counter {
+                    Some((before, now, _)) if now > before => {
+                        " (the OOM kills the cgroup counted during its life were of other processes)"
+                    }
+                    _ => "",
+                };
+                Ok(format!(
+                    "the kernel log ({}) names no OOM kill of pid {pid}{others}",
+                    oom::KERNEL_LOG
+                ))
+            }
+            None => match &counter {
+                Some((before, now, path)) if now > before => Err(format!(
+                    "the cgroup's OOM kill counter ({path}) rose from {before} to {now} during its life, but it counts every process of the cgroup and the kernel log ({}), which names the one killed, cannot be read here",
+                    oom::KERNEL_LOG
+                )),
+                Some((_, _, path)) => Ok(format!("no OOM kill recorded in {path}")),
+                None => Err(format!(
+                    "no OOM record is readable here (no cgroup oom_kill counter, and the kernel log {} cannot be read)",
+                    oom::KERNEL_LOG
+                )),
+            },
+        };
+        match cause {
+            Ok(checked) => self.log.error(&format!(
                 "{msg} Not sent by ferricorn, and {checked}: another process killed it ({rss}; {request})."
-            ));
+            )),
+            Err(why) => self.log.error(&format!(
+                "{msg} Not sent by ferricorn; who sent it is unknown: {why}. It may be the OOM killer or another process ({rss}; {request})."
+            )),
         }
     }
 
@@ -747,8 +826,9 @@ impl Arbiter {
     }
 
     /// Starvation: every app thread of every worker is busy and connections wait (in the listen backlog
-    /// or inside a worker). After a second of it, one WARNING (at most every `STARVATION_PERIOD`) names the
-    /// requests holding the capacity. The waiting requests are still served as threads free up.
+    /// or inside a worker). After a second of it, a WARNING names the requests holding the capacity, and
+    /// says so again for every later episode (starvation.rs has the rules). The waiting requests are still
+    /// served as threads free up.
     fn check_starvation(&mut self) {
         let per_worker = match self.cfg.worker_class {
             WorkerClass::Sync => 1,
@@ -776,20 +856,16 @@ impl Arbiter {
         self.peak_busy_threads = self.peak_busy_threads.max(busy.len());
         self.peak_waiting = self.peak_waiting.max(backlog + inside);
         let starved = capacity > 0 && busy.len() >= capacity && backlog + inside > 0;
-        if !starved {
-            self.starved_since = None;
-            return;
-        }
-        let now = Instant::now();
-        let since = *self.starved_since.get_or_insert(now);
-        if now.duration_since(since) < STARVATION_GRACE
-            || self
-                .last_starvation_warning
-                .is_some_and(|t| now.duration_since(t) < STARVATION_PERIOD)
-        {
-            return;
-        }
-        self.last_starvation_warning = Some(now);
+        let lasted = match self.starvation.observe(starved, Instant::now()) {
+            starvation::Report::Nothing => return,
+            starvation::Report::Ended(lasted) => {
+                return self.log.info(&format!(
+                    "Starvation is over: no connection waits for a worker thread any more (it lasted {:.1}s).",
+                    lasted.as_secs_f64()
+                ))
+            }
+            starvation::Report::Warn(lasted) => lasted,
+        };
         busy.sort_by_key(|(_, r)| r.started_ns);
         let holders: Vec<String> = busy
             .iter()
@@ -805,7 +881,7 @@ impl Arbiter {
         self.log.warning(&format!(
             "All {capacity} worker threads are busy and {} connections are waiting ({backlog} in the listen backlog, {inside} inside workers) for {:.1}s. Holding the capacity: {}. Find what these requests wait on, or raise --workers/--threads.",
             backlog + inside,
-            now.duration_since(since).as_secs_f64(),
+            lasted.as_secs_f64(),
             holders.join(", ")
         ));
     }
@@ -830,7 +906,7 @@ impl Arbiter {
                 // Still importing the app: not a request timeout, and said so.
                 if now.saturating_sub(handle.booted_ns()) > limit {
                     if w.aborted {
-                        w.killed_by_master = true;
+                        w.killed = Some(MasterKill::SlowBoot);
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     } else {
                         w.aborted = true;
@@ -848,7 +924,7 @@ impl Arbiter {
                 continue;
             }
             if w.aborted {
-                w.killed_by_master = true;
+                w.killed = Some(MasterKill::Timeout);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 continue;
             }
@@ -881,7 +957,20 @@ impl Arbiter {
         }
     }
 
+    /// Every worker the master still has, counted or retiring, with its scoreboard slot.
+    fn all_workers(&self) -> Vec<(i32, usize)> {
+        self.workers
+            .iter()
+            .map(|(pid, w)| (*pid, w.slot))
+            .chain(self.retiring.iter().map(|(pid, w)| (*pid, w.slot)))
+            .collect()
+    }
+
     /// Stop the workers: TERM (graceful) or QUIT (quick), wait up to `--graceful-timeout`, then SIGKILL.
+    /// As gunicorn, but said in the log: the requests a graceful stop waits for, and at the deadline the
+    /// workers still there, with what they run, and that the master kills them. (Each worker answers its
+    /// unfinished requests itself just before that deadline and exits, see worker/stop.rs; the SIGKILL is
+    /// for a worker that could not.)
     fn stop(&mut self, graceful: bool) {
         // During a USR2 upgrade the other master still serves on these sockets: leave their files.
         if self.reexec_pid == 0 && self.reexec_parent.is_none() {
@@ -907,6 +996,34 @@ impl Arbiter {
             );
         }
         let deadline = Instant::now() + Duration::from_secs(self.cfg.graceful_timeout);
+        if graceful {
+            let running: Vec<String> = self
+                .all_workers()
+                .into_iter()
+                .flat_map(|(pid, slot)| {
+                    self.board
+                        .worker(slot)
+                        .requests_in_flight()
+                        .into_iter()
+                        .map(move |(_, r)| {
+                            format!(
+                                "{} (worker {pid}, running for {:.1}s)",
+                                r.summary(),
+                                r.age_secs()
+                            )
+                        })
+                })
+                .collect();
+            if !running.is_empty() {
+                let n = running.len();
+                self.log.info(&format!(
+                    "Waiting up to --graceful-timeout {}s for {n} request{} in flight: {}",
+                    self.cfg.graceful_timeout,
+                    if n == 1 { "" } else { "s" },
+                    running.join("; ")
+                ));
+            }
+        }
         while (!self.workers.is_empty() || !self.retiring.is_empty()) && Instant::now() < deadline {
             if !quick {
                 let sigs = self.sigpipe.drain();
@@ -921,6 +1038,21 @@ impl Arbiter {
             }
             let _ = self.reap_workers();
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whoever is still there is killed, and the log says so before the deaths are reported.
+        let _ = self.reap_workers();
+        for (pid, slot) in self.all_workers() {
+            let running = describe_requests(&self.board.worker(slot).requests_in_flight());
+            self.log.warning(&format!(
+                "Worker (pid:{pid}) did not stop within --graceful-timeout {}s: killing it ({running})",
+                self.cfg.graceful_timeout
+            ));
+        }
+        for w in self.workers.values_mut() {
+            w.killed.get_or_insert(MasterKill::Graceful);
+        }
+        for (_, w) in self.retiring.iter_mut() {
+            w.killed.get_or_insert(MasterKill::Graceful);
         }
         self.signal_workers(Signal::SIGKILL);
         for (pid, _) in &self.retiring {

@@ -147,6 +147,20 @@ impl ErrorLog {
         let _ = self.inner.sink.write_all(&line);
     }
 
+    /// A record followed by lines of text of its own (a Python stack), written in one piece so that
+    /// other processes' lines cannot land inside it.
+    pub fn log_with_text(&self, level: Level, msg: &str, text: &[u8]) {
+        if !self.enabled(level) {
+            return;
+        }
+        let mut line = Vec::with_capacity(msg.len() + text.len() + 64);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        format_record(&mut line, SystemTime::now(), pid, level, msg);
+        line.extend_from_slice(text);
+        let _ = self.inner.sink.write_all(&line);
+    }
+
     pub fn debug(&self, msg: &str) {
         self.log(Level::Debug, msg);
     }

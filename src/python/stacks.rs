@@ -2,7 +2,8 @@
 //! `faulthandler` uses — so a worker whose app thread is stuck (in C code, in a loop that swallows
 //! exceptions, holding the GIL) can still show where it is.
 
-use std::os::fd::RawFd;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 extern "C" {
     // CPython's own signal-safe dumper (exported by libpython; used by faulthandler). With a null
@@ -38,4 +39,22 @@ pub(crate) fn dump_thread(fd: RawFd, tstate: *mut libc::c_void) {
     // SAFETY: `tstate` belongs to a thread of this process that is still alive (app threads never exit
     // while the worker runs); the dumper only reads its frames, as faulthandler does.
     unsafe { _Py_DumpTraceback(fd, tstate) };
+}
+
+/// The stack of one Python thread as text, for a log record written in one piece: several workers
+/// dumping at once (a graceful stop cutting requests off everywhere) would otherwise interleave their
+/// frames line by line. Not for a signal handler (it allocates). None if no scratch file can be made.
+pub(crate) fn thread_stack(tstate: *mut libc::c_void) -> Option<Vec<u8>> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"ferricorn-stack".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else; the File closes it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    dump_thread(file.as_raw_fd(), tstate);
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_end(&mut text).ok()?;
+    Some(text)
 }

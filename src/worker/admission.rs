@@ -214,7 +214,7 @@ impl Admission {
             };
             self.ctx.log.debug(&format!(
                 "Accepted {} while all {} threads are busy, {why}",
-                client(peer),
+                peer.label(),
                 self.limit
             ));
         }
@@ -283,7 +283,7 @@ impl Admission {
                 "{} {} from {} waits for a thread ({} queued)",
                 job.head.method,
                 job.head.target,
-                client(peer),
+                peer.label(),
                 self.waiting() + 1
             ));
         }
@@ -301,19 +301,31 @@ impl Admission {
         if !self.is_loopback_call(peer) {
             return false;
         }
-        let Some(job) = ticket.take() else {
+        let Some(job) = self.withdraw(ticket) else {
             return false;
         };
-        // The ticket stays in the run queue, empty, until a thread passes it by.
-        self.ctx.empty_tickets.fetch_add(1, Ordering::Relaxed);
         claim.release();
         self.ctx.log.debug(&format!(
             "Queued {} {} from {} is a loopback call: moved to the overflow lane",
             job.head.method,
             job.head.target,
-            client(peer)
+            peer.label()
         ));
         self.run_on_overflow(job, peer)
+    }
+
+    /// Take a queued request back from the run queue, unless a thread has taken it: then no thread will
+    /// ever run it (its connection runs it elsewhere, or answers it itself).
+    pub fn withdraw(&self, ticket: &Ticket) -> Option<Job> {
+        let job = ticket.take()?;
+        // The ticket stays in the run queue, empty, until a thread passes it by.
+        self.ctx.empty_tickets.fetch_add(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    /// How many threads run requests (the overflow lane's aside).
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Requests queued for this worker's threads and not taken yet.
@@ -405,7 +417,7 @@ impl Admission {
             "Loopback call: {} {} from {} was sent to this server by its own request {outer} while every worker thread was busy; it is served on extra capacity so it cannot deadlock{more}. Run more workers or threads (--workers, --threads), or call the view's function instead of its URL.",
             job.head.method,
             job.head.target,
-            client(peer),
+            peer.label(),
         ));
     }
 
@@ -499,14 +511,5 @@ pub async fn watch(admission: &Admission) {
     loop {
         admission.watch_once(&mut published);
         tokio::time::sleep(loopback::SCAN_INTERVAL).await;
-    }
-}
-
-/// `127.0.0.1:5555`, or `-` for a unix-socket client, as log lines name a client.
-fn client(peer: &Peer) -> String {
-    if peer.ip.is_empty() {
-        "-".to_string()
-    } else {
-        format!("{}:{}", peer.ip, peer.port)
     }
 }

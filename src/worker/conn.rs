@@ -636,6 +636,7 @@ async fn handle_request<S: Stream>(
         progress: progress.clone(),
         https,
     };
+    let dispatched = Instant::now();
     // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
     // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
     let mut waiting = match io.admission.place(job, conn_peer, claim) {
@@ -747,7 +748,7 @@ async fn handle_request<S: Stream>(
                         );
                         progress.timed_out.store(true, Ordering::Release);
                         let _ = stream.write_all(&http::simple_response(504, &body, true)).await;
-                        io.log_timeout_answer(&head, peer, body.len(), elapsed);
+                        io.log_own_answer(&head, peer, 504, body.len(), elapsed);
                     }
                     return false;
                 }
@@ -768,6 +769,22 @@ async fn handle_request<S: Stream>(
                     Some(d) => timeout_check = Instant::now() + d,
                     None => watched = false,
                 }
+            }
+            // The worker is stopping and cannot finish this request (see `stop`).
+            why = io.cut_off(waiting.as_deref()) => {
+                super::stop::answer_cut_off(
+                    stream,
+                    io,
+                    &head,
+                    peer,
+                    &progress,
+                    waiting.as_deref(),
+                    response_started,
+                    why,
+                    dispatched,
+                )
+                .await;
+                return false;
             }
             permit = reserve(body_tx.as_ref()), if pumping => {
                 match permit {

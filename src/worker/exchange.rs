@@ -28,6 +28,17 @@ pub struct Peer {
     pub same_host: bool,
 }
 
+impl Peer {
+    /// `127.0.0.1:5555`, or `-` for a unix-socket client, as log lines name a client.
+    pub fn label(&self) -> String {
+        if self.ip.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{}:{}", self.ip, self.port)
+        }
+    }
+}
+
 /// What a PROXY header says of the proxy (`PROXY_PROTOCOL`, `PROXY_ADDR`, `PROXY_PORT`, as gunicorn).
 #[derive(Clone, Debug)]
 pub struct ProxyEnd {
@@ -269,8 +280,9 @@ pub struct Progress {
     pub started_ns: AtomicU64,
     /// The index of that thread.
     pub thread: AtomicUsize,
-    /// The connection answered 504 for `--timeout` and logged that answer: whatever the app returns
-    /// later was never sent, so the Python thread writes no access line for it.
+    /// The connection answered the request itself (504 for `--timeout`, 503 when a stopping worker cut
+    /// it off) and logged that answer: whatever the app returns later was never sent, so the Python
+    /// thread writes no access line for it.
     pub timed_out: AtomicBool,
 }
 

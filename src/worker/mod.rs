@@ -11,8 +11,9 @@ mod loopback;
 mod pool;
 pub mod proxy;
 mod snapshot;
+mod stop;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -93,8 +94,10 @@ pub struct IoState {
     pub request_timeout: Option<Duration>,
     /// `--slow-request-threshold`; None when off.
     pub slow_threshold: Option<Duration>,
-    /// When a graceful stop must end even if connections remain.
+    /// When a graceful stop ends for the requests still running (see `stop`).
     stop_deadline: Cell<Option<tokio::time::Instant>>,
+    /// Threads stuck in a request that passed `--timeout`: (thread, that request's start), see `stop`.
+    lost_threads: RefCell<Vec<(usize, u64)>>,
     board: WorkerHandle,
     ctx: Arc<WorkerContext>,
 }
@@ -114,9 +117,7 @@ impl IoState {
         self.shutting_down.set(true);
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
         self.board.set_state(WorkerState::Stopping);
-        self.stop_deadline.set(Some(
-            tokio::time::Instant::now() + Duration::from_secs(self.ctx.cfg.graceful_timeout),
-        ));
+        self.stop_deadline.set(Some(self.stop_deadline_from_now()));
         self.shutdown_signal.notify_waiters();
     }
 
@@ -135,26 +136,34 @@ impl IoState {
             .into_iter()
             .find(|(t, _)| *t == thread)
         {
-            Some((_, r)) => log.critical(&format!(
-                "Request exceeded --timeout {limit}s: {} (running for {secs:.1}s, worker {pid}, thread {thread})",
-                r.summary(),
-            )),
+            Some((_, r)) => {
+                log.critical(&format!(
+                    "Request exceeded --timeout {limit}s: {} (running for {secs:.1}s, worker {pid}, thread {thread})",
+                    r.summary(),
+                ));
+                self.note_lost_thread(thread, r.started_ns);
+            }
             None => log.critical(&format!(
                 "A request exceeded --timeout {limit}s (running for {secs:.1}s, worker {pid}, thread {thread})"
             )),
         }
-        log.critical("Python stack of the thread running it (most recent call first):");
-        crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+        self.log_with_stack(
+            crate::log::Level::Critical,
+            "Python stack of the thread running it (most recent call first):",
+            thread,
+        );
         self.ctx.worker_hook("worker_abort");
         self.begin_stop();
     }
 
-    /// The access line of the 504 a connection sent for `--timeout` (the app's thread may never return
-    /// to write one, and what it returns later was not sent).
-    pub fn log_timeout_answer(
+    /// The access line of an answer the connection sent itself: 504 for `--timeout`, 503 when a stopping
+    /// worker cut the request off (the app's thread may never return to write one, and what it returns
+    /// later was not sent).
+    pub fn log_own_answer(
         &self,
         head: &crate::http::RequestHead,
         peer: &Peer,
+        status: u16,
         body_len: usize,
         elapsed: Duration,
     ) {
@@ -170,7 +179,7 @@ impl IoState {
         access.log(&crate::log::AccessRecord::of_request(
             head,
             &peer.ip,
-            504,
+            status,
             Some(body_len as u64),
             &headers,
             now.checked_sub(elapsed).unwrap_or(now),
@@ -181,7 +190,6 @@ impl IoState {
     /// A request is still running at `--slow-request-threshold`: one WARNING with the request and the
     /// current Python stack of its thread; the request goes on.
     pub fn request_slow(&self, thread: usize, elapsed: Duration) {
-        let log = &self.ctx.log;
         let pid = std::process::id();
         let what = self
             .board
@@ -190,12 +198,27 @@ impl IoState {
             .find(|(t, _)| *t == thread)
             .map(|(_, r)| r.summary())
             .unwrap_or_else(|| "a request".to_string());
-        log.warning(&format!(
-            "Slow request: {what} still running after {:.1}s (--slow-request-threshold {}s; worker {pid}, thread {thread}). Its Python stack now (most recent call first):",
-            elapsed.as_secs_f64(),
-            self.ctx.cfg.slow_request_threshold,
-        ));
-        crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+        self.log_with_stack(
+            crate::log::Level::Warning,
+            &format!(
+                "Slow request: {what} still running after {:.1}s (--slow-request-threshold {}s; worker {pid}, thread {thread}). Its Python stack now (most recent call first):",
+                elapsed.as_secs_f64(),
+                self.ctx.cfg.slow_request_threshold,
+            ),
+            thread,
+        );
+    }
+
+    /// A record and the Python stack of app thread `thread` after it, written in one piece.
+    pub fn log_with_stack(&self, level: crate::log::Level, msg: &str, thread: usize) {
+        let log = &self.ctx.log;
+        match crate::python::stacks::thread_stack(self.tstate(thread)) {
+            Some(stack) => log.log_with_text(level, msg, &stack),
+            None => {
+                log.log(level, msg);
+                crate::python::stacks::dump_thread(log.raw_fd(), self.tstate(thread));
+            }
+        }
     }
 
     fn tstate(&self, thread: usize) -> *mut libc::c_void {
@@ -520,6 +543,7 @@ fn io_main(
         slow_threshold: (cfg.slow_request_threshold > 0)
             .then(|| Duration::from_secs(cfg.slow_request_threshold)),
         stop_deadline: Cell::new(None),
+        lost_threads: RefCell::new(Vec::new()),
         board: ctx.board,
         ctx: ctx.clone(),
     });
@@ -723,9 +747,10 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                 if io.shutting_down.get() && io.admission.connections() == 0 {
                     return 0;
                 }
-                if io.stop_deadline.get().is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    return 0;
-                }
+            }
+            _ = stop::deadline(io) => {
+                io.finish_stop().await;
+                return 0;
             }
             r = sig_fd.readable() => {
                 let Ok(mut guard) = r else { continue };

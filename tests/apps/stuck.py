@@ -61,4 +61,35 @@ def application(environ, start_response):
         return allocate(environ, start_response)
     if path == "/pid":
         return _ok(start_response, str(os.getpid()).encode())
+    if path == "/hold":
+        return holding_view(environ, start_response)
+    if path == "/drip":
+        return dripping_view(environ, start_response)
     return _ok(start_response)
+
+
+# Views for the graceful-stop tests (below the others, so the line numbers in the docs' excerpts hold).
+
+
+def _mark(environ):
+    # `mark=PATH`: append this worker's pid to PATH when the view starts, so a test knows it runs.
+    path = _arg(environ, "mark", "")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def holding_view(environ, start_response):
+    # /sleep that says when it starts; `s=0` makes it a fast request that says it ran.
+    _mark(environ)
+    time.sleep(float(_arg(environ, "s", "30")))
+    return _ok(start_response, str(os.getpid()).encode())
+
+
+def dripping_view(environ, start_response):
+    # A response that starts, then stalls: its head and first chunk go out before the sleep.
+    _mark(environ)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first\n"
+    time.sleep(float(_arg(environ, "s", "30")))
+    yield b"second\n"

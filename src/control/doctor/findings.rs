@@ -735,14 +735,7 @@ fn config_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "graceful_timeout {}s < timeout {}s: a reload or deploy cuts off requests the timeout allows",
                 s.graceful_timeout, s.timeout
             ),
-            vec![format!(
-                "on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests, then is killed: a request still running then is cut off{}",
-                if i.nginx.is_some() {
-                    ", and its client gets nginx's error page (502) instead of the response"
-                } else {
-                    " without its response"
-                }
-            )],
+            vec!["on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests; the ones still running then are cut off and their clients get 503".to_string()],
             format!("Set graceful_timeout >= timeout (graceful_timeout = {}).", s.timeout),
         ));
     }
