@@ -21,11 +21,10 @@
 //! among the worker's recent ones — when there was exactly one. Anything less certain is said as such.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command as Process;
+use std::time::Duration;
 
 use super::findings::{Finding, Severity};
 use super::logs::{self, Frame, WaitKind};
@@ -506,40 +505,13 @@ pub fn query(psql: &Path, target: &Target, timeout: Duration) -> Result<DbState,
             QUERY,
         ])
         .env("PGCONNECT_TIMEOUT", connect)
-        .env("PGAPPNAME", "ferricornctl doctor")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("PGAPPNAME", "ferricornctl doctor");
     for (k, v) in &target.env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
+    // Short naps: the moment of the answer is the clock the requests' ages are set to.
+    let (status, stdout, stderr) = super::run_bounded(&mut cmd, timeout, Duration::from_millis(1))
         .map_err(|e| format!("cannot run {}: {e}", psql.display()))?;
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = child.stdout.take().map(|o| reader(Box::new(o)));
-    let err = child.stderr.take().map(|e| reader(Box::new(e)));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            // Short naps: the moment of the answer is the clock the requests' ages are set to.
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
-    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     match status {
         None => Err(format!("no answer within {:.0}s", timeout.as_secs_f64())),
         Some(st) if !st.success() => Err(psql_error(&stderr)),
@@ -1340,6 +1312,7 @@ pub fn state_json(db: &DbState, a: &Analysis) -> Json {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+    use std::time::Instant;
 
     #[test]
     fn urls_keep_the_password_off_the_command_line() {

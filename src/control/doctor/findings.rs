@@ -735,7 +735,14 @@ fn config_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
                 "graceful_timeout {}s < timeout {}s: a reload or deploy cuts off requests the timeout allows",
                 s.graceful_timeout, s.timeout
             ),
-            vec!["on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests; the ones still running then are cut off and their clients get 503".to_string()],
+            vec![format!(
+                "on HUP, a deploy or max_requests the old worker gets graceful_timeout to finish its requests; the ones still running then are cut off: {}",
+                if i.nginx.is_some() {
+                    "nginx passes on the 503 the worker answers them with (its own 502 for one whose response had begun)"
+                } else {
+                    "their clients get a 503 (a closed connection for one whose response had begun)"
+                }
+            )],
             format!("Set graceful_timeout >= timeout (graceful_timeout = {}).", s.timeout),
         ));
     }
@@ -1121,7 +1128,7 @@ mod tests {
                 .unwrap_or_default()
         };
         assert!(
-            short(&f).contains("nginx's error page (502)"),
+            short(&f).contains("nginx passes on the 503"),
             "{}",
             short(&f)
         );
@@ -1131,7 +1138,7 @@ mod tests {
             ..Inputs::default()
         });
         let text = short(&f);
-        assert!(text.contains("cut off without its response"), "{text}");
+        assert!(text.contains("their clients get a 503"), "{text}");
         assert!(!text.contains("nginx") && !text.contains("502"), "{text}");
     }
 

@@ -269,16 +269,19 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Run `bin -T` within `timeout`: its standard output, or why not.
-fn nginx_dump(bin: &Path, timeout: Duration) -> Result<String, String> {
-    let mut child = Process::new(bin)
-        .arg("-T")
+/// Run `cmd` for at most `timeout`, looking every `nap` whether it ended (killed at the timeout): its
+/// exit status (None when it was killed), standard output and standard error. Both pipes are read on
+/// threads, so a full pipe cannot stall the child.
+pub(crate) fn run_bounded(
+    cmd: &mut Process,
+    timeout: Duration,
+    nap: Duration,
+) -> std::io::Result<(Option<std::process::ExitStatus>, String, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {} -T: {e}", bin.display()))?;
-    // Read both pipes on threads so that a full pipe cannot stall the child.
+        .spawn()?;
     let reader = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -292,7 +295,7 @@ fn nginx_dump(bin: &Path, timeout: Duration) -> Result<String, String> {
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(nap),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -302,6 +305,17 @@ fn nginx_dump(bin: &Path, timeout: Duration) -> Result<String, String> {
     };
     let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    Ok((status, stdout, stderr))
+}
+
+/// Run `bin -T` within `timeout`: its standard output, or why not.
+fn nginx_dump(bin: &Path, timeout: Duration) -> Result<String, String> {
+    let (status, stdout, stderr) = run_bounded(
+        Process::new(bin).arg("-T"),
+        timeout,
+        Duration::from_millis(20),
+    )
+    .map_err(|e| format!("cannot run {} -T: {e}", bin.display()))?;
     match status {
         None => Err(format!(
             "{} -T did not finish within {:.0}s",
