@@ -8,9 +8,11 @@
 pub mod arbiter;
 pub mod config;
 pub mod control;
+pub mod exchange;
 pub mod http;
 pub mod log;
 pub mod python;
+pub mod runtime;
 pub mod scoreboard;
 pub mod signals;
 pub mod snapshot;

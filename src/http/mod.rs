@@ -1,10 +1,11 @@
 //! The HTTP/1.x wire protocol of ferricorn: parsing request heads
 //! ([`parse`]), decoding request bodies ([`body`]), writing responses
-//! ([`response`]), and the protocol violations shared by all three
+//! ([`response`]), framing a response the app described semantically ([`framing`]), and the protocol violations shared by all three
 //! ([`errors`]). Nothing here does I/O: callers push bytes in and get bytes out.
 
 pub mod body;
 pub mod errors;
+pub mod framing;
 pub mod parse;
 pub mod response;
 

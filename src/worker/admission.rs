@@ -43,9 +43,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::exchange::{Job, Peer, Ticket};
+use crate::exchange::{Job, Peer, Ticket};
 use super::loopback::{self, ListenPort};
-use super::{pool, WorkerContext};
+use crate::runtime::WorkerContext;
 use crate::log::Level;
 use crate::scoreboard::{now_ns, WorkerHandle, WorkerState};
 
@@ -356,11 +356,12 @@ impl Admission {
         let lane = &self.overflow;
         if lane.in_flight.get() >= lane.spawned.get() && lane.spawned.get() < MAX_OVERFLOW_THREADS {
             let index = lane.first_index + lane.spawned.get();
-            let ctx = self.ctx.clone();
-            let rx = lane.rx.clone();
-            let started = std::thread::Builder::new()
-                .name(format!("ferricorn-loopback-{index}"))
-                .spawn(move || pool::python_thread(ctx, index, rx));
+            let started = self.ctx.runtime.spawn_thread(
+                self.ctx.clone(),
+                index,
+                lane.rx.clone(),
+                "loopback",
+            );
             match started {
                 Ok(_) => lane.spawned.set(lane.spawned.get() + 1),
                 Err(e) => self

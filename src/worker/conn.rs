@@ -17,10 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::admission::{Claim, Placed, WAIT_POLL};
-use super::exchange::{
-    BodyChunk, BodyStream, FileBody, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr,
-    BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
+use crate::exchange::{
+    BodyChunk, BodyStream, ConnInfo, FileBody, Job, Out, Peer, Piece, Progress, RequestBody,
+    ResponseHead, ServerAddr, BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
 };
+use crate::http::framing::{H1Response, HeadFacts};
 use super::{proxy, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
 use crate::scoreboard::now_ns;
@@ -626,16 +627,26 @@ async fn handle_request<S: Stream>(
     };
     let job = Job {
         head: head.clone(),
-        peer: peer.clone(),
-        server: server.clone(),
+        conn: ConnInfo {
+            peer: peer.clone(),
+            server: server.clone(),
+            https,
+            sendfile: true,
+        },
         body: RequestBody {
             prefetched,
             stream: stream_parts,
         },
         reply: reply_tx,
         progress: progress.clone(),
-        https,
     };
+    // The response's HTTP/1 framing, decided here as its pieces arrive (see `http::framing`).
+    let mut h1 = H1Response::new(
+        head.version_minor,
+        &head.method,
+        head.keep_alive && io.ctx.cfg.keepalive > 0,
+    );
+    let mut frame = Framed::default();
     let dispatched = Instant::now();
     // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
     // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
@@ -666,45 +677,71 @@ async fn handle_request<S: Stream>(
         tokio::select! {
             biased;
             out = reply_rx.recv() => {
-                if matches!(out, Some(Out::Bytes(_) | Out::File(_))) {
+                if matches!(out, Some(Out::Piece(_) | Out::File(_) | Out::Upgrade(_))) {
                     if let (Some(e), false) = (&body_error, response_started) {
                         refuse(stream, io, peer, e, &http::error_response(e)).await;
                         return false;
                     }
                     response_started = true;
                 }
+                // Decided as late as possible: a worker that began to stop while the app ran closes
+                // after this response.
+                let stopping = io.ctx.shutting_down.load(Ordering::Acquire);
                 match out {
-                    Some(Out::Bytes(bytes)) => {
-                        if bytes.end.is_some() {
+                    Some(Out::Piece(piece)) => {
+                        if piece.end {
                             // Python is done with the request: the write that remains is the I/O thread's
                             // alone, so the thread's capacity is free for the next request now.
                             claim.release();
                         }
+                        let body = frame.piece(&mut h1, &piece, stopping);
                         // A client that stops reading must not hold the app thread: give up after the
                         // timeout (the app's next send then fails and its iterable is closed).
-                        let written = timeout(io.header_timeout, write_payload(stream, &bytes)).await;
+                        let written =
+                            timeout(io.header_timeout, write_piece(stream, &frame, &piece, body)).await;
                         if !matches!(written, Ok(Ok(()))) {
                             return false;
                         }
-                        if let Some(keep_alive) = bytes.end {
-                            break keep_alive;
+                        if piece.end {
+                            break h1.keep_alive();
                         }
                     }
                     Some(Out::File(body)) => {
                         // The file ends the response: Python is done, so a long download holds no thread.
                         claim.release();
-                        let FileBody { head, file, offset, count, keep_alive } = *body;
+                        let FileBody { head: response, file, offset, count } = *body;
+                        frame.pre.clear();
+                        if let Some(r) = &response {
+                            h1.write_head(&mut frame.pre, &facts(r, Some(count), stopping));
+                        }
+                        // A head that already went out chunked cannot carry a raw file.
+                        let Some(count) = h1.file(count) else {
+                            return false;
+                        };
+                        // A file shorter than the declared length ends the connection (see `end`).
+                        h1.end(&mut frame.post, &[]);
                         let sent = timeout(io.header_timeout, async {
-                            stream.write_all(&head).await?;
+                            stream.write_all(&frame.pre).await?;
                             send_file(stream, &file, offset, count).await
                         })
                         .await;
                         if !matches!(sent, Ok(Ok(()))) {
                             return false;
                         }
-                        break keep_alive;
+                        break h1.keep_alive();
                     }
-                    Some(Out::Done { keep_alive }) => break keep_alive,
+                    Some(Out::Upgrade(up)) => {
+                        // No protocol takes an upgraded connection yet: the head goes out, the
+                        // connection ends after it.
+                        frame.pre.clear();
+                        h1.write_head(&mut frame.pre, &facts(&up.head, None, true));
+                        let _ = timeout(io.header_timeout, stream.write_all(&frame.pre)).await;
+                        io.ctx.log.debug(&format!(
+                            "Upgrade to {} accepted by the app; no handler for it, connection closed",
+                            up.protocol
+                        ));
+                        return false;
+                    }
                     Some(Out::Abort) | None => return false,
                 }
             }
@@ -885,17 +922,71 @@ async fn drain<S: Stream>(
     false
 }
 
-/// Write a response piece: its parts with vectored writes, so a body borrowed from the app goes out beside
-/// the head without being copied next to it.
-async fn write_payload<S: Stream>(stream: &mut S, payload: &Payload) -> io::Result<()> {
-    let body = payload.body.as_ref().map_or(&[][..], |b| b.as_slice());
-    if body.is_empty() && payload.tail.is_empty() {
-        return stream.write_all(&payload.head).await;
+/// The HTTP/1 bytes around a piece's body: the head and a chunk's size line before it, the chunk's end (and
+/// the last chunk) after it. Kept for the whole response, so its buffers are reused piece after piece.
+#[derive(Default)]
+struct Framed {
+    pre: Vec<u8>,
+    post: Vec<u8>,
+}
+
+impl Framed {
+    /// Frame `piece`; returns how many of its body bytes go out.
+    fn piece(&mut self, h1: &mut H1Response, piece: &Piece, stopping: bool) -> usize {
+        self.pre.clear();
+        self.post.clear();
+        if let Some(head) = &piece.head {
+            h1.write_head(&mut self.pre, &facts(head, piece.total, stopping));
+        }
+        let n = h1.body(piece.body_len(), &mut self.pre, &mut self.post);
+        if piece.end {
+            h1.end(&mut self.post, &piece.trailers);
+        }
+        n
     }
+}
+
+/// What the HTTP/1 framing needs of an app's response head.
+fn facts<'a>(head: &'a ResponseHead, total: Option<u64>, stopping: bool) -> HeadFacts<'a> {
+    HeadFacts {
+        status: head.status,
+        status_text: head.status_text.as_deref(),
+        headers: &head.headers,
+        content_length: head.content_length,
+        total,
+        close: head.close || stopping,
+    }
+}
+
+/// Write a framed piece with vectored writes — the framing, then the first `body` bytes of the piece's
+/// body, then the framing after it — so a body borrowed from the app goes out beside the head without
+/// being copied next to it.
+async fn write_piece<S: Stream>(
+    stream: &mut S,
+    frame: &Framed,
+    piece: &Piece,
+    body: usize,
+) -> io::Result<()> {
+    if body == 0 && frame.post.is_empty() {
+        return stream.write_all(&frame.pre).await;
+    }
+    // Normally the whole body: the app side already keeps a body within what the response may carry.
+    let mut allowed = body;
+    let mut take = |b: &'_ [u8]| -> usize {
+        let n = b.len().min(allowed);
+        allowed -= n;
+        n
+    };
+    let borrowed = piece.borrowed.as_ref().map_or(&[][..], |b| b.as_slice());
+    let data = &piece.data[..take(&piece.data)];
+    let borrowed = &borrowed[..take(borrowed)];
+    let after = &piece.after[..take(&piece.after)];
     let mut parts = [
-        IoSlice::new(&payload.head),
-        IoSlice::new(body),
-        IoSlice::new(&payload.tail),
+        IoSlice::new(&frame.pre),
+        IoSlice::new(data),
+        IoSlice::new(borrowed),
+        IoSlice::new(after),
+        IoSlice::new(&frame.post),
     ];
     let mut left = &mut parts[..];
     IoSlice::advance_slices(&mut left, 0);

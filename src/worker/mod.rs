@@ -6,9 +6,8 @@
 
 mod admission;
 pub mod conn;
-pub mod exchange;
+mod forwarded;
 mod loopback;
-mod pool;
 pub mod proxy;
 mod snapshot;
 mod stop;
@@ -31,51 +30,12 @@ use crate::scoreboard::{WorkerHandle, WorkerState};
 use crate::signals::{self, SignalPipe};
 use crate::sock::{ListenAddr, Listener};
 use admission::{Admission, OverflowLane};
-use exchange::{Peer, ServerAddr, Ticket};
+use crate::exchange::{Peer, ServerAddr, Ticket};
+pub use crate::runtime::WorkerContext;
 use pyo3::types::PyTuple;
 
 /// Exit code of a worker whose app could not be loaded; the master stops with "Worker failed to boot."
 pub const WORKER_BOOT_ERROR: i32 = 3;
-
-/// Everything a worker needs, fixed after boot and shared by the I/O thread and the Python threads.
-pub struct WorkerContext {
-    pub cfg: Arc<Config>,
-    pub log: ErrorLog,
-    pub access_log: Option<AccessLog>,
-    pub board: WorkerHandle,
-    pub app: Py<PyAny>,
-    /// Set by the I/O thread when the worker starts a graceful stop: responses then say `Connection: close`.
-    pub shutting_down: Arc<AtomicBool>,
-    /// Set by the Python thread that served the `--max-requests`-th request: the I/O thread then retires
-    /// the worker gracefully.
-    pub recycle: AtomicBool,
-    /// Requests this worker may serve before it is recycled (`--max-requests` plus jitter); 0 = no limit.
-    pub max_requests: u64,
-    pub served: std::sync::atomic::AtomicU64,
-    pub hooks: Arc<HookRunner>,
-    /// The `worker` object passed to hooks (None when the config file defines none).
-    pub hook_worker: Option<Py<PyAny>>,
-    /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
-    pub tstates: Vec<AtomicPtr<libc::c_void>>,
-    /// Tickets in the run queue whose request moved to the overflow lane (see `admission`): the queue's
-    /// length less these is what waits for a thread.
-    pub empty_tickets: AtomicUsize,
-}
-
-impl WorkerContext {
-    /// Call a one-argument worker hook (`worker_int`, `worker_abort`) with the GIL, if defined.
-    pub fn worker_hook(&self, name: &str) {
-        let Some(w) = &self.hook_worker else { return };
-        if !self.hooks.has(name) {
-            return;
-        }
-        Python::attach(|py| {
-            if let Ok(args) = PyTuple::new(py, [w.bind(py).clone()]) {
-                let _ = self.hooks.call(py, name, args);
-            }
-        });
-    }
-}
 
 /// State of the I/O thread (single-threaded runtime, so plain cells).
 pub struct IoState {
@@ -87,7 +47,7 @@ pub struct IoState {
     pub parser: ParserOptions,
     keepalive: Duration,
     pub header_timeout: Duration,
-    pub forwarded: exchange::ForwardedTrust,
+    pub forwarded: forwarded::ForwardedTrust,
     /// `--proxy-protocol` and `--proxy-allow-from`; None when off.
     pub proxy: Option<proxy::ProxySettings>,
     /// `--timeout` for a request in Python; None when off.
@@ -395,16 +355,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
         empty_tickets: AtomicUsize::new(0),
+        runtime: Arc::new(crate::wsgi::WsgiRuntime),
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
         for i in 0..threads {
-            let ctx = ctx.clone();
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("ferricorn-app-{i}"))
-                .spawn(move || pool::python_thread(ctx, i, rx));
-            if let Err(e) = spawned {
+            if let Err(e) = ctx.runtime.spawn_thread(ctx.clone(), i, rx.clone(), "app") {
                 log.error(&format!("Cannot start app thread: {e}"));
                 return 1;
             }
@@ -537,7 +493,7 @@ fn io_main(
         parser: parser_options(cfg),
         keepalive: Duration::from_secs(cfg.keepalive),
         header_timeout,
-        forwarded: exchange::ForwardedTrust::new(cfg),
+        forwarded: forwarded::ForwardedTrust::new(cfg),
         proxy: proxy::ProxySettings::new(cfg),
         request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
         slow_threshold: (cfg.slow_request_threshold > 0)

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::exchange::{Peer, ProxyEnd};
+use crate::exchange::{Peer, ProxyEnd};
 
 /// The 12 bytes a version 2 header starts with.
 pub const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";

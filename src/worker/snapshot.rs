@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::Ordering;
 
-use super::WorkerContext;
+use crate::runtime::WorkerContext;
 use crate::snapshot::{History, SnapshotWriter, Snapshots, AREA_LEN};
 
 /// Room left for the stacks once the history is written; each stack gets an equal share.

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::conn::Stream;
-use super::exchange::{Peer, Progress, Ticket};
+use crate::exchange::{Peer, Progress, Ticket};
 use super::IoState;
 use crate::http::{self, RequestHead};
 

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::http::RequestHead;
-use crate::worker::exchange::{Peer, ServerAddr};
+use crate::exchange::{Peer, ServerAddr};
 
 /// How many distinct header names a thread remembers as ready `HTTP_*` keys; a client sending endless new
 /// names must not grow the cache without bound.

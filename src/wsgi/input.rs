@@ -9,7 +9,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::worker::exchange::{BodyChunk, BodyStream};
+use crate::exchange::{BodyChunk, BodyStream};
 
 #[pyclass(module = "ferricorn")]
 pub struct WsgiInput {

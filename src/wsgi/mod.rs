@@ -1,22 +1,21 @@
-//! The WSGI bridge: runs one request through the app on a Python thread — environ, `start_response`,
-//! iterating the result, `close()`, errors — and streams the response to the I/O thread.
+//! The WSGI runtime: app threads that each run one request at a time through the app — environ,
+//! `start_response`, iterating the result, `close()`, errors — and stream the response to the I/O side as
+//! semantic pieces. One implementation of [`crate::runtime::AppRuntime`].
 
 pub mod environ;
 pub mod file_wrapper;
 pub mod input;
 pub mod response;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::config::WorkerClass;
-use crate::log::AccessRecord;
-use crate::worker::exchange::Job;
-use crate::worker::WorkerContext;
+use crate::exchange::Job;
+use crate::runtime::pool::{self, Handler};
+use crate::runtime::{AppRuntime, Outcome, RequestScope, RunQueue, WorkerContext};
 use environ::EnvironBuilder;
 use file_wrapper::FileWrapper;
 use input::WsgiInput;
@@ -46,15 +45,40 @@ impl ErrorStream {
     fn flush(&self) {}
 }
 
+/// The WSGI runtime (worker classes `sync` and `gthread`).
+pub struct WsgiRuntime;
+
+impl AppRuntime for WsgiRuntime {
+    fn name(&self) -> &'static str {
+        "wsgi"
+    }
+
+    fn spawn_thread(
+        &self,
+        ctx: Arc<WorkerContext>,
+        index: usize,
+        queue: RunQueue,
+        label: &str,
+    ) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(format!("ferricorn-{label}-{index}"))
+            .spawn(move || {
+                pool::python_thread(ctx, index, queue, |py, ctx| {
+                    WsgiRunner::new(py, ctx.clone())
+                })
+            })
+            .map(|_| ())
+    }
+}
+
 /// One Python thread's request runner.
 pub struct WsgiRunner {
     ctx: Arc<WorkerContext>,
-    thread: usize,
     environ: EnvironBuilder,
 }
 
 impl WsgiRunner {
-    pub fn new(py: Python<'_>, ctx: Arc<WorkerContext>, thread: usize) -> PyResult<WsgiRunner> {
+    pub fn new(py: Python<'_>, ctx: Arc<WorkerContext>) -> PyResult<WsgiRunner> {
         let cfg = &ctx.cfg;
         let base = PyDict::new(py);
         base.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
@@ -80,56 +104,23 @@ impl WsgiRunner {
             concat!("ferricorn/", env!("CARGO_PKG_VERSION")),
         )?;
         let environ = EnvironBuilder::new(py, base);
-        Ok(WsgiRunner {
-            ctx,
-            thread,
-            environ,
-        })
+        Ok(WsgiRunner { ctx, environ })
     }
+}
 
-    pub fn handle(&mut self, py: Python<'_>, job: Job) {
-        let started_at = SystemTime::now();
-        let t0 = Instant::now();
+impl Handler for WsgiRunner {
+    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<'_>) {
         let Job {
             head,
-            peer,
-            server,
+            conn,
             body,
             reply,
-            progress,
-            https,
+            progress: _,
         } = job;
-        progress.start(self.thread);
-        let board = self.ctx.board;
-        let client = if peer.ip.is_empty() {
-            String::new()
-        } else {
-            format!("{}:{}", peer.ip, peer.port)
-        };
-        let started_ns = crate::scoreboard::now_ns();
-        board.request_started(self.thread, &head.method, &head.target, &client);
-        let served = self.ctx.served.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.ctx.max_requests > 0 && served >= self.ctx.max_requests {
-            // This is the last request: it answers with `Connection: close`, and the worker retires.
-            self.ctx.shutting_down.store(true, Ordering::SeqCst);
-            self.ctx.recycle.store(true, Ordering::Release);
-        }
-
-        let keep_alive = head.keep_alive && self.ctx.cfg.keepalive > 0;
-        let responder = match Py::new(
-            py,
-            Responder::new(
-                reply,
-                head.version_minor,
-                &head.method,
-                keep_alive,
-                self.ctx.shutting_down.clone(),
-            ),
-        ) {
+        let responder = match Py::new(py, Responder::new(reply, &head.method)) {
             Ok(r) => r,
             Err(e) => {
                 self.ctx.log.error(&format!("Cannot create response: {e}"));
-                board.request_finished(self.thread);
                 return;
             }
         };
@@ -139,16 +130,15 @@ impl WsgiRunner {
                 self.ctx
                     .log
                     .error(&format!("Cannot create wsgi.input: {e}"));
-                board.request_finished(self.thread);
                 return;
             }
         };
         let environ = self.environ.build(
             py,
             &head,
-            &peer,
-            &server,
-            https,
+            &conn.peer,
+            &conn.server,
+            conn.https,
             input.into_bound(py).into_any(),
         );
         let hook_req = self.pre_request(py, &head);
@@ -169,10 +159,7 @@ impl WsgiRunner {
         if let Some(req) = hook_req {
             self.post_request(py, req, outcome.as_ref(), &responder);
         }
-        // After a `--timeout` 504 the I/O thread logged the response the client got; the app's own
-        // outcome, if it ever comes, was never sent.
-        let answered_by_timeout = progress.timed_out.load(Ordering::Acquire);
-        if let (Some(access), false) = (&self.ctx.access_log, answered_by_timeout) {
+        if self.ctx.access_log.is_some() {
             let r = responder.borrow(py);
             let env = outcome.as_ref();
             // `{var}e` names come lower-cased and match environ keys case-insensitively, as in gunicorn.
@@ -184,24 +171,17 @@ impl WsgiRunner {
                     })
                     .and_then(|(_, v)| v.str().ok().map(|s| s.to_string()))
             };
-            let mut rec = AccessRecord::of_request(
-                &head,
-                &peer.ip,
-                r.status_code,
-                r.headers_sent().then_some(r.body_sent),
-                &r.headers,
-                started_at,
-                t0.elapsed(),
-            );
-            if access.wants_environ() {
-                rec.environ = Some(&lookup);
-            }
-            access.log(&rec);
+            scope.log(&Outcome {
+                status: r.status_code,
+                headers: r.headers(),
+                body_sent: r.headers_sent().then_some(r.body_sent()),
+                environ: Some(&lookup),
+            });
         }
-        // For `show stacks`: which request a still-open transaction may have come from.
-        crate::snapshot::History::get().record(self.thread, &head.method, &head.target, started_ns);
-        board.request_finished(self.thread);
     }
+}
+
+impl WsgiRunner {
 
     /// `pre_request(worker, req)`, when the config file defines it (or `post_request`, which needs the
     /// same `req`). Returns the `req` object for `post_request`.
@@ -246,7 +226,7 @@ impl WsgiRunner {
             return;
         }
         let r = responder.borrow(py);
-        let resp = match hooks.response(py, r.status_code, &r.headers, r.body_sent) {
+        let resp = match hooks.response(py, r.status_code, r.headers(), r.body_sent()) {
             Ok(resp) => resp,
             Err(_) => return,
         };
@@ -377,7 +357,7 @@ impl WsgiRunner {
             .log
             .error(&format!("Error handling request {method} {target}\n{tb}"));
         let mut r = responder.borrow_mut(py);
-        if r.disconnected {
+        if r.disconnected() {
             return;
         }
         if r.headers_sent() {

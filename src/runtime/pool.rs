@@ -1,4 +1,5 @@
-//! The worker's Python threads: each takes requests from the shared queue and runs them through the app.
+//! The thread loop of a runtime that runs one request per Python thread at a time (WSGI): take a ticket
+//! from the run queue, begin the request's [`RequestScope`], hand the job to the runtime's [`Handler`].
 //!
 //! A thread stays attached to the interpreter for its whole life and only detaches (releases the GIL)
 //! while it waits, so each request costs one GIL hand-over rather than a thread-state setup.
@@ -8,9 +9,14 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::exchange::Ticket;
-use super::WorkerContext;
-use crate::wsgi::WsgiRunner;
+use super::{RequestScope, RunQueue, WorkerContext};
+use crate::exchange::Job;
+
+/// A runtime's per-thread request runner.
+pub trait Handler {
+    /// Run `job` to its end on this thread (the GIL held); `scope` is its bookkeeping, ended when dropped.
+    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<'_>);
+}
 
 /// Requests a thread takes from the queue in a row without letting go of the GIL. Letting go between
 /// requests hands the GIL to another thread of the worker and back — a futex wake and wait each way, more
@@ -24,10 +30,12 @@ const BATCH: u32 = 8;
 /// batching; Flask JSON (60–90 µs per request) got slower with it (87 → 105 µs), hence the limit.
 const SHORT_REQUEST: std::time::Duration = std::time::Duration::from_micros(20);
 
-pub fn python_thread(
+/// The body of app thread `index`: `make` builds its handler once, attached to the interpreter.
+pub fn python_thread<H: Handler>(
     ctx: Arc<WorkerContext>,
     index: usize,
-    rx: crossbeam_channel::Receiver<Arc<Ticket>>,
+    rx: RunQueue,
+    make: impl FnOnce(Python<'_>, &Arc<WorkerContext>) -> PyResult<H>,
 ) {
     let log = ctx.log.clone();
     Python::attach(|py| {
@@ -39,11 +47,11 @@ pub fn python_thread(
                 std::sync::atomic::Ordering::Release,
             );
         }
-        let mut runner = match WsgiRunner::new(py, ctx.clone(), index) {
+        let mut runner = match make(py, &ctx) {
             Ok(r) => r,
             Err(e) => {
                 log.error(&format!(
-                    "Cannot prepare the WSGI environ:\n{}",
+                    "Cannot prepare the app thread:\n{}",
                     crate::python::format_exception(py, &e)
                 ));
                 return;
@@ -75,7 +83,11 @@ pub fn python_thread(
             let started = std::time::Instant::now();
             // A bug on our side must cost one request (its connection closes when the reply channel
             // drops), not the thread.
-            if catch_unwind(AssertUnwindSafe(|| runner.handle(py, job))).is_err() {
+            let run = || {
+                let scope = RequestScope::begin(&ctx, index, &job);
+                runner.handle(py, job, scope)
+            };
+            if catch_unwind(AssertUnwindSafe(run)).is_err() {
                 log.error("Internal error while handling a request; the connection was closed");
             }
             in_a_row = if started.elapsed() < SHORT_REQUEST {

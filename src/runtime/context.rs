@@ -1,0 +1,57 @@
+//! A worker's shared state, fixed after boot and read by its I/O thread and by the app runtime's threads:
+//! the configuration, logs, the scoreboard slot, the app object, the hooks, the stop and `--max-requests`
+//! flags, and the app threads' interpreter states (for stack dumps without the GIL).
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::config::Config;
+use crate::log::{AccessLog, ErrorLog};
+use crate::python::hooks::HookRunner;
+use crate::scoreboard::WorkerHandle;
+
+/// Everything a worker needs, fixed after boot and shared by the I/O thread and the Python threads.
+pub struct WorkerContext {
+    pub cfg: Arc<Config>,
+    pub log: ErrorLog,
+    pub access_log: Option<AccessLog>,
+    pub board: WorkerHandle,
+    pub app: Py<PyAny>,
+    /// Set by the I/O thread when the worker starts a graceful stop: responses then say `Connection: close`.
+    pub shutting_down: Arc<AtomicBool>,
+    /// Set by the Python thread that served the `--max-requests`-th request: the I/O thread then retires
+    /// the worker gracefully.
+    pub recycle: AtomicBool,
+    /// Requests this worker may serve before it is recycled (`--max-requests` plus jitter); 0 = no limit.
+    pub max_requests: u64,
+    pub served: std::sync::atomic::AtomicU64,
+    pub hooks: Arc<HookRunner>,
+    /// The `worker` object passed to hooks (None when the config file defines none).
+    pub hook_worker: Option<Py<PyAny>>,
+    /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
+    pub tstates: Vec<AtomicPtr<libc::c_void>>,
+    /// Tickets in the run queue whose request moved to the overflow lane (see `admission`): the queue's
+    /// length less these is what waits for a thread.
+    pub empty_tickets: AtomicUsize,
+    /// The app runtime the worker class chose: it starts the threads that run the requests.
+    pub runtime: Arc<dyn super::AppRuntime>,
+}
+
+impl WorkerContext {
+    /// Call a one-argument worker hook (`worker_int`, `worker_abort`) with the GIL, if defined.
+    pub fn worker_hook(&self, name: &str) {
+        let Some(w) = &self.hook_worker else { return };
+        if !self.hooks.has(name) {
+            return;
+        }
+        Python::attach(|py| {
+            if let Ok(args) = PyTuple::new(py, [w.bind(py).clone()]) {
+                let _ = self.hooks.call(py, name, args);
+            }
+        });
+    }
+}
+

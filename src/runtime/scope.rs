@@ -1,0 +1,108 @@
+//! The bookkeeping every runtime does around one request, in one place: begun when a thread takes the
+//! request, ended when the runtime is done with it (also when a runtime panics mid-request).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::WorkerContext;
+use crate::exchange::{Job, Peer, Progress};
+use crate::http::RequestHead;
+use crate::log::AccessRecord;
+
+/// How a request ended, for its access-log line.
+pub struct Outcome<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, String)],
+    /// Body bytes sent, or None when no response head went out.
+    pub body_sent: Option<u64>,
+    /// The request's variables by name (the WSGI environ), for `%({name}e)s`.
+    pub environ: Option<&'a crate::log::EnvironLookup<'a>>,
+}
+
+/// One request while a runtime runs it.
+pub struct RequestScope<'c> {
+    ctx: &'c WorkerContext,
+    thread: usize,
+    head: Arc<RequestHead>,
+    peer: Arc<Peer>,
+    progress: Arc<Progress>,
+    started_at: SystemTime,
+    t0: Instant,
+    started_ns: u64,
+}
+
+impl<'c> RequestScope<'c> {
+    /// Thread `thread` takes `job`: its `--timeout` clock starts, the scoreboard names it, and it counts
+    /// toward `--max-requests` (the last one answers with `Connection: close` and the worker retires).
+    pub fn begin(ctx: &'c WorkerContext, thread: usize, job: &Job) -> RequestScope<'c> {
+        let started_at = SystemTime::now();
+        let t0 = Instant::now();
+        job.progress.start(thread);
+        let peer = job.conn.peer.clone();
+        let client = if peer.ip.is_empty() {
+            String::new()
+        } else {
+            format!("{}:{}", peer.ip, peer.port)
+        };
+        let started_ns = crate::scoreboard::now_ns();
+        ctx.board
+            .request_started(thread, &job.head.method, &job.head.target, &client);
+        let served = ctx.served.fetch_add(1, Ordering::AcqRel) + 1;
+        if ctx.max_requests > 0 && served >= ctx.max_requests {
+            ctx.shutting_down.store(true, Ordering::SeqCst);
+            ctx.recycle.store(true, Ordering::Release);
+        }
+        RequestScope {
+            ctx,
+            thread,
+            head: job.head.clone(),
+            peer,
+            progress: job.progress.clone(),
+            started_at,
+            t0,
+            started_ns,
+        }
+    }
+
+    pub fn thread(&self) -> usize {
+        self.thread
+    }
+
+    /// Write the access-log line — unless the connection answered the request itself (`--timeout`'s 504,
+    /// a stopping worker's 503) and logged that answer: what the app made of it never went out.
+    pub fn log(&self, outcome: &Outcome<'_>) {
+        let Some(access) = &self.ctx.access_log else {
+            return;
+        };
+        if self.progress.timed_out.load(Ordering::Acquire) {
+            return;
+        }
+        let mut rec = AccessRecord::of_request(
+            &self.head,
+            &self.peer.ip,
+            outcome.status,
+            outcome.body_sent,
+            outcome.headers,
+            self.started_at,
+            self.t0.elapsed(),
+        );
+        if access.wants_environ() {
+            rec.environ = outcome.environ;
+        }
+        access.log(&rec);
+    }
+}
+
+impl Drop for RequestScope<'_> {
+    fn drop(&mut self) {
+        // For `show stacks`: which request a still-open transaction may have come from.
+        crate::snapshot::History::get().record(
+            self.thread,
+            &self.head.method,
+            &self.head.target,
+            self.started_ns,
+        );
+        self.ctx.board.request_finished(self.thread);
+    }
+}
