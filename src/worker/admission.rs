@@ -21,7 +21,7 @@
 //!   run queue as a `Ticket`. No other path exists: a fresh connection, one accepted for fairness or to
 //!   look for a loopback call, and the tenth request of a kept-alive connection all go through `place`.
 //! - until a thread has taken its ticket, the connection looks at it every `WAIT_POLL`
-//!   (`conn::handle_request`); once the client is known as a loopback call it takes the job back out of
+//!   (`h1::request`); once the client is known as a loopback call it takes the job back out of
 //!   the ticket (whoever takes it first runs it, so it never runs twice) and runs it on the overflow lane.
 //! - a TCP client is known as a loopback call when a worker of this server published its client port: every
 //!   worker with a request older than `LOOPBACK_SUSPECT_AGE` scans its own connections to the server's

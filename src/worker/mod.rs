@@ -5,7 +5,7 @@
 //! lane for loopback calls) is `admission`'s job; this module boots the worker and runs its I/O loop.
 
 mod admission;
-pub mod conn;
+pub mod h1;
 mod forwarded;
 mod loopback;
 pub mod proxy;
@@ -619,7 +619,7 @@ macro_rules! accept_loop {
                     Ok((stream, addr)) => {
                         let peer = Arc::new($peer(&stream, &addr));
                         let claimed = io.admission.accepted(&peer);
-                        tokio::task::spawn_local(conn::serve(
+                        tokio::task::spawn_local(h1::serve(
                             stream,
                             peer,
                             server.clone(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::conn::Stream;
+use super::h1::Stream;
 use crate::exchange::{Peer, Progress, Ticket};
 use super::IoState;
 use crate::http::{self, RequestHead};

@@ -1,0 +1,451 @@
+//! One request's exchange with the app, on its HTTP/1 connection: the request goes to `admission` as a
+//! job, and until its response has ended this module serves the events around it — response pieces to
+//! frame and write, the app asking for the body (`100 Continue`, then pumping it to the runtime), the
+//! 0.1 s looks at a ticket still waiting (loopback calls), `--timeout`'s 504 and
+//! `--slow-request-threshold`, and a stopping worker's cut-off.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use super::body::{drain, reserve, wait_start, BodyError, BodyStart, BodyState};
+use super::write::{facts, send_file, write_piece, Framed};
+use super::{refuse, Stream, TIMEOUT_POLL};
+use crate::exchange::{
+    BodyChunk, BodyStream, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr,
+    Ticket, BODY_QUEUE, REPLY_QUEUE,
+};
+use crate::http::framing::H1Response;
+use crate::http::{self, HttpError, RequestHead};
+use crate::scoreboard::now_ns;
+use crate::worker::admission::{Claim, Placed, WAIT_POLL};
+use crate::worker::IoState;
+
+/// A parsed request, ready for the app.
+pub(super) struct Request<'a> {
+    pub head: Arc<RequestHead>,
+    pub start: BodyStart,
+    /// `wsgi.url_scheme` is https.
+    pub https: bool,
+    /// The connection's own peer, which tells a loopback call.
+    pub conn_peer: &'a Arc<Peer>,
+    /// The client the app sees (different behind a PROXY header).
+    pub peer: &'a Arc<Peer>,
+    pub server: &'a Arc<ServerAddr>,
+}
+
+/// How a request's exchange ended.
+pub(super) struct Ended {
+    /// The connection may carry another request.
+    pub keep: bool,
+    /// The request ran on the overflow lane (a loopback call), not on the worker's threads.
+    pub on_overflow: bool,
+}
+
+/// What an event of the exchange leads to.
+enum Step {
+    Continue,
+    /// The response is complete: the connection may carry another request if this says so.
+    Finished(bool),
+    /// The connection must close now.
+    Close,
+}
+
+/// The state of one exchange while its response is not complete.
+struct Exchange<'a> {
+    io: &'a IoState,
+    head: Arc<RequestHead>,
+    peer: &'a Arc<Peer>,
+    progress: Arc<Progress>,
+    body: BodyState,
+    expect_continue: bool,
+    continue_sent: bool,
+    /// The response's HTTP/1 framing, decided as its pieces arrive (see `http::framing`).
+    h1: H1Response,
+    frame: Framed,
+    /// The request's ticket, while no thread has taken it (see `admission`).
+    waiting: Option<Arc<Ticket>>,
+    on_overflow: bool,
+    /// When the timers are next looked at: the ticket (every `WAIT_POLL`), `--timeout`, the slow threshold.
+    timeout_check: Instant,
+    /// `--timeout` or `--slow-request-threshold` still watch the request's time in Python.
+    watched: bool,
+    slow_reported: bool,
+    /// The body could not be read to its end: whatever the app answers, the connection ends after it,
+    /// because the framing of anything that follows is unknown.
+    framing_lost: bool,
+    /// A body that turned out malformed after the app started is answered with the parser's status
+    /// instead of whatever the app makes of the failed read — as long as no response byte went out.
+    body_error: Option<HttpError>,
+    response_started: bool,
+    dispatched: Instant,
+}
+
+/// Run one request through the app runtime and write its response.
+pub(super) async fn run<S: Stream>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    io: &IoState,
+    claim: &mut Claim<'_>,
+    req: Request<'_>,
+) -> Ended {
+    let Request {
+        head,
+        start,
+        https,
+        conn_peer,
+        peer,
+        server,
+    } = req;
+    let BodyStart {
+        body,
+        prefetched,
+        expect_continue,
+    } = start;
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let progress = Arc::new(Progress::default());
+    let mut start_rx: Option<oneshot::Receiver<()>> = None;
+    let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
+    let stream_parts = if body.is_done() {
+        None
+    } else {
+        let (s_tx, s_rx) = oneshot::channel();
+        let (b_tx, b_rx) = mpsc::channel::<BodyChunk>(BODY_QUEUE);
+        start_rx = Some(s_rx);
+        body_tx = Some(b_tx);
+        Some(BodyStream {
+            start: Some(s_tx),
+            rx: b_rx,
+        })
+    };
+    let job = Job {
+        head: head.clone(),
+        conn: ConnInfo {
+            peer: peer.clone(),
+            server: server.clone(),
+            https,
+            sendfile: true,
+        },
+        body: RequestBody {
+            prefetched,
+            stream: stream_parts,
+        },
+        reply: reply_tx,
+        progress: progress.clone(),
+    };
+    let mut x = Exchange {
+        io,
+        h1: H1Response::new(
+            head.version_minor,
+            &head.method,
+            head.keep_alive && io.ctx.cfg.keepalive > 0,
+        ),
+        head,
+        peer,
+        progress,
+        body,
+        expect_continue,
+        continue_sent: false,
+        frame: Framed::new(),
+        waiting: None,
+        on_overflow: false,
+        // `--timeout` is checked here, on the I/O thread, so the client gets an answer even when the app
+        // thread never comes back. Until Python has taken the request, the check just polls.
+        timeout_check: Instant::now() + TIMEOUT_POLL,
+        watched: io.request_timeout.is_some() || io.slow_threshold.is_some(),
+        slow_reported: false,
+        framing_lost: false,
+        body_error: None,
+        response_started: false,
+        dispatched: Instant::now(),
+    };
+    // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
+    // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
+    match io.admission.place(job, conn_peer, claim) {
+        Some(Placed::Threads(ticket)) => {
+            x.waiting = Some(ticket);
+            x.timeout_check = Instant::now() + WAIT_POLL;
+        }
+        Some(Placed::Overflow) => x.on_overflow = true,
+        None => return x.ended(false),
+    }
+
+    let keep_alive = loop {
+        let pumping = start_rx.is_none() && body_tx.is_some();
+        // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
+        let mut body_finished = false;
+        let step = tokio::select! {
+            biased;
+            out = reply_rx.recv() => x.on_out(stream, claim, out).await,
+            r = wait_start(start_rx.as_mut()) => {
+                start_rx = None;
+                if r.is_err() {
+                    // The app finished with `wsgi.input` without reading past the prefetched part.
+                    body_finished = true;
+                    Step::Continue
+                } else {
+                    x.send_continue(stream).await
+                }
+            }
+            _ = tokio::time::sleep_until(x.timeout_check), if x.watched || x.waiting.is_some() => {
+                x.on_timer(stream, conn_peer, claim).await
+            }
+            // The worker is stopping and cannot finish this request (see `stop`).
+            why = io.cut_off(x.waiting.as_deref()) => {
+                crate::worker::stop::answer_cut_off(
+                    stream,
+                    io,
+                    &x.head,
+                    peer,
+                    &x.progress,
+                    x.waiting.as_deref(),
+                    x.response_started,
+                    why,
+                    x.dispatched,
+                )
+                .await;
+                Step::Close
+            }
+            permit = reserve(body_tx.as_ref()), if pumping => {
+                match permit {
+                    // The app dropped `wsgi.input`: stop pumping; the rest is drained after the response.
+                    Err(_) => body_finished = true,
+                    Ok(permit) => {
+                        if let Some(chunk) = x.read_body(stream, buf).await {
+                            body_finished = !matches!(chunk, BodyChunk::Data(_));
+                            permit.send(chunk);
+                        }
+                    }
+                }
+                Step::Continue
+            }
+        };
+        if body_finished {
+            body_tx = None;
+        }
+        match step {
+            Step::Continue => {}
+            Step::Finished(keep) => break keep,
+            Step::Close => return x.ended(false),
+        }
+    };
+    if !keep_alive || x.framing_lost {
+        return x.ended(false);
+    }
+    if x.body.is_done() {
+        return x.ended(true);
+    }
+    // The client was told to wait for 100 Continue and never got it: it may not send the body at all, so
+    // the framing of what follows is unknown.
+    if x.expect_continue && !x.continue_sent {
+        return x.ended(false);
+    }
+    let body = std::mem::replace(&mut x.body, BodyState::Done);
+    let keep = drain(stream, buf, body, io.header_timeout).await;
+    x.ended(keep)
+}
+
+impl Exchange<'_> {
+    fn ended(&self, keep: bool) -> Ended {
+        Ended {
+            keep,
+            on_overflow: self.on_overflow,
+        }
+    }
+
+    /// A response piece from the app runtime (None: the runtime dropped the request).
+    async fn on_out<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        claim: &mut Claim<'_>,
+        out: Option<Out>,
+    ) -> Step {
+        let io = self.io;
+        if matches!(out, Some(Out::Piece(_) | Out::File(_) | Out::Upgrade(_))) {
+            if let (Some(e), false) = (&self.body_error, self.response_started) {
+                refuse(stream, io, self.peer, e, &http::error_response(e)).await;
+                return Step::Close;
+            }
+            self.response_started = true;
+        }
+        // Decided as late as possible: a worker that began to stop while the app ran closes after this
+        // response.
+        let stopping = io.ctx.shutting_down.load(Ordering::Acquire);
+        let h1 = &mut self.h1;
+        match out {
+            Some(Out::Piece(piece)) => {
+                if piece.end {
+                    // Python is done with the request: the write that remains is the I/O thread's alone,
+                    // so the thread's capacity is free for the next request now.
+                    claim.release();
+                }
+                let body = self.frame.piece(h1, &piece, stopping);
+                // A client that stops reading must not hold the app thread: give up after the timeout
+                // (the app's next send then fails and its iterable is closed).
+                let written =
+                    timeout(io.header_timeout, write_piece(stream, &self.frame, &piece, body)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return Step::Close;
+                }
+                if piece.end {
+                    Step::Finished(h1.keep_alive())
+                } else {
+                    Step::Continue
+                }
+            }
+            Some(Out::File(body)) => {
+                // The file ends the response: Python is done, so a long download holds no thread.
+                claim.release();
+                let FileBody {
+                    head: response,
+                    file,
+                    offset,
+                    count,
+                } = *body;
+                let frame = &mut self.frame;
+                frame.pre.clear();
+                if let Some(r) = &response {
+                    h1.write_head(&mut frame.pre, &facts(r, Some(count), stopping));
+                }
+                // A head that already went out chunked cannot carry a raw file.
+                let Some(count) = h1.file(count) else {
+                    return Step::Close;
+                };
+                // A file shorter than the declared length ends the connection (see `end`).
+                h1.end(&mut frame.post, &[]);
+                let sent = timeout(io.header_timeout, async {
+                    stream.write_all(&frame.pre).await?;
+                    send_file(stream, &file, offset, count).await
+                })
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return Step::Close;
+                }
+                Step::Finished(h1.keep_alive())
+            }
+            Some(Out::Upgrade(up)) => {
+                // No protocol takes an upgraded connection yet: the head goes out, the connection ends
+                // after it.
+                self.frame.pre.clear();
+                h1.write_head(&mut self.frame.pre, &facts(&up.head, None, true));
+                let _ = timeout(io.header_timeout, stream.write_all(&self.frame.pre)).await;
+                io.ctx.log.debug(&format!(
+                    "Upgrade to {} accepted by the app; no handler for it, connection closed",
+                    up.protocol
+                ));
+                Step::Close
+            }
+            Some(Out::Abort) | None => Step::Close,
+        }
+    }
+
+    /// The app asked for the body: a client that waits for it is told to send it.
+    async fn send_continue<S: Stream>(&mut self, stream: &mut S) -> Step {
+        if self.expect_continue && !self.continue_sent {
+            self.continue_sent = true;
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Step::Close;
+            }
+        }
+        Step::Continue
+    }
+
+    /// The timers: a ticket still waiting is looked at (a loopback call moves to the overflow lane);
+    /// once the request runs, `--timeout` and `--slow-request-threshold`.
+    async fn on_timer<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        conn_peer: &Arc<Peer>,
+        claim: &mut Claim<'_>,
+    ) -> Step {
+        let io = self.io;
+        let started = self.progress.started_ns.load(Ordering::Acquire);
+        if started == 0 {
+            if let Some(ticket) = &self.waiting {
+                if io.admission.recheck(ticket, conn_peer, claim) {
+                    self.on_overflow = true;
+                    self.waiting = None;
+                }
+            }
+            let poll = if self.waiting.is_some() {
+                WAIT_POLL
+            } else {
+                TIMEOUT_POLL
+            };
+            self.timeout_check = Instant::now() + poll;
+            return Step::Continue;
+        }
+        self.waiting = None;
+        if !self.watched {
+            return Step::Continue;
+        }
+        let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
+        let thread = self.progress.thread.load(Ordering::Relaxed);
+        if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
+            io.request_timed_out(thread, elapsed.as_nanos() as u64);
+            if !self.response_started {
+                let body = format!(
+                    "The request ran longer than the server's timeout ({} s).\n",
+                    limit.as_secs()
+                );
+                self.progress.timed_out.store(true, Ordering::Release);
+                let _ = stream
+                    .write_all(&http::simple_response(504, &body, true))
+                    .await;
+                io.log_own_answer(&self.head, self.peer, 504, body.len(), elapsed);
+            }
+            return Step::Close;
+        }
+        if !self.slow_reported && io.slow_threshold.is_some_and(|s| elapsed >= s) {
+            self.slow_reported = true;
+            io.request_slow(thread, elapsed);
+        }
+        // Sleep until the nearest deadline still ahead.
+        let next = [
+            io.request_timeout,
+            io.slow_threshold.filter(|_| !self.slow_reported),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.saturating_sub(elapsed))
+        .min();
+        match next {
+            Some(d) => self.timeout_check = Instant::now() + d,
+            None => self.watched = false,
+        }
+        Step::Continue
+    }
+
+    /// The next piece of body for the app, read within the next timer deadline (so `--timeout` fires even
+    /// while the client is slow to send the body the app waits for). None: the timer is due first.
+    async fn read_body<S: Stream>(&mut self, stream: &mut S, buf: &mut Vec<u8>) -> Option<BodyChunk> {
+        let io = self.io;
+        let deadline = if self.watched {
+            self.timeout_check
+        } else {
+            Instant::now() + io.header_timeout
+        };
+        let next = tokio::time::timeout_at(deadline, self.body.next(stream, buf, io.header_timeout))
+            .await
+            .unwrap_or(Err(BodyError::Pending));
+        match next {
+            Ok(Some(data)) => Some(BodyChunk::Data(data)),
+            Ok(None) => Some(BodyChunk::End),
+            Err(BodyError::Pending) => None,
+            Err(e) => {
+                self.body = BodyState::Done;
+                self.framing_lost = true;
+                self.body_error = e.http();
+                Some(BodyChunk::Failed(e.to_string()))
+            }
+        }
+    }
+}
