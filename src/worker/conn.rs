@@ -7,12 +7,11 @@
 //! response is complete.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
@@ -21,34 +20,11 @@ use super::exchange::{
     BodyChunk, BodyStream, FileBody, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr,
     BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
 };
+use super::transport::Transport;
 use super::{proxy, IoState};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, Parsed, RequestHead};
 use crate::scoreboard::now_ns;
 use std::sync::atomic::Ordering;
-
-/// A byte stream the worker serves: TCP or a unix socket.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + AsRawFd {
-    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>>;
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
-}
-
-impl Stream for tokio::net::TcpStream {
-    async fn writable(&self) -> io::Result<()> {
-        tokio::net::TcpStream::writable(self).await
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::TcpStream::try_io(self, interest, f)
-    }
-}
-
-impl Stream for tokio::net::UnixStream {
-    async fn writable(&self) -> io::Result<()> {
-        tokio::net::UnixStream::writable(self).await
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::UnixStream::try_io(self, interest, f)
-    }
-}
 
 /// How long a freshly accepted connection keeps its claim on the worker's capacity while its first request
 /// head arrives. A client slower than this stops counting as "about to run", so a trickling client cannot
@@ -80,7 +56,7 @@ enum HeadOutcome {
     Refused(Option<HttpError>),
 }
 
-pub async fn serve<S: Stream>(
+pub async fn serve<S: Transport>(
     mut stream: S,
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
@@ -245,7 +221,7 @@ pub async fn serve<S: Stream>(
 /// upload, pipelined requests — until it closes too or `LINGER_TIME` / `LINGER_LIMIT` run out. A plain
 /// close with request bytes unread (or arriving later) makes the kernel answer with a reset, and a reset
 /// destroys the response the client has not read yet: it sees ECONNRESET instead of the 400 or 504.
-async fn close_staged<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
+async fn close_staged<S: Transport>(stream: &mut S, buf: &mut Vec<u8>) {
     buf.clear();
     if stream.shutdown().await.is_err() {
         return;
@@ -276,7 +252,7 @@ fn client_text(peer: &Peer) -> String {
 
 /// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
 /// naming the client and what was wrong, so a misbehaving client or proxy is visible without a capture.
-async fn refuse<S: Stream>(
+async fn refuse<S: Transport>(
     stream: &mut S,
     io: &IoState,
     peer: &Peer,
@@ -295,7 +271,7 @@ fn head_complete(buf: &[u8], scanned_from: usize) -> bool {
         || memchr::memmem::find(&buf[start..], b"\n\n").is_some()
 }
 
-async fn read_head<S: Stream>(
+async fn read_head<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     io: &IoState,
@@ -438,7 +414,7 @@ impl BodyState {
     }
 
     /// The next piece of decoded body, reading from the socket as needed; None at the end of the body.
-    async fn next<S: Stream>(
+    async fn next<S: Transport>(
         &mut self,
         stream: &mut S,
         buf: &mut Vec<u8>,
@@ -510,7 +486,7 @@ struct BodyStart {
 /// whole read-ahead must arrive within the header timeout: a client trickling its body ties up nothing
 /// but its own connection. None when the connection must close (after answering, where there is an
 /// answer).
-async fn start_body<S: Stream>(
+async fn start_body<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     head: &RequestHead,
@@ -584,7 +560,7 @@ fn body_in_buffer(head: &RequestHead, buf: &[u8]) -> bool {
 /// peer (which tells a loopback call) and the client the app sees (different behind a PROXY header).
 /// Returns whether the connection may carry another request; `on_overflow` says where the request ran.
 #[allow(clippy::too_many_arguments)]
-async fn handle_request<S: Stream>(
+async fn handle_request<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     head: Arc<RequestHead>,
@@ -696,7 +672,7 @@ async fn handle_request<S: Stream>(
                         let FileBody { head, file, offset, count, keep_alive } = *body;
                         let sent = timeout(io.header_timeout, async {
                             stream.write_all(&head).await?;
-                            send_file(stream, &file, offset, count).await
+                            stream.send_file(&file, offset, count).await
                         })
                         .await;
                         if !matches!(sent, Ok(Ok(()))) {
@@ -868,7 +844,7 @@ async fn reserve(
     }
 }
 
-async fn drain<S: Stream>(
+async fn drain<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     mut body: BodyState,
@@ -887,7 +863,7 @@ async fn drain<S: Stream>(
 
 /// Write a response piece: its parts with vectored writes, so a body borrowed from the app goes out beside
 /// the head without being copied next to it.
-async fn write_payload<S: Stream>(stream: &mut S, payload: &Payload) -> io::Result<()> {
+async fn write_payload<S: Transport>(stream: &mut S, payload: &Payload) -> io::Result<()> {
     let body = payload.body.as_ref().map_or(&[][..], |b| b.as_slice());
     if body.is_empty() && payload.tail.is_empty() {
         return stream.write_all(&payload.head).await;
@@ -905,72 +881,6 @@ async fn write_payload<S: Stream>(stream: &mut S, payload: &Payload) -> io::Resu
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut left, n);
-    }
-    Ok(())
-}
-
-/// Unsent bytes a TCP socket may hold while a file is sent (`TCP_NOTSENT_LOWAT`).
-const FILE_UNSENT_LIMIT: libc::c_int = 64 * 1024;
-
-/// Keep at most `FILE_UNSENT_LIMIT` of a file queued unsent in the socket. Without a limit one sendfile
-/// call queues megabytes, and the kernel transmits them as the client's ACKs come back — on loopback, on
-/// the client's CPU (the bench's file row: wrk at 100% of a core, the worker at a quarter). With the
-/// limit, each call's data leaves at once from the worker's own thread and the client only receives:
-/// 2.5k → 5.2k req/s for the 1 MiB file (bench/README.md). On a unix socket the option does not exist and
-/// the call fails harmlessly.
-fn limit_unsent(fd: RawFd) {
-    let limit = FILE_UNSENT_LIMIT;
-    // SAFETY: `fd` is an open socket for the duration of the call; the option value is a c_int we own.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&limit as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Send `count` bytes of `file` from `offset` with sendfile(2), waiting for the socket to drain as needed.
-async fn send_file<S: Stream>(
-    stream: &mut S,
-    file: &std::fs::File,
-    offset: u64,
-    count: u64,
-) -> io::Result<()> {
-    if count == 0 {
-        return Ok(());
-    }
-    stream.flush().await?;
-    let out_fd: RawFd = stream.as_raw_fd();
-    limit_unsent(out_fd);
-    let in_fd = file.as_raw_fd();
-    let mut off = offset as libc::off_t;
-    let end = offset + count;
-    while (off as u64) < end {
-        stream.writable().await?;
-        let want = ((end - off as u64) as usize).min(1 << 30);
-        let res = stream.try_io(Interest::WRITABLE, || {
-            // SAFETY: both fds are open for the duration of the call; `off` is ours.
-            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match res {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than announced",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }

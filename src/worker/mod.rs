@@ -17,6 +17,7 @@ mod pool;
 pub mod proxy;
 mod snapshot;
 mod stop;
+pub mod transport;
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};

@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::conn::Stream;
 use super::exchange::{Peer, Progress, Ticket};
+use super::transport::Transport;
 use super::IoState;
 use crate::http::{self, RequestHead};
 
@@ -130,7 +130,7 @@ pub async fn deadline(io: &IoState) {
 /// error log names the request and why, with the Python stack of the thread running it; the access log
 /// has the 503.
 #[allow(clippy::too_many_arguments)]
-pub async fn answer_cut_off<S: Stream>(
+pub async fn answer_cut_off<S: Transport>(
     stream: &mut S,
     io: &IoState,
     head: &RequestHead,
