@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn;
+use super::driver;
 use super::exchange::{Peer, ServerAddr};
 use super::IoState;
 use crate::sock::ListenAddr;
@@ -58,7 +59,8 @@ macro_rules! accept_loop {
                     Ok((stream, addr)) => {
                         let peer = Arc::new($peer(&stream, &addr));
                         let claimed = io.admission.accepted(&peer);
-                        tokio::task::spawn_local(conn::serve(
+                        tokio::task::spawn_local(driver::run(
+                            conn::Http1,
                             stream,
                             peer,
                             server.clone(),

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::admission::{Claim, Placed, WAIT_POLL};
+use super::driver::{ConnEnd, ConnectionDriver};
 use super::exchange::{
     BodyChunk, BodyStream, FileBody, Job, Out, Payload, Peer, Progress, RequestBody, ServerAddr,
     BODY_CHUNK, BODY_QUEUE, REPLY_QUEUE,
@@ -56,13 +57,30 @@ enum HeadOutcome {
     Refused(Option<HttpError>),
 }
 
+/// The HTTP/1 connection driver: `serve` below.
+pub struct Http1;
+
+impl ConnectionDriver for Http1 {
+    fn serve<T: Transport>(
+        &self,
+        stream: T,
+        peer: Arc<Peer>,
+        server: Arc<ServerAddr>,
+        io: Rc<IoState>,
+        claimed: bool,
+    ) -> impl std::future::Future<Output = ConnEnd<T>> {
+        serve(stream, peer, server, io, claimed)
+    }
+}
+
+/// Serve an HTTP/1 connection: requests one after another while it is kept alive, until it closes.
 pub async fn serve<S: Transport>(
     mut stream: S,
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: Rc<IoState>,
     claimed: bool,
-) {
+) -> ConnEnd<S> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     // A connection accepted within capacity holds one unit of it from accept (see `admission`).
     let mut claim = io.admission.claim(claimed);
@@ -213,6 +231,7 @@ pub async fn serve<S: Transport>(
     // its way, and the close alone sends the FIN.
     drop(stream);
     io.admission.connection_closed();
+    ConnEnd::Closed
 }
 
 /// RFC 9112 §9.6's staged close, for a connection the server ends after an answer (a refusal, `--timeout`'s
@@ -240,7 +259,7 @@ async fn close_staged<S: Transport>(stream: &mut S, buf: &mut Vec<u8>) {
 }
 
 /// The client as the debug log names it.
-fn client_text(peer: &Peer) -> String {
+pub(super) fn client_text(peer: &Peer) -> String {
     if peer.ip.is_empty() {
         "a unix socket client".to_string()
     } else if peer.ip.contains(':') {

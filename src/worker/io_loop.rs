@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::accept::{accept_tcp, accept_unix, server_addr};
 use super::admission::{self, Admission, OverflowLane};
 use super::exchange::{self, Ticket};
-use super::{loopback, proxy, snapshot, stop, IoState, WorkerContext};
+use super::{driver, loopback, proxy, snapshot, stop, IoState, WorkerContext};
 use crate::config::Config;
 use crate::http::ParserOptions;
 use crate::scoreboard::WorkerState;
@@ -85,6 +85,7 @@ pub(super) fn io_main(
         lost_threads: RefCell::new(Vec::new()),
         board: ctx.board,
         ctx: ctx.clone(),
+        upgrades: driver::Upgrades::default(),
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {

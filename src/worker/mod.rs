@@ -10,6 +10,7 @@ mod accept;
 mod admission;
 mod boot;
 pub mod conn;
+pub mod driver;
 pub mod exchange;
 mod io_loop;
 mod loopback;
@@ -104,6 +105,8 @@ pub struct IoState {
     lost_threads: RefCell<Vec<(usize, u64)>>,
     board: WorkerHandle,
     ctx: Arc<WorkerContext>,
+    /// Where a connection upgraded to another protocol goes (see `driver`).
+    pub upgrades: driver::Upgrades,
 }
 
 impl IoState {
