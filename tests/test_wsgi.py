@@ -498,6 +498,31 @@ def test_large_file_to_a_reader_that_pauses_arrives_whole(srv, tmp_path):
         assert r.status == 200
 
 
+def test_file_wrapper_over_a_unix_socket_on_a_kept_alive_connection(start_server, tmp_short, tmp_path):
+    """A unix socket sends files from the descriptor too (the route's read() upper-cases, so a body read
+    through Python would show), large ones in many pieces, and the connection carries the next request."""
+    sock_path = os.path.join(tmp_short, "files.sock")
+    srv = start_server(["-b", f"unix:{sock_path}", "-w", "1", "testapp"], bind=False, ready=False)
+    srv.wait_ready(addr=(socket.AF_UNIX, sock_path))
+    lower = tmp_path / "lower.txt"
+    lower.write_bytes(b"abc" * 5000)
+    large = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "large.bin").write_bytes(large)
+    with RawConnection(None, family=socket.AF_UNIX, addr=sock_path, timeout=20) as c:
+        for _ in range(3):
+            c.send(f"GET /upper-file?path={quote(str(lower))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            r = c.read_response()
+            assert (r.status, r.body) == (200, b"abc" * 5000)
+            c.send(f"GET /file?path={quote(str(tmp_path / 'large.bin'))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            r = c.read_response()
+            assert r.status == 200
+            assert r.header("Content-Length") == str(len(large))
+            assert hashlib.sha256(r.body).digest() == hashlib.sha256(large).digest()
+        c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"Hello, World!")
+
+
 def test_file_to_slow_reader_does_not_hold_the_worker(srv, tmp_path):
     # A file sent with sendfile needs no Python thread: while one client does not read its download, the
     # one sync thread serves others at once (not after the download ends or times out).

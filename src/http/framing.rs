@@ -293,7 +293,10 @@ mod tests {
         let mut buf = Vec::new();
         r.write_head(&mut buf, &head(200, &fields, Some(3), None));
         let t = text(&buf);
-        assert!(!t.contains("Content-Length") && t.contains("Connection: close"), "{t}");
+        assert!(
+            !t.contains("Content-Length") && t.contains("Connection: close"),
+            "{t}"
+        );
         assert_eq!(r.body(10, &mut Vec::new(), &mut Vec::new()), 10);
     }
 
@@ -306,7 +309,10 @@ mod tests {
         h.close = true;
         r.write_head(&mut buf, &h);
         let t = text(&buf);
-        assert!(t.starts_with("HTTP/1.1 404 Nope\r\n") && t.contains("Connection: close"), "{t}");
+        assert!(
+            t.starts_with("HTTP/1.1 404 Nope\r\n") && t.contains("Connection: close"),
+            "{t}"
+        );
         assert!(!r.keep_alive());
     }
 }

@@ -43,10 +43,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::exchange::{Job, Peer, Ticket};
 use super::loopback::{self, ListenPort};
-use crate::runtime::WorkerContext;
+use crate::exchange::{Job, Peer, Ticket};
 use crate::log::Level;
+use crate::runtime::WorkerContext;
 use crate::scoreboard::{now_ns, WorkerHandle, WorkerState};
 
 /// Extra Python threads a worker may start, on demand, to serve loopback calls while its ordinary threads
@@ -356,12 +356,10 @@ impl Admission {
         let lane = &self.overflow;
         if lane.in_flight.get() >= lane.spawned.get() && lane.spawned.get() < MAX_OVERFLOW_THREADS {
             let index = lane.first_index + lane.spawned.get();
-            let started = self.ctx.runtime.spawn_thread(
-                self.ctx.clone(),
-                index,
-                lane.rx.clone(),
-                "loopback",
-            );
+            let started =
+                self.ctx
+                    .runtime
+                    .spawn_thread(self.ctx.clone(), index, lane.rx.clone(), "loopback");
             match started {
                 Ok(_) => lane.spawned.set(lane.spawned.get() + 1),
                 Err(e) => self

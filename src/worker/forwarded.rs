@@ -57,4 +57,3 @@ impl ForwardedTrust {
         Ok(seen.unwrap_or(false))
     }
 }
-

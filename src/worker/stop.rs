@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::h1::Stream;
-use crate::exchange::{Peer, Progress, Ticket};
+use super::transport::Transport;
 use super::IoState;
+use crate::exchange::{Peer, Progress, Ticket};
 use crate::http::{self, RequestHead};
 
 /// How long before `--graceful-timeout` is up the worker answers what still runs: a quarter of it, at most
@@ -130,7 +130,7 @@ pub async fn deadline(io: &IoState) {
 /// error log names the request and why, with the Python stack of the thread running it; the access log
 /// has the 503.
 #[allow(clippy::too_many_arguments)]
-pub async fn answer_cut_off<S: Stream>(
+pub async fn answer_cut_off<S: Transport>(
     stream: &mut S,
     io: &IoState,
     head: &RequestHead,

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::http::RequestHead;
 use crate::exchange::{Peer, ServerAddr};
+use crate::http::RequestHead;
 
 /// How many distinct header names a thread remembers as ready `HTTP_*` keys; a client sending endless new
 /// names must not grow the cache without bound.

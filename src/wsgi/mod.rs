@@ -182,7 +182,6 @@ impl Handler for WsgiRunner {
 }
 
 impl WsgiRunner {
-
     /// `pre_request(worker, req)`, when the config file defines it (or `post_request`, which needs the
     /// same `req`). Returns the `req` object for `post_request`.
     fn pre_request<'py>(

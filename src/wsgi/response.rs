@@ -68,7 +68,11 @@ impl Responder {
             return;
         }
         let status_text = self.status.take();
-        let code = if status_text.is_some() { self.status_code } else { 500 };
+        let code = if status_text.is_some() {
+            self.status_code
+        } else {
+            500
+        };
         self.sender.set_head(ResponseHead {
             status: code,
             status_text,

@@ -8,9 +8,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
-use super::{refuse, Stream, DRAIN_LIMIT, PREFETCH_LIMIT};
+use super::{refuse, DRAIN_LIMIT, PREFETCH_LIMIT};
 use crate::exchange::{BodyChunk, Peer, BODY_CHUNK};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, RequestHead};
+use crate::worker::transport::Transport;
 use crate::worker::IoState;
 
 /// The request body still on the socket.
@@ -60,7 +61,7 @@ impl BodyState {
     }
 
     /// The next piece of decoded body, reading from the socket as needed; None at the end of the body.
-    pub(super) async fn next<S: Stream>(
+    pub(super) async fn next<S: Transport>(
         &mut self,
         stream: &mut S,
         buf: &mut Vec<u8>,
@@ -130,7 +131,7 @@ pub(super) struct BodyStart {
 /// whole read-ahead must arrive within the header timeout: a client trickling its body ties up nothing
 /// but its own connection. None when the connection must close (after answering, where there is an
 /// answer).
-pub(super) async fn start_body<S: Stream>(
+pub(super) async fn start_body<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     head: &RequestHead,
@@ -233,7 +234,7 @@ pub(super) async fn reserve(
     }
 }
 
-pub(super) async fn drain<S: Stream>(
+pub(super) async fn drain<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     mut body: BodyState,

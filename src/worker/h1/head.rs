@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{HeadOutcome, Stream, READ_SIZE, RESERVATION_GRACE};
+use super::{HeadOutcome, READ_SIZE, RESERVATION_GRACE};
 use crate::http::{self, HttpError, Parsed};
 use crate::worker::admission::Claim;
+use crate::worker::transport::Transport;
 use crate::worker::IoState;
 
 fn head_complete(buf: &[u8], scanned_from: usize) -> bool {
@@ -17,7 +18,7 @@ fn head_complete(buf: &[u8], scanned_from: usize) -> bool {
         || memchr::memmem::find(&buf[start..], b"\n\n").is_some()
 }
 
-pub(super) async fn read_head<S: Stream>(
+pub(super) async fn read_head<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     io: &IoState,

@@ -15,44 +15,20 @@ mod head;
 mod request;
 mod write;
 
-use std::io;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::driver::{ConnEnd, ConnectionDriver};
+use super::transport::Transport;
 use super::{proxy, IoState};
 use crate::exchange::{Peer, ServerAddr};
 use crate::http::{self, HttpError, RequestHead};
 use body::{body_in_buffer, start_body};
 use head::read_head;
-
-/// A byte stream the worker serves: TCP or a unix socket.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + AsRawFd {
-    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>>;
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
-}
-
-impl Stream for tokio::net::TcpStream {
-    async fn writable(&self) -> io::Result<()> {
-        tokio::net::TcpStream::writable(self).await
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::TcpStream::try_io(self, interest, f)
-    }
-}
-
-impl Stream for tokio::net::UnixStream {
-    async fn writable(&self) -> io::Result<()> {
-        tokio::net::UnixStream::writable(self).await
-    }
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        tokio::net::UnixStream::try_io(self, interest, f)
-    }
-}
 
 /// How long a freshly accepted connection keeps its claim on the worker's capacity while its first request
 /// head arrives. A client slower than this stops counting as "about to run", so a trickling client cannot
@@ -84,13 +60,30 @@ enum HeadOutcome {
     Refused(Option<HttpError>),
 }
 
-pub async fn serve<S: Stream>(
+/// The HTTP/1 connection driver: `serve` below.
+pub struct Http1;
+
+impl ConnectionDriver for Http1 {
+    fn serve<T: Transport>(
+        &self,
+        stream: T,
+        peer: Arc<Peer>,
+        server: Arc<ServerAddr>,
+        io: Rc<IoState>,
+        claimed: bool,
+    ) -> impl std::future::Future<Output = ConnEnd<T>> {
+        serve(stream, peer, server, io, claimed)
+    }
+}
+
+/// Serve an HTTP/1 connection: requests one after another while it is kept alive, until it closes.
+pub async fn serve<S: Transport>(
     mut stream: S,
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: Rc<IoState>,
     claimed: bool,
-) {
+) -> ConnEnd<S> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     // A connection accepted within capacity holds one unit of it from accept (see `admission`).
     let mut claim = io.admission.claim(claimed);
@@ -237,6 +230,7 @@ pub async fn serve<S: Stream>(
     // its way, and the close alone sends the FIN.
     drop(stream);
     io.admission.connection_closed();
+    ConnEnd::Closed
 }
 
 /// RFC 9112 §9.6's staged close, for a connection the server ends after an answer (a refusal, `--timeout`'s
@@ -245,7 +239,7 @@ pub async fn serve<S: Stream>(
 /// upload, pipelined requests — until it closes too or `LINGER_TIME` / `LINGER_LIMIT` run out. A plain
 /// close with request bytes unread (or arriving later) makes the kernel answer with a reset, and a reset
 /// destroys the response the client has not read yet: it sees ECONNRESET instead of the 400 or 504.
-async fn close_staged<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
+async fn close_staged<S: Transport>(stream: &mut S, buf: &mut Vec<u8>) {
     buf.clear();
     if stream.shutdown().await.is_err() {
         return;
@@ -264,7 +258,7 @@ async fn close_staged<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
 }
 
 /// The client as the debug log names it.
-fn client_text(peer: &Peer) -> String {
+pub(super) fn client_text(peer: &Peer) -> String {
     if peer.ip.is_empty() {
         "a unix socket client".to_string()
     } else if peer.ip.contains(':') {
@@ -276,7 +270,7 @@ fn client_text(peer: &Peer) -> String {
 
 /// Answer a request that breaks the protocol, and say so in the error log as gunicorn does: one WARNING
 /// naming the client and what was wrong, so a misbehaving client or proxy is visible without a capture.
-async fn refuse<S: Stream>(
+async fn refuse<S: Transport>(
     stream: &mut S,
     io: &IoState,
     peer: &Peer,

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::body::{drain, reserve, wait_start, BodyError, BodyStart, BodyState};
-use super::write::{facts, send_file, write_piece, Framed};
-use super::{refuse, Stream, TIMEOUT_POLL};
+use super::write::{facts, write_piece, Framed};
+use super::{refuse, TIMEOUT_POLL};
 use crate::exchange::{
     BodyChunk, BodyStream, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr,
     Ticket, BODY_QUEUE, REPLY_QUEUE,
@@ -23,6 +23,7 @@ use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
 use crate::scoreboard::now_ns;
 use crate::worker::admission::{Claim, Placed, WAIT_POLL};
+use crate::worker::transport::Transport;
 use crate::worker::IoState;
 
 /// A parsed request, ready for the app.
@@ -86,7 +87,7 @@ struct Exchange<'a> {
 }
 
 /// Run one request through the app runtime and write its response.
-pub(super) async fn run<S: Stream>(
+pub(super) async fn run<S: Transport>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     io: &IoState,
@@ -128,7 +129,7 @@ pub(super) async fn run<S: Stream>(
             peer: peer.clone(),
             server: server.clone(),
             https,
-            sendfile: true,
+            sendfile: stream.sendfile_capable(),
         },
         body: RequestBody {
             prefetched,
@@ -258,7 +259,7 @@ impl Exchange<'_> {
     }
 
     /// A response piece from the app runtime (None: the runtime dropped the request).
-    async fn on_out<S: Stream>(
+    async fn on_out<S: Transport>(
         &mut self,
         stream: &mut S,
         claim: &mut Claim<'_>,
@@ -286,8 +287,11 @@ impl Exchange<'_> {
                 let body = self.frame.piece(h1, &piece, stopping);
                 // A client that stops reading must not hold the app thread: give up after the timeout
                 // (the app's next send then fails and its iterable is closed).
-                let written =
-                    timeout(io.header_timeout, write_piece(stream, &self.frame, &piece, body)).await;
+                let written = timeout(
+                    io.header_timeout,
+                    write_piece(stream, &self.frame, &piece, body),
+                )
+                .await;
                 if !matches!(written, Ok(Ok(()))) {
                     return Step::Close;
                 }
@@ -319,7 +323,7 @@ impl Exchange<'_> {
                 h1.end(&mut frame.post, &[]);
                 let sent = timeout(io.header_timeout, async {
                     stream.write_all(&frame.pre).await?;
-                    send_file(stream, &file, offset, count).await
+                    stream.send_file(&file, offset, count).await
                 })
                 .await;
                 if !matches!(sent, Ok(Ok(()))) {
@@ -344,7 +348,7 @@ impl Exchange<'_> {
     }
 
     /// The app asked for the body: a client that waits for it is told to send it.
-    async fn send_continue<S: Stream>(&mut self, stream: &mut S) -> Step {
+    async fn send_continue<S: Transport>(&mut self, stream: &mut S) -> Step {
         if self.expect_continue && !self.continue_sent {
             self.continue_sent = true;
             if stream
@@ -360,7 +364,7 @@ impl Exchange<'_> {
 
     /// The timers: a ticket still waiting is looked at (a loopback call moves to the overflow lane);
     /// once the request runs, `--timeout` and `--slow-request-threshold`.
-    async fn on_timer<S: Stream>(
+    async fn on_timer<S: Transport>(
         &mut self,
         stream: &mut S,
         conn_peer: &Arc<Peer>,
@@ -426,16 +430,21 @@ impl Exchange<'_> {
 
     /// The next piece of body for the app, read within the next timer deadline (so `--timeout` fires even
     /// while the client is slow to send the body the app waits for). None: the timer is due first.
-    async fn read_body<S: Stream>(&mut self, stream: &mut S, buf: &mut Vec<u8>) -> Option<BodyChunk> {
+    async fn read_body<S: Transport>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> Option<BodyChunk> {
         let io = self.io;
         let deadline = if self.watched {
             self.timeout_check
         } else {
             Instant::now() + io.header_timeout
         };
-        let next = tokio::time::timeout_at(deadline, self.body.next(stream, buf, io.header_timeout))
-            .await
-            .unwrap_or(Err(BodyError::Pending));
+        let next =
+            tokio::time::timeout_at(deadline, self.body.next(stream, buf, io.header_timeout))
+                .await
+                .unwrap_or(Err(BodyError::Pending));
         match next {
             Ok(Some(data)) => Some(BodyChunk::Data(data)),
             Ok(None) => Some(BodyChunk::End),

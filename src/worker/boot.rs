@@ -1,0 +1,237 @@
+//! A worker's boot, in the child right after fork: signals, the `post_fork` and `post_worker_init` hooks,
+//! the app (loaded here unless preloaded), the access log, the Python threads; then the I/O loop
+//! (`io_loop`) until the worker exits, and the `worker_exit` hook.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::admission::{self, OverflowLane};
+use super::io_loop::io_main;
+use super::{exit, WorkerContext, WORKER_BOOT_ERROR};
+use crate::config::{Config, WorkerClass};
+use crate::exchange::Ticket;
+use crate::log::{AccessLog, ErrorLog};
+use crate::python::hooks::HookRunner;
+use crate::scoreboard::WorkerHandle;
+use crate::signals::{self, SignalPipe};
+use crate::sock::Listener;
+
+/// What the master hands a worker it just forked.
+pub struct Boot<'a> {
+    pub cfg: Arc<Config>,
+    pub log: ErrorLog,
+    pub listeners: &'a [Listener],
+    pub board: WorkerHandle,
+    pub preloaded: Option<Py<PyAny>>,
+    pub hooks: Arc<HookRunner>,
+    /// Spawn order (gunicorn's `worker.age`).
+    pub age: u64,
+    pub num_workers: usize,
+}
+
+/// Bodies of 100 KiB and more are allocated and freed for every request (the request body, the `bytes`
+/// objects an app builds). With glibc's defaults a freed block at the top of the heap over 128 KiB is
+/// handed back to the kernel at once and faulted in again by the next request, and blocks over 128 KiB are
+/// mmap'd and unmapped each time. Higher thresholds keep that memory for reuse while requests run; the
+/// worker's idle tick still gives it back (`malloc_trim`) once no connection is left. 100 KiB echo: 68 → 56
+/// µs of CPU per request (bench/README.md).
+fn keep_heap_under_load() {
+    const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
+    const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
+    // SAFETY: mallopt only changes allocator parameters; the worker has no other thread yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+/// The worker's main function, called in the child right after fork. Never returns.
+pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
+    let Boot {
+        cfg,
+        log,
+        listeners,
+        board,
+        preloaded,
+        hooks,
+        age,
+        num_workers,
+    } = boot;
+    let pid = std::process::id();
+    keep_heap_under_load();
+    // The master's routing must not leak into the worker: take the signals over with a pipe of our own.
+    let sigpipe = match SignalPipe::install(&[
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGABRT,
+        Signal::SIGWINCH,
+    ]) {
+        Ok(p) => p,
+        Err(e) => {
+            log.error(&format!("Worker could not set up signals: {e}"));
+            exit(1)
+        }
+    };
+    signals::reset_default(&[
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGUSR2,
+    ]);
+    // The master blocked signals across the fork; from here they reach the worker's own handlers.
+    signals::unblock_all();
+    board.set_pid(pid as i32);
+    log.info(&format!("Booting worker with pid: {pid}"));
+    let ppid = std::os::unix::process::parent_id();
+    // The `worker` object hooks receive; built only when the config file defines hooks.
+    let hook_worker = if hooks.any() {
+        match hooks.worker(py, pid, ppid, age) {
+            Ok(w) => Some(w.unbind()),
+            Err(e) => {
+                log.error(&format!(
+                    "Cannot prepare hooks:\n{}",
+                    crate::python::format_exception(py, &e)
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(w) = &hook_worker {
+        let args = hooks
+            .server(py, ppid, num_workers)
+            .and_then(|s| PyTuple::new(py, [s, w.bind(py).clone()]));
+        if let Ok(args) = args {
+            let _ = hooks.call(py, "post_fork", args);
+        }
+    }
+
+    let _ = signals::abort_dumps_stack_while_booting(log.raw_fd());
+    let app = match preloaded {
+        Some(app) => app,
+        None => match load_app(py, &cfg, &log) {
+            Some(app) => app,
+            None => exit(WORKER_BOOT_ERROR),
+        },
+    };
+    if let Some(w) = &hook_worker {
+        if let Ok(args) = PyTuple::new(py, [w.bind(py).clone()]) {
+            let _ = hooks.call(py, "post_worker_init", args);
+        }
+    }
+    if let Err(e) = sigpipe.route(&[Signal::SIGABRT]) {
+        log.error(&format!("Worker could not set up signals: {e}"));
+        exit(1);
+    }
+    let access_log = match &cfg.accesslog {
+        Some(target) => match AccessLog::open(target, &cfg.access_log_format) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log.error(&format!("Cannot open access log {target}: {e}"));
+                exit(WORKER_BOOT_ERROR)
+            }
+        },
+        None => None,
+    };
+    let threads = match cfg.worker_class {
+        WorkerClass::Sync => 1,
+        WorkerClass::Gthread => cfg.threads.max(1),
+    };
+    let ctx = Arc::new(WorkerContext {
+        cfg: cfg.clone(),
+        log: log.clone(),
+        access_log,
+        board,
+        app,
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        recycle: AtomicBool::new(false),
+        max_requests: max_requests_with_jitter(&cfg),
+        served: std::sync::atomic::AtomicU64::new(0),
+        hooks: hooks.clone(),
+        hook_worker,
+        tstates: (0..threads + admission::MAX_OVERFLOW_THREADS)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
+        empty_tickets: AtomicUsize::new(0),
+        // The worker class's runtime; nothing else in the worker knows which one it is.
+        runtime: Arc::new(crate::wsgi::WsgiRuntime),
+    });
+    let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
+    let code = py.detach(|| {
+        for i in 0..threads {
+            if let Err(e) = ctx.runtime.spawn_thread(ctx.clone(), i, rx.clone(), "app") {
+                log.error(&format!("Cannot start app thread: {e}"));
+                return 1;
+            }
+        }
+        drop(rx);
+        log.debug(&format!(
+            "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
+            if threads == 1 { "" } else { "s" },
+            crate::arbiter::worker_class_name(&cfg),
+            cfg.worker_connections
+        ));
+        let overflow = OverflowLane::new(threads);
+        io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
+    });
+    log.info(&format!("Worker exiting (pid: {pid})"));
+    if let Some(w) = &ctx.hook_worker {
+        Python::attach(|py| {
+            let args = hooks
+                .server(py, ppid, num_workers)
+                .and_then(|s| PyTuple::new(py, [s, w.bind(py).clone()]));
+            if let Ok(args) = args {
+                let _ = hooks.call(py, "worker_exit", args);
+            }
+        });
+    }
+    exit(code)
+}
+
+/// `--max-requests` plus a random part of `--max-requests-jitter`, so workers do not all restart at once.
+fn max_requests_with_jitter(cfg: &Config) -> u64 {
+    if cfg.max_requests == 0 {
+        return 0;
+    }
+    let jitter = if cfg.max_requests_jitter > 0 {
+        // Each worker is a fresh process: its pid and the clock are spread enough for this purpose.
+        let seed = crate::scoreboard::now_ns() ^ (u64::from(std::process::id()) << 32);
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (cfg.max_requests_jitter + 1)
+    } else {
+        0
+    };
+    cfg.max_requests + jitter
+}
+
+fn load_app(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Option<Py<PyAny>> {
+    let Some(uri) = cfg.app_uri.as_deref() else {
+        log.error("No application module specified.");
+        return None;
+    };
+    let started = std::time::Instant::now();
+    match crate::python::app::load(py, uri) {
+        Ok(app) => {
+            log.info(&format!(
+                "Worker (pid:{}) loaded the app {uri} in {:.3}s",
+                std::process::id(),
+                started.elapsed().as_secs_f64()
+            ));
+            Some(app)
+        }
+        Err(crate::python::app::AppLoadError::Import(tb)) => {
+            log.error(&format!("Exception in worker process\n{tb}"));
+            None
+        }
+        Err(crate::python::app::AppLoadError::Invalid(msg)) => {
+            log.error(&msg);
+            None
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The worker's I/O loop: a single-threaded tokio runtime on the main thread that runs the accept loops
+//! (`accept`), admission's watcher and every connection, and `supervise` — the heartbeat the master
+//! reads, the worker's signals, and the graceful stop.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::Notify;
+
+use super::accept::{accept_tcp, accept_unix, server_addr};
+use super::admission::{self, Admission, OverflowLane};
+use super::{driver, loopback, proxy, snapshot, stop, IoState, WorkerContext};
+use crate::config::Config;
+use crate::exchange::Ticket;
+use crate::http::ParserOptions;
+use crate::scoreboard::WorkerState;
+use crate::signals::SignalPipe;
+use crate::sock::{ListenAddr, Listener};
+
+pub(super) fn io_main(
+    ctx: &Arc<WorkerContext>,
+    listeners: &[Listener],
+    queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    overflow: OverflowLane,
+    threads: usize,
+    sigpipe: SignalPipe,
+) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            ctx.log.error(&format!("Cannot start the I/O loop: {e}"));
+            return 1;
+        }
+    };
+    let cfg = &ctx.cfg;
+    let header_timeout = if cfg.timeout > 0 {
+        Duration::from_secs(cfg.timeout)
+    } else {
+        Duration::from_secs(30)
+    };
+    let listen_ports = listeners
+        .iter()
+        .filter_map(|l| match l.addr {
+            ListenAddr::Tcp(a) => Some(loopback::ListenPort {
+                ip: a.ip(),
+                port: a.port(),
+            }),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect();
+    let (tcp_fds, unix_fds) = listeners
+        .iter()
+        .partition::<Vec<&Listener>, _>(|l| matches!(l.addr, ListenAddr::Tcp(_)));
+    let listen_fds = admission::ListenFds {
+        tcp: tcp_fds.iter().map(|l| l.fd()).collect(),
+        unix: unix_fds.iter().map(|l| l.fd()).collect(),
+    };
+    let io = Rc::new(IoState {
+        admission: Admission::new(
+            ctx.clone(),
+            threads,
+            queue,
+            overflow,
+            listen_ports,
+            listen_fds,
+        ),
+        trim_due: Cell::new(false),
+        shutdown_signal: Notify::new(),
+        shutting_down: Cell::new(false),
+        parser: parser_options(cfg),
+        keepalive: Duration::from_secs(cfg.keepalive),
+        header_timeout,
+        forwarded: super::forwarded::ForwardedTrust::new(cfg),
+        proxy: proxy::ProxySettings::new(cfg),
+        request_timeout: (cfg.timeout > 0).then(|| Duration::from_secs(cfg.timeout)),
+        slow_threshold: (cfg.slow_request_threshold > 0)
+            .then(|| Duration::from_secs(cfg.slow_request_threshold)),
+        stop_deadline: Cell::new(None),
+        lost_threads: RefCell::new(Vec::new()),
+        board: ctx.board,
+        ctx: ctx.clone(),
+        upgrades: driver::Upgrades::default(),
+    });
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        ctx.board.set_state(WorkerState::Idle);
+        for l in listeners {
+            let Ok(sock) = l.socket.try_clone() else {
+                ctx.log.error("Cannot use a listening socket");
+                return 1;
+            };
+            let server = Arc::new(server_addr(&l.addr));
+            match &l.addr {
+                ListenAddr::Tcp(_) => {
+                    // Small responses go out in one segment; waiting for an ACK (Nagle) would add latency
+                    // to each. Set once here: Linux gives accepted sockets the listener's TCP_NODELAY,
+                    // which saves a system call per connection.
+                    if let Err(e) = sock.set_tcp_nodelay(true) {
+                        ctx.log
+                            .warning(&format!("Cannot set TCP_NODELAY on {}: {e}", l.addr));
+                    }
+                    let std_l: std::net::TcpListener = sock.into();
+                    match tokio::net::TcpListener::from_std(std_l) {
+                        Ok(tl) => {
+                            tokio::task::spawn_local(accept_tcp(tl, server, io.clone()));
+                        }
+                        Err(e) => {
+                            ctx.log.error(&format!("Cannot listen: {e}"));
+                            return 1;
+                        }
+                    }
+                }
+                ListenAddr::Unix(_) => {
+                    let std_l: std::os::unix::net::UnixListener = sock.into();
+                    match tokio::net::UnixListener::from_std(std_l) {
+                        Ok(ul) => {
+                            tokio::task::spawn_local(accept_unix(ul, server, io.clone()));
+                        }
+                        Err(e) => {
+                            ctx.log.error(&format!("Cannot listen: {e}"));
+                            return 1;
+                        }
+                    }
+                }
+            }
+        }
+        let watcher = io.clone();
+        tokio::task::spawn_local(async move { admission::watch(&watcher.admission).await });
+        supervise(ctx, &io, sigpipe).await
+    })
+}
+
+fn parser_options(cfg: &Config) -> ParserOptions {
+    ParserOptions {
+        limit_request_line: cfg.limit_request_line,
+        limit_request_fields: cfg.limit_request_fields,
+        limit_request_field_size: cfg.limit_request_field_size,
+        permit_missing_host: cfg.permit_missing_host,
+        permit_obsolete_folding: cfg.permit_obsolete_folding,
+        strip_header_spaces: cfg.strip_header_spaces,
+        permit_unconventional_http_method: cfg.permit_unconventional_http_method,
+        permit_unconventional_http_version: cfg.permit_unconventional_http_version,
+        casefold_http_method: cfg.casefold_http_method,
+        // The setting only ever holds one of the three modes.
+        header_map: match cfg.header_map.as_str() {
+            "refuse" => crate::http::HeaderMap::Refuse,
+            "dangerous" => crate::http::HeaderMap::Dangerous,
+            _ => crate::http::HeaderMap::Drop,
+        },
+    }
+}
+
+/// The worker's control loop: heartbeat for the master, signals, and the graceful stop.
+async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPipe) -> i32 {
+    // SAFETY: the pipe is owned by `sigpipe`, which lives until this function returns, after `sig_fd` is
+    // dropped; the fd therefore stays open and the same for the AsyncFd's whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            sigpipe.fd(),
+            tokio::io::Interest::READABLE,
+        )
+    };
+    let sig_fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            ctx.log.error(&format!("Cannot watch signals: {e}"));
+            return 1;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                ctx.board.heartbeat();
+                snapshot::answer_if_asked(ctx);
+                io.check_recycle();
+                if io.trim_due.get() && io.admission.connections() == 0 {
+                    // A burst of connections leaves freed buffers in the heap's free lists, which glibc
+                    // keeps mapped; with no connection left, give them back so an idle worker's memory
+                    // returns to its idle size instead of staying at its peak.
+                    io.trim_due.set(false);
+                    // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
+                    unsafe { libc::malloc_trim(0) };
+                }
+                if io.shutting_down.get() && io.admission.connections() == 0 {
+                    return 0;
+                }
+            }
+            _ = stop::deadline(io) => {
+                io.finish_stop().await;
+                return 0;
+            }
+            r = sig_fd.readable() => {
+                let Ok(mut guard) = r else { continue };
+                guard.clear_ready();
+                for sig in sigpipe.drain() {
+                    match sig {
+                        Signal::SIGTERM => {
+                            ctx.log.debug(&format!(
+                                "Worker (pid:{}) got SIGTERM: finishing its {} open connection(s) within --graceful-timeout {}s",
+                                std::process::id(),
+                                io.admission.connections(),
+                                ctx.cfg.graceful_timeout
+                            ));
+                            io.begin_stop();
+                            if io.admission.connections() == 0 {
+                                return 0;
+                            }
+                        }
+                        Signal::SIGINT | Signal::SIGQUIT => {
+                            ctx.log.debug(&format!(
+                                "Worker (pid:{}) got {}: stopping now",
+                                std::process::id(),
+                                sig.as_str()
+                            ));
+                            ctx.worker_hook("worker_int");
+                            return 0;
+                        }
+                        Signal::SIGABRT => {
+                            // The master gave up on the worker (its I/O loop stopped beating, or a
+                            // timed-out request did not let it stop): show where every app thread is.
+                            ctx.log.critical(&format!(
+                                "Python stacks of worker {} at the timeout:",
+                                std::process::id()
+                            ));
+                            crate::python::stacks::dump_all_threads(ctx.log.raw_fd());
+                            ctx.worker_hook("worker_abort");
+                            return 1;
+                        }
+                        Signal::SIGUSR1 => {
+                            let _ = ctx.log.reopen();
+                            if let Some(a) = &ctx.access_log {
+                                let _ = a.reopen();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
