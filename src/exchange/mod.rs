@@ -1,7 +1,7 @@
 //! What crosses between a worker's I/O side and the app runtime that runs a request, whatever the
 //! protocols on either side: a request goes in as a [`Job`] (its parsed head, its body as a stream, what
 //! is known of the connection) inside a [`Ticket`] of a run queue; the response comes out as semantic
-//! pieces ([`Out`]: a head of status and fields, body bytes or a file, the end, trailers, an upgrade),
+//! pieces ([`Out`]: a head of status and fields, body bytes or a file, the end, trailers),
 //! which the connection's protocol driver frames (HTTP/1 today, in `http::framing`). So an app runtime
 //! never writes protocol bytes, and a protocol driver never knows which runtime answered.
 //!

@@ -1,6 +1,6 @@
 //! A response as it crosses from the app runtime to the connection: semantic pieces ([`Out`]) — the head
 //! (status and fields), body bytes (small ones copied, a large one borrowed from the app's `bytes`
-//! object), a file, the end, trailers, an upgrade — and [`ResponseSender`], the app side's half that
+//! object), a file, the end, trailers — and [`ResponseSender`], the app side's half that
 //! every runtime shares: it drops the body of a response that may not have one, holds a body to its
 //! declared length, counts what was sent (the access log's `%(b)s`), and notices a client that went away.
 //!
@@ -118,13 +118,6 @@ pub struct FileBody {
     pub count: u64,
 }
 
-/// The app accepted a protocol upgrade (a websocket): after this head (101) the connection's stream
-/// belongs to `protocol`.
-pub struct Upgrade {
-    pub head: Arc<ResponseHead>,
-    pub protocol: String,
-}
-
 /// What crosses to the connection, in order; a piece with `end` (or a file) ends the response.
 ///
 /// The pieces are boxed so that `Out` is two words: the reply channel allocates its slots 32 at a time,
@@ -133,7 +126,6 @@ pub struct Upgrade {
 pub enum Out {
     Piece(Box<Piece>),
     File(Box<FileBody>),
-    Upgrade(Box<Upgrade>),
     /// The response cannot be completed (the app failed after the head was sent): cut the connection.
     Abort,
 }

@@ -166,6 +166,26 @@ impl RequestHead {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
     }
+
+    /// The protocol an HTTP/1.1 request asks to switch to (RFC 9110 §7.8): the first token of `Upgrade`,
+    /// when a `Connection` field lists `upgrade`.
+    pub fn upgrade(&self) -> Option<&str> {
+        if self.version_minor == 0 {
+            return None;
+        }
+        let asked = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        if !asked {
+            return None;
+        }
+        let value = std::str::from_utf8(self.header("upgrade")?).ok()?;
+        let first = value.split(',').next()?.trim();
+        (!first.is_empty()).then_some(first)
+    }
 }
 
 /// The outcome of [`parse_request`].
@@ -973,6 +993,23 @@ fn parse_content_length(v: &[u8]) -> Result<u64, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_needs_both_fields_on_http_1_1() {
+        let head = |req: &str| match parse_request(req.as_bytes(), &ParserOptions::default()) {
+            Ok(Parsed::Complete { head, .. }) => head,
+            other => panic!("{other:?}"),
+        };
+        let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(head(ws).upgrade(), Some("websocket"));
+        let no_conn = "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(head(no_conn).upgrade(), None);
+        let old = "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(head(old).upgrade(), None);
+        let two =
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+        assert_eq!(head(two).upgrade(), Some("h2c"));
+    }
 
     fn opts() -> ParserOptions {
         ParserOptions::default()

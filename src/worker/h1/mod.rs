@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::driver::{ConnEnd, ConnectionDriver};
+use super::driver::{ConnEnd, ConnectionDriver, Upgrade};
 use super::transport::Transport;
 use super::{proxy, IoState};
 use crate::exchange::{Peer, ServerAddr};
@@ -172,6 +172,27 @@ pub async fn serve<S: Transport>(
                 break;
             }
         };
+        // A protocol this worker serves besides HTTP/1 (a websocket handler): the connection is handed on
+        // with the request unanswered, and the protocol's handler answers it (see `driver`).
+        if let Some(protocol) = head.upgrade().filter(|p| io.upgrades.serves(p)) {
+            let protocol = protocol.to_string();
+            if trace {
+                io.ctx.log.debug(&format!(
+                    "Connection from {} handed on to {protocol} after {served} request{}",
+                    client_text(&peer),
+                    if served == 1 { "" } else { "s" }
+                ));
+            }
+            drop(claim);
+            return ConnEnd::Upgrade(Upgrade {
+                stream,
+                leftover: std::mem::take(&mut buf),
+                protocol,
+                head,
+                peer: client,
+                server,
+            });
+        }
         // A body still to come is read ahead without holding capacity.
         if !body_in_buffer(&head, &buf) {
             claim.release();

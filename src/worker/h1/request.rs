@@ -266,7 +266,7 @@ impl Exchange<'_> {
         out: Option<Out>,
     ) -> Step {
         let io = self.io;
-        if matches!(out, Some(Out::Piece(_) | Out::File(_) | Out::Upgrade(_))) {
+        if matches!(out, Some(Out::Piece(_) | Out::File(_))) {
             if let (Some(e), false) = (&self.body_error, self.response_started) {
                 refuse(stream, io, self.peer, e, &http::error_response(e)).await;
                 return Step::Close;
@@ -330,18 +330,6 @@ impl Exchange<'_> {
                     return Step::Close;
                 }
                 Step::Finished(h1.keep_alive())
-            }
-            Some(Out::Upgrade(up)) => {
-                // No protocol takes an upgraded connection yet: the head goes out, the connection ends
-                // after it.
-                self.frame.pre.clear();
-                h1.write_head(&mut self.frame.pre, &facts(&up.head, None, true));
-                let _ = timeout(io.header_timeout, stream.write_all(&self.frame.pre)).await;
-                io.ctx.log.debug(&format!(
-                    "Upgrade to {} accepted by the app; no handler for it, connection closed",
-                    up.protocol
-                ));
-                Step::Close
             }
             Some(Out::Abort) | None => Step::Close,
         }
