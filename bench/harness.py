@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ferricorn benchmark harness: every server against every app with wrk, on 127.0.0.1 only.
 
-Run through bench/run, which prepares bench/.venv. See bench/README.md for the method.
+Run through bench/run, which prepares bench/.venv. See bench/README.md for the method. In A/B mode
+(`--ab REF` / `--ab-venv PATH`) a second ferricorn build runs beside this tree's, interleaved with it.
 """
 
 import argparse
@@ -77,9 +78,11 @@ class Server:
     threads_flag: str = None  # the flag that takes app.threads, if this config has threads
     unavailable: str = None  # reason, when it cannot run
     start_failures: int = 0
+    bin_dir: Path = VENV_BIN  # where `exe` is installed
+    twin_of: str = None  # A/B mode: the name of this tree's config that this other build is compared with
 
     def argv(self, app, port):
-        argv = [str(VENV_BIN / self.exe)] + self.args
+        argv = [str(self.bin_dir / self.exe)] + self.args
         if self.threads_flag:
             argv += [self.threads_flag, str(app.threads)]
         if self.family == "granian":
@@ -104,10 +107,28 @@ def make_servers():
     ]
 
 
+def ab_twins(servers, ab):
+    """A/B mode: a copy of every ferricorn config that runs the other build (`ab["bin"]`), named
+    `<config>@<label>`, placed right after the config it is compared with."""
+    out = []
+    for s in servers:
+        out.append(s)
+        if s.family == "ferricorn":
+            out.append(Server(f"{s.name}@{ab['label']}", s.family, f"{s.label} @{ab['label']}", s.exe,
+                              list(s.args), threads_flag=s.threads_flag, bin_dir=Path(ab["bin"]),
+                              twin_of=s.name))
+    return out
+
+
 def check_available(server):
-    if not (VENV_BIN / server.exe).exists():
-        where = " (build failed? see bench/work/ferricorn-build.log)" if server.family == "ferricorn" else ""
-        server.unavailable = f"`{server.exe}` not installed in bench/.venv{where}"
+    if not (server.bin_dir / server.exe).exists():
+        if server.twin_of:
+            where = " (A/B build; see bench/work/ferricorn-ab-build.log)"
+        elif server.family == "ferricorn":
+            where = " (build failed? see bench/work/ferricorn-build.log)"
+        else:
+            where = ""
+        server.unavailable = f"`{server.exe}` not installed in {server.bin_dir.parent}{where}"
 
 
 # --------------------------------------------------------------------------- /proc helpers
@@ -185,7 +206,7 @@ def free_port():
 def start_server(server, app, tag):
     LOGS.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(LOGS / f"{tag}.log", "wb")
+    log = open(LOGS / f"{log_name(tag)}.log", "wb")
     env = dict(os.environ, PYTHONPATH=str(APPS_DIR), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(server.argv(app, port), cwd=APPS_DIR, env=env, stdout=log,
@@ -273,9 +294,14 @@ def alive(pid, start):
     return st is not None and st[2] == start
 
 
+def log_name(tag):
+    """A server log's file name: an A/B label may be a branch name with slashes."""
+    return tag.replace("/", "_")
+
+
 def log_tail(tag, lines=3):
     try:
-        text = (LOGS / f"{tag}.log").read_text(errors="replace").strip().splitlines()
+        text = (LOGS / f"{log_name(tag)}.log").read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
     return " | ".join(text[-lines:])
@@ -369,6 +395,10 @@ def measure_load(proc, app, port, mode, duration):
         "socket_errors": socket_errors,
         "non2xx": w["status"],
         "cores": used / wall,
+        "cpu_s": used,
+        "wall_s": wall,
+        # CPU time per request: far steadier than requests/s on a shared machine (A/B table)
+        "cpu_us_per_req": used / w["requests"] * 1e6 if w["requests"] else None,
         "accept_queue": queue,
         "wrk": w,
     }
@@ -502,11 +532,27 @@ def app_by_name(name):
     return next(a for a in APPS if a.name == name)
 
 
+def run_order(servers, rep):
+    """The server order of repeat `rep` (0-based). Every server is one unit, except that a ferricorn
+    config and its A/B twin form one unit and always run back to back; the units rotate by one each
+    repeat, and within a pair this tree's build goes first in even repeats, the other build in odd
+    ones (repeat 1: old, new; repeat 2: new, old; ...)."""
+    twins = {s.twin_of: s for s in servers if s.twin_of}
+    units = []
+    for s in servers:
+        if s.twin_of:
+            continue
+        twin = twins.get(s.name)
+        units.append([s] if twin is None else [twin, s] if rep % 2 == 0 else [s, twin])
+    k = rep % len(units) if units else 0
+    return [s for unit in units[k:] + units[:k] for s in unit]
+
+
 def run_matrix(servers, apps, cfg, log):
-    """All (repeat, app, server) instances; servers rotate each repeat so order effects even out."""
+    """All (repeat, app, server) instances, in run_order: order effects even out over the repeats."""
     records = []
     for rep in range(cfg.repeats):
-        order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+        order = run_order(servers, rep)
         for app in apps:
             for server in order:
                 if server.unavailable:
@@ -532,7 +578,8 @@ def progress_line(rec, repeats):
     if "error" in rec:
         return f"{head} ERROR {rec['error'][:300]}"
     loads = "  ".join(f"{m}: {l['rps']:8.0f} req/s p99 {l['p99_ms']:7.1f} ms err {l['errors']}"
-                      f" cpu {l['cores']:.2f}" for m, l in rec["loads"].items())
+                      f" cpu {l['cores']:.2f} {l['cpu_us_per_req'] or 0:.1f} us/req"
+                      for m, l in rec["loads"].items())
     return (f"{head} start {rec['startup_ms']:6.0f} ms  idle {rec['idle']['rss']:.0f} MiB  "
             f"after {rec['after']['rss']:.0f} MiB  {loads}")
 
@@ -559,11 +606,89 @@ def make_config(args):
     else:
         cfg = Config(repeats=3, duration=5, warmup=2, settle=1, mem_loads=3, mem_seconds=10,
                      ceiling_seconds=1, ceiling_repeats=3)
+    if args.ab or args.ab_venv:
+        cfg.repeats = max(cfg.repeats, AB_MIN_REPEATS)  # a spread needs several samples per build
     if args.duration:
         cfg.duration = args.duration
     if args.repeats:
         cfg.repeats = args.repeats
     return cfg
+
+
+AB_MIN_REPEATS = 3
+AB_VENV = BENCH / ".venv-ab"  # where bench/run --ab REF builds REF
+
+
+def ferricorn_build(bin_dir):
+    """Version and source commit of the ferricorn installed in a venv (from its direct_url.json:
+    `pip install <dir>` records the directory, whose `git describe` names the commit)."""
+    code = ("import importlib.metadata as m, json; d = m.distribution('ferricorn'); "
+            "print(json.dumps({'version': d.version, 'url': json.loads(d.read_text('direct_url.json') "
+            "or '{}').get('url')}))")
+    info = {"version": None, "source": None, "commit": None}
+    try:
+        out = subprocess.run([str(bin_dir / "python"), "-c", code], capture_output=True, text=True,
+                             timeout=30)
+        info.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return info
+    url = info.pop("url", None)
+    if url and url.startswith("file://"):
+        info["source"] = url[len("file://"):]
+        try:
+            info["commit"] = subprocess.run(
+                ["git", "-C", info["source"], "describe", "--always", "--dirty"],
+                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def ab_setup(args):
+    """The other build of an A/B run: {label, venv, bin, version, source, commit}, or None. Exits 2
+    with one line when the options are wrong or the venv holds no ferricorn."""
+    if not (args.ab or args.ab_venv):
+        return None
+    if args.ab and args.ab_venv:
+        bad("--ab and --ab-venv both given; use one")
+    venv = Path(args.ab_venv).resolve() if args.ab_venv else AB_VENV
+    bin_dir = venv / "bin"
+    if not (bin_dir / "ferricorn").exists():
+        hint = " (bench/run --ab REF builds it there)" if args.ab else ""
+        bad(f"no ferricorn installed in {venv}{hint}")
+    if bin_dir.resolve() == VENV_BIN.resolve():
+        bad(f"{venv} is the venv of this run's own build; the A/B build needs a venv of its own")
+    if args.ab:
+        want = git_commit(args.ab)
+        if want is None:
+            bad(f"--ab {args.ab}: not a commit in {REPO}")
+        try:
+            built = (venv / "ab-commit").read_text().strip()
+        except OSError:
+            built = None
+        if built != want:
+            bad(f"{venv} holds {built or 'an unknown build'}, not {args.ab} ({want[:12]}); "
+                "run through bench/run, which builds it")
+    info = ferricorn_build(bin_dir)
+    label = args.ab_label or args.ab or info["commit"] or venv.name
+    if not label or any(c.isspace() or c in ",@" for c in label):
+        bad(f"--ab-label {label!r}: use a name without spaces, commas or '@'")
+    return dict(info, label=label, venv=str(venv), bin=str(bin_dir))
+
+
+def git_commit(ref):
+    """The full commit id `ref` names in this repository, or None."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def bad(msg):
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def estimate_seconds(servers, apps, cfg):
@@ -619,6 +744,10 @@ def parse_args(argv=None):
     p.add_argument("--no-build", action="store_true", help="(bench/run) keep the installed ferricorn")
     p.add_argument("--no-memtest", action="store_true", help="skip the 3-load memory growth test")
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of an earlier run from its .json")
+    p.add_argument("--ab", metavar="REF",
+                   help="A/B: also run the ferricorn of git REF (bench/run builds it into bench/.venv-ab)")
+    p.add_argument("--ab-venv", metavar="PATH", help="A/B: the other ferricorn build is installed in this venv")
+    p.add_argument("--ab-label", help="A/B: the other build's name in server names (default: REF or its commit)")
     p.add_argument("--ceiling-worker", help=argparse.SUPPRESS)
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -647,7 +776,12 @@ def main():
         print(f"[bench] wrote {src.with_suffix('.md')}")
         return 0
     cfg = make_config(args)
+    ab = ab_setup(args)
     servers = select(make_servers(), args.servers, "servers")
+    if ab:
+        if not any(s.family == "ferricorn" for s in servers):
+            bad("A/B mode needs at least one ferricorn config in --servers")
+        servers = ab_twins(servers, ab)
     apps = select(APPS, args.apps, "apps")
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
@@ -663,6 +797,9 @@ def main():
     for s in servers:
         if s.unavailable:
             log(f"[bench] {s.name}: not available: {s.unavailable}")
+    if ab:
+        log(f"[bench] A/B: @{ab['label']} = ferricorn {ab['version']} from {ab['venv']}"
+            f" (commit {ab['commit'] or 'unknown'}), interleaved with this tree's build")
 
     started = time.time()
     env_info = environment_info()
@@ -687,14 +824,18 @@ def main():
         "settings": {k: v for k, v in vars(cfg).items() if k != "extra"},
         "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
         "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
-                     "threads_flag": s.threads_flag, "unavailable": s.unavailable} for s in servers],
+                     "threads_flag": s.threads_flag, "unavailable": s.unavailable,
+                     "exe": str(s.bin_dir / s.exe), "twin_of": s.twin_of} for s in servers],
         "apps": [{"name": a.name, "title": a.title, "modes": list(a.modes), "connections": a.connections,
                   "threads": a.threads} for a in apps],
         "ceilings": ceilings,
         "records": records,
         "memtest": memtest,
     }
-    stem = args.out or (raw["date"] + ("-quick" if cfg.quick else ""))
+    if ab:
+        raw["ab"] = dict(ab, new={"commit": env_info["commit"], "venv": str(VENV_BIN.parent),
+                                  "version": env_info["versions"]["ferricorn"]})
+    stem = args.out or (raw["date"] + ("-ab" if ab else "") + ("-quick" if cfg.quick else ""))
     md_path, json_path = RESULTS / f"{stem}.md", RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(raw, indent=1) + "\n")
     md_path.write_text(report.render(raw))
