@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -346,17 +347,18 @@ def accept_queue(port):
 
 
 class QueueSampler(threading.Thread):
-    """Samples accept_queue(port) 10 times a second, skipping the first second of the load.
+    """Samples accept_queue(port) 10 times a second, skipping the first second of the load (the first
+    quarter of a load shorter than 4 s).
 
     wrk counts a connection the server never serves neither as an error nor in its latencies; a
     keep-alive load on a server that leaves connections unaccepted shows up here instead."""
 
-    def __init__(self, port):
+    def __init__(self, port, skip=1.0):
         super().__init__(daemon=True)
-        self.port, self.samples, self.stop = port, [], threading.Event()
+        self.port, self.skip, self.samples, self.stop = port, skip, [], threading.Event()
 
     def run(self):
-        if self.stop.wait(1.0):
+        if self.stop.wait(self.skip):
             return
         while not self.stop.wait(0.1):
             n = accept_queue(self.port)
@@ -370,18 +372,35 @@ class QueueSampler(threading.Thread):
         return {"median": statistics.median(s), "max": max(s)} if s else {"median": 0, "max": 0}
 
 
+def machine_busy():
+    """CPU seconds the whole machine has been busy (all CPUs, /proc/stat; steal included: time the
+    hypervisor gave to other guests)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK  # user nice system irq softirq steal
+
+
+def own_cpu():
+    """CPU seconds of this harness and of its waited-for children (wrk)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def measure_load(proc, app, port, mode, duration):
-    """One timed wrk load plus the CPU the server's process tree used and its accept queue."""
+    """One timed wrk load plus the CPU the server's process tree used, its accept queue and the
+    cores everything else on the machine used meanwhile (other processes and the hypervisor)."""
     drain(port)
     before = cpu_ticks(process_tree(proc.pid))
-    sampler = QueueSampler(port)
+    sampler = QueueSampler(port, skip=min(1.0, duration / 4))
     sampler.start()
+    busy0, own0 = machine_busy(), own_cpu()
     t0 = time.perf_counter()
     try:
         w = run_wrk(app, port, mode, duration)
     finally:
         queue = sampler.result()
     wall = time.perf_counter() - t0
+    busy, own = machine_busy() - busy0, own_cpu() - own0
     after = cpu_ticks(process_tree(proc.pid))
     used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / CLK_TCK
     seconds = w["duration_us"] / 1e6
@@ -399,8 +418,38 @@ def measure_load(proc, app, port, mode, duration):
         "wall_s": wall,
         # CPU time per request: far steadier than requests/s on a shared machine (A/B table)
         "cpu_us_per_req": used / w["requests"] * 1e6 if w["requests"] else None,
+        # cores used by neither the server, wrk nor the harness: how disturbed this sample was
+        "other_cores": max(0.0, busy - used - own) / wall,
         "accept_queue": queue,
         "wrk": w,
+    }
+
+
+def combine_slices(slices):
+    """One load's numbers from the slices of an A/B pair's alternating loads (run_pair): sums for
+    counts and times, so requests/s, cores and CPU per request are those of the whole; p50 and p99
+    are the medians of the slices' (wrk reports percentiles, which cannot be merged)."""
+    requests = sum(s["requests"] for s in slices)
+    seconds = sum(s["wrk"]["duration_us"] for s in slices) / 1e6
+    cpu, wall = sum(s["cpu_s"] for s in slices), sum(s["wall_s"] for s in slices)
+    queues = [s["accept_queue"] for s in slices]
+    return {
+        "rps": requests / seconds if seconds else 0.0,
+        "requests": requests,
+        "p50_ms": statistics.median(s["p50_ms"] for s in slices),
+        "p99_ms": statistics.median(s["p99_ms"] for s in slices),
+        "errors": sum(s["errors"] for s in slices),
+        "socket_errors": sum(s["socket_errors"] for s in slices),
+        "non2xx": sum(s["non2xx"] for s in slices),
+        "cores": cpu / wall if wall else 0.0,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_us_per_req": cpu / requests * 1e6 if requests else None,
+        "other_cores": sum(s["other_cores"] * s["wall_s"] for s in slices) / wall if wall else 0.0,
+        "accept_queue": {"median": statistics.median(q["median"] for q in queues),
+                         "max": max(q["max"] for q in queues)},
+        "slices": [{k: s[k] for k in ("rps", "requests", "p99_ms", "cpu_us_per_req", "other_cores",
+                                      "errors")} for s in slices],
     }
 
 
@@ -426,6 +475,68 @@ def run_instance(server, app, cfg, tag):
     finally:
         stop_server(proc)
     return record
+
+
+@dataclass
+class Instance:
+    """One running server of an A/B pair (run_pair)."""
+    server: Server
+    tag: str
+    record: dict
+    proc: subprocess.Popen = None
+    port: int = None
+
+    def attempt(self, step):
+        """Run step(self) unless this instance has failed; a failure becomes its record's error."""
+        if "error" in self.record:
+            return
+        try:
+            step(self)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes this row's "n/a" with a reason
+            self.record["error"] = f"{exc} [log: {log_tail(self.tag)}]"
+
+
+def run_pair(pair, app, cfg, rep):
+    """A/B: the two builds of one config on one app, both up at once. Each is started (one after the
+    other, so their startups do not compete), checked and warmed up; then each mode's load is cut
+    into slices of about cfg.ab_slice seconds that alternate between the two, A B B A A B ..., so a
+    burst of other work on the machine falls on both builds alike. Returns the two records."""
+    insts = [Instance(s, f"r{rep + 1}-{app.name}-{s.name}",
+                      {"server": s.name, "app": app.name, "loadavg": loadavg()}) for s in pair]
+
+    def start(i):
+        i.proc, i.port, t0 = start_server(i.server, app, i.tag)
+        i.record["startup_ms"] = wait_first_200(i.proc, i.port, t0, cfg.start_timeout) * 1000
+        check_response(app, i.port)
+
+    try:
+        for i in insts:
+            i.attempt(start)
+        time.sleep(cfg.settle)
+        for i in insts:
+            i.attempt(lambda i: i.record.__setitem__("idle", tree_memory(i.proc.pid)))
+        for i in insts:
+            i.attempt(lambda i: run_wrk(app, i.port, "keepalive", cfg.warmup))
+        n = max(1, round(cfg.duration / cfg.ab_slice))
+        for mode in app.modes:
+            slices = {id(i): [] for i in insts}
+            for k in range(n):
+                for i in insts if k % 2 == 0 else insts[::-1]:
+                    i.attempt(lambda i: slices[id(i)].append(
+                        measure_load(i.proc, app, i.port, mode, cfg.duration / n)))
+            for i in insts:
+                i.attempt(lambda i: i.record.setdefault("loads", {}).__setitem__(
+                    mode, combine_slices(slices[id(i)])))
+        for i in insts:
+            i.attempt(lambda i: drain(i.port))
+        time.sleep(cfg.settle)
+        for i in insts:
+            i.attempt(lambda i: i.record.__setitem__("after", tree_memory(i.proc.pid)))
+    finally:
+        for i in insts:
+            if i.proc is not None:
+                stop_server(i.proc)
+    return [i.record for i in insts]
 
 
 def memory_growth(server, cfg):
@@ -532,11 +643,11 @@ def app_by_name(name):
     return next(a for a in APPS if a.name == name)
 
 
-def run_order(servers, rep):
-    """The server order of repeat `rep` (0-based). Every server is one unit, except that a ferricorn
-    config and its A/B twin form one unit and always run back to back; the units rotate by one each
-    repeat, and within a pair this tree's build goes first in even repeats, the other build in odd
-    ones (repeat 1: old, new; repeat 2: new, old; ...)."""
+def run_units(servers, rep):
+    """The server order of repeat `rep` (0-based), as units: every server is one unit, except that a
+    ferricorn config and its A/B twin form one unit and always run together; the units rotate by one
+    each repeat, and within a pair this tree's build goes first in even repeats, the other build in
+    odd ones (repeat 1: old, new; repeat 2: new, old; ...)."""
     twins = {s.twin_of: s for s in servers if s.twin_of}
     units = []
     for s in servers:
@@ -545,23 +656,31 @@ def run_order(servers, rep):
         twin = twins.get(s.name)
         units.append([s] if twin is None else [twin, s] if rep % 2 == 0 else [s, twin])
     k = rep % len(units) if units else 0
-    return [s for unit in units[k:] + units[:k] for s in unit]
+    return units[k:] + units[:k]
+
+
+def run_order(servers, rep):
+    return [s for unit in run_units(servers, rep) for s in unit]
 
 
 def run_matrix(servers, apps, cfg, log):
-    """All (repeat, app, server) instances, in run_order: order effects even out over the repeats."""
+    """All (repeat, app, server) instances, in run_units order: order effects even out over the
+    repeats. An A/B pair runs through run_pair (alternating slices) unless cfg.ab_slice is 0."""
     records = []
     for rep in range(cfg.repeats):
-        order = run_order(servers, rep)
+        units = run_units(servers, rep)
         for app in apps:
-            for server in order:
-                if server.unavailable:
-                    continue
-                rec = run_instance(server, app, cfg, f"r{rep + 1}-{app.name}-{server.name}")
-                rec["repeat"] = rep + 1
-                records.append(rec)
-                log(progress_line(rec, cfg.repeats))
-                note_start_failure(server, rec)
+            for unit in units:
+                unit = [s for s in unit if not s.unavailable]
+                if len(unit) == 2 and cfg.ab_slice > 0:
+                    recs = run_pair(unit, app, cfg, rep)
+                else:
+                    recs = [run_instance(s, app, cfg, f"r{rep + 1}-{app.name}-{s.name}") for s in unit]
+                for server, rec in zip(unit, recs):
+                    rec["repeat"] = rep + 1
+                    records.append(rec)
+                    log(progress_line(rec, cfg.repeats))
+                    note_start_failure(server, rec)
     return records
 
 
@@ -579,6 +698,7 @@ def progress_line(rec, repeats):
         return f"{head} ERROR {rec['error'][:300]}"
     loads = "  ".join(f"{m}: {l['rps']:8.0f} req/s p99 {l['p99_ms']:7.1f} ms err {l['errors']}"
                       f" cpu {l['cores']:.2f} {l['cpu_us_per_req'] or 0:.1f} us/req"
+                      f" others {l['other_cores']:.2f}"
                       for m, l in rec["loads"].items())
     return (f"{head} start {rec['startup_ms']:6.0f} ms  idle {rec['idle']['rss']:.0f} MiB  "
             f"after {rec['after']['rss']:.0f} MiB  {loads}")
@@ -596,6 +716,7 @@ class Config:
     ceiling_repeats: int
     start_timeout: float = 30.0
     quick: bool = False
+    ab_slice: float = 1.0  # A/B: seconds per alternating slice of a pair's loads (0: in one piece)
     extra: dict = field(default_factory=dict)
 
 
@@ -608,6 +729,10 @@ def make_config(args):
                      ceiling_seconds=1, ceiling_repeats=3)
     if args.ab or args.ab_venv:
         cfg.repeats = max(cfg.repeats, AB_MIN_REPEATS)  # a spread needs several samples per build
+    if args.ab_slice is not None:
+        if args.ab_slice < 0:
+            bad(f"--ab-slice {args.ab_slice:g}: seconds must be 0 or more")
+        cfg.ab_slice = args.ab_slice
     if args.duration:
         cfg.duration = args.duration
     if args.repeats:
@@ -746,8 +871,13 @@ def parse_args(argv=None):
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of an earlier run from its .json")
     p.add_argument("--ab", metavar="REF",
                    help="A/B: also run the ferricorn of git REF (bench/run builds it into bench/.venv-ab)")
-    p.add_argument("--ab-venv", metavar="PATH", help="A/B: the other ferricorn build is installed in this venv")
-    p.add_argument("--ab-label", help="A/B: the other build's name in server names (default: REF or its commit)")
+    p.add_argument("--ab-venv", metavar="PATH",
+                   help="A/B: the other ferricorn build is installed in this venv")
+    p.add_argument("--ab-slice", type=float, metavar="S",
+                   help="A/B: seconds per slice of the two builds' alternating loads (default 1; 0: one "
+                        "whole load per build, one server after the other)")
+    p.add_argument("--ab-label",
+                   help="A/B: the other build's name in server names (default: REF or its commit)")
     p.add_argument("--ceiling-worker", help=argparse.SUPPRESS)
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)

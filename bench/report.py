@@ -403,7 +403,8 @@ def ab_rows(raw):
             old_s, new_s = ab_samples(raw, app, mode, old_name), ab_samples(raw, app, mode, new_name)
             row = {"app": app, "mode": mode, "config": new_name.split("-", 1)[1], "new": new_name,
                    "old": old_name}
-            for key, metric in (("rps", "rps"), ("p99", "p99_ms"), ("cpu", "cpu_us_per_req")):
+            for key, metric in (("rps", "rps"), ("p99", "p99_ms"), ("cpu", "cpu_us_per_req"),
+                                ("others", "other_cores")):
                 row[key] = {"old": ab_metric(old_s, metric), "new": ab_metric(new_s, metric)}
             row["errors"] = {"old": sum(l["errors"] for l in old_s.values()),
                              "new": sum(l["errors"] for l in new_s.values())}
@@ -454,6 +455,15 @@ def ab_section(raw):
     ab = raw["ab"]
     new, label = ab["new"], ab["label"]
     rows_ = ab_rows(raw)
+    sliced = raw["settings"].get("ab_slice", 0) > 0
+    n = max(1, round(raw["settings"]["duration"] / raw["settings"]["ab_slice"])) if sliced else 1
+    how = (f"Each config's two builds were up at once for every app in every repeat; each load was cut "
+           f"into {n} slices of {raw['settings']['duration'] / n:g} s alternating between the builds "
+           f"(A B B A ...), which build started alternating from repeat to repeat; req/s, CPU per request "
+           f"and errors are those of the whole load, p99 the median of its slices' p99."
+           if sliced else
+           "Each config of the two builds ran back to back for every app in every repeat, which build went "
+           "first alternating from repeat to repeat.")
     body = []
     for r in rows_:
         body.append([
@@ -462,6 +472,8 @@ def ab_section(raw):
             " ".join(f"{x:.2f}" for x in r["paired"]) or "n/a",
             f_range(r["p99"]["old"], f_ms), f_range(r["p99"]["new"], f_ms),
             f_range(r["cpu"]["old"], f_us), f_range(r["cpu"]["new"], f_us), f_x(r["cpu_ratio"]),
+            " / ".join("n/a" if not r["others"][b] else f"{r['others'][b]['median']:.2f}"
+                       for b in ("old", "new")),
             ", ".join(r["flags"]) or "within noise",
         ])
     ratios = [r["ratio"] for r in rows_ if r["ratio"]]
@@ -474,23 +486,29 @@ def ab_section(raw):
                        f"{max(ratios):.3f}; per repeat (the two loads that ran back to back) "
                        f"{min(paired):.3f}–{max(paired):.3f}; CPU per request new ÷ old "
                        + (f"{min(cpu):.3f}–{max(cpu):.3f}." if cpu else "n/a."))
+    others = [x for r in rows_ for b in ("old", "new") if r["others"][b] for x in [r["others"][b]["median"]]]
+    if others:
+        summary.append(f"Cores used by other work on the machine during the loads (median per cell): "
+                       f"{min(others):.2f}–{max(others):.2f}.")
     summary.append("Regressions: " + ("; ".join(flagged) if flagged else "none (no row flagged)") + ".")
     return [
         f"## A/B: this tree vs @{label}",
         "",
         f"old = @{label}: ferricorn {ab.get('version') or '?'}, commit `{ab.get('commit') or '?'}`, "
         f"from `{ab['venv']}`; new = this tree: commit `{new.get('commit') or '?'}`, from "
-        f"`{new.get('venv') or '?'}`. Each config of the two builds ran back to back for every app in "
-        f"every repeat, which build went first alternating from repeat to repeat. Cells: median over "
-        f"repeats (min–max). 'per repeat' = new ÷ old req/s of the two loads of one repeat. CPU = "
+        f"`{new.get('venv') or '?'}`. {how} Cells: median over repeats (min–max). 'per repeat' = new "
+        f"÷ old req/s of the two loads of one repeat. CPU = "
         f"utime+stime of master and workers during the load ÷ requests (µs per request), median. "
+        f"Others' cores: CPU the rest of the machine (other processes, the hypervisor's steal) used "
+        f"during the loads ÷ their wall time: how much the samples were disturbed. "
         f"Verdict: a metric is flagged when the new median is worse than the old one by more than "
         f"{AB_THRESHOLD:.0%} **and** the min–max ranges of the two builds do not overlap (req/s: "
         f"'loss > {AB_THRESHOLD:.0%}'; p99: 'p99 up'; CPU per request: 'CPU up'); more errors than "
         f"the old build are always flagged; the same rule the other way round notes a gain.",
         "",
         table(["app", "mode", "config", "req/s old", "req/s new", "new ÷ old", "per repeat",
-               "p99 ms old", "p99 ms new", "CPU µs/req old", "CPU µs/req new", "CPU new ÷ old", "verdict"],
+               "p99 ms old", "p99 ms new", "CPU µs/req old", "CPU µs/req new", "CPU new ÷ old",
+               "others' cores old / new", "verdict"],
               body),
         "",
     ] + summary + [""]
