@@ -348,7 +348,7 @@ def accept_queue(port):
 
 class QueueSampler(threading.Thread):
     """Samples accept_queue(port) 10 times a second, skipping the first second of the load (the first
-    quarter of a load shorter than 4 s).
+    quarter of a load shorter than 2 s: an A/B slice).
 
     wrk counts a connection the server never serves neither as an error nor in its latencies; a
     keep-alive load on a server that leaves connections unaccepted shows up here instead."""
@@ -391,7 +391,7 @@ def measure_load(proc, app, port, mode, duration):
     cores everything else on the machine used meanwhile (other processes and the hypervisor)."""
     drain(port)
     before = cpu_ticks(process_tree(proc.pid))
-    sampler = QueueSampler(port, skip=min(1.0, duration / 4))
+    sampler = QueueSampler(port, skip=1.0 if duration >= 2 else duration / 4)
     sampler.start()
     busy0, own0 = machine_busy(), own_cpu()
     t0 = time.perf_counter()
