@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ferricorn benchmark harness: every server against every app with wrk, on 127.0.0.1 only.
 
-Run through bench/run, which prepares bench/.venv. See bench/README.md for the method.
+Run through bench/run, which prepares bench/.venv. See bench/README.md for the method. In A/B mode
+(`--ab REF` / `--ab-venv PATH`) a second ferricorn build runs beside this tree's, interleaved with it.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -77,9 +79,11 @@ class Server:
     threads_flag: str = None  # the flag that takes app.threads, if this config has threads
     unavailable: str = None  # reason, when it cannot run
     start_failures: int = 0
+    bin_dir: Path = VENV_BIN  # where `exe` is installed
+    twin_of: str = None  # A/B mode: the name of this tree's config that this other build is compared with
 
     def argv(self, app, port):
-        argv = [str(VENV_BIN / self.exe)] + self.args
+        argv = [str(self.bin_dir / self.exe)] + self.args
         if self.threads_flag:
             argv += [self.threads_flag, str(app.threads)]
         if self.family == "granian":
@@ -104,10 +108,28 @@ def make_servers():
     ]
 
 
+def ab_twins(servers, ab):
+    """A/B mode: a copy of every ferricorn config that runs the other build (`ab["bin"]`), named
+    `<config>@<label>`, placed right after the config it is compared with."""
+    out = []
+    for s in servers:
+        out.append(s)
+        if s.family == "ferricorn":
+            out.append(Server(f"{s.name}@{ab['label']}", s.family, f"{s.label} @{ab['label']}", s.exe,
+                              list(s.args), threads_flag=s.threads_flag, bin_dir=Path(ab["bin"]),
+                              twin_of=s.name))
+    return out
+
+
 def check_available(server):
-    if not (VENV_BIN / server.exe).exists():
-        where = " (build failed? see bench/work/ferricorn-build.log)" if server.family == "ferricorn" else ""
-        server.unavailable = f"`{server.exe}` not installed in bench/.venv{where}"
+    if not (server.bin_dir / server.exe).exists():
+        if server.twin_of:
+            where = " (A/B build; see bench/work/ferricorn-ab-build.log)"
+        elif server.family == "ferricorn":
+            where = " (build failed? see bench/work/ferricorn-build.log)"
+        else:
+            where = ""
+        server.unavailable = f"`{server.exe}` not installed in {server.bin_dir.parent}{where}"
 
 
 # --------------------------------------------------------------------------- /proc helpers
@@ -185,7 +207,7 @@ def free_port():
 def start_server(server, app, tag):
     LOGS.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(LOGS / f"{tag}.log", "wb")
+    log = open(LOGS / f"{log_name(tag)}.log", "wb")
     env = dict(os.environ, PYTHONPATH=str(APPS_DIR), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(server.argv(app, port), cwd=APPS_DIR, env=env, stdout=log,
@@ -273,9 +295,14 @@ def alive(pid, start):
     return st is not None and st[2] == start
 
 
+def log_name(tag):
+    """A server log's file name: an A/B label may be a branch name with slashes."""
+    return tag.replace("/", "_")
+
+
 def log_tail(tag, lines=3):
     try:
-        text = (LOGS / f"{tag}.log").read_text(errors="replace").strip().splitlines()
+        text = (LOGS / f"{log_name(tag)}.log").read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
     return " | ".join(text[-lines:])
@@ -320,17 +347,18 @@ def accept_queue(port):
 
 
 class QueueSampler(threading.Thread):
-    """Samples accept_queue(port) 10 times a second, skipping the first second of the load.
+    """Samples accept_queue(port) 10 times a second, skipping the first second of the load (the first
+    quarter of a load shorter than 2 s: an A/B slice).
 
     wrk counts a connection the server never serves neither as an error nor in its latencies; a
     keep-alive load on a server that leaves connections unaccepted shows up here instead."""
 
-    def __init__(self, port):
+    def __init__(self, port, skip=1.0):
         super().__init__(daemon=True)
-        self.port, self.samples, self.stop = port, [], threading.Event()
+        self.port, self.skip, self.samples, self.stop = port, skip, [], threading.Event()
 
     def run(self):
-        if self.stop.wait(1.0):
+        if self.stop.wait(self.skip):
             return
         while not self.stop.wait(0.1):
             n = accept_queue(self.port)
@@ -344,18 +372,35 @@ class QueueSampler(threading.Thread):
         return {"median": statistics.median(s), "max": max(s)} if s else {"median": 0, "max": 0}
 
 
+def machine_busy():
+    """CPU seconds the whole machine has been busy (all CPUs, /proc/stat; steal included: time the
+    hypervisor gave to other guests)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK  # user nice system irq softirq steal
+
+
+def own_cpu():
+    """CPU seconds of this harness and of its waited-for children (wrk)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def measure_load(proc, app, port, mode, duration):
-    """One timed wrk load plus the CPU the server's process tree used and its accept queue."""
+    """One timed wrk load plus the CPU the server's process tree used, its accept queue and the
+    cores everything else on the machine used meanwhile (other processes and the hypervisor)."""
     drain(port)
     before = cpu_ticks(process_tree(proc.pid))
-    sampler = QueueSampler(port)
+    sampler = QueueSampler(port, skip=1.0 if duration >= 2 else duration / 4)
     sampler.start()
+    busy0, own0 = machine_busy(), own_cpu()
     t0 = time.perf_counter()
     try:
         w = run_wrk(app, port, mode, duration)
     finally:
         queue = sampler.result()
     wall = time.perf_counter() - t0
+    busy, own = machine_busy() - busy0, own_cpu() - own0
     after = cpu_ticks(process_tree(proc.pid))
     used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / CLK_TCK
     seconds = w["duration_us"] / 1e6
@@ -369,8 +414,42 @@ def measure_load(proc, app, port, mode, duration):
         "socket_errors": socket_errors,
         "non2xx": w["status"],
         "cores": used / wall,
+        "cpu_s": used,
+        "wall_s": wall,
+        # CPU time per request: far steadier than requests/s on a shared machine (A/B table)
+        "cpu_us_per_req": used / w["requests"] * 1e6 if w["requests"] else None,
+        # cores used by neither the server, wrk nor the harness: how disturbed this sample was
+        "other_cores": max(0.0, busy - used - own) / wall,
         "accept_queue": queue,
         "wrk": w,
+    }
+
+
+def combine_slices(slices):
+    """One load's numbers from the slices of an A/B pair's alternating loads (run_pair): sums for
+    counts and times, so requests/s, cores and CPU per request are those of the whole; p50 and p99
+    are the medians of the slices' (wrk reports percentiles, which cannot be merged)."""
+    requests = sum(s["requests"] for s in slices)
+    seconds = sum(s["wrk"]["duration_us"] for s in slices) / 1e6
+    cpu, wall = sum(s["cpu_s"] for s in slices), sum(s["wall_s"] for s in slices)
+    queues = [s["accept_queue"] for s in slices]
+    return {
+        "rps": requests / seconds if seconds else 0.0,
+        "requests": requests,
+        "p50_ms": statistics.median(s["p50_ms"] for s in slices),
+        "p99_ms": statistics.median(s["p99_ms"] for s in slices),
+        "errors": sum(s["errors"] for s in slices),
+        "socket_errors": sum(s["socket_errors"] for s in slices),
+        "non2xx": sum(s["non2xx"] for s in slices),
+        "cores": cpu / wall if wall else 0.0,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_us_per_req": cpu / requests * 1e6 if requests else None,
+        "other_cores": sum(s["other_cores"] * s["wall_s"] for s in slices) / wall if wall else 0.0,
+        "accept_queue": {"median": statistics.median(q["median"] for q in queues),
+                         "max": max(q["max"] for q in queues)},
+        "slices": [{k: s[k] for k in ("rps", "requests", "p99_ms", "cpu_us_per_req", "other_cores",
+                                      "errors")} for s in slices],
     }
 
 
@@ -396,6 +475,68 @@ def run_instance(server, app, cfg, tag):
     finally:
         stop_server(proc)
     return record
+
+
+@dataclass
+class Instance:
+    """One running server of an A/B pair (run_pair)."""
+    server: Server
+    tag: str
+    record: dict
+    proc: subprocess.Popen = None
+    port: int = None
+
+    def attempt(self, step):
+        """Run step(self) unless this instance has failed; a failure becomes its record's error."""
+        if "error" in self.record:
+            return
+        try:
+            step(self)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes this row's "n/a" with a reason
+            self.record["error"] = f"{exc} [log: {log_tail(self.tag)}]"
+
+
+def run_pair(pair, app, cfg, rep):
+    """A/B: the two builds of one config on one app, both up at once. Each is started (one after the
+    other, so their startups do not compete), checked and warmed up; then each mode's load is cut
+    into slices of about cfg.ab_slice seconds that alternate between the two, A B B A A B ..., so a
+    burst of other work on the machine falls on both builds alike. Returns the two records."""
+    insts = [Instance(s, f"r{rep + 1}-{app.name}-{s.name}",
+                      {"server": s.name, "app": app.name, "loadavg": loadavg()}) for s in pair]
+
+    def start(i):
+        i.proc, i.port, t0 = start_server(i.server, app, i.tag)
+        i.record["startup_ms"] = wait_first_200(i.proc, i.port, t0, cfg.start_timeout) * 1000
+        check_response(app, i.port)
+
+    try:
+        for i in insts:
+            i.attempt(start)
+        time.sleep(cfg.settle)
+        for i in insts:
+            i.attempt(lambda i: i.record.__setitem__("idle", tree_memory(i.proc.pid)))
+        for i in insts:
+            i.attempt(lambda i: run_wrk(app, i.port, "keepalive", cfg.warmup))
+        n = max(1, round(cfg.duration / cfg.ab_slice))
+        for mode in app.modes:
+            slices = {id(i): [] for i in insts}
+            for k in range(n):
+                for i in insts if k % 2 == 0 else insts[::-1]:
+                    i.attempt(lambda i: slices[id(i)].append(
+                        measure_load(i.proc, app, i.port, mode, cfg.duration / n)))
+            for i in insts:
+                i.attempt(lambda i: i.record.setdefault("loads", {}).__setitem__(
+                    mode, combine_slices(slices[id(i)])))
+        for i in insts:
+            i.attempt(lambda i: drain(i.port))
+        time.sleep(cfg.settle)
+        for i in insts:
+            i.attempt(lambda i: i.record.__setitem__("after", tree_memory(i.proc.pid)))
+    finally:
+        for i in insts:
+            if i.proc is not None:
+                stop_server(i.proc)
+    return [i.record for i in insts]
 
 
 def memory_growth(server, cfg):
@@ -502,20 +643,44 @@ def app_by_name(name):
     return next(a for a in APPS if a.name == name)
 
 
+def run_units(servers, rep):
+    """The server order of repeat `rep` (0-based), as units: every server is one unit, except that a
+    ferricorn config and its A/B twin form one unit and always run together; the units rotate by one
+    each repeat, and within a pair this tree's build goes first in even repeats, the other build in
+    odd ones (repeat 1: old, new; repeat 2: new, old; ...)."""
+    twins = {s.twin_of: s for s in servers if s.twin_of}
+    units = []
+    for s in servers:
+        if s.twin_of:
+            continue
+        twin = twins.get(s.name)
+        units.append([s] if twin is None else [twin, s] if rep % 2 == 0 else [s, twin])
+    k = rep % len(units) if units else 0
+    return units[k:] + units[:k]
+
+
+def run_order(servers, rep):
+    return [s for unit in run_units(servers, rep) for s in unit]
+
+
 def run_matrix(servers, apps, cfg, log):
-    """All (repeat, app, server) instances; servers rotate each repeat so order effects even out."""
+    """All (repeat, app, server) instances, in run_units order: order effects even out over the
+    repeats. An A/B pair runs through run_pair (alternating slices) unless cfg.ab_slice is 0."""
     records = []
     for rep in range(cfg.repeats):
-        order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+        units = run_units(servers, rep)
         for app in apps:
-            for server in order:
-                if server.unavailable:
-                    continue
-                rec = run_instance(server, app, cfg, f"r{rep + 1}-{app.name}-{server.name}")
-                rec["repeat"] = rep + 1
-                records.append(rec)
-                log(progress_line(rec, cfg.repeats))
-                note_start_failure(server, rec)
+            for unit in units:
+                unit = [s for s in unit if not s.unavailable]
+                if len(unit) == 2 and cfg.ab_slice > 0:
+                    recs = run_pair(unit, app, cfg, rep)
+                else:
+                    recs = [run_instance(s, app, cfg, f"r{rep + 1}-{app.name}-{s.name}") for s in unit]
+                for server, rec in zip(unit, recs):
+                    rec["repeat"] = rep + 1
+                    records.append(rec)
+                    log(progress_line(rec, cfg.repeats))
+                    note_start_failure(server, rec)
     return records
 
 
@@ -532,7 +697,9 @@ def progress_line(rec, repeats):
     if "error" in rec:
         return f"{head} ERROR {rec['error'][:300]}"
     loads = "  ".join(f"{m}: {l['rps']:8.0f} req/s p99 {l['p99_ms']:7.1f} ms err {l['errors']}"
-                      f" cpu {l['cores']:.2f}" for m, l in rec["loads"].items())
+                      f" cpu {l['cores']:.2f} {l['cpu_us_per_req'] or 0:.1f} us/req"
+                      f" others {l['other_cores']:.2f}"
+                      for m, l in rec["loads"].items())
     return (f"{head} start {rec['startup_ms']:6.0f} ms  idle {rec['idle']['rss']:.0f} MiB  "
             f"after {rec['after']['rss']:.0f} MiB  {loads}")
 
@@ -549,6 +716,7 @@ class Config:
     ceiling_repeats: int
     start_timeout: float = 30.0
     quick: bool = False
+    ab_slice: float = 1.0  # A/B: seconds per alternating slice of a pair's loads (0: in one piece)
     extra: dict = field(default_factory=dict)
 
 
@@ -559,11 +727,93 @@ def make_config(args):
     else:
         cfg = Config(repeats=3, duration=5, warmup=2, settle=1, mem_loads=3, mem_seconds=10,
                      ceiling_seconds=1, ceiling_repeats=3)
+    if args.ab or args.ab_venv:
+        cfg.repeats = max(cfg.repeats, AB_MIN_REPEATS)  # a spread needs several samples per build
+    if args.ab_slice is not None:
+        if args.ab_slice < 0:
+            bad(f"--ab-slice {args.ab_slice:g}: seconds must be 0 or more")
+        cfg.ab_slice = args.ab_slice
     if args.duration:
         cfg.duration = args.duration
     if args.repeats:
         cfg.repeats = args.repeats
     return cfg
+
+
+AB_MIN_REPEATS = 3
+AB_VENV = BENCH / ".venv-ab"  # where bench/run --ab REF builds REF
+
+
+def ferricorn_build(bin_dir):
+    """Version and source commit of the ferricorn installed in a venv (from its direct_url.json:
+    `pip install <dir>` records the directory, whose `git describe` names the commit)."""
+    code = ("import importlib.metadata as m, json; d = m.distribution('ferricorn'); "
+            "print(json.dumps({'version': d.version, 'url': json.loads(d.read_text('direct_url.json') "
+            "or '{}').get('url')}))")
+    info = {"version": None, "source": None, "commit": None}
+    try:
+        out = subprocess.run([str(bin_dir / "python"), "-c", code], capture_output=True, text=True,
+                             timeout=30)
+        info.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return info
+    url = info.pop("url", None)
+    if url and url.startswith("file://"):
+        info["source"] = url[len("file://"):]
+        try:
+            info["commit"] = subprocess.run(
+                ["git", "-C", info["source"], "describe", "--always", "--dirty"],
+                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def ab_setup(args):
+    """The other build of an A/B run: {label, venv, bin, version, source, commit}, or None. Exits 2
+    with one line when the options are wrong or the venv holds no ferricorn."""
+    if not (args.ab or args.ab_venv):
+        return None
+    if args.ab and args.ab_venv:
+        bad("--ab and --ab-venv both given; use one")
+    venv = Path(args.ab_venv).resolve() if args.ab_venv else AB_VENV
+    bin_dir = venv / "bin"
+    if not (bin_dir / "ferricorn").exists():
+        hint = " (bench/run --ab REF builds it there)" if args.ab else ""
+        bad(f"no ferricorn installed in {venv}{hint}")
+    if bin_dir.resolve() == VENV_BIN.resolve():
+        bad(f"{venv} is the venv of this run's own build; the A/B build needs a venv of its own")
+    if args.ab:
+        want = git_commit(args.ab)
+        if want is None:
+            bad(f"--ab {args.ab}: not a commit in {REPO}")
+        try:
+            built = (venv / "ab-commit").read_text().strip()
+        except OSError:
+            built = None
+        if built != want:
+            bad(f"{venv} holds {built or 'an unknown build'}, not {args.ab} ({want[:12]}); "
+                "run through bench/run, which builds it")
+    info = ferricorn_build(bin_dir)
+    label = args.ab_label or args.ab or info["commit"] or venv.name
+    if not label or any(c.isspace() or c in ",@" for c in label):
+        bad(f"--ab-label {label!r}: use a name without spaces, commas or '@'")
+    return dict(info, label=label, venv=str(venv), bin=str(bin_dir))
+
+
+def git_commit(ref):
+    """The full commit id `ref` names in this repository, or None."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def bad(msg):
+    print(f"bench: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def estimate_seconds(servers, apps, cfg):
@@ -619,6 +869,15 @@ def parse_args(argv=None):
     p.add_argument("--no-build", action="store_true", help="(bench/run) keep the installed ferricorn")
     p.add_argument("--no-memtest", action="store_true", help="skip the 3-load memory growth test")
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of an earlier run from its .json")
+    p.add_argument("--ab", metavar="REF",
+                   help="A/B: also run the ferricorn of git REF (bench/run builds it into bench/.venv-ab)")
+    p.add_argument("--ab-venv", metavar="PATH",
+                   help="A/B: the other ferricorn build is installed in this venv")
+    p.add_argument("--ab-slice", type=float, metavar="S",
+                   help="A/B: seconds per slice of the two builds' alternating loads (default 1; 0: one "
+                        "whole load per build, one server after the other)")
+    p.add_argument("--ab-label",
+                   help="A/B: the other build's name in server names (default: REF or its commit)")
     p.add_argument("--ceiling-worker", help=argparse.SUPPRESS)
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -647,7 +906,12 @@ def main():
         print(f"[bench] wrote {src.with_suffix('.md')}")
         return 0
     cfg = make_config(args)
+    ab = ab_setup(args)
     servers = select(make_servers(), args.servers, "servers")
+    if ab:
+        if not any(s.family == "ferricorn" for s in servers):
+            bad("A/B mode needs at least one ferricorn config in --servers")
+        servers = ab_twins(servers, ab)
     apps = select(APPS, args.apps, "apps")
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
@@ -663,6 +927,9 @@ def main():
     for s in servers:
         if s.unavailable:
             log(f"[bench] {s.name}: not available: {s.unavailable}")
+    if ab:
+        log(f"[bench] A/B: @{ab['label']} = ferricorn {ab['version']} from {ab['venv']}"
+            f" (commit {ab['commit'] or 'unknown'}), interleaved with this tree's build")
 
     started = time.time()
     env_info = environment_info()
@@ -687,14 +954,18 @@ def main():
         "settings": {k: v for k, v in vars(cfg).items() if k != "extra"},
         "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
         "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
-                     "threads_flag": s.threads_flag, "unavailable": s.unavailable} for s in servers],
+                     "threads_flag": s.threads_flag, "unavailable": s.unavailable,
+                     "exe": str(s.bin_dir / s.exe), "twin_of": s.twin_of} for s in servers],
         "apps": [{"name": a.name, "title": a.title, "modes": list(a.modes), "connections": a.connections,
                   "threads": a.threads} for a in apps],
         "ceilings": ceilings,
         "records": records,
         "memtest": memtest,
     }
-    stem = args.out or (raw["date"] + ("-quick" if cfg.quick else ""))
+    if ab:
+        raw["ab"] = dict(ab, new={"commit": env_info["commit"], "venv": str(VENV_BIN.parent),
+                                  "version": env_info["versions"]["ferricorn"]})
+    stem = args.out or (raw["date"] + ("-ab" if ab else "") + ("-quick" if cfg.quick else ""))
     md_path, json_path = RESULTS / f"{stem}.md", RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(raw, indent=1) + "\n")
     md_path.write_text(report.render(raw))

@@ -1,4 +1,5 @@
-"""Turns the raw JSON of one benchmark run into the markdown report (tables, ratios, targets)."""
+"""Turns the raw JSON of one benchmark run into the markdown report (tables, ratios, targets, and in
+A/B mode the comparison of two ferricorn builds)."""
 
 import statistics
 
@@ -60,7 +61,9 @@ def rows(raw):
 
 
 def family(raw, fam):
-    return [s["name"] for s in raw["servers"] if s["name"].startswith(fam)]
+    """The configs of one server family; an A/B run's other build (`twin_of`) is not one of them:
+    ratios and targets speak of this tree's build."""
+    return [s["name"] for s in raw["servers"] if s["name"].startswith(fam) and not s.get("twin_of")]
 
 
 def best(raw, app, mode, fam):
@@ -311,7 +314,7 @@ def target_idle_memory(raw):
 
 
 def target_growth(raw):
-    recs = [r for r in raw["memtest"] if r["server"].startswith("ferricorn") and "error" not in r]
+    recs = [r for r in raw["memtest"] if r["server"] in family(raw, "ferricorn") and "error" not in r]
     if not recs:
         return "n/a", "n/a"
     worst = max(max(r["growth_rss"], r["growth_pss"]) for r in recs)
@@ -353,6 +356,164 @@ def targets(raw):
     return table(["target", "measured (ferricorn ÷ peer)", "status"], out)
 
 
+# --------------------------------------------------------------------------- A/B: two ferricorn builds
+
+AB_THRESHOLD = 0.03  # a difference below 3% of the old median is never flagged
+
+
+def ab_samples(raw, app, mode, server):
+    """{repeat: load} of one (app, mode, server) cell."""
+    return {r["repeat"]: r["loads"][mode] for r in ok_records(raw, app, server) if mode in r.get("loads", {})}
+
+
+def ab_metric(samples, key):
+    vals = [l.get(key) for l in samples.values()]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def ab_worse(old, new, higher_is_better):
+    """The A/B rule: the new build is worse when its median is worse than the old one's by more than
+    AB_THRESHOLD and the two min–max ranges over the repeats do not overlap. Returns -1 (worse),
+    +1 (better by the same rule) or 0."""
+    if not old or not new or not old["median"]:
+        return 0
+    r = new["median"] / old["median"]
+    if higher_is_better:
+        if r < 1 - AB_THRESHOLD and new["max"] < old["min"]:
+            return -1
+        if r > 1 + AB_THRESHOLD and new["min"] > old["max"]:
+            return 1
+    else:
+        if r > 1 + AB_THRESHOLD and new["min"] > old["max"]:
+            return -1
+        if r < 1 - AB_THRESHOLD and new["max"] < old["min"]:
+            return 1
+    return 0
+
+
+def ab_rows(raw):
+    """One dict per (app, mode, config) of the A/B comparison."""
+    out = []
+    pairs = [(s["twin_of"], s["name"]) for s in raw["servers"] if s.get("twin_of")]
+    for app, mode in rows(raw):
+        for new_name, old_name in pairs:
+            old_s, new_s = ab_samples(raw, app, mode, old_name), ab_samples(raw, app, mode, new_name)
+            row = {"app": app, "mode": mode, "config": new_name.split("-", 1)[1], "new": new_name,
+                   "old": old_name}
+            for key, metric in (("rps", "rps"), ("p99", "p99_ms"), ("cpu", "cpu_us_per_req"),
+                                ("others", "other_cores")):
+                row[key] = {"old": ab_metric(old_s, metric), "new": ab_metric(new_s, metric)}
+            row["errors"] = {"old": sum(l["errors"] for l in old_s.values()),
+                             "new": sum(l["errors"] for l in new_s.values())}
+            # new ÷ old of the two loads of the same repeat, which ran back to back
+            row["paired"] = [new_s[k]["rps"] / old_s[k]["rps"] for k in sorted(old_s)
+                             if k in new_s and old_s[k]["rps"]]
+            o, n = row["rps"]["old"], row["rps"]["new"]
+            row["ratio"] = n["median"] / o["median"] if o and n and o["median"] else None
+            c_o, c_n = row["cpu"]["old"], row["cpu"]["new"]
+            row["cpu_ratio"] = c_n["median"] / c_o["median"] if c_o and c_n and c_o["median"] else None
+            flags = []
+            if not o or not n:
+                flags.append("n/a")
+            else:
+                v = {"rps": ab_worse(o, n, True), "p99": ab_worse(row["p99"]["old"], row["p99"]["new"], False),
+                     "cpu": ab_worse(c_o, c_n, False)}
+                if v["rps"] < 0:
+                    flags.append(f"**loss > {AB_THRESHOLD:.0%}**")
+                if v["p99"] < 0:
+                    flags.append("**p99 up**")
+                if v["cpu"] < 0:
+                    flags.append("**CPU up**")
+                if row["errors"]["new"] > row["errors"]["old"]:
+                    flags.append(f"**errors {row['errors']['old']} → {row['errors']['new']}**")
+                if v["rps"] > 0:
+                    flags.append("faster")
+                if v["p99"] > 0:
+                    flags.append("p99 down")
+                if v["cpu"] > 0:
+                    flags.append("CPU down")
+            row["flags"] = flags
+            row["regression"] = any(f.startswith("**") for f in flags)
+            out.append(row)
+    return out
+
+
+def f_range(m, fmt):
+    if not m:
+        return "n/a"
+    return f"{fmt(m['median'])} ({fmt(m['min'])}–{fmt(m['max'])})"
+
+
+def f_us(v):
+    return "n/a" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def ab_section(raw):
+    ab = raw["ab"]
+    new, label = ab["new"], ab["label"]
+    rows_ = ab_rows(raw)
+    sliced = raw["settings"].get("ab_slice", 0) > 0
+    n = max(1, round(raw["settings"]["duration"] / raw["settings"]["ab_slice"])) if sliced else 1
+    how = (f"Each config's two builds were up at once for every app in every repeat; each load was cut "
+           f"into {n} slices of {raw['settings']['duration'] / n:g} s alternating between the builds "
+           f"(A B B A ...), which build started alternating from repeat to repeat; req/s, CPU per request "
+           f"and errors are those of the whole load, p99 the median of its slices' p99."
+           if sliced else
+           "Each config of the two builds ran back to back for every app in every repeat, which build went "
+           "first alternating from repeat to repeat.")
+    body = []
+    for r in rows_:
+        body.append([
+            app_title(raw, r["app"]), MODE_LABEL[r["mode"]], r["config"],
+            f_range(r["rps"]["old"], f_rps), f_range(r["rps"]["new"], f_rps), f_x(r["ratio"]),
+            " ".join(f"{x:.2f}" for x in r["paired"]) or "n/a",
+            f_range(r["p99"]["old"], f_ms), f_range(r["p99"]["new"], f_ms),
+            f_range(r["cpu"]["old"], f_us), f_range(r["cpu"]["new"], f_us), f_x(r["cpu_ratio"]),
+            " / ".join("n/a" if not r["others"][b] else f"{r['others'][b]['median']:.2f}"
+                       for b in ("old", "new")),
+            ", ".join(r["flags"]) or "within noise",
+        ])
+    ratios = [r["ratio"] for r in rows_ if r["ratio"]]
+    paired = [x for r in rows_ for x in r["paired"]]
+    cpu = [r["cpu_ratio"] for r in rows_ if r["cpu_ratio"]]
+    flagged = [f"{r['app']} {MODE_LABEL[r['mode']]} {r['config']}" for r in rows_ if r["regression"]]
+    summary = []
+    if ratios:
+        summary.append(f"Spread over the {len(rows_)} rows: median req/s new ÷ old {min(ratios):.3f}–"
+                       f"{max(ratios):.3f}; per repeat (the two loads that ran back to back) "
+                       f"{min(paired):.3f}–{max(paired):.3f}; CPU per request new ÷ old "
+                       + (f"{min(cpu):.3f}–{max(cpu):.3f}." if cpu else "n/a."))
+    others = [x for r in rows_ for b in ("old", "new") if r["others"][b] for x in [r["others"][b]["median"]]]
+    if others:
+        summary.append(f"Cores used by other work on the machine during the loads (median per cell): "
+                       f"{min(others):.2f}–{max(others):.2f}.")
+    summary.append("Regressions: " + ("; ".join(flagged) if flagged else "none (no row flagged)") + ".")
+    return [
+        f"## A/B: this tree vs @{label}",
+        "",
+        f"old = @{label}: ferricorn {ab.get('version') or '?'}, commit `{ab.get('commit') or '?'}`, "
+        f"from `{ab['venv']}`; new = this tree: commit `{new.get('commit') or '?'}`, from "
+        f"`{new.get('venv') or '?'}`. {how} Cells: median over repeats (min–max). 'per repeat' = new "
+        f"÷ old req/s of the two loads of one repeat. CPU = "
+        f"utime+stime of master and workers during the load ÷ requests (µs per request), median. "
+        f"Others' cores: CPU the rest of the machine (other processes, the hypervisor's steal) used "
+        f"during the loads ÷ their wall time: how much the samples were disturbed. "
+        f"Verdict: a metric is flagged when the new median is worse than the old one by more than "
+        f"{AB_THRESHOLD:.0%} **and** the min–max ranges of the two builds do not overlap (req/s: "
+        f"'loss > {AB_THRESHOLD:.0%}'; p99: 'p99 up'; CPU per request: 'CPU up'); more errors than "
+        f"the old build are always flagged; the same rule the other way round notes a gain.",
+        "",
+        table(["app", "mode", "config", "req/s old", "req/s new", "new ÷ old", "per repeat",
+               "p99 ms old", "p99 ms new", "CPU µs/req old", "CPU µs/req new", "CPU new ÷ old",
+               "others' cores old / new", "verdict"],
+              body),
+        "",
+    ] + summary + [""]
+
+
 # --------------------------------------------------------------------------- document
 
 
@@ -376,6 +537,10 @@ def render(raw):
         f"Run took {raw['elapsed_s'] / 60:.1f} min; 1-minute load average {env['loadavg_start']:.1f} at the "
         f"start, {env['loadavg_end']:.1f} at the end (the machine is shared: compare ratios, not absolutes).",
         "",
+    ]
+    if raw.get("ab"):
+        parts += ab_section(raw)
+    parts += [
         "## Targets",
         "",
         targets(raw),
