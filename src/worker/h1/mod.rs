@@ -178,9 +178,9 @@ pub async fn serve<S: Transport>(
             let protocol = protocol.to_string();
             if trace {
                 io.ctx.log.debug(&format!(
-                    "Connection from {} handed on to {protocol} after {served} request{}",
+                    "Connection from {} handed on to {protocol} after {}",
                     client_text(&peer),
-                    if served == 1 { "" } else { "s" }
+                    requests_text(served)
                 ));
             }
             drop(claim);
@@ -238,9 +238,9 @@ pub async fn serve<S: Transport>(
     }
     if trace {
         io.ctx.log.debug(&format!(
-            "Connection from {} closed after {served} request{}: {closed_because}",
+            "Connection from {} closed after {}: {closed_because}",
             client_text(&peer),
-            if served == 1 { "" } else { "s" }
+            requests_text(served)
         ));
     }
     drop(claim);
@@ -276,6 +276,11 @@ async fn close_staged<S: Transport>(stream: &mut S, buf: &mut Vec<u8>) {
         }
     }
     buf.clear();
+}
+
+/// `1 request`, `3 requests`.
+fn requests_text(n: u64) -> String {
+    format!("{n} request{}", if n == 1 { "" } else { "s" })
 }
 
 /// The client as the debug log names it.
