@@ -85,6 +85,7 @@ pub async fn serve<S: Transport>(
     claimed: bool,
 ) -> ConnEnd<S> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut frame = write::Framed::new();
     // A connection accepted within capacity holds one unit of it from accept (see `admission`).
     let mut claim = io.admission.claim(claimed);
     let mut first = true;
@@ -210,6 +211,7 @@ pub async fn serve<S: Transport>(
             conn_peer: &peer,
             peer: &client,
             server: &server,
+            frame: &mut frame,
         };
         let ended = request::run(&mut stream, &mut buf, &io, &mut claim, request).await;
         let keep = ended.keep;

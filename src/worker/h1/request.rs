@@ -37,6 +37,8 @@ pub(super) struct Request<'a> {
     /// The client the app sees (different behind a PROXY header).
     pub peer: &'a Arc<Peer>,
     pub server: &'a Arc<ServerAddr>,
+    /// The connection's framing buffers, reused request after request.
+    pub frame: &'a mut Framed,
 }
 
 /// How a request's exchange ended.
@@ -67,7 +69,7 @@ struct Exchange<'a> {
     continue_sent: bool,
     /// The response's HTTP/1 framing, decided as its pieces arrive (see `http::framing`).
     h1: H1Response,
-    frame: Framed,
+    frame: &'a mut Framed,
     /// The request's ticket, while no thread has taken it (see `admission`).
     waiting: Option<Arc<Ticket>>,
     on_overflow: bool,
@@ -101,6 +103,7 @@ pub(super) async fn run<S: Transport>(
         conn_peer,
         peer,
         server,
+        frame,
     } = req;
     let BodyStart {
         body,
@@ -151,7 +154,7 @@ pub(super) async fn run<S: Transport>(
         body,
         expect_continue,
         continue_sent: false,
-        frame: Framed::new(),
+        frame,
         waiting: None,
         on_overflow: false,
         // `--timeout` is checked here, on the I/O thread, so the client gets an answer even when the app
@@ -289,7 +292,7 @@ impl Exchange<'_> {
                 // (the app's next send then fails and its iterable is closed).
                 let written = timeout(
                     io.header_timeout,
-                    write_piece(stream, &self.frame, &piece, body),
+                    write_piece(stream, self.frame, &piece, body),
                 )
                 .await;
                 if !matches!(written, Ok(Ok(()))) {
@@ -310,8 +313,9 @@ impl Exchange<'_> {
                     offset,
                     count,
                 } = *body;
-                let frame = &mut self.frame;
+                let frame = &mut *self.frame;
                 frame.pre.clear();
+                frame.post.clear();
                 if let Some(r) = &response {
                     h1.write_head(&mut frame.pre, &facts(r, Some(count), stopping));
                 }
