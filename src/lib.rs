@@ -201,10 +201,7 @@ fn serve(
         shown.join(","),
         std::process::id()
     ));
-    log.info(&format!(
-        "Using worker: {}",
-        arbiter::worker_class_name(&cfg)
-    ));
+    log.info(&format!("Using worker: {}", cfg.worker_class.name()));
     if server_hook("when_ready").is_err() {
         return 1;
     }

@@ -16,7 +16,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use pyo3::prelude::*;
 
-use crate::config::{Config, WorkerClass};
+use crate::config::Config;
 use crate::log::ErrorLog;
 use crate::python::hooks::{HookFailed, HookRunner};
 use crate::scoreboard::{now_ns, Scoreboard, WorkerState};
@@ -135,13 +135,6 @@ fn describe_requests(running: &[(usize, crate::scoreboard::RequestInFlight)]) ->
         })
         .collect();
     format!("requests still running: {}", each.join("; "))
-}
-
-pub fn worker_class_name(cfg: &Config) -> &'static str {
-    match cfg.worker_class {
-        WorkerClass::Sync => "sync",
-        WorkerClass::Gthread => "gthread",
-    }
 }
 
 impl Arbiter {
@@ -830,10 +823,7 @@ impl Arbiter {
     /// says so again for every later episode (starvation.rs has the rules). The waiting requests are still
     /// served as threads free up.
     fn check_starvation(&mut self) {
-        let per_worker = match self.cfg.worker_class {
-            WorkerClass::Sync => 1,
-            WorkerClass::Gthread => self.cfg.threads.max(1),
-        };
+        let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
         let capacity = per_worker * self.workers.len();
         let mut busy = Vec::new();
         let mut inside = 0u64;

@@ -37,6 +37,34 @@ pub enum WorkerClass {
     Gthread,
 }
 
+impl WorkerClass {
+    /// The class that runs when `self` is asked for with `--threads threads`: a sync worker with more
+    /// than one thread is a threaded worker.
+    pub fn with_threads(self, threads: usize) -> WorkerClass {
+        match self {
+            WorkerClass::Sync if threads > 1 => WorkerClass::Gthread,
+            other => other,
+        }
+    }
+
+    /// Its name in the log (`Using worker: …`) and in `ferricornctl doctor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
+        }
+    }
+
+    /// The Python threads a worker of this class runs requests on, given `--threads`: one for sync,
+    /// `--threads` (at least one) for gthread. A worker's capacity.
+    pub fn threads(self, configured: usize) -> usize {
+        match self {
+            WorkerClass::Sync => 1,
+            WorkerClass::Gthread => configured.max(1),
+        }
+    }
+}
+
 /// Every setting, resolved. Field names follow gunicorn's setting names where they differ from
 /// the flag (`keepalive` is `--keep-alive`, `preload_app` is `--preload`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,10 +280,7 @@ impl Config {
     /// table entries of both, so the order in which they are set does not matter.
     pub fn resolve_worker_class(&mut self) {
         if let Ok(requested) = settings::parse_worker_class(&self.worker_class_name) {
-            self.worker_class = match requested {
-                WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
-                other => other,
-            };
+            self.worker_class = requested.with_threads(self.threads);
         }
     }
 }

@@ -23,7 +23,7 @@ use nix::sys::signal::Signal;
 use pyo3::prelude::*;
 use tokio::sync::Notify;
 
-use crate::config::{Config, WorkerClass};
+use crate::config::Config;
 use crate::http::ParserOptions;
 use crate::log::{AccessLog, ErrorLog};
 use crate::python::hooks::HookRunner;
@@ -375,10 +375,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         },
         None => None,
     };
-    let threads = match cfg.worker_class {
-        WorkerClass::Sync => 1,
-        WorkerClass::Gthread => cfg.threads.max(1),
-    };
+    let threads = cfg.worker_class.threads(cfg.threads);
     let ctx = Arc::new(WorkerContext {
         cfg: cfg.clone(),
         log: log.clone(),
@@ -413,7 +410,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         log.debug(&format!(
             "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
             if threads == 1 { "" } else { "s" },
-            crate::arbiter::worker_class_name(&cfg),
+            cfg.worker_class.name(),
             cfg.worker_connections
         ));
         let overflow = OverflowLane::new(threads);
