@@ -10,6 +10,7 @@
 pub mod bind;
 pub mod cli;
 pub mod file;
+pub mod network;
 pub mod settings;
 pub mod shell_words;
 
@@ -24,6 +25,7 @@ pub use cli::{
     from_args, help_or_version, help_text, parse_command_line, CliError, CommandLine, Origin,
 };
 pub use file::{config_location, resolve, ConfigSource, FileSettings};
+pub use network::Network;
 pub use settings::{
     apply_setting, find_setting, Kind, Section, Setting, SettingValue, ValueError, SETTINGS,
 };

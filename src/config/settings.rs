@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::bind::{BindAddress, BindError};
-use super::{Config, WorkerClass};
+use super::{Config, Network, WorkerClass};
 
 /// gunicorn's ceiling on the request line: a larger value is accepted and this one used.
 pub const MAX_REQUEST_LINE: usize = 8190;
@@ -493,7 +493,7 @@ fn network_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
             if s == "*" {
                 return Ok(s);
             }
-            crate::worker::proxy::Network::parse(&s)
+            Network::parse(&s)
                 .map(|n| n.to_string())
                 .map_err(ValueError::Invalid)
         })
