@@ -9,6 +9,7 @@
 
 pub mod bind;
 pub mod cli;
+pub mod control_socket;
 pub mod file;
 pub mod network;
 pub mod settings;
@@ -204,7 +205,7 @@ impl Default for Config {
             reload_extra_files: Vec::new(),
             pidfile: None,
             control_socket: None,
-            control_socket_mode: crate::control::DEFAULT_MODE,
+            control_socket_mode: control_socket::DEFAULT_MODE,
             control_socket_disable: false,
             check_config: false,
             print_config: false,

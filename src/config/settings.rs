@@ -1170,7 +1170,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |c| match &c.control_socket {
             Some(p) => p.clone(),
-            None => crate::control::default_socket_path_from_env()
+            None => super::control_socket::default_socket_path_from_env()
                 .display()
                 .to_string(),
         },
