@@ -11,6 +11,7 @@ pub mod bind;
 pub mod cli;
 pub mod control_socket;
 pub mod file;
+pub mod ids;
 pub mod network;
 pub mod settings;
 pub mod shell_words;
@@ -122,7 +123,7 @@ pub struct Config {
     pub worker_tmp_dir: Option<PathBuf>,
     pub capture_output: bool,
     pub reload: bool,
-    /// One of [`crate::system::reload::ENGINES`].
+    /// One of [`settings::RELOAD_ENGINES`].
     pub reload_engine: String,
     /// Absolute paths and glob patterns.
     pub reload_extra_files: Vec<String>,
