@@ -6,7 +6,6 @@
 //! - `lib.rs`: [`start_master`] once the configuration is known (before the app is preloaded and the
 //!   sockets are bound), then [`listeners`] instead of binding directly; the returned [`Master`] is kept
 //!   until the master exits (dropping it removes the pidfile).
-//! - `sock.rs`: [`before_tcp_bind`] and [`bind_unix`] while a listener is created.
 //! - `arbiter`: [`worker_started`] in a freshly forked worker, [`master_tick`] once per loop,
 //!   [`master_reloading`] on HUP and [`master_stopping`] when it starts to shut down.
 //! - `log`: [`follow_reopened_log`] after the error log is reopened.
@@ -19,13 +18,10 @@ pub mod reload;
 pub mod systemd;
 pub mod tcp_table;
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
 use pyo3::prelude::*;
-use socket2::{SockAddr, Socket};
 
 use crate::config::Config;
 use crate::log::ErrorLog;
@@ -64,17 +60,6 @@ pub fn process_name(cfg: &Config) -> String {
         base
     }
 }
-
-/// Settings the listeners need when they are created, fixed once by [`start_master`].
-#[derive(Debug, Default)]
-struct SocketPolicy {
-    reuse_port: bool,
-    umask: u32,
-    /// Owner for unix socket files, when the workers switch user or group.
-    owner: Option<(Option<u32>, Option<u32>)>,
-}
-
-static SOCKET_POLICY: OnceLock<SocketPolicy> = OnceLock::new();
 
 /// What the master holds for its whole life: the pidfile (removed when this is dropped).
 #[derive(Debug)]
@@ -127,7 +112,7 @@ pub fn start_master(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Mast
     }
     let target = privileges::target(cfg.uid, cfg.gid, nix::unistd::getuid().as_raw());
     let owner = (target.uid.is_some() || target.gid.is_some()).then_some((target.uid, target.gid));
-    let _ = SOCKET_POLICY.set(SocketPolicy {
+    sock::set_policy(sock::SocketPolicy {
         reuse_port: cfg.reuse_port,
         umask: cfg.umask,
         owner,
@@ -187,40 +172,6 @@ pub fn listeners(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Vec<Lis
         fds.len()
     ));
     fds.into_iter().map(sock::from_fd).collect()
-}
-
-/// Called on a new TCP listener before `bind`: `--reuse-port`.
-pub fn before_tcp_bind(socket: &Socket) -> io::Result<()> {
-    let reuse = SOCKET_POLICY.get().is_some_and(|p| p.reuse_port);
-    if reuse {
-        if let Err(e) = socket.set_reuse_port(true) {
-            // Kernels without SO_REUSEPORT: carry on without it, as gunicorn does.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)
-            ) {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Bind a unix listener with `--umask` applied to the socket file it creates, then give the file to the
-/// workers' user and group when they switch.
-pub fn bind_unix(socket: &Socket, addr: &SockAddr, path: &Path) -> io::Result<()> {
-    let policy = SOCKET_POLICY.get();
-    let mask = policy.map_or(0, |p| p.umask) as libc::mode_t;
-    // SAFETY: umask only swaps the process's file-creation mask; the master is single-threaded here.
-    let old = unsafe { libc::umask(mask) };
-    let bound = socket.bind(addr);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    bound?;
-    if let Some((uid, gid)) = policy.and_then(|p| p.owner) {
-        std::os::unix::fs::chown(path, uid, gid)?;
-    }
-    Ok(())
 }
 
 /// In a worker right after fork, before the app is loaded: its title, its user and group (and whether,
