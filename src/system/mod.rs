@@ -8,7 +8,6 @@
 //!   until the master exits (dropping it removes the pidfile).
 //! - `arbiter`: [`worker_started`] in a freshly forked worker, [`master_tick`] once per loop,
 //!   [`master_reloading`] on HUP and [`master_stopping`] when it starts to shut down.
-//! - `log`: [`follow_reopened_log`] after the error log is reopened.
 
 pub mod daemon;
 pub mod pidfile;
@@ -105,7 +104,8 @@ pub fn start_master(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Mast
         }
     }
     if cfg.capture_output && cfg.errorlog != "-" {
-        if let Err(e) = daemon::capture_output(py, log.raw_fd()) {
+        daemon::flush_python_streams(py);
+        if let Err(e) = log.capture_output() {
             log.error(&format!("Cannot capture output in {}: {e}", cfg.errorlog));
             return Err(1);
         }
@@ -309,9 +309,4 @@ pub fn master_stopping(log: &ErrorLog) {
         "STOPPING=1\nSTATUS=Stopping: waiting for the workers to finish",
         log,
     );
-}
-
-/// See [`daemon::follow_reopened_log`].
-pub fn follow_reopened_log(log_fd: std::os::fd::RawFd) {
-    daemon::follow_reopened_log(log_fd);
 }
