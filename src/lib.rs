@@ -139,7 +139,7 @@ fn serve(
         return check_config(py, &cfg, &log);
     }
     // Pidfile, --daemon, --capture-output, process title (kept until the master exits).
-    let _master = match system::start_master(py, &cfg, &log) {
+    let _master = match arbiter::boot::start_master(py, &cfg, &log) {
         Ok(m) => m,
         Err(status) => return status,
     };
@@ -187,7 +187,7 @@ fn serve(
     for warning in config::settings::limits_above_maximum(&cfg) {
         log.warning(&warning);
     }
-    let listeners = match system::listeners(py, &cfg, &log) {
+    let listeners = match arbiter::boot::listeners(py, &cfg, &log) {
         Ok(l) => l,
         Err(e) => {
             log.error(&e.to_string());

@@ -3,7 +3,9 @@
 //! happens from a single-threaded process. Its loop wakes once a second (or on a signal) to handle signals,
 //! reap workers, enforce `--timeout` from the scoreboard and spawn replacements.
 
+pub mod boot;
 mod control;
+mod daemon;
 mod oom;
 mod starvation;
 
@@ -560,7 +562,7 @@ impl Arbiter {
         let blocked = signals::block_all();
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
-                crate::system::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
+                boot::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }

@@ -105,7 +105,7 @@ pub struct Config {
     /// Canonical IP addresses, or `*`.
     pub forwarded_allow_ips: Vec<String>,
     pub proc_name: Option<String>,
-    // ---- process and service settings (see `crate::system`) ----
+    // ---- process and service settings (see `system`) ----
     /// `--user`: workers switch to this uid (None: they keep the master's).
     pub uid: Option<u32>,
     /// `--group`: workers switch to this gid (None: the user's primary group when `uid` switches).

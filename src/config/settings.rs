@@ -547,7 +547,7 @@ fn py_path(p: Option<&std::path::Path>) -> String {
     p.map_or_else(|| "None".to_string(), |p| p.display().to_string())
 }
 
-// ---- values of the process and service settings (see `crate::system`) ----
+// ---- values of the process and service settings (see `system`) ----
 
 /// A user or group: a name or numeric id (looked up now, so a typo is a usage error), or None.
 fn id_value(
