@@ -31,7 +31,7 @@ use pyo3::prelude::*;
 
 use config::Action;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use config::VERSION;
 
 /// Exit status for a bad command line or configuration value.
 const USAGE_ERROR: i32 = 2;
@@ -41,7 +41,7 @@ const USAGE_ERROR: i32 = 2;
 #[pyfunction]
 fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
     let env = |k: &str| std::env::var(k).ok();
-    let (action, hooks) = match configure(py, &argv, &env) {
+    let (action, hooks) = match python::config_file::configure(py, &argv, &env) {
         Ok(done) => done,
         Err(e) => {
             // Empty for a config file that called `sys.exit()`.
@@ -65,39 +65,6 @@ fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
         }
     };
     serve(py, cfg, hooks, argv)
-}
-
-/// `HUP`: read the command line, environment and config file again, as at start-up.
-pub(crate) fn reconfigure(
-    py: Python<'_>,
-    argv: &[String],
-) -> Result<(config::Config, python::config_file::Hooks), String> {
-    let env = |k: &str| std::env::var(k).ok();
-    match configure(py, argv, &env) {
-        Ok((Action::Run(cfg), hooks)) => Ok((cfg, hooks)),
-        Ok(_) => Err("the command line no longer starts a server".to_string()),
-        Err(e) => Err(e.message),
-    }
-}
-
-/// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
-/// or `./gunicorn.conf.py` when present), `*_CMD_ARGS`, the command line. The server hooks the file
-/// defined come back beside it; they are collected here for the arbiter, which does not call them yet.
-pub(crate) fn configure(
-    py: Python<'_>,
-    argv: &[String],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Action, python::config_file::Hooks), config::ConfigError> {
-    let cl = config::parse_command_line(argv, env)?;
-    if let Some(action) = config::help_or_version(&cl, VERSION) {
-        return Ok((action, Default::default()));
-    }
-    let loaded = match config::config_location(&cl, &|p| p.exists()) {
-        Some(location) => Some(python::config_file::load(py, &location)?),
-        None => None,
-    };
-    let action = config::resolve(&cl, env, loaded.as_ref().map(|l| &l.settings))?;
-    Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
 }
 
 fn serve(

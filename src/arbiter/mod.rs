@@ -412,7 +412,7 @@ impl Arbiter {
             return;
         }
         let loaded = Python::attach(|py| {
-            let (cfg, hooks) = crate::reconfigure(py, &self.argv)?;
+            let (cfg, hooks) = crate::python::config_file::reconfigure(py, &self.argv)?;
             // As at start, the settings now in force at debug level (the new level counts).
             let shown = (cfg.loglevel.parse() == Ok(crate::log::Level::Debug))
                 .then(|| cfg.current_configuration_with(&hooks.print_config_lines(py)));

@@ -316,6 +316,9 @@ pub const USAGE_EXIT_CODE: i32 = 2;
 /// Program name in messages.
 pub const PROG: &str = "ferricorn";
 
+/// This build's version, as `--version` and the logs show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 impl From<CliError> for ConfigError {
     fn from(e: CliError) -> Self {
         ConfigError {

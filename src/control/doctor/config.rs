@@ -220,7 +220,8 @@ pub fn from_socket(path: &Path, timeout: Duration) -> Result<ServerInfo, ConfigE
 pub fn from_file(path: &str) -> Result<ServerInfo, ConfigError> {
     let argv = vec!["ferricorn".to_string(), "-c".to_string(), path.to_string()];
     let env = |k: &str| std::env::var(k).ok();
-    let resolved = pyo3::Python::attach(|py| crate::configure(py, &argv, &env));
+    let resolved =
+        pyo3::Python::attach(|py| crate::python::config_file::configure(py, &argv, &env));
     let cfg = match resolved {
         Ok((crate::config::Action::Run(c) | crate::config::Action::PrintConfig(c), _)) => c,
         Ok(_) => {
