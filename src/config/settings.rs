@@ -425,7 +425,7 @@ fn usize_in(v: SettingValue, min: usize, max: usize) -> Result<usize, ValueError
 
 /// The limits configured above gunicorn's ceilings, each as the WARNING the master logs at startup.
 /// gunicorn takes such a value and uses its ceiling instead (a unit file written for it must still
-/// boot), and so does the parser (`crate::http::ParserOptions` clamps); the line says which value is used.
+/// boot), and so does the parser (`http::ParserOptions` clamps); the line says which value is used.
 /// `limit_request_field_size` has no ceiling, in gunicorn either.
 pub fn limits_above_maximum(c: &Config) -> Vec<String> {
     [
