@@ -3,7 +3,9 @@
 //! Layout mirrors the processes: `config` (settings, command line), `sock` (listeners), `arbiter` (the
 //! master), `scoreboard` (shared state between master and workers), `worker` (I/O loop and Python threads),
 //! `http` (parsing and serialization), `wsgi` (the bridge to the app), `python` (interpreter and app
-//! loading), `log` (error and access logs), `signals` (self-pipe).
+//! loading), `log` (error and access logs), `signals` (self-pipe), `system` (service helpers), `control`
+//! (control socket, `ferricornctl`). They form layers, drawn in docs/architecture.md and checked by
+//! tests/test_layers.py; no module uses this root's own items.
 
 pub mod arbiter;
 pub mod config;
