@@ -10,7 +10,6 @@
 pub mod arbiter;
 pub mod config;
 pub mod control;
-pub mod http;
 pub mod log;
 pub mod python;
 pub mod scoreboard;
@@ -21,8 +20,11 @@ pub mod system;
 pub mod worker;
 pub mod wsgi;
 
-/// gunicorn's parser corpus through the HTTP module (it uses the control socket's JSON reader, so it lives
-/// outside `http`, which the fuzz crate builds on its own).
+/// HTTP/1.x as pure protocol code, in its own crate (`crates/ferricorn-http`).
+pub use ferricorn_http as http;
+
+/// gunicorn's parser corpus through the HTTP crate (it uses the control socket's JSON reader, so it lives
+/// here rather than in `crates/ferricorn-http`).
 #[cfg(test)]
 mod http_corpus_tests;
 
