@@ -3,13 +3,14 @@
 //! Layout mirrors the processes: `config` (settings, command line), `sock` (listeners), `arbiter` (the
 //! master), `scoreboard` (shared state between master and workers), `worker` (I/O loop and Python threads),
 //! `http` (parsing and serialization), `wsgi` (the bridge to the app), `python` (interpreter and app
-//! loading), `log` (error and access logs), `signals` (self-pipe).
+//! loading), `log` (error and access logs), `signals` (self-pipe), `system` (service helpers), `control`
+//! (control socket, `ferricornctl`). They form layers, drawn in docs/architecture.md and checked by
+//! tests/test_layers.py; no module uses this root's own items.
 
 pub mod arbiter;
 pub mod config;
 pub mod control;
 pub mod exchange;
-pub mod http;
 pub mod log;
 pub mod python;
 pub mod runtime;
@@ -21,8 +22,11 @@ pub mod system;
 pub mod worker;
 pub mod wsgi;
 
-/// gunicorn's parser corpus through the HTTP module (it uses the control socket's JSON reader, so it lives
-/// outside `http`, which the fuzz crate builds on its own).
+/// HTTP/1.x as pure protocol code, in its own crate (`crates/ferricorn-http`).
+pub use ferricorn_http as http;
+
+/// gunicorn's parser corpus through the HTTP crate (it uses the control socket's JSON reader, so it lives
+/// here rather than in `crates/ferricorn-http`).
 #[cfg(test)]
 mod http_corpus_tests;
 
@@ -33,7 +37,7 @@ use pyo3::prelude::*;
 
 use config::Action;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use config::VERSION;
 
 /// Exit status for a bad command line or configuration value.
 const USAGE_ERROR: i32 = 2;
@@ -43,7 +47,7 @@ const USAGE_ERROR: i32 = 2;
 #[pyfunction]
 fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
     let env = |k: &str| std::env::var(k).ok();
-    let (action, hooks) = match configure(py, &argv, &env) {
+    let (action, hooks) = match python::config_file::configure(py, &argv, &env) {
         Ok(done) => done,
         Err(e) => {
             // Empty for a config file that called `sys.exit()`.
@@ -67,39 +71,6 @@ fn run(py: Python<'_>, argv: Vec<String>) -> i32 {
         }
     };
     serve(py, cfg, hooks, argv)
-}
-
-/// `HUP`: read the command line, environment and config file again, as at start-up.
-pub(crate) fn reconfigure(
-    py: Python<'_>,
-    argv: &[String],
-) -> Result<(config::Config, python::config_file::Hooks), String> {
-    let env = |k: &str| std::env::var(k).ok();
-    match configure(py, argv, &env) {
-        Ok((Action::Run(cfg), hooks)) => Ok((cfg, hooks)),
-        Ok(_) => Err("the command line no longer starts a server".to_string()),
-        Err(e) => Err(e.message),
-    }
-}
-
-/// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
-/// or `./gunicorn.conf.py` when present), `*_CMD_ARGS`, the command line. The server hooks the file
-/// defined come back beside it; they are collected here for the arbiter, which does not call them yet.
-pub(crate) fn configure(
-    py: Python<'_>,
-    argv: &[String],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Action, python::config_file::Hooks), config::ConfigError> {
-    let cl = config::parse_command_line(argv, env)?;
-    if let Some(action) = config::help_or_version(&cl, VERSION) {
-        return Ok((action, Default::default()));
-    }
-    let loaded = match config::config_location(&cl, &|p| p.exists()) {
-        Some(location) => Some(python::config_file::load(py, &location)?),
-        None => None,
-    };
-    let action = config::resolve(&cl, env, loaded.as_ref().map(|l| &l.settings))?;
-    Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
 }
 
 fn serve(
@@ -141,7 +112,7 @@ fn serve(
         return check_config(py, &cfg, &log);
     }
     // Pidfile, --daemon, --capture-output, process title (kept until the master exits).
-    let _master = match system::start_master(py, &cfg, &log) {
+    let _master = match arbiter::boot::start_master(py, &cfg, &log) {
         Ok(m) => m,
         Err(status) => return status,
     };
@@ -189,7 +160,7 @@ fn serve(
     for warning in config::settings::limits_above_maximum(&cfg) {
         log.warning(&warning);
     }
-    let listeners = match system::listeners(py, &cfg, &log) {
+    let listeners = match arbiter::boot::listeners(py, &cfg, &log) {
         Ok(l) => l,
         Err(e) => {
             log.error(&e.to_string());
@@ -203,10 +174,7 @@ fn serve(
         shown.join(","),
         std::process::id()
     ));
-    log.info(&format!(
-        "Using worker: {}",
-        arbiter::worker_class_name(&cfg)
-    ));
+    log.info(&format!("Using worker: {}", cfg.worker_class.name()));
     if server_hook("when_ready").is_err() {
         return 1;
     }

@@ -1,5 +1,6 @@
 //! Listening sockets: bound by the master (or inherited as a file descriptor) and shared with every worker
-//! through fork.
+//! through fork. How they are created (`--reuse-port`, `--umask` of unix socket files, their owner when
+//! the workers switch user) is a [`SocketPolicy`] the master's boot fixes before the first bind.
 
 use std::fmt;
 use std::io;
@@ -7,6 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -68,6 +70,23 @@ impl fmt::Display for BindError {
     }
 }
 
+/// Settings the listeners need when they are created (`--reuse-port`, `--umask`, the workers' user and
+/// group), fixed once by the master's boot before anything is bound ([`set_policy`]).
+#[derive(Debug, Default)]
+pub struct SocketPolicy {
+    pub reuse_port: bool,
+    pub umask: u32,
+    /// Owner for unix socket files, when the workers switch user or group.
+    pub owner: Option<(Option<u32>, Option<u32>)>,
+}
+
+static SOCKET_POLICY: OnceLock<SocketPolicy> = OnceLock::new();
+
+/// Fix how listeners are created from now on; the first call wins.
+pub fn set_policy(policy: SocketPolicy) {
+    let _ = SOCKET_POLICY.set(policy);
+}
+
 /// How many times an address in use is retried, a second apart, before giving up (as gunicorn).
 const BIND_ATTEMPTS: usize = 5;
 
@@ -127,7 +146,7 @@ fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    crate::system::before_tcp_bind(&socket)?;
+    before_tcp_bind(&socket)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -165,7 +184,7 @@ fn bind_unix(path: &std::path::Path, backlog: i32) -> Result<Listener, BindError
     let err = |e| BindError::Other(shown.clone(), e);
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     let addr = SockAddr::unix(path).map_err(err)?;
-    crate::system::bind_unix(&socket, &addr, path).map_err(err)?;
+    bind_unix_file(&socket, &addr, path).map_err(err)?;
     socket.listen(backlog).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     Ok(Listener {
@@ -173,6 +192,40 @@ fn bind_unix(path: &std::path::Path, backlog: i32) -> Result<Listener, BindError
         addr: ListenAddr::Unix(path.to_path_buf()),
         owns_path: true,
     })
+}
+
+/// Called on a new TCP listener before `bind`: `--reuse-port`.
+fn before_tcp_bind(socket: &Socket) -> io::Result<()> {
+    let reuse = SOCKET_POLICY.get().is_some_and(|p| p.reuse_port);
+    if reuse {
+        if let Err(e) = socket.set_reuse_port(true) {
+            // Kernels without SO_REUSEPORT: carry on without it, as gunicorn does.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)
+            ) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bind a unix listener with `--umask` applied to the socket file it creates, then give the file to the
+/// workers' user and group when they switch.
+fn bind_unix_file(socket: &Socket, addr: &SockAddr, path: &std::path::Path) -> io::Result<()> {
+    let policy = SOCKET_POLICY.get();
+    let mask = policy.map_or(0, |p| p.umask) as libc::mode_t;
+    // SAFETY: umask only swaps the process's file-creation mask; the master is single-threaded here.
+    let old = unsafe { libc::umask(mask) };
+    let bound = socket.bind(addr);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    bound?;
+    if let Some((uid, gid)) = policy.and_then(|p| p.owner) {
+        std::os::unix::fs::chown(path, uid, gid)?;
+    }
+    Ok(())
 }
 
 /// Adopt an already listening socket (`fd://N`, systemd, re-exec).

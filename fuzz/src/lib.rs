@@ -1,8 +1,8 @@
-//! ferricorn's HTTP module, built on its own for fuzzing: the parser and the chunked decoder depend only
-//! on httparse, memchr, itoa and httpdate, so the fuzz targets link no Python.
+//! Helpers of the fuzz targets around ferricorn's HTTP crate (`crates/ferricorn-http`): the parser and
+//! the chunked decoder depend only on httparse, memchr, itoa and httpdate, so the fuzz targets link no
+//! Python.
 
-#[path = "../../src/http/mod.rs"]
-pub mod http;
+pub use ferricorn_http as http;
 
 use http::{HeaderMap, ParserOptions};
 

@@ -165,11 +165,7 @@ impl ControlTarget for Arbiter {
             workers_spawned: self.spawned,
             workers_retiring: self.retiring.len(),
             reloads: self.reloads,
-            capacity: self.num_workers
-                * match self.cfg.worker_class {
-                    crate::config::WorkerClass::Sync => 1,
-                    crate::config::WorkerClass::Gthread => self.cfg.threads.max(1),
-                },
+            capacity: self.num_workers * self.cfg.worker_class.threads(self.cfg.threads),
             peak_busy_threads: self.peak_busy_threads,
             peak_waiting: self.peak_waiting,
             ..Stats::default()

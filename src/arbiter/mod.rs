@@ -3,7 +3,9 @@
 //! happens from a single-threaded process. Its loop wakes once a second (or on a signal) to handle signals,
 //! reap workers, enforce `--timeout` from the scoreboard and spawn replacements.
 
+pub mod boot;
 mod control;
+mod daemon;
 mod oom;
 mod starvation;
 
@@ -16,7 +18,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use pyo3::prelude::*;
 
-use crate::config::{Config, WorkerClass};
+use crate::config::Config;
 use crate::log::ErrorLog;
 use crate::python::hooks::{HookFailed, HookRunner};
 use crate::scoreboard::{now_ns, Scoreboard, WorkerState};
@@ -135,13 +137,6 @@ fn describe_requests(running: &[(usize, crate::scoreboard::RequestInFlight)]) ->
         })
         .collect();
     format!("requests still running: {}", each.join("; "))
-}
-
-pub fn worker_class_name(cfg: &Config) -> &'static str {
-    match cfg.worker_class {
-        WorkerClass::Sync => "sync",
-        WorkerClass::Gthread => "gthread",
-    }
 }
 
 impl Arbiter {
@@ -417,7 +412,7 @@ impl Arbiter {
             return;
         }
         let loaded = Python::attach(|py| {
-            let (cfg, hooks) = crate::reconfigure(py, &self.argv)?;
+            let (cfg, hooks) = crate::python::config_file::reconfigure(py, &self.argv)?;
             // As at start, the settings now in force at debug level (the new level counts).
             let shown = (cfg.loglevel.parse() == Ok(crate::log::Level::Debug))
                 .then(|| cfg.current_configuration_with(&hooks.print_config_lines(py)));
@@ -567,7 +562,7 @@ impl Arbiter {
         let blocked = signals::block_all();
         let pid = Python::attach(|py| match crate::python::fork(py) {
             Ok(0) => {
-                crate::system::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
+                boot::worker_started(py, &self.cfg, &self.log, self.preloaded.is_some());
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }
@@ -830,10 +825,7 @@ impl Arbiter {
     /// says so again for every later episode (starvation.rs has the rules). The waiting requests are still
     /// served as threads free up.
     fn check_starvation(&mut self) {
-        let per_worker = match self.cfg.worker_class {
-            WorkerClass::Sync => 1,
-            WorkerClass::Gthread => self.cfg.threads.max(1),
-        };
+        let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
         let capacity = per_worker * self.workers.len();
         let mut busy = Vec::new();
         let mut inside = 0u64;

@@ -9,7 +9,10 @@
 
 pub mod bind;
 pub mod cli;
+pub mod control_socket;
 pub mod file;
+pub mod ids;
+pub mod network;
 pub mod settings;
 pub mod shell_words;
 
@@ -24,6 +27,7 @@ pub use cli::{
     from_args, help_or_version, help_text, parse_command_line, CliError, CommandLine, Origin,
 };
 pub use file::{config_location, resolve, ConfigSource, FileSettings};
+pub use network::Network;
 pub use settings::{
     apply_setting, find_setting, Kind, Section, Setting, SettingValue, ValueError, SETTINGS,
 };
@@ -35,6 +39,34 @@ pub enum WorkerClass {
     #[default]
     Sync,
     Gthread,
+}
+
+impl WorkerClass {
+    /// The class that runs when `self` is asked for with `--threads threads`: a sync worker with more
+    /// than one thread is a threaded worker.
+    pub fn with_threads(self, threads: usize) -> WorkerClass {
+        match self {
+            WorkerClass::Sync if threads > 1 => WorkerClass::Gthread,
+            other => other,
+        }
+    }
+
+    /// Its name in the log (`Using worker: …`) and in `ferricornctl doctor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
+        }
+    }
+
+    /// The Python threads a worker of this class runs requests on, given `--threads`: one for sync,
+    /// `--threads` (at least one) for gthread. A worker's capacity.
+    pub fn threads(self, configured: usize) -> usize {
+        match self {
+            WorkerClass::Sync => 1,
+            WorkerClass::Gthread => configured.max(1),
+        }
+    }
 }
 
 /// Every setting, resolved. Field names follow gunicorn's setting names where they differ from
@@ -73,7 +105,7 @@ pub struct Config {
     /// Canonical IP addresses, or `*`.
     pub forwarded_allow_ips: Vec<String>,
     pub proc_name: Option<String>,
-    // ---- process and service settings (see `crate::system`) ----
+    // ---- process and service settings (see `system`) ----
     /// `--user`: workers switch to this uid (None: they keep the master's).
     pub uid: Option<u32>,
     /// `--group`: workers switch to this gid (None: the user's primary group when `uid` switches).
@@ -91,7 +123,7 @@ pub struct Config {
     pub worker_tmp_dir: Option<PathBuf>,
     pub capture_output: bool,
     pub reload: bool,
-    /// One of [`crate::system::reload::ENGINES`].
+    /// One of [`settings::RELOAD_ENGINES`].
     pub reload_engine: String,
     /// Absolute paths and glob patterns.
     pub reload_extra_files: Vec<String>,
@@ -174,7 +206,7 @@ impl Default for Config {
             reload_extra_files: Vec::new(),
             pidfile: None,
             control_socket: None,
-            control_socket_mode: crate::control::DEFAULT_MODE,
+            control_socket_mode: control_socket::DEFAULT_MODE,
             control_socket_disable: false,
             check_config: false,
             print_config: false,
@@ -252,10 +284,7 @@ impl Config {
     /// table entries of both, so the order in which they are set does not matter.
     pub fn resolve_worker_class(&mut self) {
         if let Ok(requested) = settings::parse_worker_class(&self.worker_class_name) {
-            self.worker_class = match requested {
-                WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
-                other => other,
-            };
+            self.worker_class = requested.with_threads(self.threads);
         }
     }
 }
@@ -286,6 +315,9 @@ pub const USAGE_EXIT_CODE: i32 = 2;
 
 /// Program name in messages.
 pub const PROG: &str = "ferricorn";
+
+/// This build's version, as `--version` and the logs show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl From<CliError> for ConfigError {
     fn from(e: CliError) -> Self {

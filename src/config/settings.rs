@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::bind::{BindAddress, BindError};
-use super::{Config, WorkerClass};
+use super::{Config, Network, WorkerClass};
 
 /// gunicorn's ceiling on the request line: a larger value is accepted and this one used.
 pub const MAX_REQUEST_LINE: usize = 8190;
@@ -25,6 +25,9 @@ pub const HEADER_MAP_MODES: &[&str] = &["drop", "refuse", "dangerous"];
 
 /// Values of `--proxy-protocol` (gunicorn's spellings `true`/`false`, `1`/`0`, `none` are read too).
 pub const PROXY_PROTOCOL_MODES: &[&str] = &["off", "v1", "v2", "auto"];
+
+/// Values of `--reload-engine`.
+pub const RELOAD_ENGINES: &[&str] = &["auto", "poll", "inotify"];
 
 /// Levels accepted by `--log-level`, most verbose first.
 pub const LOG_LEVELS: &[&str] = &["debug", "info", "warning", "error", "critical"];
@@ -422,7 +425,7 @@ fn usize_in(v: SettingValue, min: usize, max: usize) -> Result<usize, ValueError
 
 /// The limits configured above gunicorn's ceilings, each as the WARNING the master logs at startup.
 /// gunicorn takes such a value and uses its ceiling instead (a unit file written for it must still
-/// boot), and so does the parser (`crate::http::ParserOptions` clamps); the line says which value is used.
+/// boot), and so does the parser (`http::ParserOptions` clamps); the line says which value is used.
 /// `limit_request_field_size` has no ceiling, in gunicorn either.
 pub fn limits_above_maximum(c: &Config) -> Vec<String> {
     [
@@ -493,7 +496,7 @@ fn network_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
             if s == "*" {
                 return Ok(s);
             }
-            crate::worker::proxy::Network::parse(&s)
+            Network::parse(&s)
                 .map(|n| n.to_string())
                 .map_err(ValueError::Invalid)
         })
@@ -544,7 +547,7 @@ fn py_path(p: Option<&std::path::Path>) -> String {
     p.map_or_else(|| "None".to_string(), |p| p.display().to_string())
 }
 
-// ---- values of the process and service settings (see `crate::system`) ----
+// ---- values of the process and service settings (see `system`) ----
 
 /// A user or group: a name or numeric id (looked up now, so a typo is a usage error), or None.
 fn id_value(
@@ -585,6 +588,11 @@ fn umask_value(v: SettingValue) -> Result<u32, ValueError> {
     }
 }
 
+/// Whether `entry` of `--reload-extra-file` is a glob pattern (gunicorn's rule: it holds `*`, `?` or `[`).
+pub fn is_glob_pattern(entry: &str) -> bool {
+    entry.contains(['*', '?', '['])
+}
+
 /// `--reload-extra-file`: paths made absolute against the directory ferricorn was started from (the
 /// workers run after `--chdir`); a plain path must exist, a glob pattern may match nothing yet.
 fn reload_files(v: SettingValue) -> Result<Vec<String>, ValueError> {
@@ -594,7 +602,7 @@ fn reload_files(v: SettingValue) -> Result<Vec<String>, ValueError> {
         .filter(|s| !s.is_empty())
         .map(|s| {
             let abs = cwd.join(&s);
-            if !crate::system::reload::is_pattern(&s) && !abs.exists() {
+            if !is_glob_pattern(&s) && !abs.exists() {
                 return Err(ValueError::Invalid(format!("file '{s}' does not exist")));
             }
             Ok(abs.to_string_lossy().into_owned())
@@ -693,10 +701,10 @@ pub static SETTINGS: &[Setting] = &[
         help: "How --reload watches files: auto (inotify, else polling), inotify or poll",
         apply: |c, v| {
             let engine = string(v)?.to_ascii_lowercase();
-            if !crate::system::reload::ENGINES.contains(&engine.as_str()) {
+            if !RELOAD_ENGINES.contains(&engine.as_str()) {
                 return Err(ValueError::InvalidChoice {
                     value: engine,
-                    choices: crate::system::reload::ENGINES,
+                    choices: RELOAD_ENGINES,
                 });
             }
             c.reload_engine = engine;
@@ -1170,7 +1178,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |c| match &c.control_socket {
             Some(p) => p.clone(),
-            None => crate::control::default_socket_path_from_env()
+            None => super::control_socket::default_socket_path_from_env()
                 .display()
                 .to_string(),
         },
@@ -1326,7 +1334,7 @@ pub static SETTINGS: &[Setting] = &[
         default: "the current user",
         help: "Run the workers as this user (a name or a numeric id); the master keeps its own",
         apply: |c, v| {
-            c.uid = id_value(v, crate::system::privileges::lookup_user)?;
+            c.uid = id_value(v, super::ids::lookup_user)?;
             Ok(())
         },
         show: |c| {
@@ -1345,7 +1353,7 @@ pub static SETTINGS: &[Setting] = &[
         default: "the current group, or the --user's own group",
         help: "Run the workers in this group (a name or a numeric id)",
         apply: |c, v| {
-            c.gid = id_value(v, crate::system::privileges::lookup_group)?;
+            c.gid = id_value(v, super::ids::lookup_group)?;
             Ok(())
         },
         show: |c| {

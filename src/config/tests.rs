@@ -325,6 +325,24 @@ fn sync_with_threads_is_gthread() {
 }
 
 #[test]
+fn a_worker_class_knows_its_name_and_threads() {
+    let c = cfg(&["--threads", "4"]);
+    assert_eq!(
+        (c.worker_class.name(), c.worker_class.threads(c.threads)),
+        ("gthread", 4)
+    );
+    let c = cfg(&[]);
+    assert_eq!(
+        (c.worker_class.name(), c.worker_class.threads(c.threads)),
+        ("sync", 1)
+    );
+    assert_eq!(WorkerClass::Gthread.threads(0), 1);
+    assert_eq!(WorkerClass::Sync.threads(8), 1);
+    assert_eq!(WorkerClass::Sync.with_threads(2), WorkerClass::Gthread);
+    assert_eq!(WorkerClass::Gthread.with_threads(1), WorkerClass::Gthread);
+}
+
+#[test]
 fn bad_values_name_the_flag() {
     assert_eq!(
         err(&["-w", "abc"]),

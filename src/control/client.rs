@@ -174,7 +174,7 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
     };
     if matches.get_flag("version") {
-        let _ = writeln!(out, "{PROG} (ferricorn {})", crate::VERSION);
+        let _ = writeln!(out, "{PROG} (ferricorn {})", crate::config::VERSION);
         return 0;
     }
     let usage = |err: &mut dyn Write, msg: &str| {

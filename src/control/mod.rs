@@ -25,6 +25,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::config::control_socket::{
+    default_socket_path, default_socket_path_from_env, DEFAULT_MODE, SOCKET_NAME,
+};
 use crate::log::ErrorLog;
 use crate::scoreboard::WorkerState;
 use json::Json;
@@ -50,11 +53,6 @@ pub(crate) fn run_cli(
     )
 }
 
-/// The socket's file name, in `$XDG_RUNTIME_DIR` or `~/.ferricorn/`.
-pub const SOCKET_NAME: &str = "ferricorn.ctl";
-/// Mode of the socket file unless `--control-socket-mode` says otherwise: the owner only.
-pub const DEFAULT_MODE: u32 = 0o600;
-
 /// Open control connections at most; more are closed as soon as they are accepted.
 const MAX_CONNECTIONS: usize = 16;
 /// A connection may sit idle between requests this long (an interactive client waits for its user).
@@ -65,30 +63,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUESTS_PER_TURN: usize = 8;
 /// The epoll token of the listening socket (connections use their descriptor).
 const LISTENER_TOKEN: u64 = u64::MAX;
-
-/// The default socket path, after gunicorn's rule: `$XDG_RUNTIME_DIR/ferricorn.ctl` when that variable
-/// names a directory, else `$HOME/.ferricorn/ferricorn.ctl`.
-pub fn default_socket_path(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|d| !d.is_empty() && Path::new(d).is_dir()) {
-        return Path::new(&dir).join(SOCKET_NAME);
-    }
-    let home = env("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.dir)
-        })
-        .unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".ferricorn").join(SOCKET_NAME)
-}
-
-/// [`default_socket_path`] from the process environment.
-pub fn default_socket_path_from_env() -> PathBuf {
-    default_socket_path(&|k| std::env::var(k).ok())
-}
 
 /// Where a server whose default socket is held by another live server puts its own: beside it, named
 /// after its pid (`ferricorn.4242.ctl`), so that every server has one and none takes another's.

@@ -191,8 +191,15 @@ impl ErrorLog {
     pub fn reopen(&self) -> io::Result<()> {
         self.inner.sink.reopen()?;
         // `--capture-output`: stdout and stderr follow the error log to the new file.
-        crate::system::follow_reopened_log(self.raw_fd());
+        super::capture::follow_reopened(self.raw_fd());
         Ok(())
+    }
+
+    /// `--capture-output`: make this process's standard output and error (and those of every process
+    /// forked after) write to this log's file, and follow it when the log is reopened. Python's own
+    /// buffers should be flushed first.
+    pub fn capture_output(&self) -> io::Result<()> {
+        super::capture::start(self.raw_fd())
     }
 
     /// The descriptor lines go to, for a writer that cannot take locks or

@@ -6,6 +6,7 @@
 //! `write(2)` so several processes can share one file.
 
 mod access;
+mod capture;
 mod error;
 mod sink;
 mod time;

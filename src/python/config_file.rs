@@ -4,6 +4,9 @@
 //! settings become [`FileSettings`] (checked and applied by `config::resolve`), names of server hooks
 //! become [`Hooks`], names gunicorn knows but ferricorn does not support get a warning, and all other
 //! names are ignored.
+//!
+//! [`configure`] reads every source of settings in gunicorn's order (the file is one of them), at
+//! start-up, for `ferricornctl doctor -c`, and again on `HUP` ([`reconfigure`]).
 
 use std::path::Path;
 
@@ -13,7 +16,10 @@ use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyModule, PyString, PyTraceback
 
 use super::format_exception;
 use crate::config::file::{bad_file_value, GUNICORN_SETTING_NAMES};
-use crate::config::{find_setting, ConfigError, ConfigSource, FileSettings, SettingValue, PROG};
+use crate::config::{
+    find_setting, Action, Config, ConfigError, ConfigSource, FileSettings, SettingValue, PROG,
+    VERSION,
+};
 
 /// The module name a config file runs under, as in gunicorn (hooks defined in the file report it as
 /// their `__module__`).
@@ -482,6 +488,36 @@ fn positional_parameters(func: &Bound<'_, PyAny>) -> Result<usize, String> {
             e.value(func.py())
         )
     })
+}
+
+/// The configuration in gunicorn's order: defaults, the config file (`-c`, else `./ferricorn.conf.py`
+/// or `./gunicorn.conf.py` when present), `*_CMD_ARGS`, the command line. The server hooks the file
+/// defined come back beside it.
+pub fn configure(
+    py: Python<'_>,
+    argv: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Action, Hooks), ConfigError> {
+    let cl = crate::config::parse_command_line(argv, env)?;
+    if let Some(action) = crate::config::help_or_version(&cl, VERSION) {
+        return Ok((action, Default::default()));
+    }
+    let loaded = match crate::config::config_location(&cl, &|p| p.exists()) {
+        Some(location) => Some(load(py, &location)?),
+        None => None,
+    };
+    let action = crate::config::resolve(&cl, env, loaded.as_ref().map(|l| &l.settings))?;
+    Ok((action, loaded.map(|l| l.hooks).unwrap_or_default()))
+}
+
+/// `HUP`: read the command line, environment and config file again, as at start-up.
+pub fn reconfigure(py: Python<'_>, argv: &[String]) -> Result<(Config, Hooks), String> {
+    let env = |k: &str| std::env::var(k).ok();
+    match configure(py, argv, &env) {
+        Ok((Action::Run(cfg), hooks)) => Ok((cfg, hooks)),
+        Ok(_) => Err("the command line no longer starts a server".to_string()),
+        Err(e) => Err(e.message),
+    }
 }
 
 #[cfg(test)]

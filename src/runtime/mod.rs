@@ -1,6 +1,6 @@
 //! The seam between a worker and the app runtime that runs its requests. The worker's I/O side places each
 //! request as a [`Job`](crate::exchange::Job) in a run queue; a runtime's threads take the jobs and answer
-//! them through the job's reply channel in semantic pieces. WSGI (`crate::wsgi`: threads that take the GIL
+//! them through the job's reply channel in semantic pieces. WSGI (the `wsgi` module: threads that take the GIL
 //! and call the app) is one runtime; an ASGI runtime (an asyncio loop on a Python thread) is another kind.
 //! The worker picks the runtime from the worker class and knows nothing else of it.
 //!

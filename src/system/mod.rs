@@ -1,17 +1,11 @@
-//! How ferricorn behaves as a Unix service: the pidfile, process titles, user and group switching,
-//! the umask of socket files, daemon mode, captured output, `SO_REUSEPORT`, systemd socket activation
-//! and readiness notification, and `--reload`.
+//! The operating-system side of running as a Unix service, as helpers that know nothing of the
+//! listeners, the workers or the app: the pidfile, process titles, user and group switching, systemd
+//! (socket activation's descriptors, readiness notification), `--reload`'s file watcher, and reading
+//! the kernel's TCP table. The order in which the master and a new worker use them is `arbiter::boot`.
 //!
-//! The rest of the server calls in at a few points only:
-//! - `lib.rs`: [`start_master`] once the configuration is known (before the app is preloaded and the
-//!   sockets are bound), then [`listeners`] instead of binding directly; the returned [`Master`] is kept
-//!   until the master exits (dropping it removes the pidfile).
-//! - `sock.rs`: [`before_tcp_bind`] and [`bind_unix`] while a listener is created.
-//! - `arbiter`: [`worker_started`] in a freshly forked worker, [`master_tick`] once per loop,
-//!   [`master_reloading`] on HUP and [`master_stopping`] when it starts to shut down.
-//! - `log`: [`follow_reopened_log`] after the error log is reopened.
+//! The master calls [`master_tick`] once per loop, [`master_reloading`] on HUP and [`master_stopping`]
+//! when it starts to shut down.
 
-pub mod daemon;
 pub mod pidfile;
 pub mod privileges;
 pub mod proctitle;
@@ -19,18 +13,12 @@ pub mod reload;
 pub mod systemd;
 pub mod tcp_table;
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
-use pyo3::prelude::*;
-use socket2::{SockAddr, Socket};
 
 use crate::config::Config;
 use crate::log::ErrorLog;
 use crate::scoreboard::WorkerState;
-use crate::sock::{self, BindError, Listener};
 
 /// `p` made absolute against the current directory (without touching the filesystem), so a path given
 /// relative keeps meaning the same file after a later `chdir`; `p` itself if the directory is unknown.
@@ -42,11 +30,8 @@ pub fn absolute(p: &Path) -> PathBuf {
 /// (USR2): such a master writes `PIDFILE.2` and calls itself `NAME.2` until the old one is gone.
 pub const REEXEC_ENV: &str = "FERRICORN_PID";
 
-/// Exit status of a worker that cannot take the configured user or group (the master then stops with
-/// "Worker failed to boot.": the configuration cannot work).
-const WORKER_BOOT_ERROR: i32 = crate::worker::WORKER_BOOT_ERROR;
-
-fn is_reexec() -> bool {
+/// Whether this master was started by re-executing a running one (see [`REEXEC_ENV`]).
+pub fn is_reexec() -> bool {
     std::env::var_os(REEXEC_ENV).is_some_and(|v| !v.is_empty())
 }
 
@@ -63,242 +48,6 @@ pub fn process_name(cfg: &Config) -> String {
     } else {
         base
     }
-}
-
-/// Settings the listeners need when they are created, fixed once by [`start_master`].
-#[derive(Debug, Default)]
-struct SocketPolicy {
-    reuse_port: bool,
-    umask: u32,
-    /// Owner for unix socket files, when the workers switch user or group.
-    owner: Option<(Option<u32>, Option<u32>)>,
-}
-
-static SOCKET_POLICY: OnceLock<SocketPolicy> = OnceLock::new();
-
-/// What the master holds for its whole life: the pidfile (removed when this is dropped).
-#[derive(Debug)]
-pub struct Master {
-    pidfile: Option<pidfile::Pidfile>,
-}
-
-impl Master {
-    pub fn pidfile(&self) -> Option<&Path> {
-        self.pidfile.as_ref().map(|p| p.path())
-    }
-}
-
-/// Everything that happens once in the master before the app is preloaded and the sockets are bound,
-/// in gunicorn's order: refuse a pidfile naming a live process (before detaching, so the refusal is
-/// seen), detach (`--daemon`), capture stdout/stderr, write the pidfile, read `NOTIFY_SOCKET`, set the
-/// title. `Err` holds the exit status; the reason was logged.
-pub fn start_master(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Master, i32> {
-    if cfg.reload && cfg.preload_app {
-        log.warning(
-            "--reload with --preload: workers restart when files change, but they run the code the master imported at start",
-        );
-    }
-    let pid_path = cfg
-        .pidfile
-        .as_deref()
-        .map(|p| pidfile::effective_path(p, is_reexec()));
-    if let Some(p) = &pid_path {
-        if let Err(e) = pidfile::check(p) {
-            log.error(&e.to_string());
-            return Err(1);
-        }
-    }
-    if cfg.daemon {
-        if std::env::var_os("NOTIFY_SOCKET").is_some() {
-            eprintln!(
-                "Warning: you shouldn't specify `daemon = True` when launching by systemd with `Type = notify`"
-            );
-        }
-        if let Err(e) = daemon::daemonize(py, cfg.enable_stdio_inheritance) {
-            log.error(&format!("Cannot daemonize: {e}"));
-            return Err(1);
-        }
-    }
-    if cfg.capture_output && cfg.errorlog != "-" {
-        if let Err(e) = daemon::capture_output(py, log.raw_fd()) {
-            log.error(&format!("Cannot capture output in {}: {e}", cfg.errorlog));
-            return Err(1);
-        }
-    }
-    let target = privileges::target(cfg.uid, cfg.gid, nix::unistd::getuid().as_raw());
-    let owner = (target.uid.is_some() || target.gid.is_some()).then_some((target.uid, target.gid));
-    let _ = SOCKET_POLICY.set(SocketPolicy {
-        reuse_port: cfg.reuse_port,
-        umask: cfg.umask,
-        owner,
-    });
-    if let Some((uid, gid)) = owner {
-        give_logs_to(cfg, uid, gid, log);
-    }
-    let pidfile = match &pid_path {
-        Some(p) => match pidfile::Pidfile::create(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                log.error(&e.to_string());
-                return Err(1);
-            }
-        },
-        None => None,
-    };
-    systemd::init_notify();
-    proctitle::set(
-        &format!("{}: master [{}]", crate::config::PROG, process_name(cfg)),
-        crate::config::PROG,
-    );
-    Ok(Master { pidfile })
-}
-
-/// Workers that run as another user must still be able to reopen the log files after rotation (and
-/// open the access log, which they do themselves): the files are created if needed and handed to that
-/// user, as gunicorn does.
-fn give_logs_to(cfg: &Config, uid: Option<u32>, gid: Option<u32>, log: &ErrorLog) {
-    let files = [Some(cfg.errorlog.as_str()), cfg.accesslog.as_deref()];
-    for path in files.into_iter().flatten().filter(|p| *p != "-") {
-        let created = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path);
-        if created.is_ok() {
-            if let Err(e) = std::os::unix::fs::chown(path, uid, gid) {
-                log.warning(&format!("Cannot hand {path} to the workers' user: {e}"));
-            }
-        }
-    }
-}
-
-/// The listening sockets: the ones systemd passed (socket activation, which replaces `--bind` as in
-/// gunicorn), else the configured addresses.
-pub fn listeners(py: Python<'_>, cfg: &Config, log: &ErrorLog) -> Result<Vec<Listener>, BindError> {
-    if let Some(inherited) = sock::inherited() {
-        log.debug("Listening sockets inherited from the previous master (USR2)");
-        return inherited;
-    }
-    let fds = systemd::listen_fds(py);
-    if fds.is_empty() {
-        return sock::bind_all(&cfg.binds, cfg.backlog, log);
-    }
-    log.debug(&format!(
-        "Socket activation: {} socket(s) from systemd",
-        fds.len()
-    ));
-    fds.into_iter().map(sock::from_fd).collect()
-}
-
-/// Called on a new TCP listener before `bind`: `--reuse-port`.
-pub fn before_tcp_bind(socket: &Socket) -> io::Result<()> {
-    let reuse = SOCKET_POLICY.get().is_some_and(|p| p.reuse_port);
-    if reuse {
-        if let Err(e) = socket.set_reuse_port(true) {
-            // Kernels without SO_REUSEPORT: carry on without it, as gunicorn does.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::ENOPROTOOPT) | Some(libc::EINVAL)
-            ) {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Bind a unix listener with `--umask` applied to the socket file it creates, then give the file to the
-/// workers' user and group when they switch.
-pub fn bind_unix(socket: &Socket, addr: &SockAddr, path: &Path) -> io::Result<()> {
-    let policy = SOCKET_POLICY.get();
-    let mask = policy.map_or(0, |p| p.umask) as libc::mode_t;
-    // SAFETY: umask only swaps the process's file-creation mask; the master is single-threaded here.
-    let old = unsafe { libc::umask(mask) };
-    let bound = socket.bind(addr);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    bound?;
-    if let Some((uid, gid)) = policy.and_then(|p| p.owner) {
-        std::os::unix::fs::chown(path, uid, gid)?;
-    }
-    Ok(())
-}
-
-/// In a worker right after fork, before the app is loaded: its title, its user and group (and whether,
-/// as that user, it can still read what imports need: [`check_import_dirs`]), and the reloader.
-pub fn worker_started(py: Python<'_>, cfg: &Config, log: &ErrorLog, preloaded: bool) {
-    proctitle::set(
-        &format!("{}: worker [{}]", crate::config::PROG, process_name(cfg)),
-        "ferricorn-wrk",
-    );
-    // What imports read, listed as the master's user, to check again as the worker's.
-    let import_dirs = if cfg.uid.is_some() || cfg.gid.is_some() {
-        crate::python::import_dirs(py).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    if let Err(e) = privileges::switch(cfg.uid, cfg.gid, cfg.initgroups) {
-        log.error(&format!("Cannot switch the worker's user or group: {e}"));
-        crate::worker::exit(WORKER_BOOT_ERROR);
-    }
-    check_import_dirs(&import_dirs, log, preloaded);
-    if cfg.reload {
-        reload::start(&cfg.reload_engine, &cfg.reload_extra_files, log);
-    }
-}
-
-/// A worker that switched to `--user`/`--group` and cannot read a directory imports need says so, with
-/// the user and the directory that stops it, rather than fail with a bare `ModuleNotFoundError` (`No
-/// module named 'importlib'` for an unreadable standard library). An unreadable standard library stops
-/// the worker as a boot failure (every module not imported yet would fail), unless the master loaded the
-/// app (`--preload`); any other directory is a warning, and the app's import says the rest.
-fn check_import_dirs(
-    dirs: &[(PathBuf, crate::python::ImportDirRole)],
-    log: &ErrorLog,
-    preloaded: bool,
-) {
-    use crate::python::ImportDirRole;
-    let blocked: Vec<(&PathBuf, ImportDirRole, String)> = dirs
-        .iter()
-        .filter_map(|(p, role)| privileges::unreadable(p).map(|why| (p, *role, why)))
-        .collect();
-    if blocked.is_empty() {
-        return;
-    }
-    let has = |r: ImportDirRole| blocked.iter().any(|(_, role, _)| *role == r);
-    let what = if has(ImportDirRole::Stdlib) {
-        "the Python installation"
-    } else if has(ImportDirRole::AppDir) {
-        "the app's directory"
-    } else {
-        "directories on sys.path"
-    };
-    let list: Vec<String> = blocked
-        .iter()
-        .map(|(p, role, why)| format!("{} {} ({why})", role.describe(), p.display()))
-        .collect();
-    let head = format!(
-        "Worker (pid:{}) runs as {} (--user/--group) and cannot read {what}: {}.",
-        std::process::id(),
-        privileges::identity(),
-        list.join("; ")
-    );
-    let fix =
-        "let that user read these directories, install Python and the app where it can read them, \
-               or run the workers as another user";
-    if has(ImportDirRole::Stdlib) && !preloaded {
-        log.error(&format!(
-            "{head} Every module not imported yet would fail to import (ModuleNotFoundError), so the \
-             worker stops here: {fix}."
-        ));
-        crate::worker::exit(WORKER_BOOT_ERROR);
-    }
-    let consequence = if preloaded {
-        "The master loaded the app (--preload), but a module imported from there later fails with \
-         ModuleNotFoundError"
-    } else {
-        "Modules there cannot be imported (ModuleNotFoundError)"
-    };
-    log.warning(&format!("{head} {consequence}: {fix}."));
 }
 
 /// `READY=1` was sent for the current set of workers.
@@ -358,9 +107,4 @@ pub fn master_stopping(log: &ErrorLog) {
         "STOPPING=1\nSTATUS=Stopping: waiting for the workers to finish",
         log,
     );
-}
-
-/// See [`daemon::follow_reopened_log`].
-pub fn follow_reopened_log(log_fd: std::os::fd::RawFd) {
-    daemon::follow_reopened_log(log_fd);
 }

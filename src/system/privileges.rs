@@ -1,6 +1,7 @@
 //! `-u/--user`, `-g/--group` and `--initgroups`: workers drop to another user and group right after
 //! fork; the master keeps its identity (it may need it to bind privileged ports again or to reopen
-//! logs). Names are resolved when the configuration is read, so a typo is a usage error.
+//! logs). Names are resolved when the configuration is read (`config::ids`), so a typo is a usage
+//! error.
 //!
 //! After the switch, [`unreadable`] tells why the worker can no longer read a directory the master
 //! could (a Python installed under a private home directory), so the worker can say so instead of
@@ -12,34 +13,6 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::unistd::{self, AccessFlags, Gid, Group, Uid, User};
-
-/// A user name or a numeric id, as gunicorn accepts them.
-pub fn lookup_user(value: &str) -> Result<u32, String> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value
-            .parse()
-            .map_err(|_| format!("invalid user id: '{value}'"));
-    }
-    match User::from_name(value) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        _ => Err(format!("no such user: '{value}'")),
-    }
-}
-
-/// A group name or a numeric id.
-pub fn lookup_group(value: &str) -> Result<u32, String> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value
-            .parse()
-            .map_err(|_| format!("invalid group id: '{value}'"));
-    }
-    match Group::from_name(value) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(format!("no such group: '{value}'")),
-    }
-}
 
 /// The user and group a worker should end up with, after the defaults are filled in: a user without a
 /// group takes that user's primary group (rather than keeping the master's, which for a master run as
@@ -192,25 +165,6 @@ fn mode_string(mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_and_numbers() {
-        assert_eq!(lookup_user("0"), Ok(0));
-        assert_eq!(lookup_user("root"), Ok(0));
-        assert_eq!(lookup_user(" 1234 "), Ok(1234));
-        assert_eq!(
-            lookup_user("no-such-user-fcn"),
-            Err("no such user: 'no-such-user-fcn'".to_string())
-        );
-        assert!(lookup_user("-1").is_err());
-        assert!(lookup_user("99999999999").is_err());
-        assert_eq!(lookup_group("0"), Ok(0));
-        assert_eq!(lookup_group("root"), Ok(0));
-        assert_eq!(
-            lookup_group("no-such-group-fcn"),
-            Err("no such group: 'no-such-group-fcn'".to_string())
-        );
-    }
 
     #[test]
     fn modes_as_ls_shows_them() {

@@ -21,18 +21,11 @@ use std::time::{Duration, SystemTime};
 use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use pyo3::prelude::*;
 
+use crate::config::settings::is_glob_pattern;
 use crate::log::ErrorLog;
-
-/// Values of `--reload-engine`.
-pub const ENGINES: &[&str] = &["auto", "poll", "inotify"];
 
 /// How often the module list is read again (and the poll engine looks at files).
 const INTERVAL: Duration = Duration::from_secs(1);
-
-/// Whether `entry` of `--reload-extra-file` is a glob pattern (gunicorn's rule: it holds `*`, `?` or `[`).
-pub fn is_pattern(entry: &str) -> bool {
-    entry.contains(['*', '?', '['])
-}
 
 /// Start the watcher thread of a worker. Errors are logged; the worker serves on without reloading.
 pub fn start(engine: &str, extra: &[String], log: &ErrorLog) {
@@ -80,7 +73,7 @@ impl ExtraPattern {
         let mut rest = 0;
         let comps: Vec<_> = path.components().collect();
         for (i, c) in comps.iter().enumerate() {
-            if is_pattern(&c.as_os_str().to_string_lossy()) {
+            if is_glob_pattern(&c.as_os_str().to_string_lossy()) {
                 rest = comps.len() - i;
                 break;
             }
@@ -188,12 +181,12 @@ fn watch(
     let mut watcher = new_watcher(engine, tx, log)?;
     let patterns: Vec<ExtraPattern> = extra
         .iter()
-        .filter(|e| is_pattern(e))
+        .filter(|e| is_glob_pattern(e))
         .filter_map(|e| ExtraPattern::new(e))
         .collect();
     let literal: Vec<PathBuf> = extra
         .iter()
-        .filter(|e| !is_pattern(e))
+        .filter(|e| !is_glob_pattern(e))
         .map(|e| super::absolute(Path::new(e)))
         .collect();
     for p in &patterns {
@@ -278,9 +271,9 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert!(is_pattern("templates/*.html"));
-        assert!(is_pattern("conf/[ab].toml"));
-        assert!(!is_pattern("conf/app.toml"));
+        assert!(is_glob_pattern("templates/*.html"));
+        assert!(is_glob_pattern("conf/[ab].toml"));
+        assert!(!is_glob_pattern("conf/app.toml"));
         let p = ExtraPattern::new("/srv/app/templates/*.html").unwrap();
         assert_eq!(p.base, PathBuf::from("/srv/app/templates"));
         assert!(!p.recursive);

@@ -12,7 +12,7 @@ use pyo3::types::PyTuple;
 use super::admission::{self, OverflowLane};
 use super::io_loop::io_main;
 use super::{exit, WorkerContext, WORKER_BOOT_ERROR};
-use crate::config::{Config, WorkerClass};
+use crate::config::Config;
 use crate::exchange::Ticket;
 use crate::log::{AccessLog, ErrorLog};
 use crate::python::hooks::HookRunner;
@@ -140,10 +140,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         },
         None => None,
     };
-    let threads = match cfg.worker_class {
-        WorkerClass::Sync => 1,
-        WorkerClass::Gthread => cfg.threads.max(1),
-    };
+    let threads = cfg.worker_class.threads(cfg.threads);
     let ctx = Arc::new(WorkerContext {
         cfg: cfg.clone(),
         log: log.clone(),
@@ -175,7 +172,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         log.debug(&format!(
             "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
             if threads == 1 { "" } else { "s" },
-            crate::arbiter::worker_class_name(&cfg),
+            cfg.worker_class.name(),
             cfg.worker_connections
         ));
         let overflow = OverflowLane::new(threads);

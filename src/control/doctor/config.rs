@@ -53,7 +53,7 @@ pub struct ServerInfo {
     /// The worker class as configured (`sync`, `gthread`, ...).
     pub worker_class: String,
     /// What runs: gthread for `gthread`, and for `sync` with more than one thread (gunicorn's rule).
-    pub threaded: bool,
+    pub class: WorkerClass,
     /// `127.0.0.1:8000`, `[::1]:8000`, `unix:/run/app.sock`.
     pub binds: Vec<String>,
     /// None for standard error (`-`) or unset.
@@ -70,14 +70,20 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
+    /// Whether the workers run requests on several threads (gthread).
+    pub fn threaded(&self) -> bool {
+        self.class == WorkerClass::Gthread
+    }
+
+    /// Python threads per worker that run requests.
+    pub fn app_threads(&self) -> u64 {
+        let configured = usize::try_from(self.threads).unwrap_or(usize::MAX);
+        self.class.threads(configured) as u64
+    }
+
     /// Python threads that can run requests at once.
     pub fn capacity(&self) -> u64 {
-        self.workers.max(1)
-            * if self.threaded {
-                self.threads.max(1)
-            } else {
-                1
-            }
+        self.workers.max(1) * self.app_threads()
     }
 }
 
@@ -123,11 +129,10 @@ fn text(cfg: &Json, key: &str) -> Option<String> {
 pub fn from_config_json(cfg: &Json, origin: String) -> ServerInfo {
     let worker_class = text(cfg, "worker_class").unwrap_or_else(|| "sync".to_string());
     let threads = num(cfg, "threads", 1);
-    let threaded = match parse_worker_class(&worker_class) {
-        Ok(WorkerClass::Gthread) => true,
-        Ok(WorkerClass::Sync) => threads > 1,
-        Err(_) => threads > 1,
-    };
+    // A class this server does not know is read as sync, under the same rule for threads.
+    let class = parse_worker_class(&worker_class)
+        .unwrap_or(WorkerClass::Sync)
+        .with_threads(usize::try_from(threads).unwrap_or(usize::MAX));
     ServerInfo {
         origin,
         timeout: num(cfg, "timeout", 30),
@@ -136,7 +141,7 @@ pub fn from_config_json(cfg: &Json, origin: String) -> ServerInfo {
         workers: num(cfg, "workers", 1),
         threads,
         worker_class,
-        threaded,
+        class,
         binds: text(cfg, "bind").map(|b| py_list(&b)).unwrap_or_default(),
         errorlog: text(cfg, "errorlog"),
         accesslog: text(cfg, "accesslog"),
@@ -215,7 +220,8 @@ pub fn from_socket(path: &Path, timeout: Duration) -> Result<ServerInfo, ConfigE
 pub fn from_file(path: &str) -> Result<ServerInfo, ConfigError> {
     let argv = vec!["ferricorn".to_string(), "-c".to_string(), path.to_string()];
     let env = |k: &str| std::env::var(k).ok();
-    let resolved = pyo3::Python::attach(|py| crate::configure(py, &argv, &env));
+    let resolved =
+        pyo3::Python::attach(|py| crate::python::config_file::configure(py, &argv, &env));
     let cfg = match resolved {
         Ok((crate::config::Action::Run(c) | crate::config::Action::PrintConfig(c), _)) => c,
         Ok(_) => {
@@ -249,13 +255,13 @@ mod tests {
         .unwrap();
         let s = from_config_json(&cfg, "x".into());
         assert_eq!(s.binds, vec!["127.0.0.1:8000", "unix:/run/a.sock"]);
-        assert!(s.threaded, "sync with 4 threads runs gthread");
+        assert!(s.threaded(), "sync with 4 threads runs gthread");
         assert_eq!(s.capacity(), 8);
         assert_eq!(s.errorlog, None);
         assert_eq!(s.accesslog.as_deref(), Some("/var/log/a.log"));
         assert_eq!(s.graceful_timeout, 30, "missing keys take the defaults");
         let s = from_config_json(&Json::parse(r#"{"workers": 3}"#).unwrap(), "x".into());
-        assert!(!s.threaded);
+        assert!(!s.threaded());
         assert_eq!(s.capacity(), 3);
         assert!(s.binds.is_empty());
     }

@@ -369,7 +369,7 @@ fn kind_fix(kind: WaitKind, threaded: Option<bool>) -> String {
 fn log_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
     let Some(log) = i.log else { return };
     let w = i.window_minutes;
-    let threaded = i.server.map(|s| s.threaded);
+    let threaded = i.server.map(|s| s.threaded());
     let events: Vec<&RequestEvent> = log.timeouts.iter().chain(&log.slow).collect();
     let by_path = log.by_path();
     let total: usize = by_path.iter().map(|(_, t, s)| t + s).sum();
@@ -491,7 +491,7 @@ fn log_rules(i: &Inputs<'_>, out: &mut Vec<Finding>) {
         .iter()
         .filter(|e| matches!(e.kind(), WaitKind::Database | WaitKind::Network))
         .count();
-    if let Some(server) = i.server.filter(|s| !s.threaded) {
+    if let Some(server) = i.server.filter(|s| !s.threaded()) {
         if io_waits > 0 || !log.starvation.is_empty() {
             out.push(finding(
                 "sync-workers-waiting-on-io",

@@ -512,8 +512,8 @@ fn diagnose(o: &Options) -> Report {
                     s.origin,
                     s.timeout,
                     s.workers,
-                    if s.threaded { s.threads } else { 1 },
-                    if s.threaded { "gthread" } else { "sync" },
+                    s.app_threads(),
+                    s.class.name(),
                     if s.binds.is_empty() {
                         "-".to_string()
                     } else {
@@ -902,7 +902,7 @@ impl Report {
                 ("workers", s.workers.into()),
                 ("threads", s.threads.into()),
                 ("worker_class", s.worker_class.as_str().into()),
-                ("threaded", s.threaded.into()),
+                ("threaded", s.threaded().into()),
                 ("capacity", s.capacity().into()),
                 (
                     "binds",

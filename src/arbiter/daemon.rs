@@ -1,9 +1,8 @@
-//! `-D/--daemon` (detach from the terminal) and `--capture-output` (the processes' standard output and
-//! error go to the error log file).
+//! `-D/--daemon`: detach from the terminal. (`--capture-output`, which points the standard output and
+//! error at the error log file, is the log's own: `log::ErrorLog::capture_output`.)
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::prelude::*;
 
@@ -55,7 +54,7 @@ fn redirect(src: RawFd, target: RawFd) -> io::Result<()> {
 }
 
 /// Write out what Python buffered for stdout and stderr before the descriptors under them change.
-fn flush_python_streams(py: Python<'_>) {
+pub fn flush_python_streams(py: Python<'_>) {
     if let Ok(sys) = py.import("sys") {
         for name in ["stdout", "stderr"] {
             if let Ok(stream) = sys.getattr(name) {
@@ -64,28 +63,5 @@ fn flush_python_streams(py: Python<'_>) {
                 }
             }
         }
-    }
-}
-
-/// Set once `--capture-output` took over stdout and stderr in this process (inherited by workers).
-static CAPTURING: AtomicBool = AtomicBool::new(false);
-
-/// `--capture-output`: make descriptors 1 and 2 refer to the error log file, so `print()` and anything
-/// else writing to the standard streams, in the master and in every worker forked later, lands in the
-/// error log. `log_fd` is the error log's own descriptor.
-pub fn capture_output(py: Python<'_>, log_fd: RawFd) -> io::Result<()> {
-    flush_python_streams(py);
-    redirect(log_fd, libc::STDOUT_FILENO)?;
-    redirect(log_fd, libc::STDERR_FILENO)?;
-    CAPTURING.store(true, Ordering::SeqCst);
-    Ok(())
-}
-
-/// After the error log was reopened (`USR1`, log rotation) under the same descriptor number: point
-/// stdout and stderr at the new file as well, when they are captured.
-pub fn follow_reopened_log(log_fd: RawFd) {
-    if CAPTURING.load(Ordering::SeqCst) {
-        let _ = redirect(log_fd, libc::STDOUT_FILENO);
-        let _ = redirect(log_fd, libc::STDERR_FILENO);
     }
 }
