@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::http::RequestHead;
 use crate::scoreboard::now_ns;
-pub use response::{AppBytes, FileBody, Out, Piece, ResponseHead, ZERO_COPY_MIN};
+pub use response::{AppBytes, FileBody, HeadInfo, Out, Packed, Piece, ResponseHead, ZERO_COPY_MIN};
 
 /// The client of a connection as the app sees it (`REMOTE_ADDR`, `REMOTE_PORT`).
 #[derive(Clone, Debug)]

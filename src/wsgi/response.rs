@@ -8,16 +8,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::exchange::response::{Disconnected, ResponseSender};
-use crate::exchange::{Out, ResponseHead, ZERO_COPY_MIN};
+use crate::exchange::{Out, Piece, ResponseHead, ZERO_COPY_MIN};
 use crate::http;
 
 #[pyclass(module = "ferricorn")]
 pub struct Responder {
     sender: ResponseSender,
-    /// The app's status, until the head goes out.
+    /// The app's status (`"200 OK"`).
     status: Option<String>,
     pub status_code: u16,
-    /// The app's headers, until the head goes out (then they are the sender's).
     headers: Vec<(String, String)>,
     content_length: Option<u64>,
     /// The connection closes after this response (an error answered in the app's place).
@@ -38,7 +37,7 @@ impl Responder {
 
     /// `start_response` was called.
     pub fn started(&self) -> bool {
-        self.status.is_some() || self.sender.head().is_some()
+        self.status.is_some()
     }
 
     pub fn headers_sent(&self) -> bool {
@@ -47,10 +46,7 @@ impl Responder {
 
     /// The response's headers as the app set them.
     pub fn headers(&self) -> &[(String, String)] {
-        match self.sender.head() {
-            Some(h) => &h.headers,
-            None => &self.headers,
-        }
+        &self.headers
     }
 
     /// Body bytes sent so far.
@@ -62,24 +58,17 @@ impl Responder {
         self.sender.disconnected
     }
 
-    /// Hand the head to the sender, once: the next piece carries it.
-    fn fix_head(&mut self) {
-        if self.sender.head().is_some() {
-            return;
-        }
-        let status_text = self.status.take();
-        let code = if status_text.is_some() {
-            self.status_code
-        } else {
-            500
-        };
-        self.sender.set_head(ResponseHead {
-            status: code,
-            status_text,
-            headers: std::mem::take(&mut self.headers),
+    /// A new piece (with the head, if it has not gone out) with room for `capacity` body bytes.
+    fn piece(&mut self, total: Option<u64>, capacity: usize) -> Piece {
+        let reason = self.status.as_deref().and_then(|s| s.get(4..));
+        let head = ResponseHead {
+            status: self.status_code,
+            reason,
+            headers: &self.headers,
             content_length: self.content_length,
             close: self.close,
-        });
+        };
+        self.sender.piece(Some(&head), total, capacity)
     }
 
     /// Send one piece of body (the head first if it has not gone yet).
@@ -92,10 +81,7 @@ impl Responder {
         if self.headers_sent() && len == 0 {
             return Ok(());
         }
-        self.fix_head();
-        let mut piece = self
-            .sender
-            .piece(None, if len < ZERO_COPY_MIN { len } else { 0 });
+        let mut piece = self.piece(None, if len < ZERO_COPY_MIN { len } else { 0 });
         self.sender.push(&mut piece, bytes);
         self.sender.send_piece(py, piece)
     }
@@ -107,8 +93,7 @@ impl Responder {
         parts: &[Bound<'_, PyBytes>],
     ) -> Result<(), Disconnected> {
         let total: usize = parts.iter().map(|p| p.as_bytes().len()).sum();
-        self.fix_head();
-        let mut piece = self.sender.piece(
+        let mut piece = self.piece(
             Some(total as u64),
             if total < ZERO_COPY_MIN { total } else { 0 },
         );
@@ -128,14 +113,20 @@ impl Responder {
         offset: u64,
         len: u64,
     ) -> Result<(), Disconnected> {
-        self.fix_head();
-        self.sender.send_file(py, file, offset, len)
+        let reason = self.status.as_deref().and_then(|s| s.get(4..));
+        let head = ResponseHead {
+            status: self.status_code,
+            reason,
+            headers: &self.headers,
+            content_length: self.content_length,
+            close: self.close,
+        };
+        self.sender.send_file(py, Some(&head), file, offset, len)
     }
 
     /// End the response after streaming.
     pub fn finish(&mut self, py: Python<'_>) -> Result<(), Disconnected> {
-        self.fix_head();
-        let mut piece = self.sender.piece(Some(0), 0);
+        let mut piece = self.piece(Some(0), 0);
         piece.end = true;
         self.sender.send_piece(py, piece)
     }

@@ -8,7 +8,7 @@
 //! HTTP/2 driver can frame the same pieces its own way. Pure: bytes are appended to buffers the caller
 //! writes.
 
-use super::response::{write_date_header, write_last_chunk, write_status_line};
+use super::response::{reason_phrase, write_date_header, write_last_chunk};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
@@ -24,10 +24,8 @@ enum Framing {
 /// What the framing of a response depends on in its head.
 pub struct HeadFacts<'a> {
     pub status: u16,
-    /// The app's status text (`"200 OK"`); None for the standard reason phrase.
-    pub status_text: Option<&'a str>,
-    /// The app's fields, validated, without connection-management ones.
-    pub headers: &'a [(String, String)],
+    /// The app's reason phrase (validated); None for the standard one.
+    pub reason: Option<&'a [u8]>,
     /// The length the app declared in `headers`.
     pub content_length: Option<u64>,
     /// The whole body's length, when it is in hand as the head goes out.
@@ -59,8 +57,14 @@ impl H1Response {
         }
     }
 
-    /// Serialize the head into `buf`, deciding the framing.
-    pub fn write_head(&mut self, buf: &mut Vec<u8>, head: &HeadFacts<'_>) {
+    /// Serialize the head into `buf` with the app's `fields` (validated, without connection-management
+    /// ones), deciding the framing.
+    pub fn write_head<'f>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        head: &HeadFacts<'_>,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+    ) {
         let code = head.status;
         let no_body = self.head_only || code < 200 || code == 204 || code == 304;
         // A 2xx to CONNECT carries neither Content-Length nor Transfer-Encoding: what follows its head is
@@ -87,26 +91,32 @@ impl H1Response {
         if self.framing == Framing::UntilClose || head.close {
             self.keep_alive = false;
         }
-        let status = head.status_text.unwrap_or("");
-        if status.is_empty() || write_status_line(buf, self.version_minor, status).is_err() {
-            // The app's text was validated when it was set; a bare code gets the standard phrase.
-            let mut digits = itoa::Buffer::new();
-            let _ = write_status_line(buf, self.version_minor, digits.format(code));
+        buf.extend_from_slice(if self.version_minor == 0 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        buf.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        buf.push(b' ');
+        match head.reason {
+            Some(reason) => buf.extend_from_slice(reason),
+            None => buf.extend_from_slice(reason_phrase(code).as_bytes()),
         }
+        buf.extend_from_slice(b"\r\n");
         let mut has_date = false;
         let mut has_server = false;
-        for (name, value) in head.headers {
-            if tunnel && name.eq_ignore_ascii_case("content-length") {
+        for (name, value) in fields {
+            if tunnel && name.eq_ignore_ascii_case(b"content-length") {
                 continue;
             }
-            if name.eq_ignore_ascii_case("date") {
+            if name.eq_ignore_ascii_case(b"date") {
                 has_date = true;
-            } else if name.eq_ignore_ascii_case("server") {
+            } else if name.eq_ignore_ascii_case(b"server") {
                 has_server = true;
             }
-            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(name);
             buf.extend_from_slice(b": ");
-            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(value);
             buf.extend_from_slice(b"\r\n");
         }
         if !has_server {
@@ -197,21 +207,25 @@ impl H1Response {
 mod tests {
     use super::*;
 
-    fn head<'a>(
-        status: u16,
-        headers: &'a [(String, String)],
-        content_length: Option<u64>,
-        total: Option<u64>,
-    ) -> HeadFacts<'a> {
+    fn head(status: u16, content_length: Option<u64>, total: Option<u64>) -> HeadFacts<'static> {
         HeadFacts {
             status,
-            status_text: None,
-            headers,
+            reason: None,
             content_length,
             total,
             close: false,
         }
     }
+
+    type Fields<'a> = std::iter::Copied<std::slice::Iter<'a, (&'a [u8], &'a [u8])>>;
+
+    fn fields<'a>(f: &'a [(&'a [u8], &'a [u8])]) -> Fields<'a> {
+        f.iter().copied()
+    }
+
+    const NONE: &[(&[u8], &[u8])] = &[];
+    const LEN4: &[(&[u8], &[u8])] = &[(b"Content-Length", b"4")];
+    const LEN3: &[(&[u8], &[u8])] = &[(b"Content-Length", b"3")];
 
     fn text(b: &[u8]) -> String {
         String::from_utf8_lossy(b).into_owned()
@@ -221,7 +235,7 @@ mod tests {
     fn known_total_gets_a_length() {
         let mut r = H1Response::new(1, "GET", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &[], None, Some(5)));
+        r.write_head(&mut buf, &head(200, None, Some(5)), fields(NONE));
         let t = text(&buf);
         assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
         assert!(t.contains("Content-Length: 5\r\n"), "{t}");
@@ -237,7 +251,7 @@ mod tests {
     fn streamed_body_is_chunked_on_1_1_and_closes_on_1_0() {
         let mut r = H1Response::new(1, "GET", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &[], None, None));
+        r.write_head(&mut buf, &head(200, None, None), fields(NONE));
         assert!(text(&buf).contains("Transfer-Encoding: chunked\r\n"));
         let (mut a, mut b) = (Vec::new(), Vec::new());
         assert_eq!(r.body(26, &mut a, &mut b), 26);
@@ -250,23 +264,22 @@ mod tests {
 
         let mut r = H1Response::new(0, "GET", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &[], None, None));
+        r.write_head(&mut buf, &head(200, None, None), fields(NONE));
         assert!(text(&buf).contains("Connection: close\r\n"));
         assert!(!r.keep_alive());
     }
 
     #[test]
     fn declared_length_truncates_and_short_body_closes() {
-        let fields = [("Content-Length".to_string(), "4".to_string())];
         let mut r = H1Response::new(1, "GET", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &fields, Some(4), None));
+        r.write_head(&mut buf, &head(200, Some(4), None), fields(LEN4));
         let (mut a, mut b) = (Vec::new(), Vec::new());
         assert_eq!(r.body(10, &mut a, &mut b), 4);
         assert_eq!(r.body(10, &mut a, &mut b), 0);
 
         let mut r = H1Response::new(1, "GET", true);
-        r.write_head(&mut Vec::new(), &head(200, &fields, Some(4), None));
+        r.write_head(&mut Vec::new(), &head(200, Some(4), None), fields(LEN4));
         r.body(2, &mut a, &mut b);
         r.end(&mut Vec::new(), &[]);
         assert!(!r.keep_alive());
@@ -276,22 +289,21 @@ mod tests {
     fn head_and_no_content_carry_no_body() {
         let mut r = H1Response::new(1, "HEAD", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &[], None, Some(7)));
+        r.write_head(&mut buf, &head(200, None, Some(7)), fields(NONE));
         assert!(text(&buf).contains("Content-Length: 7\r\n"));
         assert_eq!(r.body(7, &mut Vec::new(), &mut Vec::new()), 0);
         let mut r = H1Response::new(1, "GET", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(204, &[], None, Some(0)));
+        r.write_head(&mut buf, &head(204, None, Some(0)), fields(NONE));
         assert!(!text(&buf).contains("Content-Length"));
         assert_eq!(r.file(100), Some(0));
     }
 
     #[test]
     fn connect_tunnel_is_unframed_and_closes() {
-        let fields = [("Content-Length".to_string(), "3".to_string())];
         let mut r = H1Response::new(1, "CONNECT", true);
         let mut buf = Vec::new();
-        r.write_head(&mut buf, &head(200, &fields, Some(3), None));
+        r.write_head(&mut buf, &head(200, Some(3), None), fields(LEN3));
         let t = text(&buf);
         assert!(
             !t.contains("Content-Length") && t.contains("Connection: close"),
@@ -304,10 +316,10 @@ mod tests {
     fn app_status_text_and_close_request() {
         let mut r = H1Response::new(1, "GET", true);
         let mut buf = Vec::new();
-        let mut h = head(404, &[], None, Some(0));
-        h.status_text = Some("404 Nope");
+        let mut h = head(404, None, Some(0));
+        h.reason = Some(b"Nope");
         h.close = true;
-        r.write_head(&mut buf, &h);
+        r.write_head(&mut buf, &h, fields(NONE));
         let t = text(&buf);
         assert!(
             t.starts_with("HTTP/1.1 404 Nope\r\n") && t.contains("Connection: close"),

@@ -292,7 +292,7 @@ impl Exchange<'_> {
                 // (the app's next send then fails and its iterable is closed).
                 let written = timeout(
                     io.header_timeout,
-                    write_piece(stream, self.frame, &piece, body),
+                    write_piece(stream, &mut *self.frame, &piece, body),
                 )
                 .await;
                 if !matches!(written, Ok(Ok(()))) {
@@ -307,18 +307,19 @@ impl Exchange<'_> {
             Some(Out::File(body)) => {
                 // The file ends the response: Python is done, so a long download holds no thread.
                 claim.release();
-                let FileBody {
-                    head: response,
-                    file,
-                    offset,
-                    count,
-                } = *body;
                 let frame = &mut *self.frame;
                 frame.pre.clear();
                 frame.post.clear();
-                if let Some(r) = &response {
-                    h1.write_head(&mut frame.pre, &facts(r, Some(count), stopping));
+                if let (Some(info), Some(fields)) = (&body.head, body.fields()) {
+                    let facts = facts(info, fields.reason, Some(body.count), stopping);
+                    h1.write_head(&mut frame.pre, &facts, fields);
                 }
+                let FileBody {
+                    file,
+                    offset,
+                    count,
+                    ..
+                } = *body;
                 // A head that already went out chunked cannot carry a raw file.
                 let Some(count) = h1.file(count) else {
                     return Step::Close;
