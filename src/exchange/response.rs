@@ -85,9 +85,11 @@ pub struct HeadInfo {
 ///
 /// One buffer rather than the app's list of strings, because the I/O thread frees what it receives:
 /// memory one thread allocates and another frees drains the first thread's allocator cache, and the
-/// strings of a head freed on the I/O thread cost the app threads glibc's slow path (`_int_malloc` and
-/// its arena lock) on every request — hello under gthread, 11.9 → 13.4 µs of CPU per request before
-/// the head was packed with the body into the piece's one buffer.
+/// strings of a head freed on the I/O thread sent the app threads to glibc's slow path (`_int_malloc`,
+/// twice its share in a profile, and its arena lock) on every request. Hello under gthread, CPU per
+/// request: 12.6 µs before the exchange was semantic, 13.9 µs with the head's strings crossing (4
+/// interleaved repeats), 12.3 µs packed with the body into the piece's one buffer
+/// (bench/results/2026-12-02-ab-issue15.md).
 fn pack(buf: &mut Vec<u8>, head: &ResponseHead<'_>) {
     match head.reason {
         Some(r) => {
