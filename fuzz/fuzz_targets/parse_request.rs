@@ -9,7 +9,9 @@
 //! - the fields are what a WSGI environ may safely carry (token names, no CR/LF/NUL in values, `_`
 //!   names only under `--header-map dangerous`, one framing);
 //! - the head written back out in canonical form parses to the same head;
-//! - with an absolute-form target, the Host field holds the target's host (userinfo left out).
+//! - with an absolute-form target, the Host field holds the target's host (userinfo left out);
+//! - the protocol an upgrade asks for (`RequestHead::upgrade`) is a non-empty, trimmed piece of the
+//!   Upgrade field of an HTTP/1.1 request that lists `upgrade` in Connection.
 //!
 //! For `Partial`: the input is no longer than `max_head_size`, so a caller's buffer stays bounded.
 #![no_main]
@@ -38,6 +40,13 @@ fn check_complete(buf: &[u8], opts: &ParserOptions, head: &RequestHead, consumed
     assert!(consumed > 0 && consumed <= buf.len());
     assert!(consumed <= max_head_size(opts));
     let head_bytes = &buf[..consumed];
+    if let Some(protocol) = head.upgrade() {
+        assert!(head.version_minor >= 1, "upgrade asked on HTTP/1.0");
+        assert!(!protocol.is_empty() && protocol.trim() == protocol);
+        let field = head.header("upgrade").expect("an upgrade without an Upgrade field");
+        let p = protocol.as_bytes();
+        assert!(field.windows(p.len()).any(|w| w == p), "the protocol is not in the Upgrade field");
+    }
 
     let exact = parse_request(head_bytes, opts);
     assert_eq!(
