@@ -73,9 +73,20 @@ def write(dirname, data):
         f.write(data)
 
 
+# Requests the corpus has none of: protocol upgrades (`RequestHead::upgrade`).
+EXTRA_REQUESTS = [
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+]
+
+
 def main(argv):
     src = corpus_dir(argv)
     counts = {"parse_request": 0, "chunked_decoder": 0}
+    for raw in EXTRA_REQUESTS:
+        write(os.path.join(HERE, "corpus", "parse_request"), bytes([0]) + raw)
+        counts["parse_request"] += 1
     for fname in ("valid.json", "invalid.json"):
         with open(os.path.join(src, fname)) as f:
             cases = json.load(f)

@@ -43,9 +43,14 @@ fn check_complete(buf: &[u8], opts: &ParserOptions, head: &RequestHead, consumed
     if let Some(protocol) = head.upgrade() {
         assert!(head.version_minor >= 1, "upgrade asked on HTTP/1.0");
         assert!(!protocol.is_empty() && protocol.trim() == protocol);
-        let field = head.header("upgrade").expect("an upgrade without an Upgrade field");
+        let field = head
+            .header("upgrade")
+            .expect("an upgrade without an Upgrade field");
         let p = protocol.as_bytes();
-        assert!(field.windows(p.len()).any(|w| w == p), "the protocol is not in the Upgrade field");
+        assert!(
+            field.windows(p.len()).any(|w| w == p),
+            "the protocol is not in the Upgrade field"
+        );
     }
 
     let exact = parse_request(head_bytes, opts);

@@ -429,9 +429,16 @@ mod tests {
         let fields: Vec<_> = p.collect();
         assert_eq!(
             fields,
-            vec![(&b"Content-Type"[..], &b"text/plain"[..]), (&b"X-Empty"[..], &b""[..])]
+            vec![
+                (&b"Content-Type"[..], &b"text/plain"[..]),
+                (&b"X-Empty"[..], &b""[..])
+            ]
         );
-        let none = ResponseHead { reason: None, headers: &[], ..head };
+        let none = ResponseHead {
+            reason: None,
+            headers: &[],
+            ..head
+        };
         let mut buf = Vec::new();
         pack(&mut buf, &none);
         let p = Packed::read(&buf);

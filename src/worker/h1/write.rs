@@ -30,7 +30,11 @@ impl Framed {
         self.pre.clear();
         self.post.clear();
         if let (Some(head), Some(fields)) = (&piece.head, piece.fields()) {
-            h1.write_head(&mut self.pre, &facts(head, fields.reason, piece.total, stopping), fields);
+            h1.write_head(
+                &mut self.pre,
+                &facts(head, fields.reason, piece.total, stopping),
+                fields,
+            );
         }
         let n = h1.body(piece.body_len(), &mut self.pre, &mut self.post);
         if piece.end {
