@@ -58,16 +58,32 @@ impl Responder {
         self.sender.disconnected
     }
 
+    /// The head as the app set it (the reason phrase is what follows WSGI's status code).
+    fn head_of<'a>(
+        status: &'a Option<String>,
+        code: u16,
+        headers: &'a [(String, String)],
+        content_length: Option<u64>,
+        close: bool,
+    ) -> ResponseHead<'a> {
+        ResponseHead {
+            status: code,
+            reason: status.as_deref().and_then(|s| s.get(4..)),
+            headers,
+            content_length,
+            close,
+        }
+    }
+
     /// A new piece (with the head, if it has not gone out) with room for `capacity` body bytes.
     fn piece(&mut self, total: Option<u64>, capacity: usize) -> Piece {
-        let reason = self.status.as_deref().and_then(|s| s.get(4..));
-        let head = ResponseHead {
-            status: self.status_code,
-            reason,
-            headers: &self.headers,
-            content_length: self.content_length,
-            close: self.close,
-        };
+        let head = Self::head_of(
+            &self.status,
+            self.status_code,
+            &self.headers,
+            self.content_length,
+            self.close,
+        );
         self.sender.piece(Some(&head), total, capacity)
     }
 
@@ -113,14 +129,13 @@ impl Responder {
         offset: u64,
         len: u64,
     ) -> Result<(), Disconnected> {
-        let reason = self.status.as_deref().and_then(|s| s.get(4..));
-        let head = ResponseHead {
-            status: self.status_code,
-            reason,
-            headers: &self.headers,
-            content_length: self.content_length,
-            close: self.close,
-        };
+        let head = Self::head_of(
+            &self.status,
+            self.status_code,
+            &self.headers,
+            self.content_length,
+            self.close,
+        );
         self.sender.send_file(py, Some(&head), file, offset, len)
     }
 
