@@ -2,7 +2,6 @@
 //! error at the error log file, is the log's own: `log::ErrorLog::capture_output`.)
 
 use std::io;
-use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
 
@@ -32,23 +31,12 @@ pub fn daemonize(py: Python<'_>, inherit_stdio: bool) -> io::Result<()> {
     .map_err(io::Error::from)?;
     use std::os::fd::AsRawFd;
     let null_fd = null.as_raw_fd();
-    redirect(null_fd, libc::STDIN_FILENO)?;
+    crate::log::redirect(null_fd, libc::STDIN_FILENO)?;
     for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
         // SAFETY: isatty only inspects the descriptor.
         if !inherit_stdio || unsafe { libc::isatty(fd) } == 1 {
-            redirect(null_fd, fd)?;
+            crate::log::redirect(null_fd, fd)?;
         }
-    }
-    Ok(())
-}
-
-fn redirect(src: RawFd, target: RawFd) -> io::Result<()> {
-    if src == target {
-        return Ok(());
-    }
-    // SAFETY: both are descriptors this process owns; dup2 atomically replaces `target`.
-    if unsafe { libc::dup2(src, target) } < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -26,7 +26,8 @@ pub(super) fn follow_reopened(log_fd: RawFd) {
     }
 }
 
-fn redirect(src: RawFd, target: RawFd) -> io::Result<()> {
+/// Point descriptor `target` at what `src` is open on (dup2); nothing when they are the same.
+pub fn redirect(src: RawFd, target: RawFd) -> io::Result<()> {
     if src == target {
         return Ok(());
     }

@@ -7,6 +7,7 @@
 
 mod access;
 mod capture;
+pub use capture::redirect;
 mod error;
 mod sink;
 mod time;

@@ -65,10 +65,6 @@ impl<'c> RequestScope<'c> {
         }
     }
 
-    pub fn thread(&self) -> usize {
-        self.thread
-    }
-
     /// Write the access-log line — unless the connection answered the request itself (`--timeout`'s 504,
     /// a stopping worker's 503) and logged that answer: what the app made of it never went out.
     pub fn log(&self, outcome: &Outcome<'_>) {

@@ -64,19 +64,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     }
 }
 
-impl Transport for TcpStream {
-    fn sendfile_capable(&self) -> bool {
-        true
-    }
-    fn raw_fd(&self) -> Option<RawFd> {
-        Some(self.as_raw_fd())
-    }
-    async fn send_file(&mut self, file: &File, offset: u64, count: u64) -> io::Result<()> {
-        kernel_send_file(self, file, offset, count).await
-    }
-}
-
-impl Transport for UnixStream {
+/// Plain sockets (TCP, unix): files go out with sendfile(2).
+impl<S: Socket + AsyncRead> Transport for S {
     fn sendfile_capable(&self) -> bool {
         true
     }

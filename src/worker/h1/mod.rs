@@ -211,6 +211,7 @@ pub async fn serve<S: Transport>(
             conn_peer: &peer,
             peer: &client,
             server: &server,
+            dispatched,
             frame: &mut frame,
         };
         let ended = request::run(&mut stream, &mut buf, &io, &mut claim, request).await;

@@ -37,6 +37,8 @@ pub(super) struct Request<'a> {
     /// The client the app sees (different behind a PROXY header).
     pub peer: &'a Arc<Peer>,
     pub server: &'a Arc<ServerAddr>,
+    /// When the request was handed to the app side.
+    pub dispatched: Instant,
     /// The connection's framing buffers, reused request after request.
     pub frame: &'a mut Framed,
 }
@@ -103,6 +105,7 @@ pub(super) async fn run<S: Transport>(
         conn_peer,
         peer,
         server,
+        dispatched,
         frame,
     } = req;
     let BodyStart {
@@ -165,7 +168,7 @@ pub(super) async fn run<S: Transport>(
         framing_lost: false,
         body_error: None,
         response_started: false,
-        dispatched: Instant::now(),
+        dispatched,
     };
     // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
     // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
