@@ -8,6 +8,7 @@
 //! tests/test_layers.py; no module uses this root's own items.
 
 pub mod arbiter;
+pub mod asgi;
 pub mod config;
 pub mod control;
 pub mod exchange;

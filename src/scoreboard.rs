@@ -305,6 +305,14 @@ impl WorkerHandle {
         }
     }
 
+    /// Whether this worker has published an open loopback call (a connection of its own to the server).
+    pub fn has_loopback_calls(&self) -> bool {
+        self.slot()
+            .loopback_ports
+            .iter()
+            .any(|p| p.load(Ordering::Acquire) != 0)
+    }
+
     /// Replace this worker's list of open loopback calls.
     pub fn publish_loopback_ports(&self, ports: &[u16]) {
         let slots = &self.slot().loopback_ports;

@@ -36,7 +36,7 @@ LAYERS = [
     # The app-runtime seam: the worker's shared context, the thread pool, per-request bookkeeping.
     ["runtime"],
     # App runtimes.
-    ["wsgi"],
+    ["wsgi", "asgi"],
     # A worker: I/O loop, connections, admission, Python threads.
     ["worker"],
     # The master.
@@ -50,7 +50,7 @@ PENDING = set()
 # The master knows nothing of HTTP or of the app protocols: it never uses these modules itself (it
 # runs a worker after fork, and the worker does).
 MASTER = "arbiter"
-NOT_IN_MASTER = {"http", "exchange", "runtime", "wsgi"}
+NOT_IN_MASTER = {"http", "exchange", "runtime", "wsgi", "asgi"}
 
 
 def _strip(text):

@@ -165,7 +165,11 @@ impl ControlTarget for Arbiter {
             workers_spawned: self.spawned,
             workers_retiring: self.retiring.len(),
             reloads: self.reloads,
-            capacity: self.num_workers * self.cfg.worker_class.threads(self.cfg.threads),
+            capacity: self.num_workers
+                * self
+                    .cfg
+                    .worker_class
+                    .capacity(self.cfg.threads, self.cfg.worker_connections),
             peak_busy_threads: self.peak_busy_threads,
             peak_waiting: self.peak_waiting,
             ..Stats::default()

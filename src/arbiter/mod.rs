@@ -825,7 +825,10 @@ impl Arbiter {
     /// says so again for every later episode (starvation.rs has the rules). The waiting requests are still
     /// served as threads free up.
     fn check_starvation(&mut self) {
-        let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
+        let per_worker = self
+            .cfg
+            .worker_class
+            .capacity(self.cfg.threads, self.cfg.worker_connections);
         let capacity = per_worker * self.workers.len();
         let mut busy = Vec::new();
         let mut inside = 0u64;

@@ -39,6 +39,8 @@ pub enum WorkerClass {
     #[default]
     Sync,
     Gthread,
+    /// ASGI: one asyncio event loop per worker, on a Python thread, running requests as tasks.
+    Asgi,
 }
 
 impl WorkerClass {
@@ -56,6 +58,7 @@ impl WorkerClass {
         match self {
             WorkerClass::Sync => "sync",
             WorkerClass::Gthread => "gthread",
+            WorkerClass::Asgi => "asgi",
         }
     }
 
@@ -63,8 +66,17 @@ impl WorkerClass {
     /// `--threads` (at least one) for gthread. A worker's capacity.
     pub fn threads(self, configured: usize) -> usize {
         match self {
-            WorkerClass::Sync => 1,
+            WorkerClass::Sync | WorkerClass::Asgi => 1,
             WorkerClass::Gthread => configured.max(1),
+        }
+    }
+
+    /// Requests a worker of this class runs at once: its threads, or for ASGI (one event loop running
+    /// requests as tasks) `--worker-connections`, as gunicorn's asgi worker limits them.
+    pub fn capacity(self, threads: usize, worker_connections: usize) -> usize {
+        match self {
+            WorkerClass::Asgi => worker_connections.max(1),
+            other => other.threads(threads),
         }
     }
 }
@@ -140,6 +152,14 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// Seconds after which a running request is logged with its stack; 0 = off.
     pub slow_request_threshold: u64,
+    /// Seconds an asgi worker's event loop may stay away before a WARNING names what blocks it; 0 = off.
+    pub asgi_block_threshold: u64,
+    /// `--asgi-loop`: auto, asyncio or uvloop.
+    pub asgi_loop: String,
+    /// `--asgi-lifespan`: auto, on or off.
+    pub asgi_lifespan: String,
+    /// `--root-path`: the ASGI scope's `root_path`.
+    pub root_path: String,
     /// MiB of RSS past which a worker is recycled; 0 = off.
     pub max_worker_memory: u64,
     pub preload_app: bool,
@@ -214,6 +234,10 @@ impl Default for Config {
             max_requests: 0,
             max_requests_jitter: 0,
             slow_request_threshold: 0,
+            asgi_block_threshold: 1,
+            asgi_loop: "auto".to_string(),
+            asgi_lifespan: "auto".to_string(),
+            root_path: String::new(),
             max_worker_memory: 0,
             preload_app: false,
             permit_missing_host: false,

@@ -25,6 +25,10 @@ pub const HEADER_MAP_MODES: &[&str] = &["drop", "refuse", "dangerous"];
 
 /// Values of `--proxy-protocol` (gunicorn's spellings `true`/`false`, `1`/`0`, `none` are read too).
 pub const PROXY_PROTOCOL_MODES: &[&str] = &["off", "v1", "v2", "auto"];
+/// `--asgi-loop`'s values, as gunicorn's asgi worker names them.
+pub const ASGI_LOOPS: &[&str] = &["auto", "asyncio", "uvloop"];
+/// `--asgi-lifespan`'s values.
+pub const ASGI_LIFESPAN_MODES: &[&str] = &["auto", "on", "off"];
 
 /// Values of `--reload-engine`.
 pub const RELOAD_ENGINES: &[&str] = &["auto", "poll", "inotify"];
@@ -145,7 +149,7 @@ impl fmt::Display for ValueError {
             ),
             ValueError::UnsupportedWorkerClass(s) => write!(
                 f,
-                "worker class '{s}' is not supported (ferricorn provides sync and gthread)"
+                "worker class '{s}' is not supported (ferricorn provides sync, gthread and asgi)"
             ),
             ValueError::NotKeyValue(s) => write!(f, "invalid value: '{s}' (expected KEY=VALUE)"),
             ValueError::Bind(e) => write!(f, "{e}"),
@@ -291,6 +295,13 @@ pub fn parse_worker_class(s: &str) -> Result<WorkerClass, ValueError> {
     match short {
         "sync" | "gunicorn.workers.sync.SyncWorker" => Ok(WorkerClass::Sync),
         "gthread" | "gunicorn.workers.gthread.ThreadWorker" => Ok(WorkerClass::Gthread),
+        // The names ASGI apps' configs already carry: uvicorn's gunicorn workers and gunicorn's own.
+        "asgi"
+        | "uvicorn.workers.UvicornWorker"
+        | "uvicorn.workers.UvicornH11Worker"
+        | "uvicorn_worker.UvicornWorker"
+        | "uvicorn_worker.UvicornH11Worker"
+        | "gunicorn.workers.gasgi.ASGIWorker" => Ok(WorkerClass::Asgi),
         _ => Err(ValueError::UnsupportedWorkerClass(s.to_string())),
     }
 }
@@ -468,6 +479,20 @@ fn ip_list(v: SettingValue) -> Result<Vec<String>, ValueError> {
                 .map_err(|_| ValueError::InvalidIp(s))
         })
         .collect()
+}
+
+/// One of `choices`, case-insensitively.
+fn choice(v: SettingValue, choices: &'static [&'static str]) -> Result<String, ValueError> {
+    let text = string(v)?;
+    let lower = text.to_ascii_lowercase();
+    if choices.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(ValueError::InvalidChoice {
+            value: text,
+            choices,
+        })
+    }
 }
 
 /// `--proxy-protocol`: one of [`PROXY_PROTOCOL_MODES`]; a boolean (or the bare flag) is `auto`/`off`.
@@ -783,7 +808,7 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "STRING",
         default: "sync",
-        help: "Worker type: sync or gthread (gunicorn's dotted names are accepted too)",
+        help: "Worker type: sync, gthread or asgi (gunicorn's and uvicorn's dotted names are accepted too)",
         apply: |c, v| {
             let name = string(v)?;
             parse_worker_class(&name)?;
@@ -823,6 +848,52 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.worker_connections.to_string(),
+    },
+    // ---- the ASGI worker (`-k asgi`) ----
+    Setting {
+        name: "asgi_loop",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--asgi-loop"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "auto",
+        help: "Event loop of the asgi worker: auto (uvloop when installed), asyncio or uvloop",
+        apply: |c, v| {
+            c.asgi_loop = choice(v, ASGI_LOOPS)?;
+            Ok(())
+        },
+        show: |c| c.asgi_loop.clone(),
+    },
+    Setting {
+        name: "asgi_lifespan",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--asgi-lifespan"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "auto",
+        help: "ASGI lifespan events: auto (if the app supports them), on (the app must), off",
+        apply: |c, v| {
+            c.asgi_lifespan = choice(v, ASGI_LIFESPAN_MODES)?;
+            Ok(())
+        },
+        show: |c| c.asgi_lifespan.clone(),
+    },
+    Setting {
+        name: "root_path",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--root-path"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "''",
+        help: "The ASGI root_path: the prefix under which a proxy mounts the app",
+        apply: |c, v| {
+            c.root_path = opt_string(v)?.unwrap_or_default();
+            Ok(())
+        },
+        show: |c| py_quote(&c.root_path),
     },
     Setting {
         name: "max_requests",
@@ -869,6 +940,21 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.slow_request_threshold.to_string(),
+    },
+    Setting {
+        name: "asgi_block_threshold",
+        section: Section::Diagnostics,
+        kind: Kind::Value,
+        cli: &["--asgi-block-threshold"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "1",
+        help: "Warn, with the loop thread's Python stack, when an asgi worker's event loop has not come back for this long (a blocking call in an async view); 0 = off",
+        apply: |c, v| {
+            c.asgi_block_threshold = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.asgi_block_threshold.to_string(),
     },
     Setting {
         name: "max_worker_memory",
@@ -1672,7 +1758,7 @@ mod tests {
             "tornado",
             "egg:gunicorn#gevent",
             "gunicorn.workers.ggevent.GeventWorker",
-            "uvicorn.workers.UvicornWorker",
+            "uvicorn.workers.Unknown",
         ] {
             let e = parse_worker_class(s).unwrap_err().to_string();
             assert!(

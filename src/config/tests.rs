@@ -285,6 +285,11 @@ fn worker_classes() {
         ),
         ("egg:gunicorn#sync", WorkerClass::Sync),
         ("egg:gunicorn#gthread", WorkerClass::Gthread),
+        ("asgi", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornWorker", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornH11Worker", WorkerClass::Asgi),
+        ("uvicorn_worker.UvicornWorker", WorkerClass::Asgi),
+        ("gunicorn.workers.gasgi.ASGIWorker", WorkerClass::Asgi),
     ] {
         assert_eq!(cfg(&["-k", k]).worker_class, want, "{k}");
     }
@@ -292,7 +297,7 @@ fn worker_classes() {
         "gevent",
         "eventlet",
         "tornado",
-        "uvicorn.workers.UvicornWorker",
+        "uvicorn.workers.Unknown",
     ] {
         let e = err(&["-k", k]);
         assert!(

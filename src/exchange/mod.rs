@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::http::RequestHead;
 use crate::scoreboard::now_ns;
-pub use response::{AppBytes, FileBody, HeadInfo, Out, Packed, Piece, ResponseHead, ZERO_COPY_MIN};
+pub use response::{
+    AppBytes, Fields, FileBody, HeadInfo, Out, Packed, Piece, ResponseHead, ZERO_COPY_MIN,
+};
 
 /// The client of a connection as the app sees it (`REMOTE_ADDR`, `REMOTE_PORT`).
 #[derive(Clone, Debug)]
@@ -138,6 +140,25 @@ pub struct Progress {
     /// it off) and logged that answer: whatever the app returns later was never sent, so the Python
     /// thread writes no access line for it.
     pub timed_out: AtomicBool,
+    /// Set when the request runs as a task of an event loop rather than holding a thread (ASGI): the
+    /// connection's timers reach the task through it.
+    pub task: std::sync::OnceLock<Box<dyn TaskControl>>,
+}
+
+/// A timer of the connection fired for a request that runs as a task.
+#[derive(Clone, Copy, Debug)]
+pub enum TaskEvent {
+    /// Past `--timeout`: the task is cancelled, and the log names it with its await stack.
+    TimedOut(std::time::Duration),
+    /// Past `--slow-request-threshold`: the log shows where the task waits; it goes on.
+    Slow(std::time::Duration),
+}
+
+/// How the I/O side reaches a request running as a task (see [`Progress::task`]).
+pub trait TaskControl: Send + Sync {
+    /// Hand the event to the task's loop. `Err(thread)`: the loop itself is stuck (it has not come back
+    /// to run tasks), so the event is the thread's: the worker treats it as a stuck thread.
+    fn event(&self, event: TaskEvent) -> Result<(), usize>;
 }
 
 impl Progress {

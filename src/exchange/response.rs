@@ -31,6 +31,8 @@ pub struct AppBytes {
 // SAFETY: `bytes` objects are immutable and their buffer lives as long as the object, which `_owner` keeps
 // alive; `Py` itself is Send. Nothing writes through `ptr`.
 unsafe impl Send for AppBytes {}
+// SAFETY: as above; a shared `&AppBytes` only ever reads the immutable buffer.
+unsafe impl Sync for AppBytes {}
 
 impl AppBytes {
     /// The first `len` bytes of `bytes` (`len` at most its length).
@@ -55,12 +57,32 @@ pub struct ResponseHead<'a> {
     pub status: u16,
     /// The app's reason phrase (`"OK"` of WSGI's `"200 OK"`); None for the standard phrase.
     pub reason: Option<&'a str>,
-    pub headers: &'a [(String, String)],
+    pub headers: Fields<'a>,
     /// The body length the app declared (its `Content-Length` field, which is also in `headers`).
     pub content_length: Option<u64>,
     /// The connection must not carry another request after this response (the server answered an error
     /// in the app's place).
     pub close: bool,
+}
+
+/// A head's fields as the runtime holds them: text (WSGI's `str` pairs) or bytes (ASGI's, which may
+/// carry latin-1 octets that are not UTF-8).
+#[derive(Clone, Copy)]
+pub enum Fields<'a> {
+    Text(&'a [(String, String)]),
+    Bytes(&'a [(Vec<u8>, Vec<u8>)]),
+}
+
+impl<'a> Fields<'a> {
+    pub fn iter(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let (text, bytes) = match self {
+            Fields::Text(t) => (t, &[][..]),
+            Fields::Bytes(b) => (&[][..], b),
+        };
+        text.iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .chain(bytes.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
+    }
 }
 
 impl ResponseHead<'_> {
@@ -99,8 +121,7 @@ fn pack(buf: &mut Vec<u8>, head: &ResponseHead<'_>) {
         }
         None => buf.push(0),
     }
-    for (name, value) in head.headers {
-        let (n, v) = (name.as_bytes(), value.as_bytes());
+    for (n, v) in head.headers.iter() {
         let n = &n[..n.len().min(u16::MAX as usize)];
         buf.extend_from_slice(&(n.len() as u16).to_le_bytes());
         buf.extend_from_slice(n);
@@ -235,6 +256,15 @@ pub enum Out {
     Abort,
 }
 
+/// What became of a piece offered without waiting.
+pub enum Offer {
+    Sent,
+    /// The queue is full (the client reads slowly): here is the piece back, to send once there is room.
+    Full(Out),
+    /// The client is gone.
+    Gone,
+}
+
 /// The client went away while the response was being sent.
 #[derive(Debug)]
 pub struct Disconnected;
@@ -358,6 +388,27 @@ impl ResponseSender {
         self.send(py, Out::Piece(Box::new(piece)))
     }
 
+    /// Queue `out` without waiting: a runtime that must not block (an event loop) waits for room itself,
+    /// on [`ResponseSender::reply`], when the queue is full.
+    pub fn offer(&mut self, out: Out) -> Offer {
+        if self.disconnected {
+            return Offer::Gone;
+        }
+        match self.reply.try_send(out) {
+            Ok(()) => Offer::Sent,
+            Err(TrySendError::Full(out)) => Offer::Full(out),
+            Err(TrySendError::Closed(_)) => {
+                self.disconnected = true;
+                Offer::Gone
+            }
+        }
+    }
+
+    /// The reply channel, for a runtime's own waits (room for a piece, the client gone).
+    pub fn reply(&self) -> &mpsc::Sender<Out> {
+        &self.reply
+    }
+
     /// The whole body as `len` bytes of `file` from `offset` (its length is the file's unless the app
     /// declared one), ending the response, with `head` if it has not gone out. Head, file and end travel
     /// as one message, so the I/O side knows before a long send that the app is done with the request.
@@ -369,6 +420,18 @@ impl ResponseSender {
         offset: u64,
         len: u64,
     ) -> Result<(), Disconnected> {
+        let out = self.file(head, file, offset, len);
+        self.send(py, out)
+    }
+
+    /// The message `send_file` sends.
+    pub fn file(
+        &mut self,
+        head: Option<&ResponseHead<'_>>,
+        file: File,
+        offset: u64,
+        len: u64,
+    ) -> Out {
         let mut packed = Vec::new();
         let info = match head.filter(|_| !self.head_sent) {
             Some(head) => {
@@ -386,16 +449,13 @@ impl ResponseSender {
         if !self.no_body {
             self.body_sent += count;
         }
-        self.send(
-            py,
-            Out::File(Box::new(FileBody {
-                head: info,
-                packed,
-                file,
-                offset,
-                count,
-            })),
-        )
+        Out::File(Box::new(FileBody {
+            head: info,
+            packed,
+            file,
+            offset,
+            count,
+        }))
     }
 
     /// The response cannot be completed: the connection is cut.
@@ -417,7 +477,7 @@ mod tests {
         let head = ResponseHead {
             status: 404,
             reason: Some("Not Here"),
-            headers: &headers,
+            headers: Fields::Text(&headers),
             content_length: None,
             close: false,
         };
@@ -436,7 +496,7 @@ mod tests {
         );
         let none = ResponseHead {
             reason: None,
-            headers: &[],
+            headers: Fields::Text(&[]),
             ..head
         };
         let mut buf = Vec::new();

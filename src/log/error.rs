@@ -46,6 +46,13 @@ impl Level {
         }
     }
 
+    /// A level by its name, any case (`warning`).
+    pub fn parse(name: &str) -> Option<Level> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(name))
+    }
+
     fn from_u8(v: u8) -> Level {
         Level::ALL
             .get(usize::from(v))

@@ -38,6 +38,9 @@ pub struct WorkerContext {
     pub empty_tickets: AtomicUsize,
     /// The app runtime the worker class chose: it starts the threads that run the requests.
     pub runtime: Arc<dyn super::AppRuntime>,
+    /// The I/O thread's runtime, once it runs: where an app thread that must not block (an event loop)
+    /// starts its waits for the connection (room for a response piece, body bytes, a client gone).
+    pub io_handle: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl WorkerContext {

@@ -10,6 +10,7 @@
 //! runtime. [`pool`] is the thread loop for runtimes that run one request per thread at a time.
 
 pub mod context;
+pub mod hooks;
 pub mod pool;
 mod scope;
 
@@ -37,4 +38,43 @@ pub trait AppRuntime: Send + Sync {
         queue: RunQueue,
         label: &str,
     ) -> std::io::Result<()>;
+
+    /// Requests were just put in a run queue. A runtime whose threads wait somewhere else than on the
+    /// queue (an event loop waits in its selector) wakes them here; one that blocks on the queue has
+    /// nothing to do.
+    fn wake(&self) {}
+
+    /// The connection should tell the app as soon as its client goes away while a request runs (ASGI's
+    /// `http.disconnect`): it then watches the socket for the end of the stream and drops the request's
+    /// reply channel when it comes.
+    fn watches_disconnect(&self) -> bool {
+        false
+    }
+
+    /// Called on the I/O thread at each heartbeat tick: the runtime's own health (an event loop that
+    /// does not come back). `Some` asks the worker to retire, as after a request past `--timeout`.
+    fn check(&self, _ctx: &WorkerContext) -> Option<Stuck> {
+        None
+    }
+
+    /// How the loopback warning (see `worker::admission`) says what held the request that made the
+    /// call, and what to change.
+    fn loopback_words(&self) -> (&'static str, &'static str) {
+        (
+            "while every worker thread was busy",
+            "Run more workers or threads (--workers, --threads), or call the view's function instead of its URL.",
+        )
+    }
+
+    /// The worker is about to exit (its connections are done): last words to the app (ASGI lifespan's
+    /// shutdown), within `deadline`.
+    fn stop(&self, _ctx: &WorkerContext, _deadline: std::time::Duration) {}
+}
+
+/// A runtime's thread that is stuck: the worker logs it with that thread's stack and retires.
+pub struct Stuck {
+    /// The thread's index in `WorkerContext::tstates`.
+    pub thread: usize,
+    /// What is stuck, for the CRITICAL line.
+    pub what: String,
 }

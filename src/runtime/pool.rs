@@ -15,7 +15,7 @@ use crate::exchange::Job;
 /// A runtime's per-thread request runner.
 pub trait Handler {
     /// Run `job` to its end on this thread (the GIL held); `scope` is its bookkeeping, ended when dropped.
-    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<'_>);
+    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<&WorkerContext>);
 }
 
 /// Requests a thread takes from the queue in a row without letting go of the GIL. Letting go between
@@ -84,7 +84,7 @@ pub fn python_thread<H: Handler>(
             // A bug on our side must cost one request (its connection closes when the reply channel
             // drops), not the thread.
             let run = || {
-                let scope = RequestScope::begin(&ctx, index, &job);
+                let scope = RequestScope::begin(&*ctx, index, &job);
                 runner.handle(py, job, scope)
             };
             if catch_unwind(AssertUnwindSafe(run)).is_err() {

@@ -1,6 +1,7 @@
 //! The bookkeeping every runtime does around one request, in one place: begun when a thread takes the
 //! request, ended when the runtime is done with it (also when a runtime panics mid-request).
 
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -20,9 +21,11 @@ pub struct Outcome<'a> {
     pub environ: Option<&'a crate::log::EnvironLookup<'a>>,
 }
 
-/// One request while a runtime runs it.
-pub struct RequestScope<'c> {
-    ctx: &'c WorkerContext,
+/// One request while a runtime runs it. `C` holds the worker's context: a reference for a runtime that
+/// runs the request within one call (a thread of `pool`), an `Arc` for one whose request outlives the
+/// call that began it (a task of an event loop).
+pub struct RequestScope<C: Deref<Target = WorkerContext>> {
+    ctx: C,
     thread: usize,
     head: Arc<RequestHead>,
     peer: Arc<Peer>,
@@ -32,10 +35,10 @@ pub struct RequestScope<'c> {
     started_ns: u64,
 }
 
-impl<'c> RequestScope<'c> {
+impl<C: Deref<Target = WorkerContext>> RequestScope<C> {
     /// Thread `thread` takes `job`: its `--timeout` clock starts, the scoreboard names it, and it counts
     /// toward `--max-requests` (the last one answers with `Connection: close` and the worker retires).
-    pub fn begin(ctx: &'c WorkerContext, thread: usize, job: &Job) -> RequestScope<'c> {
+    pub fn begin(ctx: C, thread: usize, job: &Job) -> RequestScope<C> {
         let started_at = SystemTime::now();
         let t0 = Instant::now();
         job.progress.start(thread);
@@ -90,7 +93,7 @@ impl<'c> RequestScope<'c> {
     }
 }
 
-impl Drop for RequestScope<'_> {
+impl<C: Deref<Target = WorkerContext>> Drop for RequestScope<C> {
     fn drop(&mut self) {
         // For `show stacks`: which request a still-open transaction may have come from.
         crate::snapshot::History::get().record(

@@ -288,10 +288,9 @@ impl Admission {
             ));
         }
         let ticket = Ticket::new(job);
-        self.queue
-            .send(ticket.clone())
-            .is_ok()
-            .then_some(Placed::Threads(ticket))
+        let sent = self.queue.send(ticket.clone()).is_ok();
+        self.ctx.runtime.wake();
+        sent.then_some(Placed::Threads(ticket))
     }
 
     /// A queued request's connection looks again (every `WAIT_POLL`): if its client is now known as a
@@ -369,7 +368,9 @@ impl Admission {
             }
         }
         lane.in_flight.set(lane.in_flight.get() + 1);
-        lane.tx.send(Ticket::new(job)).is_ok()
+        let sent = lane.tx.send(Ticket::new(job)).is_ok();
+        self.ctx.runtime.wake();
+        sent
     }
 
     /// A request that ran on the overflow lane is done.
@@ -412,8 +413,9 @@ impl Admission {
         } else {
             String::new()
         };
+        let (held, fix) = self.ctx.runtime.loopback_words();
         self.ctx.log.warning(&format!(
-            "Loopback call: {} {} from {} was sent to this server by its own request {outer} while every worker thread was busy; it is served on extra capacity so it cannot deadlock{more}. Run more workers or threads (--workers, --threads), or call the view's function instead of its URL.",
+            "Loopback call: {} {} from {} was sent to this server by its own request {outer} {held}; it is served on extra capacity so it cannot deadlock{more}. {fix}",
             job.head.method,
             job.head.target,
             peer.label(),

@@ -12,7 +12,7 @@ use pyo3::types::PyTuple;
 use super::admission::{self, OverflowLane};
 use super::io_loop::io_main;
 use super::{exit, WorkerContext, WORKER_BOOT_ERROR};
-use crate::config::Config;
+use crate::config::{Config, WorkerClass};
 use crate::exchange::Ticket;
 use crate::log::{AccessLog, ErrorLog};
 use crate::python::hooks::HookRunner;
@@ -141,6 +141,14 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         None => None,
     };
     let threads = cfg.worker_class.threads(cfg.threads);
+    let capacity = cfg
+        .worker_class
+        .capacity(cfg.threads, cfg.worker_connections);
+    // The worker class's runtime; nothing else in the worker knows which one it is.
+    let runtime: Arc<dyn crate::runtime::AppRuntime> = match cfg.worker_class {
+        WorkerClass::Asgi => Arc::new(crate::asgi::AsgiRuntime::new()),
+        WorkerClass::Sync | WorkerClass::Gthread => Arc::new(crate::wsgi::WsgiRuntime),
+    };
     let ctx = Arc::new(WorkerContext {
         cfg: cfg.clone(),
         log: log.clone(),
@@ -157,15 +165,17 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
         empty_tickets: AtomicUsize::new(0),
-        // The worker class's runtime; nothing else in the worker knows which one it is.
-        runtime: Arc::new(crate::wsgi::WsgiRuntime),
+        runtime,
+        io_handle: std::sync::OnceLock::new(),
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
         for i in 0..threads {
             if let Err(e) = ctx.runtime.spawn_thread(ctx.clone(), i, rx.clone(), "app") {
+                // The runtime logged why (an ASGI app's lifespan startup failed, say): the worker
+                // cannot serve, as when the app fails to import.
                 log.error(&format!("Cannot start app thread: {e}"));
-                return 1;
+                return WORKER_BOOT_ERROR;
             }
         }
         drop(rx);
@@ -176,7 +186,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             cfg.worker_connections
         ));
         let overflow = OverflowLane::new(threads);
-        io_main(&ctx, listeners, tx, overflow, threads, sigpipe)
+        let code = io_main(&ctx, listeners, tx, overflow, capacity, sigpipe);
+        ctx.runtime.stop(
+            &ctx,
+            std::time::Duration::from_secs(ctx.cfg.graceful_timeout.max(1)),
+        );
+        code
     });
     log.info(&format!("Worker exiting (pid: {pid})"));
     if let Some(w) = &ctx.hook_worker {

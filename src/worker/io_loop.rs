@@ -25,7 +25,7 @@ pub(super) fn io_main(
     listeners: &[Listener],
     queue: crossbeam_channel::Sender<Arc<Ticket>>,
     overflow: OverflowLane,
-    threads: usize,
+    capacity: usize,
     sigpipe: SignalPipe,
 ) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -38,6 +38,7 @@ pub(super) fn io_main(
             return 1;
         }
     };
+    let _ = ctx.io_handle.set(rt.handle().clone());
     let cfg = &ctx.cfg;
     let header_timeout = if cfg.timeout > 0 {
         Duration::from_secs(cfg.timeout)
@@ -64,7 +65,7 @@ pub(super) fn io_main(
     let io = Rc::new(IoState {
         admission: Admission::new(
             ctx.clone(),
-            threads,
+            capacity,
             queue,
             overflow,
             listen_ports,
@@ -178,6 +179,9 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
         tokio::select! {
             _ = tick.tick() => {
                 ctx.board.heartbeat();
+                if let Some(stuck) = ctx.runtime.check(ctx) {
+                    io.runtime_stuck(stuck);
+                }
                 snapshot::answer_if_asked(ctx);
                 io.check_recycle();
                 if io.trim_due.get() && io.admission.connections() == 0 {

@@ -86,7 +86,9 @@ impl IoState {
     /// A request ran past `--timeout` in Python. Log gunicorn's line, then the request and the stack of the
     /// thread running it (read without the GIL, so it shows even if the code swallows exceptions or sits in
     /// C), and retire the worker: its other requests finish, the stuck thread dies with the process.
-    pub fn request_timed_out(&self, thread: usize, elapsed_ns: u64) {
+    /// `thread` is the request's entry in the scoreboard, `stuck` the app thread that runs it (the same
+    /// for a thread per request; an event loop's thread for a task).
+    pub fn request_timed_out(&self, thread: usize, stuck: usize, elapsed_ns: u64) {
         let log = &self.ctx.log;
         let pid = std::process::id();
         log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
@@ -112,7 +114,42 @@ impl IoState {
         self.log_with_stack(
             crate::log::Level::Critical,
             "Python stack of the thread running it (most recent call first):",
-            thread,
+            stuck,
+        );
+        self.ctx.worker_hook("worker_abort");
+        self.begin_stop();
+    }
+
+    /// The runtime says one of its threads is stuck (an event loop that has not come back past
+    /// `--timeout`): log it with the thread's stack and the requests in flight, and retire the worker as
+    /// for a request past `--timeout`.
+    pub fn runtime_stuck(&self, stuck: crate::runtime::Stuck) {
+        if self.shutting_down.get() {
+            return;
+        }
+        let log = &self.ctx.log;
+        let pid = std::process::id();
+        log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
+        let running: Vec<String> = self
+            .board
+            .requests_in_flight()
+            .into_iter()
+            .map(|(_, r)| format!("{} (running for {:.1}s)", r.summary(), r.age_secs()))
+            .collect();
+        log.critical(&format!(
+            "{} past --timeout {}s; requests in flight: {}",
+            stuck.what,
+            self.ctx.cfg.timeout,
+            if running.is_empty() {
+                "none".to_string()
+            } else {
+                running.join(", ")
+            }
+        ));
+        self.log_with_stack(
+            crate::log::Level::Critical,
+            "Python stack of the stuck thread (most recent call first):",
+            stuck.thread,
         );
         self.ctx.worker_hook("worker_abort");
         self.begin_stop();
@@ -151,7 +188,7 @@ impl IoState {
 
     /// A request is still running at `--slow-request-threshold`: one WARNING with the request and the
     /// current Python stack of its thread; the request goes on.
-    pub fn request_slow(&self, thread: usize, elapsed: Duration) {
+    pub fn request_slow(&self, thread: usize, stuck: usize, elapsed: Duration) {
         let pid = std::process::id();
         let what = self
             .board
@@ -167,7 +204,7 @@ impl IoState {
                 elapsed.as_secs_f64(),
                 self.ctx.cfg.slow_request_threshold,
             ),
-            thread,
+            stuck,
         );
     }
 

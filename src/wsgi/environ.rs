@@ -225,30 +225,10 @@ fn split_host(host: &str, https: bool) -> (String, String) {
 
 /// Percent-decode a path into a latin-1 "native string": each decoded byte becomes one code point.
 pub fn percent_decode_latin1(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b == b'%' && i + 2 < raw.len() {
-            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
-                out.push((h * 16 + l) as char);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b as char);
-        i += 1;
-    }
-    out
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    crate::http::percent_decode(raw)
+        .into_iter()
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::config::WorkerClass;
 use crate::exchange::Job;
+use crate::runtime::hooks;
 use crate::runtime::pool::{self, Handler};
 use crate::runtime::{AppRuntime, Outcome, RequestScope, RunQueue, WorkerContext};
 use environ::EnvironBuilder;
@@ -109,7 +110,7 @@ impl WsgiRunner {
 }
 
 impl Handler for WsgiRunner {
-    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<'_>) {
+    fn handle(&mut self, py: Python<'_>, job: Job, scope: RequestScope<&WorkerContext>) {
         let Job {
             head,
             conn,
@@ -141,7 +142,7 @@ impl Handler for WsgiRunner {
             conn.https,
             input.into_bound(py).into_any(),
         );
-        let hook_req = self.pre_request(py, &head);
+        let hook_req = hooks::pre_request(py, &self.ctx, &head);
         let outcome = match environ {
             Ok(env) => {
                 let outcome = self.run_app(py, &env, &responder);
@@ -157,7 +158,13 @@ impl Handler for WsgiRunner {
         };
 
         if let Some(req) = hook_req {
-            self.post_request(py, req, outcome.as_ref(), &responder);
+            let r = responder.borrow(py);
+            let sent = hooks::Sent {
+                status: r.status_code,
+                headers: r.headers(),
+                body_sent: r.body_sent(),
+            };
+            hooks::post_request(py, &self.ctx, req, outcome.as_ref(), &sent);
         }
         if self.ctx.access_log.is_some() {
             let r = responder.borrow(py);
@@ -182,64 +189,6 @@ impl Handler for WsgiRunner {
 }
 
 impl WsgiRunner {
-    /// `pre_request(worker, req)`, when the config file defines it (or `post_request`, which needs the
-    /// same `req`). Returns the `req` object for `post_request`.
-    fn pre_request<'py>(
-        &self,
-        py: Python<'py>,
-        head: &crate::http::RequestHead,
-    ) -> Option<Bound<'py, PyAny>> {
-        let hooks = &self.ctx.hooks;
-        // gunicorn's default `pre_request` logs `METHOD PATH` at debug level; a hook of the config file
-        // replaces it, as there. The level is asked first: at info this costs one atomic load.
-        if self.ctx.log.enabled(crate::log::Level::Debug) && !hooks.has("pre_request") {
-            self.ctx
-                .log
-                .debug(&format!("{} {}", head.method, head.path));
-        }
-        let worker = self.ctx.hook_worker.as_ref()?;
-        if !hooks.has("pre_request") && !hooks.has("post_request") {
-            return None;
-        }
-        let req = hooks.request(py, head).ok()?;
-        let worker = worker.bind(py);
-        let _ = worker.setattr("nr", self.ctx.board.requests());
-        if let Ok(args) = PyTuple::new(py, [worker.clone(), req.clone()]) {
-            let _ = hooks.call(py, "pre_request", args);
-        }
-        Some(req)
-    }
-
-    /// `post_request(worker, req[, environ[, resp]])`, with as many arguments as the hook declares.
-    fn post_request(
-        &self,
-        py: Python<'_>,
-        req: Bound<'_, PyAny>,
-        env: Option<&Bound<'_, PyDict>>,
-        responder: &Py<Responder>,
-    ) {
-        let (Some(worker), hooks) = (self.ctx.hook_worker.as_ref(), &self.ctx.hooks) else {
-            return;
-        };
-        if !hooks.has("post_request") {
-            return;
-        }
-        let r = responder.borrow(py);
-        let resp = match hooks.response(py, r.status_code, r.headers(), r.body_sent()) {
-            Ok(resp) => resp,
-            Err(_) => return,
-        };
-        let env = match env {
-            Some(e) => e.clone().into_any(),
-            None => PyDict::new(py).into_any(),
-        };
-        let all = [worker.bind(py).clone(), req, env, resp];
-        let n = hooks.post_request_arity().clamp(2, 4);
-        if let Ok(args) = PyTuple::new(py, all.into_iter().take(n)) {
-            let _ = hooks.call(py, "post_request", args);
-        }
-    }
-
     /// Call the app and send its response. Errors are returned for the caller to log and answer.
     fn run_app(
         &self,

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::exchange::response::{Disconnected, ResponseSender};
-use crate::exchange::{Out, Piece, ResponseHead, ZERO_COPY_MIN};
+use crate::exchange::{Fields, Out, Piece, ResponseHead, ZERO_COPY_MIN};
 use crate::http;
 
 #[pyclass(module = "ferricorn")]
@@ -69,7 +69,7 @@ impl Responder {
         ResponseHead {
             status: code,
             reason: status.as_deref().and_then(|s| s.get(4..)),
-            headers,
+            headers: Fields::Text(headers),
             content_length,
             close,
         }

@@ -198,6 +198,31 @@ pub enum Parsed {
     Partial,
 }
 
+/// Percent-decode a path (`%2F` and the like; a `%` not followed by two hex digits stays as it is).
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
 /// The largest head a caller needs to buffer under `opts`: beyond this many
 /// bytes [`parse_request`] never answers `Partial`.
 pub fn max_head_size(opts: &ParserOptions) -> usize {

@@ -17,7 +17,7 @@ use super::write::{facts, write_piece, Framed};
 use super::{refuse, TIMEOUT_POLL};
 use crate::exchange::{
     BodyChunk, BodyStream, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr,
-    Ticket, BODY_QUEUE, REPLY_QUEUE,
+    TaskEvent, Ticket, BODY_QUEUE, REPLY_QUEUE,
 };
 use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
@@ -88,6 +88,35 @@ struct Exchange<'a> {
     body_error: Option<HttpError>,
     response_started: bool,
     dispatched: Instant,
+    /// Whether, and when next, the socket is looked at for a client that went away.
+    watch_gone: bool,
+    gone_check: Instant,
+}
+
+/// How often a connection whose runtime wants to know (see `AppRuntime::watches_disconnect`) looks
+/// whether its client went away while the app runs.
+const GONE_POLL: Duration = Duration::from_millis(100);
+
+/// The client closed its end (or the connection broke): a read would find the end of the stream. Bytes
+/// of a next request waiting there are not consumed.
+fn client_gone(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local buffer on a socket the connection owns; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return true;
+    }
+    n < 0 && {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR))
+    }
 }
 
 /// Run one request through the app runtime and write its response.
@@ -169,6 +198,8 @@ pub(super) async fn run<S: Transport>(
         body_error: None,
         response_started: false,
         dispatched,
+        watch_gone: io.ctx.runtime.watches_disconnect(),
+        gone_check: Instant::now() + GONE_POLL,
     };
     // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
     // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
@@ -216,6 +247,16 @@ pub(super) async fn run<S: Transport>(
                 )
                 .await;
                 Step::Close
+            }
+            // The runtime tells the app when its client goes away (ASGI's `http.disconnect`): look at
+            // the socket now and then while the app runs. Dropping the reply channel is the news.
+            _ = tokio::time::sleep_until(x.gone_check), if x.watch_gone && x.body.is_done() => {
+                x.gone_check = Instant::now() + GONE_POLL;
+                if stream.raw_fd().is_some_and(client_gone) {
+                    Step::Close
+                } else {
+                    Step::Continue
+                }
             }
             permit = reserve(body_tx.as_ref()), if pumping => {
                 match permit {
@@ -390,7 +431,17 @@ impl Exchange<'_> {
         let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
         let thread = self.progress.thread.load(Ordering::Relaxed);
         if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
-            io.request_timed_out(thread, elapsed.as_nanos() as u64);
+            // A task is cancelled by its loop; a thread (or a loop that does not come back) is stuck.
+            match self
+                .progress
+                .task
+                .get()
+                .map(|t| t.event(TaskEvent::TimedOut(elapsed)))
+            {
+                Some(Ok(())) => {}
+                Some(Err(stuck)) => io.request_timed_out(thread, stuck, elapsed.as_nanos() as u64),
+                None => io.request_timed_out(thread, thread, elapsed.as_nanos() as u64),
+            }
             if !self.response_started {
                 let body = format!(
                     "The request ran longer than the server's timeout ({} s).\n",
@@ -406,7 +457,16 @@ impl Exchange<'_> {
         }
         if !self.slow_reported && io.slow_threshold.is_some_and(|s| elapsed >= s) {
             self.slow_reported = true;
-            io.request_slow(thread, elapsed);
+            match self
+                .progress
+                .task
+                .get()
+                .map(|t| t.event(TaskEvent::Slow(elapsed)))
+            {
+                Some(Ok(())) => {}
+                Some(Err(stuck)) => io.request_slow(thread, stuck, elapsed),
+                None => io.request_slow(thread, thread, elapsed),
+            }
         }
         // Sleep until the nearest deadline still ahead.
         let next = [

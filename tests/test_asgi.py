@@ -1,0 +1,516 @@
+"""The asgi worker: ASGI 3.0 HTTP and lifespan against real apps (a raw ASGI app, FastAPI, Django's ASGI
+handler), driven by real clients over real sockets, and the never-hang cases: a task past --timeout, an
+event loop blocked by a synchronous call, the async form of the loopback deadlock."""
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import get, raw_request, rss, wait_for
+
+pytestmark = pytest.mark.ferricorn_only
+
+RAW = "asgi_raw:app"
+
+
+def asgi(start_server, *args, app=RAW, env=None, **kw):
+    return start_server(["-k", "asgi", "-w", "1", *args, app], env=env, **kw)
+
+
+def worker_pid(srv):
+    return srv.wait_workers(1)[-1]
+
+
+def warm_up(srv, n=20):
+    """Ordinary traffic first, on one kept-alive connection, so guarantees are tested after it."""
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        for _ in range(n):
+            assert c.get("/").text == "hello"
+
+
+# ---- worker classes and settings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "asgi",
+        "uvicorn.workers.UvicornWorker",
+        "uvicorn.workers.UvicornH11Worker",
+        "uvicorn_worker.UvicornWorker",
+        "gunicorn.workers.gasgi.ASGIWorker",
+    ],
+)
+def test_the_worker_names_asgi_configs_carry_run_the_asgi_worker(start_server, name):
+    srv = start_server(["-k", name, "-w", "1", RAW])
+    assert get(srv.port, "/").body == b"hello"
+    srv.wait_log(r"Using worker: asgi")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "auto"])
+def test_each_event_loop_serves(start_server, loop):
+    srv = asgi(start_server, "--asgi-loop", loop)
+    warm_up(srv, 5)
+    r = httpx.post(srv.url + "/echo", content=b"x" * 200_000, timeout=10)
+    assert r.content == b"x" * 200_000
+
+
+def test_a_bad_asgi_setting_is_one_line_and_exit_2(start_server):
+    from conftest import run_cli
+
+    res = run_cli(["-k", "asgi", "--asgi-loop", "trio", RAW])
+    assert res.returncode == 2, res
+    err = res.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "asgi" in err[0] and "trio" in err[0], err
+
+
+# ---- scope ----------------------------------------------------------------------------------------
+
+
+def test_the_scope_has_every_key(start_server):
+    srv = asgi(start_server, "--root-path", "/mounted")
+    warm_up(srv, 3)
+    r = httpx.get(srv.url + "/scope?a=1&b=%20x", headers={"X-Custom": "Yes"}, timeout=10)
+    s = r.json()
+    assert s["type"] == "http"
+    assert s["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert s["http_version"] == "1.1"
+    assert s["method"] == "GET"
+    assert s["scheme"] == "http"
+    assert s["path"] == "/scope"
+    assert s["raw_path"] == "/scope"
+    assert s["query_string"] == "a=1&b=%20x"
+    assert s["root_path"] == "/mounted"
+    assert ["x-custom", "Yes"] in s["headers"]
+    assert s["client"][0] == "127.0.0.1" and isinstance(s["client"][1], int)
+    assert s["server"] == ["127.0.0.1", srv.port]
+    assert s["state"] == {"greeting": "hello from lifespan"}
+    assert "http.response.pathsend" in s["extensions"]
+    assert "http.response.trailers" in s["extensions"]
+
+
+def test_path_is_decoded_and_raw_path_is_not(start_server):
+    srv = asgi(start_server)
+    resp = raw_request(srv.port, b"GET /sc%6Fpe/caf%C3%A9 HTTP/1.0\r\n\r\n")
+    # /scope/café is not a route: the 404 proves the decoded path reached the app.
+    assert resp.status == 404
+    resp = raw_request(srv.port, b"GET /sc%6Fpe HTTP/1.0\r\nHost: x\r\n\r\n")
+    s = json.loads(resp.body)
+    assert s["path"] == "/scope"
+    assert s["raw_path"] == "/sc%6Fpe"
+    assert s["http_version"] == "1.0"
+
+
+# ---- request and response bodies -------------------------------------------------------------------
+
+
+def test_bodies_stream_both_ways_on_kept_alive_connections(start_server):
+    srv = asgi(start_server)
+    warm_up(srv)
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for i in range(5):
+            assert c.post("/echo", content=big).content == big
+            # chunked upload (no length)
+            assert c.post("/echo", content=iter([big[:100_000], big[100_000:]])).content == big
+            r = c.get("/stream", params={"n": 50})
+            assert r.headers.get("transfer-encoding") == "chunked"
+            assert r.text == "".join(f"chunk {j}\n" for j in range(50))
+            assert c.get("/").text == "hello"
+
+
+def test_concurrent_requests_run_as_tasks_of_one_loop(start_server):
+    srv = asgi(start_server)
+    warm_up(srv)
+
+    def one(i):
+        with httpx.Client(base_url=srv.url, timeout=20) as c:
+            return c.get("/sleep", params={"s": "0.5"}).text
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        answers = list(ex.map(one, range(64)))
+    elapsed = time.monotonic() - t0
+    assert answers == ["slept"] * 64
+    # 64 half-second sleeps on one worker: concurrently, not one after another (32 s).
+    assert elapsed < 16, elapsed
+
+
+def test_a_slow_reader_holds_the_app_back_instead_of_filling_memory(start_server):
+    srv = asgi(start_server)
+    warm_up(srv)
+    pid = worker_pid(srv)
+    before = rss(pid)
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.sendall(b"GET /big?size=268435456 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(4096)
+    time.sleep(2.0)
+    grown = rss(pid) - before
+    s.close()
+    # 256 MiB were asked for; backpressure keeps what the server holds to a few pieces.
+    assert grown < 48 * 1024 * 1024, grown
+    # and the worker still serves
+    assert get(srv.port, "/").body == b"hello"
+
+
+def test_head_gets_no_body(start_server):
+    srv = asgi(start_server)
+    resp = raw_request(srv.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", head=True)
+    assert resp.status == 200
+    assert resp.body == b""
+
+
+def test_pathsend_sends_the_file(start_server, tmp_path):
+    data = os.urandom(1024 * 1024 + 3)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    srv = asgi(start_server, env={"ASGI_FILE": str(f)})
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for _ in range(3):
+            r = c.get("/pathsend")
+            assert r.status_code == 200
+            assert r.headers["content-length"] == str(len(data))
+            assert r.content == data
+            assert c.get("/").text == "hello"
+
+
+def test_trailers_reach_a_client_that_asked_for_them(start_server):
+    srv = asgi(start_server)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body.startswith(b"4\r\ndata\r\n0\r\n")
+    assert b"x-checksum: abc\r\n" in body
+
+
+def test_header_bytes_go_out_as_the_app_gave_them(start_server):
+    srv = asgi(start_server)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /latin1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert b"x-name: caf\xe9\r\n" in data
+
+
+# ---- app errors ----------------------------------------------------------------------------------
+
+
+def test_app_errors_are_logged_answered_and_the_worker_goes_on(start_server):
+    srv = asgi(start_server)
+    warm_up(srv)
+    pid = worker_pid(srv)
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = c.get("/raise")
+        assert r.status_code == 500
+        srv.wait_log(r"Error handling request GET /raise\nTraceback")
+        assert "RuntimeError: boom in the view" in srv.log_text()
+    assert httpx.get(srv.url + "/no-response", timeout=10).status_code == 500
+    srv.wait_log(r"ASGI callable returned without starting response: GET /no-response")
+    r = httpx.get(srv.url + "/bad-header", timeout=10)
+    assert r.status_code == 500
+    srv.wait_log(r"invalid value for header")
+    # A response the app began and abandoned cannot be completed: the connection is cut.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(srv.url + "/half", timeout=10)
+    srv.wait_log(r"ASGI callable returned without completing response: GET /half")
+    warm_up(srv, 5)
+    assert worker_pid(srv) == pid
+    assert srv.worker_pids_from_log() == [pid]
+
+
+# ---- the client goes away ---------------------------------------------------------------------------
+
+
+def test_the_app_hears_http_disconnect_when_the_client_leaves(start_server, tmp_path):
+    marker = tmp_path / "disc.txt"
+    srv = asgi(start_server, env={"ASGI_DISCONNECT_MARKER": str(marker)})
+    warm_up(srv)
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"GET /wait-disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        s.close()
+        wait_for(lambda: marker.exists() and marker.read_text().count("http.disconnect") == i + 1, 5,
+                 message="http.disconnect delivered")
+    assert "returned without starting response" not in srv.log_text()
+
+
+# ---- lifespan --------------------------------------------------------------------------------------
+
+
+def test_lifespan_shutdown_runs_on_a_graceful_stop(start_server, tmp_path):
+    marker = tmp_path / "shut.txt"
+    srv = asgi(start_server, env={"ASGI_SHUTDOWN_MARKER": str(marker)})
+    warm_up(srv)
+    pid = worker_pid(srv)
+    assert srv.stop() == 0
+    assert marker.read_text() == f"shutdown {pid}\n"
+    text = srv.log_text()
+    assert "Application startup complete." in text
+    assert "Application shutdown complete." in text
+
+
+def test_a_failed_startup_stops_the_server_with_the_message(start_server):
+    srv = asgi(start_server, env={"ASGI_FAIL_STARTUP": "1"}, ready=False)
+    code = srv.wait(20)
+    assert code == 3, srv.log_text()
+    assert "Application startup failed. no database" in srv.log_text()
+
+
+def test_lifespan_off_gives_no_state(start_server):
+    srv = asgi(start_server, "--asgi-lifespan", "off")
+    s = httpx.get(srv.url + "/scope", timeout=10).json()
+    assert s["state"] == {}
+    assert "Application startup complete." not in srv.log_text()
+
+
+def test_an_app_without_lifespan_is_served_under_auto_and_refused_under_on(start_server, tmp_path):
+    (tmp_path / "nolife.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    assert scope['type'] == 'http'\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'plain'})\n"
+    )
+    srv = start_server(["-k", "asgi", "nolife:app"], app_dir=str(tmp_path))
+    assert get(srv.port, "/").body == b"plain"
+    srv.wait_log(r"ASGI 'lifespan' protocol appears unsupported.")
+    srv2 = start_server(["-k", "asgi", "--asgi-lifespan", "on", "nolife:app"], app_dir=str(tmp_path),
+                        ready=False)
+    assert srv2.wait(20) == 3
+    assert "Exception in 'lifespan' protocol" in srv2.log_text()
+
+
+# ---- never hang silently --------------------------------------------------------------------------
+
+
+def test_a_task_past_timeout_is_cancelled_named_with_its_await_stack_and_the_worker_goes_on(
+    start_server, tmp_path
+):
+    marker = tmp_path / "cancel.txt"
+    srv = asgi(start_server, "-t", "2", env={"ASGI_CANCEL_MARKER": str(marker)})
+    warm_up(srv)
+    pid = worker_pid(srv)
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for i in range(3):
+            t0 = time.monotonic()
+            r = c.get("/forever")
+            assert r.status_code == 504
+            assert time.monotonic() - t0 < 6
+            # the same worker answers the next request
+            assert c.get("/").text == "hello"
+    srv.wait_log(r"Request exceeded --timeout 2s: GET /forever", count=3)
+    text = srv.log_text()
+    assert "WORKER TIMEOUT (pid:%d): a request's task ran past --timeout 2s and is cancelled" % pid in text
+    block = text.split("Await stack of its task (most recent call first):\n", 1)[1]
+    assert "asgi_raw.py" in block and "await asyncio.sleep(3600)" in block
+    # `finally` blocks ran: the task was cancelled, not abandoned.
+    wait_for(lambda: marker.exists() and marker.read_text().count("cancelled") == 3, 5,
+             message="three cancellations")
+    assert srv.worker_pids_from_log() == [pid]
+
+
+def test_a_slow_task_is_named_with_its_await_stack(start_server):
+    srv = asgi(start_server, "--slow-request-threshold", "1")
+    warm_up(srv)
+    assert httpx.get(srv.url + "/sleep?s=1.6", timeout=10).text == "slept"
+    srv.wait_log(r"Slow request: GET /sleep\?s=1.6 from 127\.0\.0\.1:\d+ still running after 1\.\ds")
+    assert "await asyncio.sleep(secs)" in srv.log_text()
+
+
+def test_a_blocked_event_loop_is_named_with_the_stack_that_blocks_it(start_server):
+    srv = asgi(start_server, "--asgi-block-threshold", "1", "-t", "30")
+    warm_up(srv)
+    pid = worker_pid(srv)
+    results = []
+    t = threading.Thread(target=lambda: results.append(httpx.get(srv.url + "/block?s=2.5", timeout=20).text))
+    t.start()
+    time.sleep(0.3)
+    # A request that arrives meanwhile waits for the loop, and is served once it is back.
+    assert httpx.get(srv.url + "/", timeout=20).text == "hello"
+    t.join()
+    assert results == ["blocked"]
+    srv.wait_log(r"Event loop of worker %d blocked for 1\.\ds \(--asgi-block-threshold 1s\)" % pid)
+    text = srv.log_text()
+    assert "Requests in flight: GET /block?s=2.5 from 127.0.0.1" in text
+    stack = text.split("Python stack of the loop thread (most recent call first):\n", 1)[1]
+    assert re.search(r'File ".*asgi_raw\.py", line \d+ in app', stack), stack
+    # One warning per episode.
+    assert text.count("Event loop of worker") == 1
+    warm_up(srv, 5)
+    assert srv.worker_pids_from_log() == [pid]
+
+
+def test_a_request_on_a_loop_blocked_past_timeout_retires_the_worker_with_its_stack(start_server):
+    srv = asgi(start_server, "-t", "2", "--graceful-timeout", "2")
+    warm_up(srv)
+    pid = worker_pid(srv)
+    try:
+        r = httpx.get(srv.url + "/block?s=60", timeout=15)
+        assert r.status_code == 504
+    except httpx.HTTPError:
+        pass
+    srv.wait_log(r"Request exceeded --timeout 2s: GET /block\?s=60 from 127\.0\.0\.1:\d+", timeout=20)
+    srv.wait_log(r"Booting worker with pid: \d+", count=2, timeout=30)
+    text = srv.log_text()
+    assert "WORKER TIMEOUT (pid:%d)\n" % pid in text
+    # The loop cannot cancel a task while it is blocked: the stack is the loop thread's.
+    assert re.search(r"Python stack of the thread running it \(most recent call first\):\n(.*\n)*.*asgi_raw\.py", text)
+    wait_for(lambda: get(srv.port, "/").body == b"hello", 20, message="the replacement serving")
+
+
+def test_a_loop_blocked_outside_any_request_retires_the_worker_with_its_stack(start_server):
+    srv = asgi(start_server, "-t", "2", "--graceful-timeout", "2")
+    warm_up(srv)
+    pid = worker_pid(srv)
+    assert httpx.get(srv.url + "/block-later?s=60", timeout=10).text == "later"
+    srv.wait_log(r"The event loop of worker %d has not come back for \d+\.\ds \(a blocking call in an "
+                 r"async view\) past --timeout 2s; requests in flight: none" % pid, timeout=20)
+    srv.wait_log(r"Booting worker with pid: \d+", count=2, timeout=30)
+    text = srv.log_text()
+    assert "WORKER TIMEOUT (pid:%d)\n" % pid in text
+    assert re.search(r"Python stack of the stuck thread \(most recent call first\):\n(.*\n)*.*File .*line \d+ in serve", text)
+    wait_for(lambda: get(srv.port, "/").body == b"hello", 20, message="the replacement serving")
+
+
+def test_a_sync_self_call_from_an_async_view_does_not_deadlock(start_server):
+    """The async form of the field report: one worker, a synchronous client in an async view calling
+    its own server. The nested call is recognised and served on an overflow loop, every time, after
+    other traffic and on kept-alive connections."""
+    srv = asgi(start_server, "-t", "20")
+    warm_up(srv)
+    with httpx.Client(base_url=srv.url, timeout=15) as c:
+        for i in range(10):
+            assert c.get("/selfcall-sync").text == "outer got hello"
+            assert c.get("/").text == "hello"
+    srv.wait_log(r"Loopback call: GET / from 127\.0\.0\.1:\d+ was sent to this server by its own request "
+                 r"GET /selfcall-sync .* with a synchronous client")
+    assert "httpx.AsyncClient" in srv.log_text()
+
+
+def test_an_async_self_call_needs_nothing(start_server):
+    srv = asgi(start_server)
+    warm_up(srv)
+    for _ in range(5):
+        assert httpx.get(srv.url + "/selfcall-async", timeout=15).text == "outer got hello"
+    assert "Loopback call" not in srv.log_text()
+
+
+# ---- operations ------------------------------------------------------------------------------------
+
+
+def test_a_graceful_stop_finishes_requests_in_flight(start_server):
+    srv = asgi(start_server, "--graceful-timeout", "10")
+    warm_up(srv)
+    results = []
+
+    def slow():
+        results.append(httpx.get(srv.url + "/sleep?s=1.5", timeout=20).text)
+
+    ts = [threading.Thread(target=slow) for _ in range(8)]
+    for t in ts:
+        t.start()
+    time.sleep(0.5)
+    srv.signal(signal.SIGTERM)
+    for t in ts:
+        t.join()
+    assert results == ["slept"] * 8
+    assert srv.wait(15) == 0
+
+
+def test_max_requests_recycles_without_a_failed_request(start_server):
+    srv = start_server(["-k", "asgi", "-w", "2", "--max-requests", "30", "--max-requests-jitter", "5", RAW])
+    failures = []
+
+    def client(n):
+        with httpx.Client(base_url=srv.url, timeout=20) as c:
+            for _ in range(n):
+                try:
+                    r = c.get("/")
+                    if r.text != "hello":
+                        failures.append(r.status_code)
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+
+    ts = [threading.Thread(target=client, args=(50,)) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert failures == []
+    assert len(srv.worker_pids_from_log()) >= 4
+
+
+def test_access_log_lines_for_asgi_requests(start_server):
+    srv = asgi(start_server, "--access-logfile", "-")
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        c.get("/", headers={"User-Agent": "probe/1"})
+        c.post("/echo", content=b"12345")
+    wait_for(lambda: srv.stdout_text().count("\n") >= 2, 5, message="two access lines")
+    out = srv.stdout_text()
+    assert re.search(r'127\.0\.0\.1 - - \[.*\] "GET / HTTP/1\.1" 200 5 "-" "probe/1"', out), out
+    assert re.search(r'"POST /echo HTTP/1\.1" 200 5 ', out), out
+
+
+# ---- frameworks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("klass", ["asgi", "uvicorn.workers.UvicornWorker"])
+def test_fastapi(start_server, tmp_path, klass):
+    task_marker = tmp_path / "task.txt"
+    shut_marker = tmp_path / "shut.txt"
+    srv = start_server(
+        ["-k", klass, "-w", "1", "asgi_fastapi:app"],
+        env={"FASTAPI_TASK_MARKER": str(task_marker), "FASTAPI_SHUTDOWN_MARKER": str(shut_marker)},
+    )
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for _ in range(3):
+            assert c.get("/").json() == {"hello": "world"}
+            r = c.post("/items", json={"name": "pen", "price": 1.25, "tags": ["a"]})
+            assert r.json() == {"name": "pen", "total": 2.5, "tags": ["a"]}
+            r = c.post("/items", json={"name": "pen"})
+            assert r.status_code == 422
+            assert c.get("/state").json() == {"db": "connected"}
+            assert c.get("/stream", params={"n": 20}).text == "".join(f"line {i}\n" for i in range(20))
+            assert c.get("/sync").json() == {"sync": True}
+        assert c.post("/background").text == "queued"
+    wait_for(lambda: task_marker.exists() and "background ran" in task_marker.read_text(), 5,
+             message="the background task")
+
+    def load(i):
+        with httpx.Client(base_url=srv.url, timeout=20) as c:
+            return [c.post("/items", json={"name": str(i), "price": i}).json()["total"] for _ in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        totals = list(ex.map(load, range(16)))
+    assert totals == [[round(i * 2, 2)] * 10 for i in range(16)]
+    assert srv.stop() == 0
+    assert shut_marker.read_text() == "lifespan shutdown\n"
+
+
+def test_django_asgi_async_and_sync_views(start_server):
+    srv = start_server(["-k", "asgi", "-w", "1", "asgi_django:application"])
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for i in range(5):
+            assert c.get("/async/").json() == {"view": "async", "path": "/async/", "method": "GET"}
+            assert c.post("/sync/", content=b"body %d" % i).text == "sync view: body %d" % i
+    srv.wait_log(r"ASGI 'lifespan' protocol appears unsupported.")
