@@ -514,3 +514,125 @@ def test_django_asgi_async_and_sync_views(start_server):
             assert c.get("/async/").json() == {"view": "async", "path": "/async/", "method": "GET"}
             assert c.post("/sync/", content=b"body %d" % i).text == "sync view: body %d" % i
     srv.wait_log(r"ASGI 'lifespan' protocol appears unsupported.")
+
+
+# ---- websockets --------------------------------------------------------------------------------------
+
+
+def ws_url(srv, path):
+    return "ws://127.0.0.1:%d%s" % (srv.port, path)
+
+
+def test_websocket_echo_text_and_bytes_with_a_subprotocol(start_server, tmp_path):
+    from websockets.sync.client import connect
+
+    marker = tmp_path / "ws.txt"
+    srv = asgi(start_server, env={"ASGI_WS_MARKER": str(marker)})
+    warm_up(srv)
+    for i in range(5):
+        with connect(ws_url(srv, "/ws/echo?x=1"), subprotocols=["chat", "other"]) as ws:
+            assert ws.subprotocol == "chat"
+            assert ws.response.headers["x-ws"] == "yes"
+            for j in range(20):
+                ws.send("hello %d" % j)
+                assert ws.recv(timeout=10) == "hello %d" % j
+            blob = os.urandom(300_000)
+            ws.send(blob)
+            assert ws.recv(timeout=10) == blob
+            ws.send("scope")
+            info = json.loads(ws.recv(timeout=10))
+            assert info == {"type": "websocket", "scheme": "ws", "path": "/ws/echo", "query_string": "x=1",
+                            "subprotocols": ["chat", "other"], "http_version": "1.1"}
+        wait_for(lambda: marker.exists() and marker.read_text().count("disconnect 1000") == i + 1, 5,
+                 message="the app's websocket.disconnect")
+    # plain HTTP still works on the same worker
+    warm_up(srv, 5)
+
+
+def test_many_websockets_at_once(start_server):
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+
+    def session(i):
+        with connect(ws_url(srv, "/ws/echo")) as ws:
+            for j in range(50):
+                ws.send("%d-%d" % (i, j))
+                assert ws.recv(timeout=20) == "%d-%d" % (i, j)
+        return i
+
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        assert sorted(ex.map(session, range(64))) == list(range(64))
+
+
+def test_websocket_refusals(start_server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url(srv, "/ws/deny"))
+    assert e.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url(srv, "/ws/deny-body"))
+    assert e.value.response.status_code == 401
+    assert e.value.response.body == b"go away"
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url(srv, "/ws/raise"))
+    assert e.value.response.status_code == 500
+    srv.wait_log(r"Error handling websocket /ws/raise\nTraceback")
+    # A handshake this server cannot take is answered without reaching the app.
+    resp = raw_request(srv.port, b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                 b"Sec-WebSocket-Version: 8\r\n\r\n")
+    assert resp.status == 426
+    warm_up(srv, 3)
+
+
+def test_the_app_closes_a_websocket(start_server, tmp_path):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    marker = tmp_path / "ws.txt"
+    srv = asgi(start_server, env={"ASGI_WS_MARKER": str(marker)})
+    with connect(ws_url(srv, "/ws/server-close")) as ws:
+        assert ws.recv(timeout=10) == "bye"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 4000
+        assert ws.close_reason == "done"
+    wait_for(lambda: marker.exists() and "after close websocket.disconnect 4000" in marker.read_text(), 5,
+             message="disconnect after the app's close")
+
+
+def test_a_graceful_stop_closes_websockets_with_1012(start_server, tmp_path):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    marker = tmp_path / "ws.txt"
+    srv = asgi(start_server, "--graceful-timeout", "10", env={"ASGI_WS_MARKER": str(marker)})
+    conns = [connect(ws_url(srv, "/ws/forever")).__enter__() for _ in range(5)]
+    time.sleep(0.3)
+    srv.signal(signal.SIGTERM)
+    for ws in conns:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1012
+        ws.close()
+    assert srv.wait(15) == 0
+    assert marker.read_text().count("disconnect 1012") == 5
+
+
+def test_a_websocket_message_over_ws_max_size_closes_with_1009(start_server):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server, "--websocket-max-message-size", "1000")
+    with connect(ws_url(srv, "/ws/echo")) as ws:
+        ws.send("x" * 900)
+        assert ws.recv(timeout=10) == "x" * 900
+        ws.send("x" * 5000)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1009
+    warm_up(srv, 3)

@@ -39,6 +39,13 @@ pub enum Wake {
         chunk: Option<BodyChunk>,
         rx: mpsc::Receiver<BodyChunk>,
     },
+    /// A websocket message arrived (None: the session is gone); the stream goes back to its request.
+    Ws {
+        req: Py<AsgiRequest>,
+        fut: Py<PyAny>,
+        msg: Option<crate::exchange::WsFromClient>,
+        rx: mpsc::Receiver<crate::exchange::WsFromClient>,
+    },
     /// The client went away: `receive()` answers `http.disconnect`.
     Gone { fut: Py<PyAny> },
     /// A connection's timer for request `id`.
@@ -379,6 +386,10 @@ impl LoopBridge {
                     rx,
                 } => {
                     let msg = req.borrow_mut(py).body_arrived(py, chunk, rx)?;
+                    resolve(py, &fut, msg.into_any())?;
+                }
+                Wake::Ws { req, fut, msg, rx } => {
+                    let msg = req.borrow_mut(py).ws_arrived(py, msg, rx)?;
                     resolve(py, &fut, msg.into_any())?;
                 }
                 Wake::Gone { fut } => {

@@ -17,6 +17,7 @@
 
 pub mod bridge;
 pub mod request;
+pub mod websocket;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -137,6 +138,10 @@ impl AppRuntime for AsgiRuntime {
     }
 
     fn watches_disconnect(&self) -> bool {
+        true
+    }
+
+    fn serves_websockets(&self) -> bool {
         true
     }
 

@@ -18,9 +18,11 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
 use super::bridge::{LoopShared, Wake};
+use super::websocket::{self, Ws};
 use crate::exchange::response::{Offer, ResponseSender};
 use crate::exchange::{
-    BodyChunk, ConnInfo, Fields, Job, Out, ResponseHead, TaskControl, TaskEvent, ZERO_COPY_MIN,
+    BodyChunk, ConnInfo, Fields, Job, Out, ResponseHead, TaskControl, TaskEvent, WsToClient,
+    ZERO_COPY_MIN,
 };
 use crate::http::{self, RequestHead};
 use crate::runtime::{hooks, Outcome, RequestScope, WorkerContext};
@@ -37,6 +39,12 @@ enum Stage {
     /// The body ended; trailers to come (`trailers: True` in the start message).
     Trailers,
     Done,
+}
+
+/// A message waiting for room in the queue to the connection.
+enum Pending {
+    Out(Out),
+    Ws(WsToClient),
 }
 
 /// The loop's way to a request's task for the connection's timers (see `TaskControl`).
@@ -93,8 +101,10 @@ pub struct AsgiRequest {
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     content_length: Option<u64>,
     trailers_expected: bool,
-    /// A piece the reply queue had no room for: `send_later` waits for room.
-    pending: Option<Out>,
+    /// What the queue to the connection had no room for: `send_later` waits for room.
+    pending: Option<Pending>,
+    /// A websocket session (the request was a handshake).
+    ws: Option<Ws>,
     hook_req: Option<Py<PyAny>>,
 }
 
@@ -141,6 +151,7 @@ impl AsgiRequest {
             body,
             reply,
             progress,
+            websocket,
         } = job;
         let _ = progress.task.set(Box::new(TaskLink {
             id,
@@ -172,9 +183,23 @@ impl AsgiRequest {
                 content_length: None,
                 trailers_expected: false,
                 pending: None,
+                ws: websocket.map(Ws::new),
                 hook_req,
             },
         )
+    }
+
+    /// A websocket message for the app (see `Wake::Ws`).
+    pub fn ws_arrived<'py>(
+        &mut self,
+        py: Python<'py>,
+        msg: Option<crate::exchange::WsFromClient>,
+        rx: mpsc::Receiver<crate::exchange::WsFromClient>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        match self.ws.as_mut() {
+            Some(ws) => ws.arrived(py, msg, Some(rx)),
+            None => disconnect_message(py),
+        }
     }
 
     /// The client is gone (a send found the connection closed).
@@ -223,7 +248,7 @@ impl AsgiRequest {
         match self.sender.offer(out) {
             Offer::Sent => Ok(true),
             Offer::Full(out) => {
-                self.pending = Some(out);
+                self.pending = Some(Pending::Out(out));
                 Ok(false)
             }
             Offer::Gone => Err(PyOSError::new_err("client disconnected")),
@@ -262,7 +287,7 @@ impl AsgiRequest {
         let mut headers = Vec::new();
         let mut content_length = None;
         if let Some(list) = msg.get_item("headers")? {
-            headers = self.fields(&list, Some(&mut content_length))?;
+            headers = Self::fields(&list, Some(&mut content_length))?;
         }
         self.trailers_expected = match msg.get_item("trailers")? {
             Some(t) => t.is_truthy()?,
@@ -277,7 +302,6 @@ impl AsgiRequest {
 
     /// Header fields of a message: validated, connection management dropped (the server's).
     fn fields(
-        &self,
         list: &Bound<'_, PyAny>,
         mut content_length: Option<&mut Option<u64>>,
     ) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -383,7 +407,7 @@ impl AsgiRequest {
             return Err(self.out_of_order("http.response.trailers"));
         }
         let fields = match msg.get_item("headers")? {
-            Some(list) => self.fields(&list, None)?,
+            Some(list) => Self::fields(&list, None)?,
             None => Vec::new(),
         };
         let more = match msg.get_item("more_trailers")? {
@@ -547,7 +571,8 @@ impl AsgiRequest {
     ) -> PyResult<Bound<'py, PyDict>> {
         let head = &self.head;
         let d = PyDict::new(py);
-        d.set_item("type", "http")?;
+        let ws = self.ws.is_some();
+        d.set_item("type", if ws { "websocket" } else { "http" })?;
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
@@ -560,8 +585,16 @@ impl AsgiRequest {
                 "1.1"
             },
         )?;
-        d.set_item("method", head.method.as_str())?;
-        d.set_item("scheme", if self.conn.https { "https" } else { "http" })?;
+        let scheme = match (ws, self.conn.https) {
+            (false, false) => "http",
+            (false, true) => "https",
+            (true, false) => "ws",
+            (true, true) => "wss",
+        };
+        d.set_item("scheme", scheme)?;
+        if !ws {
+            d.set_item("method", head.method.as_str())?;
+        }
         let decoded = http::percent_decode(head.path.as_bytes());
         d.set_item("path", String::from_utf8_lossy(&decoded))?;
         d.set_item("raw_path", PyBytes::new(py, head.path.as_bytes()))?;
@@ -588,8 +621,25 @@ impl AsgiRequest {
             Err(_) => d.set_item("server", (server.name.as_str(), py.None()))?,
         }
         let ext = PyDict::new(py);
-        ext.set_item("http.response.trailers", PyDict::new(py))?;
-        ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        if ws {
+            ext.set_item("websocket.http.response", PyDict::new(py))?;
+            let offered: Vec<String> = head
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+                .flat_map(|(_, v)| {
+                    String::from_utf8_lossy(v)
+                        .split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            d.set_item("subprotocols", offered)?;
+        } else {
+            ext.set_item("http.response.trailers", PyDict::new(py))?;
+            ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        }
         d.set_item("extensions", ext)?;
         if let Some(state) = state {
             d.set_item("state", state.call_method0("copy")?)?;
@@ -599,6 +649,9 @@ impl AsgiRequest {
 
     /// The next message, if it is here now; None: await `receive_later`'s future.
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if let Some(ws) = self.ws.as_mut() {
+            return ws.receive_now(py);
+        }
         if let Some(data) = self.prefetched.take() {
             return request_message(py, &data, self.body_rx.is_some()).map(Some);
         }
@@ -636,6 +689,18 @@ impl AsgiRequest {
         let Some(io) = this.io().cloned() else {
             return resolve_now(py, &fut, disconnect_message(py)?.into_any());
         };
+        if let Some(ws) = this.ws.as_mut() {
+            let Some(mut rx) = ws.take_rx() else {
+                let msg = ws.arrived(py, None, None)?;
+                return resolve_now(py, &fut, msg.into_any());
+            };
+            let req = slf.clone().unbind();
+            io.spawn(async move {
+                let msg = rx.recv().await;
+                shared.post(Wake::Ws { req, fut, msg, rx });
+            });
+            return Ok(());
+        }
         if let Some(mut rx) = this.body_rx.take() {
             this.body_waiting = true;
             let req = slf.clone().unbind();
@@ -672,6 +737,39 @@ impl AsgiRequest {
             .map_err(|_| PyTypeError::new_err("an ASGI message's type must be a str"))?
             .to_cow()?
             .into_owned();
+        if let Some(ws) = self.ws.as_mut() {
+            let http = match kind.as_str() {
+                "websocket.http.response.start" => Some(true),
+                "websocket.http.response.body" => Some(false),
+                _ => None,
+            };
+            let Some(start) = http else {
+                return match ws.send(&kind, msg, |h| Self::fields(h, None))? {
+                    websocket::Sent::Done => Ok(true),
+                    websocket::Sent::Wait(m) => {
+                        self.pending = Some(Pending::Ws(m));
+                        Ok(false)
+                    }
+                };
+            };
+            // A refusal with a response of its own: only instead of an accept.
+            if ws.stage != websocket::Stage::Handshake {
+                return Err(PyRuntimeError::new_err(format!(
+                    "'{kind}' is only allowed before 'websocket.accept'"
+                )));
+            }
+            let done = if start {
+                self.start_response(msg).map(|_| true)
+            } else {
+                self.body(msg)
+            };
+            if self.stage == Stage::Done {
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.stage = websocket::Stage::Closed;
+                }
+            }
+            return done;
+        }
         if self.sender.disconnected {
             return Err(PyOSError::new_err("client disconnected"));
         }
@@ -690,12 +788,26 @@ impl AsgiRequest {
     fn send_later(slf: Bound<'_, Self>, fut: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let mut this = slf.borrow_mut();
-        let Some(out) = this.pending.take() else {
-            return resolve_now(
-                py,
-                &fut,
-                pyo3::types::PyBool::new(py, true).to_owned().into_any(),
-            );
+        let out = match this.pending.take() {
+            None => {
+                let yes = pyo3::types::PyBool::new(py, true).to_owned().into_any();
+                return resolve_now(py, &fut, yes);
+            }
+            Some(Pending::Ws(m)) => {
+                let shared = this.shared.clone();
+                let sender = this.ws.as_ref().and_then(|w| w.sender());
+                let (Some(io), Some(tx)) = (this.io().cloned(), sender) else {
+                    let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
+                    return resolve_now(py, &fut, no);
+                };
+                let req = slf.clone().unbind();
+                io.spawn(async move {
+                    let ok = tx.send(m).await.is_ok();
+                    shared.post(Wake::Sent { req, fut, ok });
+                });
+                return Ok(());
+            }
+            Some(Pending::Out(out)) => out,
         };
         let shared = this.shared.clone();
         let reply = this.sender.reply().clone();
@@ -719,6 +831,38 @@ impl AsgiRequest {
     #[pyo3(signature = (error=None, cancelled=false))]
     fn finish(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>, cancelled: bool) {
         let log = self.shared.ctx.log.clone();
+        if let Some(ws) = self.ws.as_mut() {
+            let answered_http = self.stage != Stage::Idle;
+            let handshake = matches!(
+                ws.stage,
+                websocket::Stage::Handshake | websocket::Stage::Connecting
+            );
+            match error {
+                Some(err) => {
+                    let err = PyErr::from_value(err);
+                    let tb = crate::python::format_exception(py, &err);
+                    log.error(&format!(
+                        "Error handling websocket {}\n{tb}",
+                        self.head.target
+                    ));
+                    // The 500 is queued before the session's channels close (see `worker::ws`).
+                    let refuse = handshake || answered_http;
+                    if refuse {
+                        self.fail_response();
+                    }
+                    if let Some(ws) = self.ws.as_mut() {
+                        ws.end(true);
+                    }
+                }
+                None => ws.end(false),
+            }
+            if !answered_http {
+                // The access line: 101 for a session, 403 for a handshake refused (or never answered).
+                self.status = if handshake { 403 } else { 101 };
+            }
+            self.end(py);
+            return;
+        }
         if let Some(err) = error {
             let err = PyErr::from_value(err);
             let tb = crate::python::format_exception(py, &err);

@@ -160,6 +160,11 @@ pub struct Config {
     pub asgi_lifespan: String,
     /// `--root-path`: the ASGI scope's `root_path`.
     pub root_path: String,
+    /// `--websocket-max-message-size`: the largest websocket message taken, in bytes.
+    pub websocket_max_message_size: usize,
+    /// `--ws-ping-interval` and `--ws-ping-timeout`, seconds (an interval of 0: no pings).
+    pub ws_ping_interval: u64,
+    pub ws_ping_timeout: u64,
     /// MiB of RSS past which a worker is recycled; 0 = off.
     pub max_worker_memory: u64,
     pub preload_app: bool,
@@ -238,6 +243,9 @@ impl Default for Config {
             asgi_loop: "auto".to_string(),
             asgi_lifespan: "auto".to_string(),
             root_path: String::new(),
+            websocket_max_message_size: 16 * 1024 * 1024,
+            ws_ping_interval: 20,
+            ws_ping_timeout: 20,
             max_worker_memory: 0,
             preload_app: false,
             permit_missing_host: false,

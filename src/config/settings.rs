@@ -881,6 +881,51 @@ pub static SETTINGS: &[Setting] = &[
         show: |c| c.asgi_lifespan.clone(),
     },
     Setting {
+        name: "websocket_max_message_size",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--websocket-max-message-size"],
+        hidden_aliases: &["ws-max-size"],
+        meta: "BYTES",
+        default: "16777216",
+        help: "Largest websocket message (and frame) the asgi worker takes; a larger one closes the session with 1009",
+        apply: |c, v| {
+            c.websocket_max_message_size = usize_in(v, 1, usize::MAX)?;
+            Ok(())
+        },
+        show: |c| c.websocket_max_message_size.to_string(),
+    },
+    Setting {
+        name: "ws_ping_interval",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--ws-ping-interval"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "20",
+        help: "Ping every websocket session this often (0 = never)",
+        apply: |c, v| {
+            c.ws_ping_interval = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.ws_ping_interval.to_string(),
+    },
+    Setting {
+        name: "ws_ping_timeout",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--ws-ping-timeout"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "20",
+        help: "Close a websocket session (1011) whose client does not answer a ping within this long",
+        apply: |c, v| {
+            c.ws_ping_timeout = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.ws_ping_timeout.to_string(),
+    },
+    Setting {
         name: "root_path",
         section: Section::WorkerProcesses,
         kind: Kind::Value,

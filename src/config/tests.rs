@@ -293,12 +293,7 @@ fn worker_classes() {
     ] {
         assert_eq!(cfg(&["-k", k]).worker_class, want, "{k}");
     }
-    for k in [
-        "gevent",
-        "eventlet",
-        "tornado",
-        "uvicorn.workers.Unknown",
-    ] {
+    for k in ["gevent", "eventlet", "tornado", "uvicorn.workers.Unknown"] {
         let e = err(&["-k", k]);
         assert!(
             e.contains("argument -k/--worker-class: ")

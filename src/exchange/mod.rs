@@ -100,6 +100,41 @@ pub struct ConnInfo {
     pub sendfile: bool,
 }
 
+/// A websocket message from the client, or the end of the session.
+pub enum WsFromClient {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The session ended: the client's close code (1006 when the connection broke without one), or the
+    /// server's own (1012 when the worker restarts).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// What the app says on a websocket session.
+pub enum WsToClient {
+    /// Accept the handshake (`101 Switching Protocols`) with this subprotocol and these extra fields.
+    Accept {
+        subprotocol: Option<String>,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Text(String),
+    Binary(Vec<u8>),
+    /// Close the session (before it was accepted: refuse the handshake with 403).
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// The two directions of a websocket session, on the app's side. A refusal with a body of its own
+/// (`websocket.http.response`) goes out as an ordinary response, through the job's reply channel.
+pub struct WsChannels {
+    pub from_client: mpsc::Receiver<WsFromClient>,
+    pub to_client: mpsc::Sender<WsToClient>,
+}
+
 /// One request for an app runtime.
 pub struct Job {
     /// Shared with the connection, which logs the request itself if it answers for it (`--timeout`).
@@ -109,6 +144,8 @@ pub struct Job {
     /// Where the response pieces go, in order.
     pub reply: mpsc::Sender<Out>,
     pub progress: Arc<Progress>,
+    /// A websocket handshake (the connection was upgraded): the session's channels.
+    pub websocket: Option<WsChannels>,
 }
 
 /// A request in a run queue. Whoever takes the job out first runs it: a thread of the queue's pool, or —

@@ -57,6 +57,12 @@ pub trait AppRuntime: Send + Sync {
         None
     }
 
+    /// The runtime takes websocket sessions (`Job::websocket`): the worker then answers websocket
+    /// handshakes instead of serving them as plain HTTP requests.
+    fn serves_websockets(&self) -> bool {
+        false
+    }
+
     /// How the loopback warning (see `worker::admission`) says what held the request that made the
     /// call, and what to change.
     fn loopback_words(&self) -> (&'static str, &'static str) {

@@ -57,6 +57,8 @@ pub struct Upgrade<T> {
     /// The client as the app sees it (behind a PROXY header, the one it names).
     pub peer: Arc<Peer>,
     pub server: Arc<ServerAddr>,
+    /// The scheme is https (TLS, or a trusted proxy says so): `wss` for a websocket.
+    pub https: bool,
 }
 
 impl<T> fmt::Debug for Upgrade<T> {
@@ -77,6 +79,14 @@ pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin {
 impl<T: Transport> UpgradedIo for T {
     fn raw_fd(&self) -> Option<RawFd> {
         Transport::raw_fd(self)
+    }
+}
+
+/// A handler may answer over the upgraded stream as over any connection (a refused handshake is an
+/// HTTP/1 response).
+impl Transport for Box<dyn UpgradedIo> {
+    fn raw_fd(&self) -> Option<RawFd> {
+        (**self).raw_fd()
     }
 }
 
@@ -127,6 +137,7 @@ impl Upgrades {
             head,
             peer,
             server,
+            https,
         } = up;
         handler
             .serve(Upgrade {
@@ -136,6 +147,7 @@ impl Upgrades {
                 head,
                 peer,
                 server,
+                https,
             })
             .await;
         Ok(())
@@ -207,6 +219,7 @@ mod tests {
                 name: "127.0.0.1".to_string(),
                 port: "8000".to_string(),
             }),
+            https: false,
         }
     }
 
@@ -224,7 +237,7 @@ mod tests {
                 self.seen
                     .borrow_mut()
                     .push(format!("{} {} {}", up.protocol, up.head.path, up.peer.port));
-                assert_eq!(up.stream.raw_fd(), None);
+                assert_eq!(UpgradedIo::raw_fd(&up.stream), None);
                 let _ = up
                     .stream
                     .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")

@@ -62,7 +62,7 @@ pub(super) fn io_main(
         tcp: tcp_fds.iter().map(|l| l.fd()).collect(),
         unix: unix_fds.iter().map(|l| l.fd()).collect(),
     };
-    let io = Rc::new(IoState {
+    let io = Rc::new_cyclic(|weak| IoState {
         admission: Admission::new(
             ctx.clone(),
             capacity,
@@ -86,7 +86,7 @@ pub(super) fn io_main(
         lost_threads: RefCell::new(Vec::new()),
         board: ctx.board,
         ctx: ctx.clone(),
-        upgrades: driver::Upgrades::default(),
+        upgrades: upgrades_for(ctx, weak),
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
@@ -135,6 +135,15 @@ pub(super) fn io_main(
         tokio::task::spawn_local(async move { admission::watch(&watcher.admission).await });
         supervise(ctx, &io, sigpipe).await
     })
+}
+
+/// The upgrade handlers of the worker's runtime (websockets for ASGI; none for WSGI).
+fn upgrades_for(ctx: &WorkerContext, io: &std::rc::Weak<IoState>) -> driver::Upgrades {
+    let mut upgrades = driver::Upgrades::default();
+    if ctx.runtime.serves_websockets() {
+        upgrades.register(Box::new(super::ws::WebsocketHandler::new(io.clone())));
+    }
+    upgrades
 }
 
 fn parser_options(cfg: &Config) -> ParserOptions {

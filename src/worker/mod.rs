@@ -18,6 +18,7 @@ pub mod proxy;
 mod snapshot;
 mod stop;
 pub mod transport;
+mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;

@@ -117,6 +117,7 @@ impl Handler for WsgiRunner {
             body,
             reply,
             progress: _,
+            websocket: _,
         } = job;
         let responder = match Py::new(py, Responder::new(reply, &head.method)) {
             Ok(r) => r,

@@ -34,6 +34,56 @@ async def send_text(send, status, text, headers=()):
 DISCONNECTS = []
 
 
+def note(text):
+    marker = os.environ.get("ASGI_WS_MARKER")
+    if marker:
+        with open(marker, "a") as f:
+            f.write(text + "\n")
+
+
+async def websocket(scope, receive, send):
+    path = scope["path"]
+    msg = await receive()
+    assert msg["type"] == "websocket.connect", msg
+    if path == "/ws/echo":
+        proto = "chat" if "chat" in scope["subprotocols"] else None
+        await send({"type": "websocket.accept", "subprotocol": proto, "headers": [(b"x-ws", b"yes")]})
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                note("disconnect %s" % msg["code"])
+                return
+            if msg.get("text") is not None:
+                if msg["text"] == "scope":
+                    info = {k: scope[k] for k in ("type", "scheme", "path", "query_string", "subprotocols", "http_version")}
+                    info["query_string"] = info["query_string"].decode()
+                    await send({"type": "websocket.send", "text": json.dumps(info)})
+                else:
+                    await send({"type": "websocket.send", "text": msg["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": msg["bytes"]})
+    elif path == "/ws/deny":
+        await send({"type": "websocket.close", "code": 1000})
+    elif path == "/ws/deny-body":
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "websocket.http.response.body", "body": b"go away"})
+    elif path == "/ws/raise":
+        raise RuntimeError("boom in the websocket")
+    elif path == "/ws/server-close":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "bye"})
+        await send({"type": "websocket.close", "code": 4000, "reason": "done"})
+        msg = await receive()
+        note("after close %s %s" % (msg["type"], msg.get("code")))
+    elif path == "/ws/forever":
+        await send({"type": "websocket.accept"})
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                note("disconnect %s" % msg["code"])
+                return
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -52,6 +102,8 @@ async def app(scope, receive, send):
                         f.write("shutdown %d\n" % os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        return await websocket(scope, receive, send)
     assert scope["type"] == "http"
     path = scope["path"]
     if path == "/":

@@ -13,7 +13,7 @@
 mod body;
 mod head;
 mod request;
-mod write;
+pub(super) mod write;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -192,6 +192,7 @@ pub async fn serve<S: Transport>(
                 head,
                 peer: client,
                 server,
+                https,
             });
         }
         // A body still to come is read ahead without holding capacity.

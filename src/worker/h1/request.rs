@@ -172,6 +172,7 @@ pub(super) async fn run<S: Transport>(
         },
         reply: reply_tx,
         progress: progress.clone(),
+        websocket: None,
     };
     let mut x = Exchange {
         io,

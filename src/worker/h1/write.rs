@@ -11,14 +11,14 @@ use crate::worker::transport::Transport;
 
 /// The HTTP/1 bytes around a piece's body: the head and a chunk's size line before it, the chunk's end (and
 /// the last chunk) after it. Kept for the whole response, so its buffers are reused piece after piece.
-pub(super) struct Framed {
+pub(in crate::worker) struct Framed {
     pub pre: Vec<u8>,
     pub post: Vec<u8>,
 }
 
 impl Framed {
     /// Room for a typical head without growing the buffer.
-    pub(super) fn new() -> Framed {
+    pub(in crate::worker) fn new() -> Framed {
         Framed {
             pre: Vec::with_capacity(256),
             post: Vec::new(),
@@ -26,7 +26,12 @@ impl Framed {
     }
 
     /// Frame `piece`; returns how many of its body bytes go out.
-    pub(super) fn piece(&mut self, h1: &mut H1Response, piece: &Piece, stopping: bool) -> usize {
+    pub(in crate::worker) fn piece(
+        &mut self,
+        h1: &mut H1Response,
+        piece: &Piece,
+        stopping: bool,
+    ) -> usize {
         self.pre.clear();
         self.post.clear();
         if let (Some(head), Some(fields)) = (&piece.head, piece.fields()) {
@@ -66,7 +71,7 @@ const SMALL_BODY: usize = 4 * 1024;
 /// Write a framed piece with vectored writes — the framing, then the first `body` bytes of the piece's
 /// body, then the framing after it — so a body borrowed from the app goes out beside the head without
 /// being copied next to it.
-pub(super) async fn write_piece<S: Transport>(
+pub(in crate::worker) async fn write_piece<S: Transport>(
     stream: &mut S,
     frame: &mut Framed,
     piece: &Piece,
