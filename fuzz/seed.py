@@ -81,9 +81,40 @@ EXTRA_REQUESTS = [
 ]
 
 
+def ws_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
+    """A client's websocket frame (masked, as RFC 6455 requires of clients)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+# Client frames for `websocket_frames`: text, binary, fragments, control frames, a close.
+WS_SESSIONS = [
+    ws_frame(1, b"hello"),
+    ws_frame(2, bytes(range(200))),
+    ws_frame(1, b"frag", fin=False) + ws_frame(0, b"ment"),
+    ws_frame(9, b"ping") + ws_frame(1, b"after ping"),
+    ws_frame(10, b"pong"),
+    ws_frame(8, b"\x03\xe8bye"),
+    ws_frame(1, "caf\u00e9".encode()) + ws_frame(8, b""),
+    ws_frame(2, b"x" * 70000),
+]
+
+
 def main(argv):
     src = corpus_dir(argv)
-    counts = {"parse_request": 0, "chunked_decoder": 0}
+    counts = {"parse_request": 0, "chunked_decoder": 0, "websocket_frames": 0}
+    for i, frames in enumerate(WS_SESSIONS):
+        # The first byte: how many of the frames' bytes came with the handshake.
+        for split in (0, 3 + i):
+            write(os.path.join(HERE, "corpus", "websocket_frames"), bytes([split]) + frames)
+            counts["websocket_frames"] += 1
     for raw in EXTRA_REQUESTS:
         write(os.path.join(HERE, "corpus", "parse_request"), bytes([0]) + raw)
         counts["parse_request"] += 1

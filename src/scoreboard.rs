@@ -305,6 +305,21 @@ impl WorkerHandle {
         }
     }
 
+    /// This worker's requests in flight for a log line: `GET / from 127.0.0.1:5555 (running for
+    /// 1.2s), ...`, or `none`.
+    pub fn requests_text(&self) -> String {
+        let running: Vec<String> = self
+            .requests_in_flight()
+            .into_iter()
+            .map(|(_, r)| format!("{} (running for {:.1}s)", r.summary(), r.age_secs()))
+            .collect();
+        if running.is_empty() {
+            "none".to_string()
+        } else {
+            running.join(", ")
+        }
+    }
+
     /// Whether this worker has published an open loopback call (a connection of its own to the server).
     pub fn has_loopback_calls(&self) -> bool {
         self.slot()

@@ -29,6 +29,18 @@ def worker_pid(srv):
     return srv.wait_workers(1)[-1]
 
 
+def wire(srv, request):
+    """Every byte the server sends back for `request`, until it closes the connection."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(request)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
 def warm_up(srv, n=20):
     """Ordinary traffic first, on one kept-alive connection, so guarantees are tested after it."""
     with httpx.Client(base_url=srv.url, timeout=10) as c:
@@ -185,14 +197,7 @@ def test_pathsend_sends_the_file(start_server, tmp_path):
 
 def test_trailers_reach_a_client_that_asked_for_them(start_server):
     srv = asgi(start_server)
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = wire(srv, b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert body.startswith(b"4\r\ndata\r\n0\r\n")
@@ -201,14 +206,7 @@ def test_trailers_reach_a_client_that_asked_for_them(start_server):
 
 def test_header_bytes_go_out_as_the_app_gave_them(start_server):
     srv = asgi(start_server)
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(b"GET /latin1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = wire(srv, b"GET /latin1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"x-name: caf\xe9\r\n" in data
 
 

@@ -200,12 +200,6 @@ impl LoopShared {
     /// read without the GIL (the blocking code holds it, or sits in C).
     pub fn warn_blocked(&self, away: Duration) {
         let ctx = &self.ctx;
-        let running: Vec<String> = ctx
-            .board
-            .requests_in_flight()
-            .into_iter()
-            .map(|(_, r)| format!("{} (running for {:.1}s)", r.summary(), r.age_secs()))
-            .collect();
         let loopback = if ctx.board.has_loopback_calls() {
             " The blocked thread has a connection open to this server: a view calls its own server with a synchronous client, and the nested request cannot run on the loop it blocks (it is served on an overflow loop); await an async client (httpx.AsyncClient) instead."
         } else {
@@ -216,11 +210,7 @@ impl LoopShared {
             std::process::id(),
             away.as_secs_f64(),
             ctx.cfg.asgi_block_threshold,
-            if running.is_empty() {
-                "none".to_string()
-            } else {
-                running.join(", ")
-            },
+            ctx.board.requests_text(),
         );
         match crate::python::stacks::thread_stack(self.tstate()) {
             Some(stack) => ctx.log.log_with_text(Level::Warning, &msg, &stack),

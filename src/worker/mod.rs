@@ -131,21 +131,11 @@ impl IoState {
         let log = &self.ctx.log;
         let pid = std::process::id();
         log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
-        let running: Vec<String> = self
-            .board
-            .requests_in_flight()
-            .into_iter()
-            .map(|(_, r)| format!("{} (running for {:.1}s)", r.summary(), r.age_secs()))
-            .collect();
         log.critical(&format!(
             "{} past --timeout {}s; requests in flight: {}",
             stuck.what,
             self.ctx.cfg.timeout,
-            if running.is_empty() {
-                "none".to_string()
-            } else {
-                running.join(", ")
-            }
+            self.board.requests_text()
         ));
         self.log_with_stack(
             crate::log::Level::Critical,
