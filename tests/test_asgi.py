@@ -634,3 +634,54 @@ def test_a_websocket_message_over_ws_max_size_closes_with_1009(start_server):
             ws.recv(timeout=10)
         assert ws.close_code == 1009
     warm_up(srv, 3)
+
+
+def _load(srv, stop, failures, served):
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        while not stop.is_set():
+            try:
+                r = c.get("/scope")
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    served.append(r.json()["state"]["greeting"])
+            except httpx.HTTPError as e:
+                failures.append(repr(e))
+
+
+@pytest.mark.parametrize("sig", ["HUP", "TTIN-TTOU"])
+def test_hup_and_worker_count_changes_under_load_fail_no_request(start_server, sig):
+    srv = start_server(["-k", "asgi", "-w", "2", "--graceful-timeout", "10", RAW])
+    srv.wait_workers(2)
+    stop, failures, served = threading.Event(), [], []
+    ts = [threading.Thread(target=_load, args=(srv, stop, failures, served)) for _ in range(6)]
+    for t in ts:
+        t.start()
+    time.sleep(0.5)
+    for i in range(3):
+        if sig == "HUP":
+            srv.signal(signal.SIGHUP)
+            srv.wait_workers(2 * (i + 2), timeout=20)
+        else:
+            srv.signal(signal.SIGTTIN)
+            srv.wait_workers(3 + 2 * i, timeout=20)
+            srv.signal(signal.SIGTTOU)
+            srv.wait_workers(3 + 2 * i, timeout=20)
+            time.sleep(0.3)
+            srv.signal(signal.SIGTTIN)
+            srv.wait_workers(4 + 2 * i, timeout=20)
+            srv.signal(signal.SIGTTOU)
+        time.sleep(0.7)
+    stop.set()
+    for t in ts:
+        t.join()
+    assert failures == [], (failures[:5], srv.log_text()[-3000:])
+    assert len(served) > 100
+    # every worker ran the lifespan: the state is in every request, old workers' and new
+    assert set(served) == {"hello from lifespan"}
+
+
+def test_preload_serves_the_app_loaded_in_the_master(start_server, tmp_path):
+    srv = start_server(["-k", "asgi", "-w", "2", "--preload", RAW])
+    warm_up(srv)
+    assert httpx.get(srv.url + "/scope", timeout=10).json()["state"] == {"greeting": "hello from lifespan"}
