@@ -327,6 +327,16 @@ def test_a_task_past_timeout_is_cancelled_named_with_its_await_stack_and_the_wor
     assert srv.worker_pids_from_log() == [pid]
 
 
+def test_a_response_that_streams_past_timeout_is_not_cut(start_server):
+    srv = asgi(start_server, "-t", "2")
+    warm_up(srv)
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        r = c.get("/sse")
+        assert r.text == "".join("data: %d\n\n" % i for i in range(8))
+        assert c.get("/").text == "hello"
+    assert "WORKER TIMEOUT" not in srv.log_text()
+
+
 def test_a_slow_task_is_named_with_its_await_stack(start_server):
     srv = asgi(start_server, "--slow-request-threshold", "1")
     warm_up(srv)

@@ -127,6 +127,13 @@ async def app(scope, receive, send):
         for i in range(n):
             await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif path == "/sse":
+        # A stream of events longer than --timeout: alive, not stuck.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(8):
+            await send({"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True})
+            await asyncio.sleep(0.5)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     elif path == "/big":
         size = int(scope["query_string"].decode().split("=")[1])
         await send({"type": "http.response.start", "status": 200, "headers": []})

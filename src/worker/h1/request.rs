@@ -429,6 +429,12 @@ impl Exchange<'_> {
         if !self.watched {
             return Step::Continue;
         }
+        // A task that has begun its response is alive (a stream of server-sent events may run for
+        // hours, as it does under uvicorn's gunicorn worker): `--timeout` measures a task until then.
+        if self.response_started && self.progress.task.get().is_some() {
+            self.watched = false;
+            return Step::Continue;
+        }
         let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
         let thread = self.progress.thread.load(Ordering::Relaxed);
         if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
