@@ -50,6 +50,8 @@ pub struct ServerInfo {
     pub keepalive: u64,
     pub workers: u64,
     pub threads: u64,
+    /// `--worker-connections`: an asgi worker's capacity.
+    pub worker_connections: u64,
     /// The worker class as configured (`sync`, `gthread`, ...).
     pub worker_class: String,
     /// What runs: gthread for `gthread`, and for `sync` with more than one thread (gunicorn's rule).
@@ -81,9 +83,11 @@ impl ServerInfo {
         self.class.threads(configured) as u64
     }
 
-    /// Python threads that can run requests at once.
+    /// Requests that can run at once: Python threads, or an asgi worker's tasks.
     pub fn capacity(&self) -> u64 {
-        self.workers.max(1) * self.app_threads()
+        let threads = usize::try_from(self.threads).unwrap_or(usize::MAX);
+        let connections = usize::try_from(self.worker_connections).unwrap_or(usize::MAX);
+        self.workers.max(1) * self.class.capacity(threads, connections) as u64
     }
 }
 
@@ -140,6 +144,7 @@ pub fn from_config_json(cfg: &Json, origin: String) -> ServerInfo {
         keepalive: num(cfg, "keepalive", 2),
         workers: num(cfg, "workers", 1),
         threads,
+        worker_connections: num(cfg, "worker_connections", 1000),
         worker_class,
         class,
         binds: text(cfg, "bind").map(|b| py_list(&b)).unwrap_or_default(),
