@@ -254,15 +254,7 @@ pub fn parse_command(words: &[String]) -> Result<Request, String> {
     Ok(req)
 }
 
-pub fn state_name(state: WorkerState) -> &'static str {
-    match state {
-        WorkerState::Free => "free",
-        WorkerState::Booting => "booting",
-        WorkerState::Idle => "idle",
-        WorkerState::Busy => "busy",
-        WorkerState::Stopping => "stopping",
-    }
-}
+pub use crate::scoreboard::state_name;
 
 /// Seconds rounded to hundredths, as gunicorn reports them.
 fn secs(x: f64) -> Json {

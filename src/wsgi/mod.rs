@@ -159,6 +159,7 @@ impl Handler for WsgiRunner {
         if let Some(req) = hook_req {
             self.post_request(py, req, outcome.as_ref(), &responder);
         }
+        scope.set_status(responder.borrow(py).status_code);
         if self.ctx.access_log.is_some() {
             let r = responder.borrow(py);
             let env = outcome.as_ref();
@@ -354,7 +355,7 @@ impl WsgiRunner {
         let tb = crate::python::format_exception(py, err);
         self.ctx
             .log
-            .error(&format!("Error handling request {method} {target}\n{tb}"));
+            .exception(&format!("Error handling request {method} {target}\n{tb}"));
         let mut r = responder.borrow_mut(py);
         if r.disconnected() {
             return;
