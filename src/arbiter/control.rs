@@ -293,6 +293,14 @@ impl ControlTarget for Arbiter {
             .collect()
     }
 
+    fn metrics(&self) -> Option<crate::metrics::Snapshot> {
+        Some(self.snapshot())
+    }
+
+    fn health(&self) -> Option<crate::metrics::health::Health> {
+        Some(self.judge_health())
+    }
+
     fn command(&mut self, cmd: ControlCommand) -> Result<Outcome, String> {
         match cmd {
             ControlCommand::AddWorkers(n) => {
