@@ -298,16 +298,16 @@ def test_health_sees_a_frozen_io_loop(start_server):
     srv, mport = start_with_metrics(
         start_server, ["testapp:application", "-w", "2", "--threads", "3"])
     wait_for(lambda: len(srv.children()) == 2, 10, message="two workers")
-    wait_for(lambda: scrape(mport, "/healthz").status_code == 200, 10, message="healthy")
-    body = scrape(mport, "/healthz").text
+    body = wait_for(lambda: (r := scrape(mport, "/healthz")).text.startswith(
+        "ok: 2 worker(s) serving") and r.text, 10, message="healthy and serving")
     assert body.startswith("ok: 2 worker(s) serving"), body
     assert len(re.findall(r"3/3 threads alive", body)) == 2, body
     frozen = srv.children()[0]
     os.kill(frozen, signal.SIGSTOP)
     try:
-        r = wait_for(lambda: (r := scrape(mport, "/healthz")).status_code == 503 and r, 15,
-                     message="liveness fails")
-        assert f"worker {frozen} is not alive: its I/O loop last beat" in r.text, r.text
+        text = wait_for(lambda: (r := scrape(mport, "/healthz")).status_code == 503 and r.text,
+                        15, message="liveness fails")
+        assert f"worker {frozen} is not alive: its I/O loop last beat" in text, text
         res = ctl(srv, "show", "health")
         assert res.returncode == 1 and "NOT ALIVE" in res.stdout, res.stdout
     finally:
@@ -326,9 +326,10 @@ def test_readiness_turns_false_before_the_listener_closes(start_server):
     for _ in range(20):
         assert s.get(f"{srv.url}/hello", timeout=10).status_code == 200
     srv.signal(signal.SIGTERM)
-    r = wait_for(lambda: (r := scrape(mport, "/readyz")).status_code == 503 and r, 5,
-                 message="not ready")
-    assert "stopping" in r.text
+    # (A 503 response is falsy: wait for its text.)
+    text = wait_for(lambda: (r := scrape(mport, "/readyz")).status_code == 503 and r.text, 5,
+                    message="not ready")
+    assert "stopping" in text
     # Not ready, yet still serving: the load balancer has time to stop sending.
     assert scrape(mport, "/healthz").status_code == 200
     assert get(srv.port, "/hello").status == 200
@@ -352,8 +353,8 @@ def test_grafana_dashboard_uses_exported_metrics(start_server):
     used = set(re.findall(r"\bferricorn_[a-z_]+", " ".join(exprs)))
     srv, mport = start_with_metrics(start_server, ["testapp:application"])
     assert get(srv.port, "/hello").status == 200
-    text = wait_for(lambda: (r := scrape(mport)).text if "ferricorn_requests_total{" in r.text
-                    else None, 10, message="a request counted")
+    text = wait_for(lambda: "ferricorn_requests_total{" in (t := scrape(mport).text) and t, 10,
+                    message="a request counted")
     exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
     missing = used - exported - {"ferricorn_asgi_event_loop_lag_seconds"}
     assert not missing, missing

@@ -54,6 +54,17 @@ class Pty:
         raise AssertionError("screen never matched; last output:\n"
                              + ANSI.sub("", self.raw.decode("utf-8", "replace")[-4000:]))
 
+    def drain(self):
+        """Read what is left after the program ended."""
+        while select.select([self.master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.raw += chunk
+
     def send(self, keys):
         os.write(self.master, keys)
 
@@ -94,7 +105,8 @@ def test_top_shows_a_stuck_request_and_its_stack(start_server):
         assert "stuck.py" in screen
         top.send(b"q")
         assert top.proc.wait(10) == 0
-        # The terminal is given back: the alternate screen is left.
+        top.drain()
+        # The terminal is given back: the alternate screen is left, the cursor shown.
         assert top.raw.endswith(b"\x1b[?25h\x1b[?1049l")
     finally:
         top.close()

@@ -28,6 +28,18 @@ pub(super) fn open(cfg: &Config, log: &ErrorLog) -> std::io::Result<Option<Metri
             ));
             Ok(Some(server))
         }
+        // A master started by USR2 finds the address held by the old master, which goes on serving it
+        // until it exits: run without the listener rather than fail the upgrade.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrInUse
+                && std::env::var_os(crate::system::REEXEC_ENV).is_some() =>
+        {
+            log.warning(&format!(
+                "Metrics address {} is still held by the old master: this master runs without it (restart to serve metrics again)",
+                addr.spec()
+            ));
+            Ok(None)
+        }
         Err(e) => Err(std::io::Error::new(
             e.kind(),
             format!("cannot listen for metrics on {}: {e}", addr.spec()),
@@ -164,7 +176,7 @@ impl Arbiter {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
         let mut s = Snapshot {
-            worker_class: self.cfg.worker_class_name.clone(),
+            worker_class: self.cfg.worker_class.with_threads(self.cfg.threads).name().to_string(),
             requests: self.retired_stats.clone(),
             total_threads: (per_worker * self.workers.len()) as u64,
             workers_target: self.num_workers as u64,

@@ -144,13 +144,18 @@ fn hanging(lead: &str, text: &str, width: usize) -> String {
 /// The index of the `doctor` word when it is the command (after the global options), so that its own
 /// options are read by its own parser.
 fn doctor_position(argv: &[String]) -> Option<usize> {
+    command_position(argv, "doctor")
+}
+
+/// The index of the word `name` when it is the command (after the global options).
+fn command_position(argv: &[String], name: &str) -> Option<usize> {
     let mut i = 1;
     while let Some(a) = argv.get(i) {
         match a.as_str() {
             "-s" | "--socket" | "-t" | "--timeout" | "-c" | "--command" => i += 2,
             "--" => return None,
             a if a.starts_with('-') => i += 1,
-            "doctor" => return Some(i),
+            w if w == name => return Some(i),
             _ => return None,
         }
     }
@@ -165,6 +170,11 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         args.extend(argv[i + 1..].iter().cloned());
         return super::doctor::main(&args, out, err);
     }
+    // `top`'s own options (`--stuck`) are read by its own parser, after the global ones.
+    let (argv, top_args) = match command_position(argv, "top") {
+        Some(i) => (&argv[..=i], Some(&argv[i + 1..])),
+        None => (argv, None),
+    };
     let matches = match command().try_get_matches_from(argv) {
         Ok(m) => m,
         Err(e) => {
@@ -202,8 +212,8 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if words.is_empty() {
         return usage(err, "no command given");
     }
-    let top = if words[0].eq_ignore_ascii_case("top") {
-        match super::top::parse_options(&words[1..]) {
+    let top = if let Some(args) = top_args {
+        match super::top::parse_options(args) {
             Ok(o) => Some(o),
             Err(e) => return usage(err, &e),
         }
