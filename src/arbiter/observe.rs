@@ -176,7 +176,12 @@ impl Arbiter {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
         let mut s = Snapshot {
-            worker_class: self.cfg.worker_class.with_threads(self.cfg.threads).name().to_string(),
+            worker_class: self
+                .cfg
+                .worker_class
+                .with_threads(self.cfg.threads)
+                .name()
+                .to_string(),
             requests: self.retired_stats.clone(),
             total_threads: (per_worker * self.workers.len()) as u64,
             workers_target: self.num_workers as u64,

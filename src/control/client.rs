@@ -304,7 +304,8 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     };
     let _ = writeln!(out, "{}", text.trim_end());
     // `show health` is a probe: its status says whether the server is ready.
-    if request == Request::Show(Show::Health) && data.get("ready").and_then(Json::as_bool) != Some(true)
+    if request == Request::Show(Show::Health)
+        && data.get("ready").and_then(Json::as_bool) != Some(true)
     {
         return FAILURE;
     }
@@ -761,14 +762,8 @@ fn format_metrics(data: &Json) -> String {
 fn format_health(data: &Json) -> String {
     let yes = |k: &str| data.get(k).and_then(Json::as_bool) == Some(true);
     let mut lines = vec![
-        format!(
-            "Live:   {}",
-            if yes("live") { "yes" } else { "NO" }
-        ),
-        format!(
-            "Ready:  {}",
-            if yes("ready") { "yes" } else { "NO" }
-        ),
+        format!("Live:   {}", if yes("live") { "yes" } else { "NO" }),
+        format!("Ready:  {}", if yes("ready") { "yes" } else { "NO" }),
         format!("Reason: {}", text_of(data.get("reason"))),
     ];
     for w in data.get("workers").and_then(Json::as_array).unwrap_or(&[]) {

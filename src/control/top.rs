@@ -24,7 +24,8 @@ pub struct Options {
     pub once: bool,
 }
 
-pub const USAGE: &str = "ferricornctl [-s SOCKET] top [--interval SECONDS] [--stuck SECONDS] [--once]";
+pub const USAGE: &str =
+    "ferricornctl [-s SOCKET] top [--interval SECONDS] [--stuck SECONDS] [--once]";
 
 pub fn parse_options(words: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -40,7 +41,10 @@ pub fn parse_options(words: &[String]) -> Result<Options, String> {
                 .ok_or_else(|| format!("{} needs a number of seconds", words[i]))?;
             match w.parse::<f64>() {
                 Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-                _ => Err(format!("{}: '{w}' is not a positive number of seconds", words[i])),
+                _ => Err(format!(
+                    "{}: '{w}' is not a positive number of seconds",
+                    words[i]
+                )),
             }
         };
         match words[i].as_str() {
@@ -88,7 +92,9 @@ pub fn quantile(bounds: &[f64], cumulative: &[u64], q: f64) -> Option<f64> {
             if in_bucket == 0.0 {
                 return Some(upper);
             }
-            return Some(prev_bound + (upper - prev_bound) * (rank - prev_count as f64) / in_bucket);
+            return Some(
+                prev_bound + (upper - prev_bound) * (rank - prev_count as f64) / in_bucket,
+            );
         }
         prev_count = c;
         prev_bound = bounds.get(i).copied().unwrap_or(prev_bound);
@@ -138,7 +144,10 @@ fn text(v: Option<&Json>) -> String {
 impl State {
     /// Take a new reading of `show metrics` for the rate and the interval's histogram.
     fn observe(&mut self, metrics: &Json) {
-        let total = metrics.get("requests").and_then(Json::as_f64).unwrap_or(0.0);
+        let total = metrics
+            .get("requests")
+            .and_then(Json::as_f64)
+            .unwrap_or(0.0);
         let cumulative: Vec<u64> = num_array(metrics.get("duration_cumulative"))
             .into_iter()
             .map(|x| x as u64)
@@ -160,7 +169,11 @@ impl State {
 
     fn busy_rows(workers: &Json) -> Vec<Busy> {
         let mut rows = Vec::new();
-        for w in workers.get("workers").and_then(Json::as_array).unwrap_or(&[]) {
+        for w in workers
+            .get("workers")
+            .and_then(Json::as_array)
+            .unwrap_or(&[])
+        {
             let pid = w.get("pid").and_then(Json::as_i64).unwrap_or(0);
             for r in w.get("in_flight").and_then(Json::as_array).unwrap_or(&[]) {
                 let client = match r.get("client").and_then(Json::as_str) {
@@ -171,7 +184,11 @@ impl State {
                     pid,
                     thread: r.get("thread").and_then(Json::as_i64).unwrap_or(0),
                     age: r.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0),
-                    what: format!("{} {} from {client}", text(r.get("method")), text(r.get("path"))),
+                    what: format!(
+                        "{} {} from {client}",
+                        text(r.get("method")),
+                        text(r.get("path"))
+                    ),
                 });
             }
         }
@@ -180,8 +197,21 @@ impl State {
     }
 
     /// The screen's lines (escape codes for highlighting included when `color`).
-    fn frame(&self, server: &str, workers: &Json, metrics: &Json, o: &Options, color: bool) -> Vec<String> {
-        let paint = |code: &str, s: String| if color { format!("{code}{s}{RESET}") } else { s };
+    fn frame(
+        &self,
+        server: &str,
+        workers: &Json,
+        metrics: &Json,
+        o: &Options,
+        color: bool,
+    ) -> Vec<String> {
+        let paint = |code: &str, s: String| {
+            if color {
+                format!("{code}{s}{RESET}")
+            } else {
+                s
+            }
+        };
         let get = |k: &str| metrics.get(k).and_then(Json::as_f64).unwrap_or(0.0);
         let mut out = Vec::new();
         let clock = chrono::Local::now().format("%H:%M:%S");
@@ -189,7 +219,10 @@ impl State {
             BOLD,
             format!("ferricorn top  {server}  {clock}   q quit, j/k select, s stack"),
         ));
-        let worker_list = workers.get("workers").and_then(Json::as_array).unwrap_or(&[]);
+        let worker_list = workers
+            .get("workers")
+            .and_then(Json::as_array)
+            .unwrap_or(&[]);
         out.push(format!(
             "Workers {}   threads busy {}/{}   waiting: {} in backlog, {} in workers   rate {}",
             worker_list.len(),
@@ -242,11 +275,19 @@ impl State {
         out.push(format!(
             "Requests {} ({})   timeouts {}  slow {}  loopback {}   restarts: {}",
             get("requests"),
-            if statuses.is_empty() { "-".into() } else { statuses.join(", ") },
+            if statuses.is_empty() {
+                "-".into()
+            } else {
+                statuses.join(", ")
+            },
             get("timeouts"),
             get("slow_requests"),
             get("loopback_calls"),
-            if restarts.is_empty() { "none".into() } else { restarts.join(", ") }
+            if restarts.is_empty() {
+                "none".into()
+            } else {
+                restarts.join(", ")
+            }
         ));
         out.push(String::new());
         out.push(paint(
@@ -338,7 +379,9 @@ fn stack_of(path: &Path, timeout: Duration, pid: i64, thread: i64) -> Vec<String
             return out;
         }
     }
-    vec![format!("Worker {pid}, thread {thread} runs no request any more")]
+    vec![format!(
+        "Worker {pid}, thread {thread} runs no request any more"
+    )]
 }
 
 /// The terminal in raw mode (no echo, no line buffering) until dropped.
