@@ -358,3 +358,23 @@ def test_grafana_dashboard_uses_exported_metrics(start_server):
     exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
     missing = used - exported - {"ferricorn_asgi_event_loop_lag_seconds"}
     assert not missing, missing
+
+
+def test_reload_scale_down_and_memory_restarts(start_server):
+    srv, mport = start_with_metrics(
+        start_server, ["stuck:application", "-w", "2", "--max-worker-memory", "120"])
+
+    def restarts(cause):
+        return value(families(mport), "ferricorn_worker_restarts", "_total", cause=cause)
+
+    wait_for(lambda: len(srv.children()) == 2, 10, message="two workers")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: restarts("reload") == 2, 20, message="both workers replaced by the reload")
+    wait_for(lambda: len(srv.children()) == 2, 10, message="two workers again")
+    srv.signal(signal.SIGTTOU)
+    wait_for(lambda: restarts("scale_down") == 1, 20, message="one worker retired")
+    wait_for(lambda: len(srv.children()) == 1, 10, message="one worker")
+    # Past --max-worker-memory: recycled after its request, and counted so.
+    assert get(srv.port, "/alloc?mb=200", timeout=30).status == 200
+    wait_for(lambda: restarts("max_worker_memory") == 1, 20, message="memory recycle")
+    assert restarts("reload") == 2 and restarts("crash") == 0 and restarts("outside_kill") == 0
