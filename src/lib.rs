@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod exchange;
 pub mod log;
+pub mod metrics;
 pub mod python;
 pub mod runtime;
 pub mod scoreboard;

@@ -6,6 +6,13 @@
 //! busy with what. Fields are atomics so that a reader in another process never sees a torn integer; the
 //! short strings of a request (method, path, client) are guarded by a per-entry sequence counter (a seqlock)
 //! because they are written and read by different processes without any lock that both could share.
+//!
+//! Each slot also accumulates what the metrics report (`metrics`, served by the master): finished requests
+//! by method and status class with a fixed duration histogram ([`RequestStats`]), counted events
+//! ([`Event`]: timeouts, slow requests, loopback calls), why the worker began to stop by itself
+//! ([`StopReason`]), and each app thread's liveness beat. Workers only add to these at a request's end
+//! (one relaxed atomic add per field); the master reads them, and folds a dead worker's totals into its own
+//! before the slot is reused, so that counters never go backwards.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +27,124 @@ pub const MAX_THREADS: usize = 128;
 /// How many simultaneous loopback calls per worker the scoreboard can name.
 pub const MAX_LOOPBACK_PORTS: usize = 64;
 
+/// The methods requests are counted by; any other method counts as `other`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+/// Status classes requests are counted by; `other` is a request that ended without a status (the
+/// runtime never learnt one).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+/// Upper bounds (seconds) of the request-duration histogram's buckets, `+Inf` implied after the last.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const BUCKETS: usize = DURATION_BUCKETS.len();
+
+/// Events a worker counts in its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A request ran past `--timeout` (the worker answered 504 and retires).
+    Timeout = 0,
+    /// A request was still running at `--slow-request-threshold`.
+    SlowRequest = 1,
+    /// A loopback call (a request of this server calling it over HTTP) moved to the overflow lane.
+    LoopbackCall = 2,
+}
+pub const EVENTS: usize = 3;
+
+/// Why a worker began to stop by itself, written in its slot for the master's restart causes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum StopReason {
+    None = 0,
+    /// It served `--max-requests`.
+    MaxRequests = 1,
+    /// A request ran past `--timeout`.
+    Timeout = 2,
+}
+
+/// The index of a method in [`METHODS`].
+pub fn method_index(method: &str) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// The index of a status in [`STATUS_CLASSES`].
+pub fn status_index(status: u16) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => STATUS_CLASSES.len() - 1,
+    }
+}
+
+/// One (method, status class) cell of a slot's request statistics.
+#[repr(C)]
+struct StatCell {
+    count: AtomicU64,
+    /// Summed durations in microseconds.
+    sum_us: AtomicU64,
+    /// Requests per bucket (not cumulative); those above the last bound are `count` less their sum.
+    buckets: [AtomicU64; BUCKETS],
+}
+
+/// Finished requests by method and status class, read out of a slot (or summed over several).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestStats {
+    /// `[method][status]`: (count, summed microseconds, per-bucket counts, not cumulative).
+    pub cells: [[(u64, u64, [u64; BUCKETS]); STATUS_CLASSES.len()]; METHODS.len()],
+    pub events: [u64; EVENTS],
+}
+
+impl Default for RequestStats {
+    fn default() -> Self {
+        RequestStats {
+            cells: [[(0, 0, [0; BUCKETS]); STATUS_CLASSES.len()]; METHODS.len()],
+            events: [0; EVENTS],
+        }
+    }
+}
+
+impl RequestStats {
+    pub fn add(&mut self, other: &RequestStats) {
+        for (mine, theirs) in self
+            .cells
+            .iter_mut()
+            .flatten()
+            .zip(other.cells.iter().flatten())
+        {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+            for (a, b) in mine.2.iter_mut().zip(theirs.2.iter()) {
+                *a += b;
+            }
+        }
+        for (a, b) in self.events.iter_mut().zip(other.events.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Requests counted, over every method and status.
+    pub fn total(&self) -> u64 {
+        self.cells.iter().flatten().map(|c| c.0).sum()
+    }
+
+    /// The duration histogram over every method and status: per-bucket counts (not cumulative), then
+    /// those above the last bound.
+    pub fn histogram(&self) -> ([u64; BUCKETS], u64) {
+        let mut b = [0u64; BUCKETS];
+        let mut over = 0;
+        for c in self.cells.iter().flatten() {
+            for (a, x) in b.iter_mut().zip(c.2.iter()) {
+                *a += x;
+            }
+            over += c.0 - c.2.iter().sum::<u64>().min(c.0);
+        }
+        (b, over)
+    }
+}
+
 const METHOD_LEN: usize = 16;
 const PATH_LEN: usize = 192;
 const CLIENT_LEN: usize = 48;
@@ -32,6 +157,17 @@ pub enum WorkerState {
     Idle = 2,
     Busy = 3,
     Stopping = 4,
+}
+
+/// The state as `show workers` and the health answers name it.
+pub fn state_name(state: WorkerState) -> &'static str {
+    match state {
+        WorkerState::Free => "free",
+        WorkerState::Booting => "booting",
+        WorkerState::Idle => "idle",
+        WorkerState::Busy => "busy",
+        WorkerState::Stopping => "stopping",
+    }
 }
 
 impl WorkerState {
@@ -74,6 +210,12 @@ struct WorkerSlot {
     /// `loopback::SCAN_INTERVAL`).
     queued: AtomicU32,
     threads: [ThreadEntry; MAX_THREADS],
+    /// A [`StopReason`]: why the worker began to stop by itself.
+    stop_reason: AtomicU32,
+    events: [AtomicU64; EVENTS],
+    stats: [[StatCell; STATUS_CLASSES.len()]; METHODS.len()],
+    /// Per app thread: when it last showed it was alive (monotonic ns; 0 = it never reported).
+    thread_beat: [AtomicU64; MAX_THREADS],
 }
 
 /// A snapshot of one thread's request, read consistently.
@@ -196,6 +338,20 @@ impl Scoreboard {
             p.store(0, Ordering::Relaxed);
         }
         s.queued.store(0, Ordering::Relaxed);
+        s.stop_reason.store(0, Ordering::Relaxed);
+        for e in s.events.iter() {
+            e.store(0, Ordering::Relaxed);
+        }
+        for c in s.stats.iter().flatten() {
+            c.count.store(0, Ordering::Relaxed);
+            c.sum_us.store(0, Ordering::Relaxed);
+            for b in c.buckets.iter() {
+                b.store(0, Ordering::Relaxed);
+            }
+        }
+        for t in s.thread_beat.iter() {
+            t.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn set_pid(&self, index: usize, pid: i32) {
@@ -396,7 +552,85 @@ impl WorkerHandle {
         }
     }
 
-    /// The oldest request in flight on any thread, if any: (thread index, snapshot).
+    /// A finished request, for the metrics: its method, status (0 when none is known) and duration.
+    pub fn record_request(&self, method: &str, status: u16, duration_ns: u64) {
+        let cell = &self.slot().stats[method_index(method)][status_index(status)];
+        let secs = duration_ns as f64 / 1e9;
+        if let Some(b) = DURATION_BUCKETS.iter().position(|le| secs <= *le) {
+            cell.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        cell.sum_us.fetch_add(duration_ns / 1000, Ordering::Relaxed);
+        // Last, so that a reader never sees more in the buckets than in the count.
+        cell.count.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn count(&self, event: Event) {
+        self.slot().events[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the slot accumulated since the worker was spawned.
+    pub fn request_stats(&self) -> RequestStats {
+        let mut out = RequestStats::default();
+        for (row, cells) in out.cells.iter_mut().zip(self.slot().stats.iter()) {
+            for (o, c) in row.iter_mut().zip(cells.iter()) {
+                let count = c.count.load(Ordering::Acquire);
+                let mut buckets = [0u64; BUCKETS];
+                for (b, x) in buckets.iter_mut().zip(c.buckets.iter()) {
+                    *b = x.load(Ordering::Relaxed);
+                }
+                *o = (count, c.sum_us.load(Ordering::Relaxed), buckets);
+            }
+        }
+        for (o, e) in out.events.iter_mut().zip(self.slot().events.iter()) {
+            *o = e.load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    pub fn set_stop_reason(&self, reason: StopReason) {
+        // The first reason stays: a timeout during a max-requests retirement is still a retirement.
+        let _ = self.slot().stop_reason.compare_exchange(
+            0,
+            reason as u32,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn stop_reason(&self) -> StopReason {
+        match self.slot().stop_reason.load(Ordering::Acquire) {
+            1 => StopReason::MaxRequests,
+            2 => StopReason::Timeout,
+            _ => StopReason::None,
+        }
+    }
+
+    /// App thread `thread` shows it is alive (called by the thread itself, with the interpreter's lock
+    /// held, so that a beat also proves the interpreter lets threads run).
+    pub fn thread_alive(&self, thread: usize) {
+        if let Some(t) = self.slot().thread_beat.get(thread) {
+            t.store(now_ns(), Ordering::Release);
+        }
+    }
+
+    /// When each of the first `n` app threads last showed it was alive (0 = never reported).
+    pub fn thread_beats(&self, n: usize) -> Vec<u64> {
+        self.slot()
+            .thread_beat
+            .iter()
+            .take(n)
+            .map(|t| t.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// When the request of thread `thread` started (0 when it runs none).
+    pub fn thread_request_started_ns(&self, thread: usize) -> u64 {
+        self.slot()
+            .threads
+            .get(thread)
+            .map_or(0, |t| t.started_ns.load(Ordering::Acquire))
+    }
+
     /// When the oldest request in flight started (monotonic ns), without reading the requests themselves.
     pub fn oldest_start_ns(&self) -> Option<u64> {
         self.slot()
@@ -494,6 +728,50 @@ mod tests {
         w.request_finished(3);
         assert!(w.oldest_request().is_none());
         assert_eq!(w.requests(), 1);
+    }
+
+    #[test]
+    fn request_stats_across_fork_and_reuse() {
+        let board = Scoreboard::create().expect("mmap");
+        board.claim(1, 1);
+        // SAFETY: the child only touches the shared mapping and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let w = board.worker(1);
+            w.record_request("GET", 200, 3_000_000); // 3 ms: first bucket
+            w.record_request("GET", 204, 200_000_000); // 0.2 s
+            w.record_request("BREW", 0, 500_000_000_000); // 500 s: above every bound
+            w.count(Event::Timeout);
+            w.set_stop_reason(StopReason::Timeout);
+            w.set_stop_reason(StopReason::MaxRequests);
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let w = board.worker(1);
+        let s = w.request_stats();
+        let get_2xx = s.cells[0][1];
+        assert_eq!(get_2xx.0, 2);
+        assert_eq!(get_2xx.1, 203_000);
+        assert_eq!(get_2xx.2[0], 1);
+        assert_eq!(get_2xx.2[5], 1); // 0.25
+        assert_eq!(s.cells[7][5].0, 1);
+        assert_eq!(s.total(), 3);
+        let (buckets, over) = s.histogram();
+        assert_eq!(buckets.iter().sum::<u64>(), 2);
+        assert_eq!(over, 1);
+        assert_eq!(s.events[Event::Timeout as usize], 1);
+        assert_eq!(w.stop_reason(), StopReason::Timeout);
+        let mut total = RequestStats::default();
+        total.add(&s);
+        total.add(&s);
+        assert_eq!(total.total(), 6);
+        board.claim(1, 2);
+        assert_eq!(w.request_stats(), RequestStats::default());
+        assert_eq!(w.stop_reason(), StopReason::None);
+        assert_eq!(method_index("OPTIONS"), 6);
+        assert_eq!(status_index(599), 4);
+        assert_eq!(status_index(600), 5);
     }
 
     #[test]

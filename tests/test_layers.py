@@ -27,8 +27,9 @@ LAYERS = [
     # The error and access logs; the shared-memory scoreboard of master and workers.
     ["log", "scoreboard"],
     # Unix service helpers (pidfile, privileges, systemd, reload, /proc/net/tcp); listening sockets;
-    # the stack snapshots' shared area; what crosses between a worker's I/O side and an app runtime.
-    ["system", "sock", "snapshot", "exchange"],
+    # the stack snapshots' shared area; what crosses between a worker's I/O side and an app runtime;
+    # observability (statsd, the Prometheus and health listener, built on the scoreboard).
+    ["system", "sock", "snapshot", "exchange", "metrics"],
     # The embedded interpreter: config file, hooks, app loading, stacks, fork.
     ["python"],
     # The self-pipe of master and workers; the control socket (its server side, ferricornctl, doctor).

@@ -102,6 +102,14 @@ impl Arbiter {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: self
+                    .metrics
+                    .as_ref()
+                    .map_or(-1, crate::metrics::server::MetricsServer::fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two pollfds we own.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -109,10 +117,12 @@ impl Arbiter {
             server.handle_ready(self);
             self.control = Some(server);
         }
+        self.serve_metrics();
         if std::mem::take(&mut self.control_pending.reload) {
             self.reload();
         }
         match self.control_pending.halt.take() {
+            Some(h) if h.graceful => self.begin_graceful_stop(),
             Some(h) => Err(h),
             None => Ok(()),
         }
@@ -287,6 +297,14 @@ impl ControlTarget for Arbiter {
             .collect()
     }
 
+    fn metrics(&self) -> Option<crate::metrics::Snapshot> {
+        Some(self.snapshot())
+    }
+
+    fn health(&self) -> Option<crate::metrics::health::Health> {
+        Some(self.judge_health())
+    }
+
     fn command(&mut self, cmd: ControlCommand) -> Result<Outcome, String> {
         match cmd {
             ControlCommand::AddWorkers(n) => {
@@ -313,6 +331,9 @@ impl ControlTarget for Arbiter {
                     return Err(format!("Worker {pid} not found"));
                 }
                 // Graceful, as gunicorn's `worker kill`; once it is reaped the loop starts a new one.
+                if let Some(w) = self.workers.get_mut(&pid) {
+                    w.cause.get_or_insert(crate::metrics::Cause::Control);
+                }
                 self.kill_worker(pid, Signal::SIGTERM);
                 Ok(Outcome::Killed(pid))
             }

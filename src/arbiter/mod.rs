@@ -6,6 +6,7 @@
 pub mod boot;
 mod control;
 mod daemon;
+mod observe;
 mod oom;
 mod starvation;
 
@@ -65,6 +66,8 @@ struct WorkerProc {
     /// means the OOM killer struck some process of the cgroup during its life (see oom.rs).
     oom_kills_at_spawn: Option<u64>,
     spawned_at: Instant,
+    /// Why the master retired it (reload, scale-down, memory, `worker kill`), for the restart causes.
+    cause: Option<crate::metrics::Cause>,
     /// When the master told it to stop (TTOU, HUP, memory limit) or it began stopping by itself.
     retired_at: Option<Instant>,
 }
@@ -118,6 +121,23 @@ pub struct Arbiter {
     reloads: u64,
     /// The worker count last logged at debug level (`N workers`, as gunicorn).
     logged_worker_count: Option<usize>,
+    /// `--metrics-bind`'s listener (observe.rs).
+    metrics: Option<crate::metrics::server::MetricsServer>,
+    /// A graceful stop has begun: readiness is off. Set at TERM (before `--shutdown-delay`) and kept.
+    stopping: bool,
+    /// The end of `--shutdown-delay`, while it runs.
+    drain_until: Option<Instant>,
+    /// The master is stopping its workers for good: their deaths are not restarts.
+    halting: bool,
+    /// Worker restarts by cause, and the request totals of workers that are gone.
+    restarts: crate::metrics::Restarts,
+    retired_stats: crate::scoreboard::RequestStats,
+    /// Seconds of starvation so far, and when it was last looked at.
+    starvation_secs: f64,
+    starvation_checked: Option<Instant>,
+    started: Instant,
+    /// The last death reported was named an OOM kill by the kernel log.
+    death_was_oom: bool,
 }
 
 /// The requests a worker is running, for a log line: "requests still running: GET /a from 127.0.0.1:5555,
@@ -151,6 +171,8 @@ impl Arbiter {
         crate::snapshot::Snapshots::create()?;
         let sigpipe = SignalPipe::install(&MASTER_SIGNALS)?;
         let control = control::open(&cfg, &log)?;
+        let metrics = observe::open(&cfg, &log)?;
+        crate::metrics::statsd::init(&cfg, &log);
         Ok(Arbiter {
             num_workers: cfg.workers.max(1),
             cfg,
@@ -180,6 +202,16 @@ impl Arbiter {
             control_pending: Default::default(),
             reloads: 0,
             logged_worker_count: None,
+            metrics,
+            stopping: false,
+            drain_until: None,
+            halting: false,
+            restarts: Default::default(),
+            retired_stats: Default::default(),
+            starvation_secs: 0.0,
+            starvation_checked: None,
+            started: Instant::now(),
+            death_was_oom: false,
         })
     }
 
@@ -247,6 +279,9 @@ impl Arbiter {
             if let Err(h) = self.wait_and_serve_control(1000) {
                 break h;
             }
+            if let Err(h) = self.drain_over() {
+                break h;
+            }
             if let Err(h) = self.handle_signals() {
                 break h;
             }
@@ -279,13 +314,7 @@ impl Arbiter {
             self.log
                 .info(&format!("Handling signal: {}", signals::name(sig)));
             match sig {
-                Signal::SIGTERM => {
-                    return Err(Halt {
-                        reason: None,
-                        status: 0,
-                        graceful: true,
-                    })
-                }
+                Signal::SIGTERM => self.begin_graceful_stop()?,
                 Signal::SIGINT | Signal::SIGQUIT => {
                     return Err(Halt {
                         reason: None,
@@ -464,7 +493,11 @@ impl Arbiter {
             }
         }
         for pid in old {
-            self.retire(pid, Some(Signal::SIGTERM));
+            self.retire(
+                pid,
+                Some(Signal::SIGTERM),
+                Some(crate::metrics::Cause::Reload),
+            );
         }
     }
 
@@ -488,7 +521,7 @@ impl Arbiter {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in stopping {
-            self.retire(pid, None);
+            self.retire(pid, None, None);
         }
         // After workers died right after boot again and again, wait before the next spawn.
         if self.next_spawn_at.is_some_and(|t| Instant::now() < t) {
@@ -502,24 +535,38 @@ impl Arbiter {
             let Some((&pid, _)) = self.workers.iter().min_by_key(|(_, w)| w.age) else {
                 break;
             };
-            self.retire(pid, Some(Signal::SIGTERM));
+            self.retire(
+                pid,
+                Some(Signal::SIGTERM),
+                Some(crate::metrics::Cause::ScaleDown),
+            );
         }
         // gunicorn's gauge line, whenever the number of workers counted changes.
         let count = self.workers.len();
         if self.logged_worker_count != Some(count) {
             self.logged_worker_count = Some(count);
             self.log.debug(&format!("{count} workers"));
+            if let Some(statsd) = crate::metrics::statsd::get() {
+                statsd.send(&[(
+                    "gunicorn.workers",
+                    count as f64,
+                    crate::metrics::statsd::Kind::Gauge,
+                )]);
+            }
         }
         Ok(())
     }
 
     /// Stop counting a worker (it stays known until reaped), optionally telling it to stop.
-    fn retire(&mut self, pid: i32, sig: Option<Signal>) {
+    fn retire(&mut self, pid: i32, sig: Option<Signal>, cause: Option<crate::metrics::Cause>) {
         if let Some(sig) = sig {
             self.kill_worker(pid, sig);
         }
         if let Some(mut w) = self.workers.remove(&pid) {
             w.retired_at = Some(Instant::now());
+            if w.cause.is_none() {
+                w.cause = cause;
+            }
             self.retiring.push((pid, w));
         }
     }
@@ -566,6 +613,9 @@ impl Arbiter {
                 if let Some(c) = &self.control {
                     c.close_in_child();
                 }
+                if let Some(m) = &self.metrics {
+                    m.close_in_child();
+                }
                 self.kernel_log.close_in_child();
                 let handle = self.board.worker(slot);
                 let preloaded = self.preloaded.as_ref().map(|a| a.clone_ref(py));
@@ -600,6 +650,7 @@ impl Arbiter {
                         last_rss: 0,
                         oom_kills_at_spawn: self.oom.count(),
                         spawned_at: Instant::now(),
+                        cause: None,
                         retired_at: None,
                     },
                 );
@@ -645,9 +696,11 @@ impl Arbiter {
                     .debug(&format!("Reaped unknown child process (pid:{pid})"));
                 continue;
             };
+            self.death_was_oom = false;
             if let Some(sig) = signal {
                 self.report_signaled(pid, sig, &proc);
             }
+            self.count_death(&proc, exitcode, signal);
             let _ = self.hook("child_exit", |py, h| {
                 PyTuple::new(
                     py,
@@ -757,6 +810,7 @@ impl Arbiter {
         };
         let cause = match self.kernel_log.names_oom_kill(pid) {
             Some(true) => {
+                self.death_was_oom = true;
                 return self.log.error(&format!(
                     "{msg} Out of memory: the kernel's OOM killer ended it ({rss}; {request})."
                 ))
@@ -816,7 +870,11 @@ impl Arbiter {
                 rss as f64 / (1024.0 * 1024.0),
                 self.cfg.max_worker_memory
             ));
-            self.retire(pid, Some(Signal::SIGTERM));
+            self.retire(
+                pid,
+                Some(Signal::SIGTERM),
+                Some(crate::metrics::Cause::MaxWorkerMemory),
+            );
         }
     }
 
@@ -851,6 +909,7 @@ impl Arbiter {
         self.peak_busy_threads = self.peak_busy_threads.max(busy.len());
         self.peak_waiting = self.peak_waiting.max(backlog + inside);
         let starved = capacity > 0 && busy.len() >= capacity && backlog + inside > 0;
+        self.note_starvation(starved, backlog);
         let lasted = match self.starvation.observe(starved, Instant::now()) {
             starvation::Report::Nothing => return,
             starvation::Report::Ended(lasted) => {
@@ -1032,7 +1091,8 @@ impl Arbiter {
                 }
             }
             let _ = self.reap_workers();
-            std::thread::sleep(Duration::from_millis(50));
+            // Scrapes and health checks are still answered: readiness says the server is stopping.
+            self.serve_metrics_for(Duration::from_millis(50));
         }
         // Whoever is still there is killed, and the log says so before the deaths are reported.
         let _ = self.reap_workers();
@@ -1063,6 +1123,8 @@ impl Arbiter {
 
     fn halt(mut self, py: Python<'_>, halt: Halt) -> i32 {
         crate::system::master_stopping(&self.log);
+        self.stopping = true;
+        self.halting = true;
         // Answer what is pending and remove the socket file before the (possibly long) stop.
         drop(self.control.take());
         py.detach(|| self.stop(halt.graceful));

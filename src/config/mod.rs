@@ -13,6 +13,7 @@ pub mod control_socket;
 pub mod file;
 pub mod ids;
 pub mod network;
+pub mod observability;
 pub mod settings;
 pub mod shell_words;
 
@@ -145,6 +146,19 @@ pub struct Config {
     pub control_socket_mode: u32,
     /// `--no-control-socket`.
     pub control_socket_disable: bool,
+    /// `--statsd-host`: where per-request and server metrics go as statsd datagrams; None = off.
+    pub statsd_host: Option<observability::StatsdAddress>,
+    /// `--statsd-prefix`, with the trailing dot gunicorn adds (empty: no prefix).
+    pub statsd_prefix: String,
+    /// `--dogstatsd-tags`, comma-separated, appended to every datagram as `|#tags`.
+    pub dogstatsd_tags: String,
+    /// `--enable-backlog-metric`: the master sends `gunicorn.backlog` every tick.
+    pub enable_backlog_metric: bool,
+    /// `--metrics-bind`: the Prometheus and health listener of the master; None = off.
+    pub metrics_bind: Option<BindAddress>,
+    /// `--shutdown-delay`: seconds between a graceful stop's start (readiness off) and the listeners
+    /// closing.
+    pub shutdown_delay: u64,
     pub check_config: bool,
     pub print_config: bool,
     pub config_file: Option<String>,
@@ -233,6 +247,12 @@ impl Default for Config {
             control_socket: None,
             control_socket_mode: control_socket::DEFAULT_MODE,
             control_socket_disable: false,
+            statsd_host: None,
+            statsd_prefix: String::new(),
+            dogstatsd_tags: String::new(),
+            enable_backlog_metric: false,
+            metrics_bind: None,
+            shutdown_delay: 0,
             check_config: false,
             print_config: false,
             config_file: None,

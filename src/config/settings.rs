@@ -1351,6 +1351,123 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |c| py_bool(c.control_socket_disable),
     },
+    // ---- observability: statsd as gunicorn, the metrics listener, readiness on a graceful stop ----
+    Setting {
+        name: "statsd_host",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--statsd-host"],
+        hidden_aliases: &[],
+        meta: "STATSD_ADDR",
+        default: "None",
+        help: "Send statsd metrics (gunicorn's names) to HOST:PORT over UDP, or to unix:PATH",
+        apply: |c, v| {
+            c.statsd_host = match opt_string(v)?.filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => Some(
+                    super::observability::StatsdAddress::parse(&s).map_err(ValueError::Invalid)?,
+                ),
+            };
+            Ok(())
+        },
+        show: |c| match &c.statsd_host {
+            Some(a) => a.to_string(),
+            None => "None".to_string(),
+        },
+    },
+    Setting {
+        name: "statsd_prefix",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--statsd-prefix"],
+        hidden_aliases: &[],
+        meta: "STATSD_PREFIX",
+        default: "''",
+        help: "Prefix of every statsd metric name (a trailing dot is added)",
+        apply: |c, v| {
+            let p = opt_string(v)?.unwrap_or_default();
+            // As gunicorn: the prefix ends with exactly one dot, whatever it ended with.
+            let trimmed = p.trim_end_matches('.');
+            c.statsd_prefix = if trimmed.is_empty() {
+                p
+            } else {
+                format!("{trimmed}.")
+            };
+            Ok(())
+        },
+        show: |c| c.statsd_prefix.clone(),
+    },
+    Setting {
+        name: "dogstatsd_tags",
+        section: Section::Logging,
+        kind: Kind::Value,
+        cli: &["--dogstatsd-tags"],
+        hidden_aliases: &[],
+        meta: "DOGSTATSD_TAGS",
+        default: "''",
+        help: "Datadog tags for every statsd metric, comma-separated (env:prod,app:web)",
+        apply: |c, v| {
+            c.dogstatsd_tags = super::observability::check_dogstatsd_tags(
+                &opt_string(v)?.unwrap_or_default(),
+            )
+            .map_err(ValueError::Invalid)?;
+            Ok(())
+        },
+        show: |c| c.dogstatsd_tags.clone(),
+    },
+    Setting {
+        name: "enable_backlog_metric",
+        section: Section::Logging,
+        kind: Kind::Switch,
+        cli: &["--enable-backlog-metric"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Send the listen backlog as the statsd metric gunicorn.backlog every second",
+        apply: |c, v| {
+            c.enable_backlog_metric = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.enable_backlog_metric),
+    },
+    Setting {
+        name: "metrics_bind",
+        section: Section::Diagnostics,
+        kind: Kind::Value,
+        cli: &["--metrics-bind"],
+        hidden_aliases: &[],
+        meta: "ADDRESS",
+        default: "None (off)",
+        help: "Serve Prometheus metrics (/metrics), /healthz and /readyz from the master on this address (HOST:PORT or unix:PATH), never the app's",
+        apply: |c, v| {
+            c.metrics_bind = match opt_string(v)?.filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => Some(
+                    super::observability::parse_metrics_bind(&s).map_err(ValueError::Invalid)?,
+                ),
+            };
+            Ok(())
+        },
+        show: |c| match &c.metrics_bind {
+            Some(a) => a.spec(),
+            None => "None".to_string(),
+        },
+    },
+    Setting {
+        name: "shutdown_delay",
+        section: Section::Diagnostics,
+        kind: Kind::Value,
+        cli: &["--shutdown-delay"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "0",
+        help: "On a graceful stop (TERM), answer /readyz with 503 and keep serving this long before the listeners close, so a load balancer stops sending first",
+        apply: |c, v| {
+            c.shutdown_delay = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.shutdown_delay.to_string(),
+    },
     Setting {
         name: "pythonpath",
         section: Section::ServerMechanics,

@@ -48,7 +48,11 @@ fn command() -> Command {
         "doctor [OPTIONS]",
         "Diagnose worker timeouts: settings vs nginx, host, logs, database, probes (see doctor --help)",
     );
-    for (c, h) in protocol::COMMANDS.iter().chain([&doctor]) {
+    let top = (
+        "top [--stuck S] [--once]",
+        "A live screen: busy threads by age (stuck ones highlighted), rate, latency, waiting; s shows a stack, q quits",
+    );
+    for (c, h) in protocol::COMMANDS.iter().chain([&top, &doctor]) {
         commands.push_str(&hanging(&format!("  {c:width$}  "), h, HELP_WIDTH));
     }
     commands.push_str(
@@ -140,13 +144,18 @@ fn hanging(lead: &str, text: &str, width: usize) -> String {
 /// The index of the `doctor` word when it is the command (after the global options), so that its own
 /// options are read by its own parser.
 fn doctor_position(argv: &[String]) -> Option<usize> {
+    command_position(argv, "doctor")
+}
+
+/// The index of the word `name` when it is the command (after the global options).
+fn command_position(argv: &[String], name: &str) -> Option<usize> {
     let mut i = 1;
     while let Some(a) = argv.get(i) {
         match a.as_str() {
             "-s" | "--socket" | "-t" | "--timeout" | "-c" | "--command" => i += 2,
             "--" => return None,
             a if a.starts_with('-') => i += 1,
-            "doctor" => return Some(i),
+            w if w == name => return Some(i),
             _ => return None,
         }
     }
@@ -161,6 +170,11 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         args.extend(argv[i + 1..].iter().cloned());
         return super::doctor::main(&args, out, err);
     }
+    // `top`'s own options (`--stuck`) are read by its own parser, after the global ones.
+    let (argv, top_args) = match command_position(argv, "top") {
+        Some(i) => (&argv[..=i], Some(&argv[i + 1..])),
+        None => (argv, None),
+    };
     let matches = match command().try_get_matches_from(argv) {
         Ok(m) => m,
         Err(e) => {
@@ -198,9 +212,20 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if words.is_empty() {
         return usage(err, "no command given");
     }
-    let request = match protocol::parse_command(&words) {
-        Ok(r) => r,
-        Err(e) => return usage(err, &e),
+    let top = if let Some(args) = top_args {
+        match super::top::parse_options(args) {
+            Ok(o) => Some(o),
+            Err(e) => return usage(err, &e),
+        }
+    } else {
+        None
+    };
+    let request = match top {
+        Some(_) => Request::Help,
+        None => match protocol::parse_command(&words) {
+            Ok(r) => r,
+            Err(e) => return usage(err, &e),
+        },
     };
     let timeout = *matches.get_one::<f64>("timeout").unwrap_or(&10.0);
     if !(timeout.is_finite() && timeout > 0.0) {
@@ -218,6 +243,16 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     };
     let json = matches.get_flag("json");
     let timeout = Duration::from_secs_f64(timeout);
+    if let Some(options) = top {
+        let server = match Connection::open(&path, timeout).and_then(|mut c| c.describe_server()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(err, "{PROG}: {e}");
+                return FAILURE;
+            }
+        };
+        return super::top::run(&path, &server, timeout, &options, out, err);
+    }
     let talk = || -> Result<(String, Json), String> {
         let mut conn = Connection::open(&path, timeout)?;
         let server = conn.describe_server()?;
@@ -268,6 +303,12 @@ fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         human(&request, &data)
     };
     let _ = writeln!(out, "{}", text.trim_end());
+    // `show health` is a probe: its status says whether the server is ready.
+    if request == Request::Show(Show::Health)
+        && data.get("ready").and_then(Json::as_bool) != Some(true)
+    {
+        return FAILURE;
+    }
     0
 }
 
@@ -286,7 +327,7 @@ pub(crate) fn exchange(path: &Path, words: &[String], timeout: Duration) -> Resu
 }
 
 /// One connection to a control socket, for one or more requests.
-struct Connection<'a> {
+pub(super) struct Connection<'a> {
     path: &'a Path,
     stream: std::os::unix::net::UnixStream,
     timeout: Duration,
@@ -294,7 +335,7 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn open(path: &'a Path, timeout: Duration) -> Result<Connection<'a>, String> {
+    pub(super) fn open(path: &'a Path, timeout: Duration) -> Result<Connection<'a>, String> {
         let cannot_connect = |e: &std::io::Error| {
             format!(
                 "cannot connect to {}: {} (is the server running with its control socket there? see -s)",
@@ -341,7 +382,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn request(&mut self, words: &[String]) -> Result<Json, String> {
+    pub(super) fn request(&mut self, words: &[String]) -> Result<Json, String> {
         let id = self.next_id;
         self.next_id += 1;
         self.stream
@@ -373,7 +414,7 @@ impl<'a> Connection<'a> {
     /// Which server this is, for the first line of the answer: `pid 1234, listening at
     /// http://127.0.0.1:8000 (control socket /run/app/ferricorn.ctl)`. Asked before the command, so
     /// that even `shutdown` names the server it stopped.
-    fn describe_server(&mut self) -> Result<String, String> {
+    pub(super) fn describe_server(&mut self) -> Result<String, String> {
         let pid = match super::peer_pid(std::os::fd::AsRawFd::as_raw_fd(&self.stream)) {
             Some(p) => format!("pid {p}"),
             None => "pid unknown".to_string(),
@@ -516,6 +557,8 @@ fn human(request: &Request, data: &Json) -> String {
         Request::Show(Show::Listeners) => format_listeners(data),
         Request::Show(Show::All) => format_all(data),
         Request::Show(Show::Stacks) => format_stacks(data),
+        Request::Show(Show::Metrics) => format_metrics(data),
+        Request::Show(Show::Health) => format_health(data),
         Request::Show(Show::Dirty) if data.get("enabled").and_then(Json::as_bool) != Some(true) => {
             "No dirty workers".to_string()
         }
@@ -650,6 +693,99 @@ fn format_stacks(data: &Json) -> String {
                 ));
             }
         }
+    }
+    lines.join("\n")
+}
+
+fn format_metrics(data: &Json) -> String {
+    let bounds: Vec<f64> = data
+        .get("duration_buckets")
+        .and_then(Json::as_array)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(Json::as_f64)
+        .collect();
+    let cumulative: Vec<u64> = data
+        .get("duration_cumulative")
+        .and_then(Json::as_array)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(Json::as_f64)
+        .map(|x| x as u64)
+        .collect();
+    let pct = |q| {
+        super::top::quantile(&bounds, &cumulative, q)
+            .map_or("-".to_string(), |s| format!("{:.1}ms", s * 1000.0))
+    };
+    let pairs = |key: &str| {
+        data.get(key)
+            .and_then(Json::as_object)
+            .unwrap_or(&[])
+            .iter()
+            .map(|(k, v)| format!("{k} {}", text_of(Some(v))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut lines = vec![
+        format!("Requests:           {}", text_of(data.get("requests"))),
+        format!("By status:          {}", pairs("requests_by_status")),
+        format!(
+            "Latency:            p50 {}, p90 {}, p99 {} (since start)",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99)
+        ),
+        format!(
+            "Threads busy:       {}/{}",
+            text_of(data.get("busy_threads")),
+            text_of(data.get("total_threads"))
+        ),
+        format!(
+            "Waiting:            {} in the listen backlog, {} inside workers",
+            text_of(data.get("waiting_backlog")),
+            text_of(data.get("waiting_inside"))
+        ),
+    ];
+    for (key, label) in [
+        ("timeouts", "Timeouts"),
+        ("slow_requests", "Slow requests"),
+        ("loopback_calls", "Loopback calls"),
+        ("starvation_seconds", "Starvation seconds"),
+    ] {
+        let label = format!("{label}:");
+        lines.push(format!("{label:<20}{}", text_of(data.get(key))));
+    }
+    lines.push(format!("Restarts by cause:  {}", pairs("restarts")));
+    lines.join("\n")
+}
+
+fn format_health(data: &Json) -> String {
+    let yes = |k: &str| data.get(k).and_then(Json::as_bool) == Some(true);
+    let mut lines = vec![
+        format!("Live:   {}", if yes("live") { "yes" } else { "NO" }),
+        format!("Ready:  {}", if yes("ready") { "yes" } else { "NO" }),
+        format!("Reason: {}", text_of(data.get("reason"))),
+    ];
+    for w in data.get("workers").and_then(Json::as_array).unwrap_or(&[]) {
+        let problem = text_of(w.get("problem"));
+        lines.push(format!(
+            "  worker {} {}: {}, loop beat {} ago, {}/{} threads alive{}",
+            text_of(w.get("pid")),
+            text_of(w.get("state")),
+            if w.get("alive").and_then(Json::as_bool) == Some(true) {
+                "alive"
+            } else {
+                "NOT ALIVE"
+            },
+            elapsed(w.get("loop_age").and_then(Json::as_f64).unwrap_or(0.0)),
+            text_of(w.get("threads_alive")),
+            text_of(w.get("threads_reporting")),
+            if problem.is_empty() || problem == "-" {
+                String::new()
+            } else {
+                format!(": {problem}")
+            }
+        ));
     }
     lines.join("\n")
 }

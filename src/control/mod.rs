@@ -14,6 +14,7 @@ pub mod client;
 pub mod doctor;
 pub mod json;
 pub mod protocol;
+pub mod top;
 
 use std::collections::HashMap;
 use std::fs;
@@ -235,6 +236,14 @@ pub trait ControlTarget {
     /// Every worker's threads with their stacks (asking each worker for a fresh snapshot).
     fn stacks(&self) -> Vec<WorkerStacks> {
         Vec::new()
+    }
+    /// The metrics as a scrape would read them now (None where there are none).
+    fn metrics(&self) -> Option<crate::metrics::Snapshot> {
+        None
+    }
+    /// Liveness and readiness, as `/healthz` and `/readyz` judge them.
+    fn health(&self) -> Option<crate::metrics::health::Health> {
+        None
     }
     /// Carry out an action; `Err` is the message sent back to the client.
     fn command(&mut self, cmd: ControlCommand) -> Result<Outcome, String>;
@@ -668,6 +677,14 @@ impl ControlServer {
             Request::Show(Show::Stacks) => protocol::stacks_data(&target.stacks()),
             Request::Show(Show::All) => protocol::all_data(std::process::id(), &target.workers()),
             Request::Show(Show::Dirty) => protocol::dirty_data(),
+            Request::Show(Show::Metrics) => match target.metrics() {
+                Some(m) => protocol::metrics_data(&m),
+                None => return protocol::error_reply(id, "No metrics here"),
+            },
+            Request::Show(Show::Health) => match target.health() {
+                Some(h) => protocol::health_data(&h),
+                None => return protocol::error_reply(id, "No health here"),
+            },
             Request::Help => protocol::help_data(),
             Request::Action(cmd) => match target.command(cmd.clone()) {
                 Ok(outcome) => {

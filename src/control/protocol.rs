@@ -86,6 +86,10 @@ pub enum Show {
     Stacks,
     /// gunicorn's dirty-worker pool, which ferricorn does not have: always reported as not running.
     Dirty,
+    /// The metrics' totals: requests by status class, the duration histogram, waiting, restarts.
+    Metrics,
+    /// Liveness and readiness, as `/healthz` and `/readyz` answer them.
+    Health,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +111,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (
         "show stacks",
         "The Python stack of every request in flight, and each worker's recent requests",
+    ),
+    (
+        "show metrics",
+        "Request counts by status, the latency histogram, waiting connections, restarts by cause",
+    ),
+    (
+        "show health",
+        "Liveness (every worker's I/O loop and threads alive) and readiness (false once stopping)",
     ),
     ("show all", "The master and its workers"),
     ("worker add [N]", "Run N more workers (default 1)"),
@@ -190,7 +202,7 @@ pub fn parse_command(words: &[String]) -> Result<Request, String> {
             let target = match word(1) {
                 None => {
                     return Err(
-                        "Missing show target (workers|stats|config|listeners|stacks|all)".into(),
+                        "Missing show target (workers|stats|config|listeners|stacks|metrics|health|all)".into(),
                     )
                 }
                 Some("all") => Show::All,
@@ -200,6 +212,8 @@ pub fn parse_command(words: &[String]) -> Result<Request, String> {
                 Some("listeners") => Show::Listeners,
                 Some("stacks") => Show::Stacks,
                 Some("dirty") => Show::Dirty,
+                Some("metrics") => Show::Metrics,
+                Some("health") => Show::Health,
                 Some(other) => return Err(format!("Unknown show target: {other}")),
             };
             no_more(words, 2)?;
@@ -254,15 +268,7 @@ pub fn parse_command(words: &[String]) -> Result<Request, String> {
     Ok(req)
 }
 
-pub fn state_name(state: WorkerState) -> &'static str {
-    match state {
-        WorkerState::Free => "free",
-        WorkerState::Booting => "booting",
-        WorkerState::Idle => "idle",
-        WorkerState::Busy => "busy",
-        WorkerState::Stopping => "stopping",
-    }
-}
+pub use crate::scoreboard::state_name;
 
 /// Seconds rounded to hundredths, as gunicorn reports them.
 fn secs(x: f64) -> Json {
@@ -516,6 +522,79 @@ pub fn outcome_data(cmd: &ControlCommand, outcome: &Outcome) -> Json {
         ]),
         _ => obj([("status", "ok".into())]),
     }
+}
+
+/// `show metrics`: the totals of a metrics snapshot.
+pub fn metrics_data(s: &crate::metrics::Snapshot) -> Json {
+    use crate::scoreboard::{DURATION_BUCKETS, STATUS_CLASSES};
+    let mut by_status = Vec::new();
+    for (i, class) in STATUS_CLASSES.iter().enumerate() {
+        let n: u64 = s.requests.cells.iter().map(|row| row[i].0).sum();
+        by_status.push((class.to_string(), Json::from(n)));
+    }
+    let (buckets, over) = s.requests.histogram();
+    let mut cumulative = 0u64;
+    let mut hist: Vec<Json> = buckets
+        .iter()
+        .map(|n| {
+            cumulative += n;
+            Json::from(cumulative)
+        })
+        .collect();
+    hist.push(Json::from(cumulative + over));
+    let sum_us: u64 = s.requests.cells.iter().flatten().map(|c| c.1).sum();
+    let restarts = crate::metrics::Cause::ALL
+        .iter()
+        .map(|c| (c.label().to_string(), Json::from(s.restarts.get(*c))))
+        .collect();
+    obj([
+        ("worker_class", s.worker_class.as_str().into()),
+        ("requests", s.requests.total().into()),
+        ("requests_by_status", Json::Obj(by_status)),
+        (
+            "duration_buckets",
+            Json::Arr(DURATION_BUCKETS.iter().map(|b| Json::Float(*b)).collect()),
+        ),
+        ("duration_cumulative", Json::Arr(hist)),
+        ("duration_sum", Json::Float(sum_us as f64 / 1e6)),
+        ("busy_threads", s.busy_threads.into()),
+        ("total_threads", s.total_threads.into()),
+        ("waiting_backlog", s.waiting_backlog.into()),
+        ("waiting_inside", s.waiting_inside.into()),
+        ("timeouts", s.requests.events[0].into()),
+        ("slow_requests", s.requests.events[1].into()),
+        ("loopback_calls", s.requests.events[2].into()),
+        ("starvation_seconds", secs(s.starvation_seconds)),
+        ("restarts", Json::Obj(restarts)),
+        ("live", s.live.into()),
+        ("ready", s.ready.into()),
+    ])
+}
+
+/// `show health`.
+pub fn health_data(h: &crate::metrics::health::Health) -> Json {
+    let workers = h
+        .workers
+        .iter()
+        .map(|w| {
+            obj([
+                ("pid", w.pid.into()),
+                ("state", state_name(w.state).into()),
+                ("alive", w.alive.into()),
+                ("loop_age", secs(w.loop_age_secs)),
+                ("threads_reporting", w.threads_reporting.into()),
+                ("threads_alive", w.threads_alive.into()),
+                ("problem", w.problem.as_str().into()),
+            ])
+        })
+        .collect();
+    obj([
+        ("live", h.live.into()),
+        ("ready", h.ready.into()),
+        ("stopping", h.stopping.into()),
+        ("reason", h.reason.as_str().into()),
+        ("workers", Json::Arr(workers)),
+    ])
 }
 
 #[cfg(test)]

@@ -80,6 +80,35 @@ impl FromStr for Level {
     }
 }
 
+/// Records counted for the metrics (statsd's `gunicorn.log.*`), whatever the log level lets through, as
+/// gunicorn counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Critical,
+    Error,
+    Warning,
+    /// An error record about an exception (`Error handling request`).
+    Exception,
+}
+
+/// Who counts the records of every error log of the process (set once, by `metrics::statsd`).
+static COUNTER: std::sync::OnceLock<fn(Counted)> = std::sync::OnceLock::new();
+
+/// Have `f` count every warning, error, critical and exception record from now on.
+pub fn count_records_with(f: fn(Counted)) {
+    let _ = COUNTER.set(f);
+}
+
+fn count(level: Level) {
+    let Some(f) = COUNTER.get() else { return };
+    match level {
+        Level::Critical => f(Counted::Critical),
+        Level::Error => f(Counted::Error),
+        Level::Warning => f(Counted::Warning),
+        _ => {}
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     sink: Sink,
@@ -142,6 +171,19 @@ impl ErrorLog {
 
     /// Write failures are dropped: there is nowhere left to report them.
     pub fn log(&self, level: Level, msg: &str) {
+        count(level);
+        self.write_record(level, msg);
+    }
+
+    /// An error record about an exception: counted as an exception rather than an error.
+    pub fn exception(&self, msg: &str) {
+        if let Some(f) = COUNTER.get() {
+            f(Counted::Exception);
+        }
+        self.write_record(Level::Error, msg);
+    }
+
+    fn write_record(&self, level: Level, msg: &str) {
         if !self.enabled(level) {
             return;
         }
@@ -157,6 +199,7 @@ impl ErrorLog {
     /// A record followed by lines of text of its own (a Python stack), written in one piece so that
     /// other processes' lines cannot land inside it.
     pub fn log_with_text(&self, level: Level, msg: &str, text: &[u8]) {
+        count(level);
         if !self.enabled(level) {
             return;
         }

@@ -13,7 +13,7 @@ mod sink;
 mod time;
 
 pub use access::{AccessLog, AccessRecord, EnvironLookup, DEFAULT_ACCESS_LOG_FORMAT};
-pub use error::{ErrorLog, Level};
+pub use error::{count_records_with, Counted, ErrorLog, Level};
 
 #[cfg(test)]
 mod test_util {

@@ -30,6 +30,9 @@ const BATCH: u32 = 8;
 /// batching; Flask JSON (60–90 µs per request) got slower with it (87 → 105 µs), hence the limit.
 const SHORT_REQUEST: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// How often an idle app thread shows it is alive.
+const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The body of app thread `index`: `make` builds its handler once, attached to the interpreter.
 pub fn python_thread<H: Handler>(
     ctx: Arc<WorkerContext>,
@@ -68,9 +71,18 @@ pub fn python_thread<H: Handler>(
                 Some(ticket) => ticket,
                 None => {
                     in_a_row = 0;
-                    match py.detach(|| rx.recv()) {
-                        Ok(ticket) => ticket,
-                        Err(_) => break,
+                    // Idle, the thread wakes each `ALIVE_EVERY` and beats its liveness entry once it
+                    // holds the GIL again: the beat proves the thread and the interpreter run
+                    // (`/healthz`).
+                    ctx.board.thread_alive(index);
+                    loop {
+                        match py.detach(|| rx.recv_timeout(ALIVE_EVERY)) {
+                            Ok(ticket) => break ticket,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                ctx.board.thread_alive(index)
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        }
                     }
                 }
             };

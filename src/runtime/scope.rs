@@ -1,8 +1,13 @@
 //! The bookkeeping every runtime does around one request, in one place: begun when a thread takes the
 //! request, ended when the runtime is done with it (also when a runtime panics mid-request).
+//!
+//! Its end is also where a request is counted for the metrics, once for every runtime: the scoreboard
+//! slot's counters and duration histogram (served by the master as Prometheus), and gunicorn's statsd
+//! datagram when `--statsd-host` is set. A runtime tells the status with [`RequestScope::log`] or
+//! [`RequestScope::set_status`]; one it never learnt is counted as `other`.
 
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -33,6 +38,8 @@ pub struct RequestScope<C: Deref<Target = WorkerContext>> {
     started_at: SystemTime,
     t0: Instant,
     started_ns: u64,
+    /// The response's status, once the runtime knows it (0 until then).
+    status: AtomicU16,
 }
 
 impl<C: Deref<Target = WorkerContext>> RequestScope<C> {
@@ -65,12 +72,19 @@ impl<C: Deref<Target = WorkerContext>> RequestScope<C> {
             started_at,
             t0,
             started_ns,
+            status: AtomicU16::new(0),
         }
+    }
+
+    /// The status the app answered with, for the metrics (also set by [`RequestScope::log`]).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     /// Write the access-log line — unless the connection answered the request itself (`--timeout`'s 504,
     /// a stopping worker's 503) and logged that answer: what the app made of it never went out.
     pub fn log(&self, outcome: &Outcome<'_>) {
+        self.status.store(outcome.status, Ordering::Relaxed);
         let Some(access) = &self.ctx.access_log else {
             return;
         };
@@ -102,6 +116,19 @@ impl<C: Deref<Target = WorkerContext>> Drop for RequestScope<C> {
             &self.head.target,
             self.started_ns,
         );
+        // The connection answered a request past `--timeout` itself: its 504 is what the client got.
+        let status = if self.progress.timed_out.load(Ordering::Acquire) {
+            504
+        } else {
+            self.status.load(Ordering::Relaxed)
+        };
+        let elapsed = self.t0.elapsed();
+        self.ctx
+            .board
+            .record_request(&self.head.method, status, elapsed.as_nanos() as u64);
+        if let Some(statsd) = crate::metrics::statsd::get() {
+            statsd.request(elapsed, status);
+        }
         self.ctx.board.request_finished(self.thread);
     }
 }

@@ -352,6 +352,7 @@ impl Admission {
     /// Run a loopback call on the overflow lane, starting one more overflow thread if all are busy; warn.
     fn run_on_overflow(&self, job: Job, peer: &Peer) -> bool {
         self.warn_loopback(&job, peer);
+        self.ctx.board.count(crate::scoreboard::Event::LoopbackCall);
         let lane = &self.overflow;
         if lane.in_flight.get() >= lane.spawned.get() && lane.spawned.get() < MAX_OVERFLOW_THREADS {
             let index = lane.first_index + lane.spawned.get();

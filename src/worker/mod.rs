@@ -92,6 +92,9 @@ impl IoState {
     pub fn request_timed_out(&self, thread: usize, stuck: usize, elapsed_ns: u64) {
         let log = &self.ctx.log;
         let pid = std::process::id();
+        self.board.count(crate::scoreboard::Event::Timeout);
+        self.board
+            .set_stop_reason(crate::scoreboard::StopReason::Timeout);
         log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
         let secs = elapsed_ns as f64 / 1e9;
         let limit = self.ctx.cfg.timeout;
@@ -181,6 +184,7 @@ impl IoState {
     /// current Python stack of its thread; the request goes on.
     pub fn request_slow(&self, thread: usize, stuck: usize, elapsed: Duration) {
         let pid = std::process::id();
+        self.board.count(crate::scoreboard::Event::SlowRequest);
         let what = self
             .board
             .requests_in_flight()
@@ -228,6 +232,8 @@ impl IoState {
     /// The `--max-requests`-th request was taken: retire the worker once its requests are done.
     pub fn check_recycle(&self) {
         if self.ctx.recycle.load(Ordering::Acquire) && !self.shutting_down.get() {
+            self.board
+                .set_stop_reason(crate::scoreboard::StopReason::MaxRequests);
             self.ctx
                 .log
                 .info("Autorestarting worker after current request.");

@@ -167,6 +167,7 @@ impl Handler for WsgiRunner {
             };
             hooks::post_request(py, &self.ctx, req, outcome.as_ref(), &sent);
         }
+        scope.set_status(responder.borrow(py).status_code);
         if self.ctx.access_log.is_some() {
             let r = responder.borrow(py);
             let env = outcome.as_ref();
@@ -304,7 +305,7 @@ impl WsgiRunner {
         let tb = crate::python::format_exception(py, err);
         self.ctx
             .log
-            .error(&format!("Error handling request {method} {target}\n{tb}"));
+            .exception(&format!("Error handling request {method} {target}\n{tb}"));
         let mut r = responder.borrow_mut(py);
         if r.disconnected() {
             return;
