@@ -378,3 +378,20 @@ def test_reload_scale_down_and_memory_restarts(start_server):
     assert get(srv.port, "/alloc?mb=200", timeout=30).status == 200
     wait_for(lambda: restarts("max_worker_memory") == 1, 20, message="memory recycle")
     assert restarts("reload") == 2 and restarts("crash") == 0 and restarts("outside_kill") == 0
+
+
+def test_asgi_requests_are_counted_too(start_server):
+    srv, mport = start_with_metrics(start_server, ["-k", "asgi", "-w", "1", "asgi_raw:app"])
+    s = requests.Session()
+    for _ in range(10):
+        assert s.get(f"{srv.url}/", timeout=10).status_code == 200
+    for _ in range(3):
+        assert s.post(f"{srv.url}/echo", data=b"abc", timeout=10).text == "abc"
+    fams = wait_for(lambda: value(f := families(mport), "ferricorn_requests", "_total") == 13 and f,
+                    10, message="asgi requests counted")
+    assert value(fams, "ferricorn_requests", "_total", worker_class="asgi", method="GET",
+                 status="2xx") == 10
+    assert value(fams, "ferricorn_request_duration_seconds", "_count", worker_class="asgi",
+                 method="POST", status="2xx") == 3
+    assert scrape(mport, "/healthz").status_code == 200
+    assert scrape(mport, "/readyz").status_code == 200
