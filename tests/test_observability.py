@@ -395,3 +395,35 @@ def test_asgi_requests_are_counted_too(start_server):
                  method="POST", status="2xx") == 3
     assert scrape(mport, "/healthz").status_code == 200
     assert scrape(mport, "/readyz").status_code == 200
+
+
+def test_slow_requests_and_starvation_seconds(start_server):
+    srv, mport = start_with_metrics(
+        start_server, ["testapp:application", "-w", "1", "--slow-request-threshold", "1"])
+    # One thread, two requests of 2.5 s at once: the second waits the whole first one.
+    threads = [threading.Thread(target=lambda: requests.get(f"{srv.url}/sleep?s=2.5", timeout=20))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    wait_for(lambda: value(families(mport), "ferricorn_requests_waiting", where="worker")
+             + value(families(mport), "ferricorn_requests_waiting", where="backlog") >= 1, 5,
+             message="a request waiting")
+    for t in threads:
+        t.join()
+    fams = wait_for(lambda: value(f := families(mport), "ferricorn_slow_requests", "_total") == 2
+                    and f, 10, message="both slow")
+    assert value(fams, "ferricorn_starvation_seconds", "_total") >= 1.0
+
+
+def test_loopback_calls_are_counted(start_server):
+    port, mport = free_port(), free_port()
+    srv = start_server(["-w", "1", "--timeout", "20", "--metrics-bind", f"127.0.0.1:{mport}",
+                        "selfcall:app"],
+                       env={"SELF_URL": f"http://127.0.0.1:{port}", "CALL_TIMEOUT": "10"},
+                       port=port)
+    wait_for(lambda: _accepts(mport), 10, message="metrics listener")
+    r = requests.post(f"{srv.url}/call?via=requests&depth=1", timeout=30)
+    assert r.status_code == 201, r.text  # the view's own status
+    wait_for(lambda: value(families(mport), "ferricorn_loopback_calls", "_total") == 1, 10,
+             message="the loopback call counted")
