@@ -315,26 +315,12 @@ fn answer(head: &[u8], complete: bool, target: &mut dyn Observed) -> Vec<u8> {
                 head_only,
             )
         }
-        "/healthz" | "/livez" => {
+        "/healthz" | "/livez" | "/readyz" => {
             let h = target.health();
-            let body = health_body(&h, h.live);
-            let (code, reason) = if h.live {
-                (200, "OK")
-            } else {
-                (503, "Service Unavailable")
-            };
-            response(
-                code,
-                reason,
-                "text/plain; charset=utf-8",
-                body.as_bytes(),
-                head_only,
-            )
-        }
-        "/readyz" => {
-            let h = target.health();
-            let body = health_body(&h, h.ready);
-            let (code, reason) = if h.ready {
+            // Liveness or readiness, one answer each: 200 when it holds, 503 when not.
+            let ok = if path == "/readyz" { h.ready } else { h.live };
+            let body = health_body(&h, ok);
+            let (code, reason) = if ok {
                 (200, "OK")
             } else {
                 (503, "Service Unavailable")
