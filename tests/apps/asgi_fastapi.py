@@ -6,7 +6,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 
@@ -78,3 +78,14 @@ def sync_view():
 async def slow(secs: float = 30):
     await asyncio.sleep(secs)
     return {"slept": secs}
+
+
+@app.websocket("/ws/{name}")
+async def ws_route(websocket: WebSocket, name: str):
+    await websocket.accept()
+    try:
+        while True:
+            data = await websocket.receive_json()
+            await websocket.send_json({"name": name, "echo": data})
+    except WebSocketDisconnect:
+        pass
