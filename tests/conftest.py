@@ -603,6 +603,11 @@ def raw_exchange(port, data, timeout=10.0):
             return c.buf
 
 
+def ws_url(srv, path):
+    """The websocket URL of `path` on a started server."""
+    return "ws://127.0.0.1:%d%s" % (srv.port, path)
+
+
 def get(port, path, headers=None, version="1.1", method="GET", body=b"", timeout=10.0):
     """One request with Connection: close on its own connection; returns RawResponse."""
     lines = [f"{method} {path} HTTP/{version}", f"Host: 127.0.0.1:{port}", "Connection: close"]

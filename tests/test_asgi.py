@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import get, raw_request, rss, wait_for
+from conftest import get, raw_request, rss, wait_for, ws_url
 
 pytestmark = pytest.mark.ferricorn_only
 
@@ -525,10 +525,6 @@ def test_django_asgi_async_and_sync_views(start_server):
 
 
 # ---- websockets --------------------------------------------------------------------------------------
-
-
-def ws_url(srv, path):
-    return "ws://127.0.0.1:%d%s" % (srv.port, path)
 
 
 def test_websocket_echo_text_and_bytes_with_a_subprotocol(start_server, tmp_path):

@@ -5,12 +5,9 @@ import concurrent.futures
 
 import httpx
 import pytest
+from conftest import ws_url
 
 pytestmark = pytest.mark.ferricorn_only
-
-
-def ws_url(srv, path):
-    return "ws://127.0.0.1:%d%s" % (srv.port, path)
 
 
 def serve(start_server, app):
