@@ -216,6 +216,10 @@ struct WorkerSlot {
     stats: [[StatCell; STATUS_CLASSES.len()]; METHODS.len()],
     /// Per app thread: when it last showed it was alive (monotonic ns; 0 = it never reported).
     thread_beat: [AtomicU64; MAX_THREADS],
+    /// ASGI: the event loop's lag over the watchdog's last look, and how long it is overdue now (ns;
+    /// see `asgi::bridge`).
+    loop_lag_ns: AtomicU64,
+    loop_overdue_ns: AtomicU64,
 }
 
 /// A snapshot of one thread's request, read consistently.
@@ -352,6 +356,8 @@ impl Scoreboard {
         for t in s.thread_beat.iter() {
             t.store(0, Ordering::Relaxed);
         }
+        s.loop_lag_ns.store(0, Ordering::Relaxed);
+        s.loop_overdue_ns.store(0, Ordering::Relaxed);
     }
 
     pub fn set_pid(&self, index: usize, pid: i32) {
@@ -513,6 +519,24 @@ impl WorkerHandle {
 
     pub fn heartbeat(&self) {
         self.slot().heartbeat_ns.store(now_ns(), Ordering::Release);
+    }
+
+    /// Publish the event loop's lag and how long it is overdue now (ASGI workers, every watchdog
+    /// round).
+    pub fn set_loop_lag(&self, lag: std::time::Duration, overdue: std::time::Duration) {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let s = self.slot();
+        s.loop_lag_ns.store(ns(lag), Ordering::Release);
+        s.loop_overdue_ns.store(ns(overdue), Ordering::Release);
+    }
+
+    /// The event loop's lag and overdue time last published (zeros for a worker without a loop).
+    pub fn loop_lag_ns(&self) -> (u64, u64) {
+        let s = self.slot();
+        (
+            s.loop_lag_ns.load(Ordering::Acquire),
+            s.loop_overdue_ns.load(Ordering::Acquire),
+        )
     }
 
     pub fn last_heartbeat_ns(&self) -> u64 {

@@ -16,8 +16,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, get, wait_for
-from test_control import CTL_CMD, ctl, ctl_path
+from conftest import free_port, get, pid_alive, wait_for
+from test_control import CTL_CMD, ctl, ctl_json, ctl_path, is_socket
 
 pytestmark = pytest.mark.ferricorn_only
 
@@ -305,7 +305,10 @@ def test_health_sees_a_frozen_io_loop(start_server):
     frozen = srv.children()[0]
     os.kill(frozen, signal.SIGSTOP)
     try:
-        text = wait_for(lambda: (r := scrape(mport, "/healthz")).status_code == 503 and r.text,
+        # Its idle threads' beats (each second) may go stale a moment before its loop's (each 0.5 s):
+        # wait for the loop's.
+        text = wait_for(lambda: (r := scrape(mport, "/healthz")).status_code == 503
+                        and "its I/O loop last beat" in r.text and r.text,
                         15, message="liveness fails")
         assert f"worker {frozen} is not alive: its I/O loop last beat" in text, text
         res = ctl(srv, "show", "health")
@@ -344,7 +347,7 @@ def test_readiness_turns_false_before_the_listener_closes(start_server):
 
 
 def test_grafana_dashboard_uses_exported_metrics(start_server):
-    """Every metric the dashboard in deploy/ queries is one a scrape has (the ASGI lag excepted)."""
+    """Every metric the dashboard in deploy/ queries is one a scrape of a WSGI or an ASGI server has."""
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "..", "deploy", "grafana-dashboard.json")) as f:
         dash = json.load(f)
@@ -356,7 +359,12 @@ def test_grafana_dashboard_uses_exported_metrics(start_server):
     text = wait_for(lambda: "ferricorn_requests_total{" in (t := scrape(mport).text) and t, 10,
                     message="a request counted")
     exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
-    missing = used - exported - {"ferricorn_asgi_event_loop_lag_seconds"}
+    # The event loop's lag is an asgi worker's.
+    asrv, aport = start_with_metrics(start_server, ["-k", "asgi", "asgi_raw:app"])
+    text = wait_for(lambda: "ferricorn_asgi_event_loop_lag_seconds{" in (t := scrape(aport).text)
+                    and t, 10, message="an asgi worker's lag")
+    exported |= {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    missing = used - exported
     assert not missing, missing
 
 
@@ -395,6 +403,117 @@ def test_asgi_requests_are_counted_too(start_server):
                  method="POST", status="2xx") == 3
     assert scrape(mport, "/healthz").status_code == 200
     assert scrape(mport, "/readyz").status_code == 200
+
+
+def test_asgi_event_loop_lag_and_a_blocked_loop(start_server):
+    srv, mport = start_with_metrics(
+        start_server, ["-k", "asgi", "-w", "1", "--timeout", "30", "asgi_raw:app"])
+    (worker,) = wait_for(lambda: (k := srv.children()) and len(k) == 1 and k, 10,
+                         message="a worker")
+    s = requests.Session()
+    for _ in range(20):
+        assert s.get(f"{srv.url}/", timeout=10).status_code == 200
+
+    def lag():
+        return value(families(mport), "ferricorn_asgi_event_loop_lag_seconds", pid=str(worker))
+
+    # A loop that serves keeps a small lag (its 0.1 s timer fires about on time).
+    wait_for(lambda: lag() < 0.5, 10, message="a small lag while serving")
+    # A blocking call in an async view: the lag grows with the block, and liveness fails with the
+    # reason, though the worker's I/O loop still beats.
+    done = {}
+    t = threading.Thread(target=lambda: done.update(
+        r=requests.get(f"{srv.url}/block?s=9", timeout=30)))
+    t.start()
+    try:
+        wait_for(lambda: lag() >= 2, 10, message="the lag shows the block")
+        text = wait_for(lambda: (r := scrape(mport, "/healthz")).status_code == 503 and r.text,
+                        10, message="liveness fails while the loop is blocked")
+        assert (f"worker {worker} is not alive: its event loop has been blocked for" in text), text
+        assert scrape(mport, "/readyz").status_code == 503
+    finally:
+        t.join(30)
+    assert done["r"].status_code == 200 and done["r"].text == "blocked"
+    # Back: healthy again, and the lag falls back once the block is out of the window.
+    wait_for(lambda: scrape(mport, "/healthz").status_code == 200, 10, message="healthy again")
+    wait_for(lambda: lag() < 0.5, 10, message="the lag falls back")
+    assert s.get(f"{srv.url}/", timeout=10).status_code == 200
+    # The busy/total gauges count an asgi worker's capacity, its --worker-connections.
+    assert value(families(mport), "ferricorn_threads_total") == 1000
+
+
+def test_wsgi_workers_export_no_loop_lag(start_server):
+    srv, mport = start_with_metrics(start_server, ["testapp:application", "-w", "1"])
+    wait_for(lambda: len(srv.children()) == 1, 10, message="a worker")
+    assert "ferricorn_asgi_event_loop_lag_seconds" not in scrape(mport).text
+
+
+def test_an_oom_kill_is_counted_as_oom(start_server, memory_cgroup):
+    tasks = os.path.join(memory_cgroup, "cgroup.procs")
+    srv, mport = start_with_metrics(start_server, ["-w", "1", "stuck"], wrap_cgroup=tasks)
+    (worker,) = srv.wait_workers(1)
+    with pytest.raises(requests.RequestException):
+        requests.get(srv.url + "/alloc?mb=1000", timeout=30)
+    srv.wait_log(rf"Worker \(pid:{worker}\) was sent SIGKILL!", timeout=30)
+
+    def restarts(cause):
+        return value(families(mport), "ferricorn_worker_restarts", "_total", cause=cause)
+
+    wait_for(lambda: restarts("oom") == 1, 15, message="the OOM kill counted")
+    assert restarts("outside_kill") == 0 and restarts("crash") == 0 and restarts("timeout") == 0
+    srv.stop()
+
+
+def _unix_get(path, target):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(path)
+        c.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def test_usr2_new_master_serves_the_metrics(start_server, tmp_short):
+    unix = os.path.join(tmp_short, "m.sock")
+    srv, mport = start_with_metrics(start_server, ["stuck:application", "-w", "1"])
+    # A second server with a unix metrics listener: the file must outlive the old master.
+    usrv = start_server(["stuck:application", "-w", "1", "--metrics-bind", f"unix:{unix}"])
+    wait_for(lambda: is_socket(unix), 10, message="unix metrics listener")
+    masters = []
+    try:
+        for s in (srv, usrv):
+            s.wait_workers(1)
+            s.signal(signal.SIGUSR2)
+            s.wait_log(r"Metrics listening at .* taken over from the master that started this one",
+                       timeout=20)
+            new = wait_for(lambda: (p := ctl_json(s, "show", "stats")["pid"]) != s.pid and p, 20,
+                           message="the new master answers")
+            masters.append(new)
+            s.wait_workers(2, timeout=20)
+            # The old master goes; the new one goes on serving the same address.
+            assert s.stop() == 0
+            s.wait_log(r"Master has been promoted\.")
+        assert "Metrics address" not in srv.log_text()
+        new_kids = lambda: [int(x) for x in subprocess.run(
+            ["pgrep", "-P", str(masters[0])], capture_output=True, text=True).stdout.split()]
+        kids = wait_for(lambda: (k := new_kids()) and k, 10, message="the new master's worker")
+        fams = families(mport)
+        rss = samples(fams, "ferricorn_worker_rss_bytes")
+        assert sorted(int(x.labels["pid"]) for x in rss) == sorted(kids)
+        assert value(fams, "ferricorn_up") == 1
+        assert scrape(mport, "/readyz").status_code == 200
+        assert is_socket(unix)
+        reply = _unix_get(unix, "/metrics")
+        assert reply.startswith("HTTP/1.1 200") and "ferricorn_up 1" in reply, reply[:300]
+    finally:
+        for m in masters:
+            if pid_alive(m):
+                os.kill(m, signal.SIGTERM)
+        for m in masters:
+            wait_for(lambda: not pid_alive(m), 20, message="the new master to stop")
+    assert not os.path.exists(unix)
 
 
 def test_slow_requests_and_starvation_seconds(start_server):

@@ -379,6 +379,7 @@ impl Arbiter {
             }
         };
         let fds: Vec<String> = self.listeners.iter().map(|l| l.fd().to_string()).collect();
+        let metrics_fd = self.metrics.as_ref().map(|m| m.listener_fd());
         let master = std::process::id().to_string();
         // SAFETY: the master is single-threaded; the child only adjusts descriptors and execs.
         let pid = unsafe { libc::fork() };
@@ -388,8 +389,14 @@ impl Arbiter {
                 // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
                 unsafe { libc::fcntl(l.fd(), libc::F_SETFD, 0) };
             }
+            let mut command = std::process::Command::new(&exe);
+            if let Some(fd) = metrics_fd {
+                // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+                command.env(crate::metrics::server::INHERITED_FD_ENV, fd.to_string());
+            }
             use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(&exe)
+            let err = command
                 .args(argv.iter().skip(1))
                 .env(crate::sock::INHERITED_FDS_ENV, fds.join(","))
                 .env(crate::system::REEXEC_ENV, &master)
@@ -1031,6 +1038,8 @@ impl Arbiter {
             for l in &self.listeners {
                 l.unlink();
             }
+        } else if let Some(m) = &mut self.metrics {
+            m.keep_path();
         }
         self.listeners.clear();
         let mut quick = !graceful;

@@ -3,15 +3,16 @@
 //! starvation seconds, RSS), liveness and readiness, and the graceful stop's readiness window
 //! (`--shutdown-delay`).
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use super::{oom, Arbiter, Halt, MasterKill, WorkerProc};
-use crate::config::Config;
+use crate::config::{Config, WorkerClass};
 use crate::log::ErrorLog;
 use crate::metrics::health::{self, Health, WorkerView};
-use crate::metrics::server::{MetricsServer, Observed};
+use crate::metrics::server::{MetricsServer, Observed, INHERITED_FD_ENV};
 use crate::metrics::{statsd, Cause, Snapshot, WorkerSample};
 use crate::scoreboard::{now_ns, StopReason};
 
@@ -20,6 +21,24 @@ pub(super) fn open(cfg: &Config, log: &ErrorLog) -> std::io::Result<Option<Metri
     let Some(addr) = &cfg.metrics_bind else {
         return Ok(None);
     };
+    // A master started by USR2 serves on the old master's listener, which it inherited.
+    let inherited = std::env::var(INHERITED_FD_ENV).ok();
+    std::env::remove_var(INHERITED_FD_ENV);
+    if let Some(fd) = inherited.and_then(|v| v.parse::<RawFd>().ok()) {
+        match MetricsServer::adopt(fd) {
+            Ok(server) => {
+                log.info(&format!(
+                    "Metrics listening at {} (/metrics, /healthz, /readyz), taken over from the master that started this one",
+                    server.address
+                ));
+                return Ok(Some(server));
+            }
+            Err(e) => log.warning(&format!(
+                "Cannot serve metrics on the inherited listener: {e}; binding {}",
+                addr.spec()
+            )),
+        }
+    }
     match MetricsServer::bind(addr) {
         Ok(server) => {
             log.info(&format!(
@@ -28,8 +47,8 @@ pub(super) fn open(cfg: &Config, log: &ErrorLog) -> std::io::Result<Option<Metri
             ));
             Ok(Some(server))
         }
-        // A master started by USR2 finds the address held by the old master, which goes on serving it
-        // until it exits: run without the listener rather than fail the upgrade.
+        // A master started by USR2 from an older build (which hands no listener over) finds the
+        // address held by the old master: run without the listener rather than fail the upgrade.
         Err(e)
             if e.kind() == std::io::ErrorKind::AddrInUse
                 && std::env::var_os(crate::system::REEXEC_ENV).is_some() =>
@@ -174,7 +193,12 @@ impl Arbiter {
 
     /// What a scrape reports, read now.
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let per_worker = self.cfg.worker_class.threads(self.cfg.threads);
+        // An ASGI worker's "threads" are the requests it runs at once (`--worker-connections`).
+        let per_worker = self
+            .cfg
+            .worker_class
+            .capacity(self.cfg.threads, self.cfg.worker_connections);
+        let has_loop = self.cfg.worker_class == WorkerClass::Asgi;
         let mut s = Snapshot {
             worker_class: self
                 .cfg
@@ -202,6 +226,7 @@ impl Arbiter {
                 rss_bytes: oom::rss_bytes(pid),
                 busy_threads: busy,
                 waiting,
+                loop_lag_seconds: has_loop.then(|| handle.loop_lag_ns().0 as f64 / 1e9),
             });
         }
         s.waiting_backlog = self
@@ -231,6 +256,7 @@ impl Arbiter {
                         .enumerate()
                         .map(|(t, b)| (b, handle.thread_request_started_ns(t)))
                         .collect(),
+                    loop_overdue_ns: handle.loop_lag_ns().1,
                 }
             })
             .collect();

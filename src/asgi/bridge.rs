@@ -6,6 +6,8 @@
 //! costs the loop one read.
 //!
 //! The loop beats (`tick`) at least every 0.1 s; the watchdog (`AsgiRuntime::check`) reads the beat.
+//! The beat is a timer of the loop's own (`BEAT` in `_asgi.py`), so how late it fires is the loop's
+//! lag: the time a callback that was due waited for the loop to come back.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +24,9 @@ use crate::exchange::{BodyChunk, TaskEvent};
 use crate::log::Level;
 use crate::runtime::{RunQueue, WorkerContext};
 use crate::scoreboard::now_ns;
+
+/// The period of the loop's beat timer; must match `BEAT` in `python/ferricorn/_asgi.py`.
+const BEAT_NS: u64 = 100_000_000;
 
 /// Something for the loop, other than a new request.
 pub enum Wake {
@@ -65,6 +70,10 @@ pub struct LoopShared {
     wakes_rx: crossbeam_channel::Receiver<Wake>,
     /// When the loop last ran its callbacks (monotonic ns); 0 while it does not serve (startup, stop).
     tick_ns: AtomicU64,
+    /// When the beat timer last fired (0 while the loop does not serve), and the most it was late
+    /// since the watchdog last read it ([`LoopShared::take_lag`]).
+    beat_ns: AtomicU64,
+    late_max_ns: AtomicU64,
     blocked_reported: AtomicBool,
     stuck_reported: AtomicBool,
     started: Mutex<Option<std::sync::mpsc::Sender<Result<(), String>>>>,
@@ -104,6 +113,8 @@ impl LoopShared {
             wakes_tx,
             wakes_rx,
             tick_ns: AtomicU64::new(0),
+            beat_ns: AtomicU64::new(0),
+            late_max_ns: AtomicU64::new(0),
             blocked_reported: AtomicBool::new(false),
             stuck_reported: AtomicBool::new(false),
             started: Mutex::new(None),
@@ -157,7 +168,9 @@ impl LoopShared {
 
     fn report_started(&self, result: Result<(), String>) {
         if result.is_ok() {
-            self.tick_ns.store(now_ns(), Ordering::Release);
+            let now = now_ns();
+            self.tick_ns.store(now, Ordering::Release);
+            self.beat_ns.store(now, Ordering::Release);
         }
         if let Some(tx) = self
             .started
@@ -173,6 +186,22 @@ impl LoopShared {
     pub fn away(&self, now: u64) -> Option<Duration> {
         let tick = self.tick_ns.load(Ordering::Acquire);
         (tick != 0).then(|| Duration::from_nanos(now.saturating_sub(tick)))
+    }
+
+    /// The loop's lag since the last call — how late its beat timer fired at worst, or how long it is
+    /// overdue now if more — and how long it is overdue now. Zeros while the loop does not serve.
+    pub fn take_lag(&self, now: u64) -> (Duration, Duration) {
+        let late = self.late_max_ns.swap(0, Ordering::AcqRel);
+        let beat = self.beat_ns.load(Ordering::Acquire);
+        let overdue = if beat == 0 {
+            0
+        } else {
+            now.saturating_sub(beat).saturating_sub(BEAT_NS)
+        };
+        (
+            Duration::from_nanos(late.max(overdue)),
+            Duration::from_nanos(overdue),
+        )
     }
 
     /// Mark the current block as reported (or, with false, the loop as back); returns what it was.
@@ -228,6 +257,7 @@ impl LoopShared {
 
     fn set_stopped(&self) {
         self.tick_ns.store(0, Ordering::Release);
+        self.beat_ns.store(0, Ordering::Release);
         *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.stopped_cv.notify_all();
     }
@@ -337,7 +367,14 @@ impl LoopBridge {
 
     /// The loop's heartbeat.
     fn tick(&self) {
-        self.shared.tick_ns.store(now_ns(), Ordering::Release);
+        let now = now_ns();
+        let shared = &self.shared;
+        shared.tick_ns.store(now, Ordering::Release);
+        let last = shared.beat_ns.swap(now, Ordering::AcqRel);
+        if last != 0 {
+            let late = now.saturating_sub(last).saturating_sub(BEAT_NS);
+            shared.late_max_ns.fetch_max(late, Ordering::AcqRel);
+        }
     }
 
     /// Everything that arrived: finished waits are resolved here; returned are new requests

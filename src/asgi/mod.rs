@@ -153,12 +153,19 @@ impl AppRuntime for AsgiRuntime {
     }
 
     /// The watchdog: a loop that has not come back for `--asgi-block-threshold` is logged once per
-    /// episode with its thread's stack; past `--timeout`, the worker retires.
+    /// episode with its thread's stack; past `--timeout`, the worker retires. Each round also
+    /// publishes the loops' worst lag to the scoreboard (the master's metrics and health read it).
     fn check(&self, ctx: &WorkerContext) -> Option<Stuck> {
         let threshold = Duration::from_secs(ctx.cfg.asgi_block_threshold);
         let timeout = Duration::from_secs(ctx.cfg.timeout);
         let now = now_ns();
-        for l in self.loops() {
+        let loops = self.loops();
+        let (lag, overdue) = loops.iter().map(|l| l.take_lag(now)).fold(
+            Default::default(),
+            |(a, b): (Duration, Duration), (c, d)| (a.max(c), b.max(d)),
+        );
+        ctx.board.set_loop_lag(lag, overdue);
+        for l in loops {
             let Some(away) = l.away(now) else { continue };
             if away < threshold.max(Duration::from_millis(100)) {
                 l.block_reported(false);

@@ -6,7 +6,9 @@
 //! [`THREAD_STALE`] or is running a request younger than `--timeout`. Liveness is every booted worker
 //! alive (and at least one worker up or booting); readiness is liveness with at least one worker
 //! serving, and not stopping: a graceful stop turns it false first (`--shutdown-delay` keeps the
-//! listeners open that long after).
+//! listeners open that long after). An ASGI worker is also not alive while its event loop has been
+//! blocked for [`EVENT_LOOP_STALE_NS`]: no request of that worker moves meanwhile, though its I/O
+//! loop still beats.
 
 use crate::scoreboard::WorkerState;
 
@@ -14,6 +16,8 @@ use crate::scoreboard::WorkerState;
 pub const LOOP_STALE_NS: u64 = 5_000_000_000;
 /// Idle app threads beat every second.
 pub const THREAD_STALE_NS: u64 = 5_000_000_000;
+/// An event loop's beat timer fires every 0.1 s; this long overdue, the loop is blocked.
+pub const EVENT_LOOP_STALE_NS: u64 = 5_000_000_000;
 
 /// What the master knows of one worker, for the judgement.
 pub struct WorkerView {
@@ -22,6 +26,8 @@ pub struct WorkerView {
     pub heartbeat_ns: u64,
     /// Per app thread: (last beat, start of its request in flight), 0 for none.
     pub threads: Vec<(u64, u64)>,
+    /// ASGI: how long the event loop is overdue now (0 when it is not, or without a loop).
+    pub loop_overdue_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +75,12 @@ pub fn judge(now: u64, workers: &[WorkerView], timeout_secs: u64, stopping: bool
         let mut problems = Vec::new();
         if loop_age > LOOP_STALE_NS {
             problems.push(format!("its I/O loop last beat {:.1}s ago", secs(loop_age)));
+        }
+        if w.loop_overdue_ns > EVENT_LOOP_STALE_NS {
+            problems.push(format!(
+                "its event loop has been blocked for {:.1}s (a blocking call in an async view)",
+                secs(w.loop_overdue_ns)
+            ));
         }
         for (i, &(beat, started)) in w.threads.iter().enumerate() {
             if beat == 0 {
@@ -141,6 +153,7 @@ mod tests {
             state,
             heartbeat_ns: beat,
             threads,
+            loop_overdue_ns: 0,
         }
     }
 
@@ -193,6 +206,21 @@ mod tests {
             false,
         );
         assert!(!silent.live);
+        // A blocked event loop, though the I/O loop beats.
+        let mut blocked = w(WorkerState::Busy, now, vec![]);
+        blocked.loop_overdue_ns = 6 * S;
+        let blocked = judge(now, &[blocked], 30, false);
+        assert!(!blocked.live && !blocked.ready);
+        assert!(
+            blocked
+                .reason
+                .contains("event loop has been blocked for 6.0s"),
+            "{}",
+            blocked.reason
+        );
+        let mut lagging = w(WorkerState::Busy, now, vec![]);
+        lagging.loop_overdue_ns = S;
+        assert!(judge(now, &[lagging], 30, false).live);
         // Booting only: alive, not ready; nothing at all: neither.
         let boot = judge(now, &[w(WorkerState::Booting, 0, vec![])], 30, false);
         assert!(boot.live && !boot.ready);

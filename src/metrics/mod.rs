@@ -94,6 +94,8 @@ pub struct WorkerSample {
     pub rss_bytes: Option<u64>,
     pub busy_threads: u64,
     pub waiting: u64,
+    /// ASGI: the event loop's lag (seconds); None for a worker without a loop.
+    pub loop_lag_seconds: Option<f64>,
 }
 
 /// Everything a scrape reports, read by the master at the scrape.
@@ -131,9 +133,6 @@ const EVENT_FAMILIES: [(&str, &str); EVENTS] = [
         "Requests recognised as loopback calls (the app calling its own server) and run on the overflow lane",
     ),
 ];
-
-/// The metric the ASGI worker will export, named here so that dashboards can be written against it.
-pub const ASGI_LOOP_LAG: &str = "ferricorn_asgi_event_loop_lag_seconds";
 
 /// The exposition of `s`.
 pub fn render(s: &Snapshot) -> String {
@@ -287,6 +286,23 @@ pub fn render(s: &Snapshot) -> String {
             t.sample("ferricorn_worker_rss_bytes", &[("pid", &pid)], rss as f64);
         }
     }
+    if s.workers.iter().any(|w| w.loop_lag_seconds.is_some()) {
+        t.family(
+            "ferricorn_asgi_event_loop_lag_seconds",
+            "gauge",
+            "How late the event loop ran a callback that was due, at worst over the last half second (or how long it has been blocked now), per worker",
+        );
+        for w in &s.workers {
+            if let Some(lag) = w.loop_lag_seconds {
+                let pid = w.pid.to_string();
+                t.sample(
+                    "ferricorn_asgi_event_loop_lag_seconds",
+                    &[("pid", &pid)],
+                    (lag * 1e6).round() / 1e6,
+                );
+            }
+        }
+    }
     t.family(
         "ferricorn_worker_threads_busy",
         "gauge",
@@ -348,6 +364,7 @@ mod tests {
             rss_bytes: Some(1024),
             busy_threads: 1,
             waiting: 0,
+            loop_lag_seconds: Some(0.25),
         });
         let text = render(&s);
         assert!(text.contains(
@@ -361,6 +378,7 @@ mod tests {
         assert!(text.contains("ferricorn_worker_restarts_total{cause=\"timeout\"} 1\n"));
         assert!(text.contains("ferricorn_worker_restarts_total{cause=\"oom\"} 0\n"));
         assert!(text.contains("ferricorn_worker_rss_bytes{pid=\"42\"} 1024\n"));
+        assert!(text.contains("ferricorn_asgi_event_loop_lag_seconds{pid=\"42\"} 0.25\n"));
         // Every sample's family was declared before it.
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {

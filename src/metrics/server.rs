@@ -64,6 +64,9 @@ fn epoll_ctl(epoll: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> io::R
     Ok(())
 }
 
+/// The metrics listener handed to a master started by `USR2`: its descriptor number.
+pub const INHERITED_FD_ENV: &str = "FERRICORN_METRICS_FD";
+
 impl MetricsServer {
     pub fn bind(addr: &BindAddress) -> io::Result<MetricsServer> {
         let (listener, unix_path) = match addr {
@@ -91,11 +94,51 @@ impl MetricsServer {
             }
         };
         listener.listen(64)?;
+        Self::serve(listener, unix_path, addr.spec())
+    }
+
+    /// Serve on a listening socket a master started by `USR2` inherited from the old one (its number
+    /// in [`INHERITED_FD_ENV`]): both masters answer on it until the old one exits.
+    pub fn adopt(fd: RawFd) -> io::Result<MetricsServer> {
+        // SAFETY: fstat on a descriptor number only reads; an invalid one is an error.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{INHERITED_FD_ENV}={fd} is not a socket"),
+            ));
+        }
+        // SAFETY: the descriptor was handed to this process to own, and is a socket (checked above).
+        let listener = unsafe { Socket::from_raw_fd(fd) };
+        listener.set_cloexec(true)?;
+        let local = listener.local_addr()?;
+        let unix_path = local.as_pathname().map(|p| p.to_path_buf());
+        let spec = format!("fd://{fd}");
+        Self::serve(listener, unix_path, spec)
+    }
+
+    /// The listening socket's descriptor, to hand to a master started by `USR2`.
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Leave a unix socket's file in place when this server goes: a master started by `USR2` serves
+    /// on it.
+    pub fn keep_path(&mut self) {
+        self.unix_path = None;
+    }
+
+    fn serve(
+        listener: Socket,
+        unix_path: Option<PathBuf>,
+        spec: String,
+    ) -> io::Result<MetricsServer> {
         listener.set_nonblocking(true)?;
         let address = match (&unix_path, listener.local_addr()?.as_socket()) {
             (Some(p), _) => format!("unix:{}", p.display()),
             (None, Some(a)) => format!("http://{a}"),
-            (None, None) => addr.spec(),
+            (None, None) => spec,
         };
         // SAFETY: epoll_create1 has no preconditions; the result is checked.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
