@@ -108,6 +108,8 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/":
         await send_text(send, 200, "hello")
+    elif path == "/pid":
+        await send_text(send, 200, str(os.getpid()))
     elif path == "/scope":
         info = {k: v for k, v in scope.items() if k not in ("headers", "state", "extensions", "raw_path", "query_string")}
         info["headers"] = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]]
