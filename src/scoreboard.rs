@@ -190,6 +190,42 @@ struct ThreadEntry {
     method: [AtomicU8Array; METHOD_LEN],
     path: [AtomicU8Array; PATH_LEN],
     client: [AtomicU8Array; CLIENT_LEN],
+    /// A [`Wait`]: what an event loop's task is waiting for (always `InApp` for a thread).
+    wait: AtomicU32,
+}
+
+/// What an ASGI request's task is waiting for, as `show workers` tells it. Only the waits the server
+/// itself resolves are known; anything else is the app's own code or its own awaits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wait {
+    #[default]
+    InApp = 0,
+    Body = 1,
+    ClientRead = 2,
+    Message = 3,
+    Disconnect = 4,
+}
+
+impl Wait {
+    fn from_u32(v: u32) -> Wait {
+        match v {
+            1 => Wait::Body,
+            2 => Wait::ClientRead,
+            3 => Wait::Message,
+            4 => Wait::Disconnect,
+            _ => Wait::InApp,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Wait::InApp => "in the app",
+            Wait::Body => "awaiting the request body",
+            Wait::ClientRead => "awaiting the client to read the response",
+            Wait::Message => "awaiting a websocket message",
+            Wait::Disconnect => "awaiting http.disconnect",
+        }
+    }
 }
 
 /// Bytes are stored as relaxed atomics: the seqlock orders them, and atomics keep the cross-process reads
@@ -229,6 +265,7 @@ pub struct RequestInFlight {
     pub method: String,
     pub path: String,
     pub client: String,
+    pub wait: Wait,
 }
 
 impl RequestInFlight {
@@ -563,9 +600,17 @@ impl WorkerHandle {
         write_str(&t.method, method);
         write_str(&t.path, path);
         write_str(&t.client, client);
+        t.wait.store(Wait::InApp as u32, Ordering::Relaxed);
         t.started_ns.store(now_ns(), Ordering::Relaxed);
         fence(Ordering::Release);
         t.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// What the task of entry `thread` waits for now (event loops only).
+    pub fn set_wait(&self, thread: usize, wait: Wait) {
+        if let Some(t) = self.slot().threads.get(thread) {
+            t.wait.store(wait as u32, Ordering::Release);
+        }
     }
 
     pub fn request_finished(&self, thread: usize) {
@@ -689,6 +734,7 @@ impl WorkerHandle {
                     method: read_str(&t.method),
                     path: read_str(&t.path),
                     client: read_str(&t.client),
+                    wait: Wait::from_u32(t.wait.load(Ordering::Relaxed)),
                 };
                 fence(Ordering::Acquire);
                 if t.seq.load(Ordering::Relaxed) == before {

@@ -69,3 +69,63 @@ def test_django_channels_websocket_consumer(start_server):
             ws.send(b"\x00bin")
             assert ws.recv(timeout=10) == b"\x00bin"
     assert httpx.get(srv.url + "/", timeout=20).text == "django http"
+
+
+def _hold(srv, target, rate_limited=False):
+    """Send GET `target` on a raw connection and leave it open; a rate-limited one never reads."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    if rate_limited:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
+def test_show_workers_and_stacks_tell_each_task_and_what_it_waits_for(start_server):
+    import time
+
+    from test_control import ctl_json, ctl_ok
+    from websockets.sync.client import connect
+
+    from conftest import wait_for
+
+    srv = start_server(["-k", "asgi", "-w", "1", "asgi_raw:app"])
+    srv.wait_workers(1)
+    held = [_hold(srv, "/sleep?s=20"), _hold(srv, "/wait-disconnect"),
+            _hold(srv, "/big?n=200000000", rate_limited=True)]
+    ws = connect(ws_url(srv, "/ws/forever")).__enter__()
+    try:
+        def states():
+            (w,) = ctl_json(srv, "show", "workers")["workers"]
+            return {r["path"]: r.get("task_state") for r in w["in_flight"]}
+
+        want = {"/sleep?s=20": "in the app", "/wait-disconnect": "awaiting http.disconnect",
+                "/big?n=200000000": "awaiting the client to read the response",
+                "/ws/forever": "awaiting a websocket message"}
+        wait_for(lambda: states() == want, 15, message=f"task states {want}")
+        text = ctl_ok(srv, "show", "workers")
+        assert "task " in text and "thread " not in text, text
+        assert "GET /wait-disconnect from 127.0.0.1:" in text and ", awaiting http.disconnect" in text
+
+        # show stacks: each task's await chain, from the app's line down to what it awaits.
+        stacks = ctl_ok(srv, "show", "stacks")
+        block = stacks.split("GET /sleep?s=20")[1].split("  task ")[0]
+        assert "awaiting" in block and "await asyncio.sleep(secs)" in block, stacks
+        assert "asgi_raw.py" in block, stacks
+        block = stacks.split("GET /wait-disconnect")[1].split("  task ")[0]
+        assert "msg = await receive()" in block, stacks
+
+        # A blocked loop cannot answer: its thread's stack stands in, naming the blocking line.
+        blocker = _hold(srv, "/block?s=4")
+        held.append(blocker)
+        time.sleep(1.2)
+        stacks = ctl_ok(srv, "show", "stacks")
+        assert "(the event loop has been blocked for" in stacks, stacks
+        assert "asgi_raw.py" in stacks and "thread's stack" in stacks, stacks
+    finally:
+        ws.close()
+        for s in held:
+            s.close()
+    # The worker goes on serving.
+    assert httpx.get(srv.url + "/", timeout=20).text == "hello"

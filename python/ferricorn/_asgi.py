@@ -188,6 +188,8 @@ class Server:
             elif item == "stop":
                 if not self.stopping.done():
                     self.stopping.set_result(None)
+            elif item == "stacks":
+                self.bridge.stacks([(req, task_stack(task)) for task, req in self.tasks.values()])
             else:
                 self.start(item)
 

@@ -132,6 +132,7 @@ impl Arbiter {
 impl ControlTarget for Arbiter {
     fn workers(&self) -> Vec<WorkerInfo> {
         let now = now_ns();
+        let tasks = self.cfg.worker_class == crate::config::WorkerClass::Asgi;
         let current = self.workers.iter().map(|(pid, w)| (*pid, w, false));
         let retiring = self.retiring.iter().map(|(pid, w)| (*pid, w, true));
         let mut out: Vec<WorkerInfo> = current
@@ -147,6 +148,7 @@ impl ControlTarget for Arbiter {
                         method: r.method,
                         path: r.path,
                         client: r.client,
+                        task_state: tasks.then(|| r.wait.describe()),
                     })
                     .collect();
                 WorkerInfo {
@@ -230,6 +232,7 @@ impl ControlTarget for Arbiter {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let ago = |ns: u64| secs(now.saturating_sub(ns));
+        let tasks = self.cfg.worker_class == crate::config::WorkerClass::Asgi;
         let mut slots: Vec<(i32, u64, usize)> = self
             .workers
             .iter()
@@ -268,6 +271,7 @@ impl ControlTarget for Arbiter {
                                 method: r.method,
                                 path: r.path,
                                 client: r.client,
+                                task_state: tasks.then(|| r.wait.describe()),
                             },
                             stack,
                         }

@@ -25,6 +25,9 @@ use crate::log::Level;
 use crate::runtime::{RunQueue, WorkerContext};
 use crate::scoreboard::now_ns;
 
+/// Await stacks by scoreboard entry, as a loop answers `show stacks`.
+pub type EntryStacks = Vec<(usize, String)>;
+
 /// The period of the loop's beat timer; must match `BEAT` in `python/ferricorn/_asgi.py`.
 const BEAT_NS: u64 = 100_000_000;
 
@@ -76,6 +79,8 @@ pub struct LoopShared {
     late_max_ns: AtomicU64,
     blocked_reported: AtomicBool,
     stuck_reported: AtomicBool,
+    /// A `show stacks` waiting for the loop's tasks' await stacks (by scoreboard entry).
+    stacks_tx: Mutex<Option<tokio::sync::oneshot::Sender<EntryStacks>>>,
     started: Mutex<Option<std::sync::mpsc::Sender<Result<(), String>>>>,
     stop_asked: AtomicBool,
     stopped: Mutex<bool>,
@@ -117,6 +122,7 @@ impl LoopShared {
             late_max_ns: AtomicU64::new(0),
             blocked_reported: AtomicBool::new(false),
             stuck_reported: AtomicBool::new(false),
+            stacks_tx: Mutex::new(None),
             started: Mutex::new(None),
             stop_asked: AtomicBool::new(false),
             stopped: Mutex::new(false),
@@ -248,6 +254,20 @@ impl LoopShared {
                 crate::python::stacks::dump_thread(ctx.log.raw_fd(), self.tstate());
             }
         }
+    }
+
+    /// Ask the loop for its tasks' await stacks (a newer ask replaces an unanswered one).
+    pub fn ask_stacks(&self) -> tokio::sync::oneshot::Receiver<EntryStacks> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.stacks_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.signal();
+        rx
+    }
+
+    /// The loop thread's stack, read without the GIL (for a loop that cannot answer).
+    pub fn thread_stack(&self) -> Option<String> {
+        crate::python::stacks::thread_stack(self.tstate())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
     pub fn ask_stop(&self) {
@@ -397,9 +417,7 @@ impl LoopBridge {
         while let Ok(wake) = shared.wakes_rx.try_recv() {
             match wake {
                 Wake::Sent { req, fut, ok } => {
-                    if !ok {
-                        req.borrow_mut(py).client_gone();
-                    }
+                    req.borrow_mut(py).piece_sent(ok);
                     resolve(
                         py,
                         &fut,
@@ -445,6 +463,14 @@ impl LoopBridge {
         if shared.stop_asked.swap(false, Ordering::AcqRel) {
             out.push("stop".into_pyobject(py)?.into_any().unbind());
         }
+        if shared
+            .stacks_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            out.push("stacks".into_pyobject(py)?.into_any().unbind());
+        }
         while let Ok(ticket) = shared.queue.try_recv() {
             match ticket.take() {
                 Some(job) => out.push(AsgiRequest::start(py, shared, job)?.into_any()),
@@ -455,6 +481,25 @@ impl LoopBridge {
             }
         }
         Ok(out)
+    }
+
+    /// The answer to [`LoopShared::ask_stacks`]: each running request with its task's await stack.
+    fn stacks(&self, py: Python<'_>, tasks: Vec<(Py<AsgiRequest>, String)>) {
+        let Some(tx) = self
+            .shared
+            .stacks_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let stacks = tasks
+            .into_iter()
+            .map(|(req, text)| (req.borrow(py).entry(), text))
+            .filter(|(entry, _)| *entry != super::NO_SLOT)
+            .collect();
+        let _ = tx.send(stacks);
     }
 
     /// A log record (`level` as the log names them), optionally with a text block after it.

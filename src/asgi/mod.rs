@@ -152,6 +152,40 @@ impl AppRuntime for AsgiRuntime {
         )
     }
 
+    /// Each serving loop is asked for its tasks' await stacks; a loop away for more than half a second
+    /// cannot answer, and its thread's stack (read without the GIL) is given instead.
+    fn task_stacks(&self, _ctx: &WorkerContext) -> Option<crate::runtime::TaskStacks> {
+        let now = now_ns();
+        let mut asked = Vec::new();
+        let mut blocked = Vec::new();
+        for l in self.loops() {
+            match l.away(now) {
+                None => {}
+                Some(away) if away > Duration::from_millis(500) => {
+                    if let Some(stack) = l.thread_stack() {
+                        blocked.push((
+                            crate::runtime::LOOP_STACK,
+                            format!(
+                                "(the event loop has been blocked for {:.1}s; its thread's stack:)\n{stack}",
+                                away.as_secs_f64()
+                            ),
+                        ));
+                    }
+                }
+                Some(_) => asked.push(l.ask_stacks()),
+            }
+        }
+        Some(Box::pin(async move {
+            let mut out = blocked;
+            for rx in asked {
+                if let Ok(Ok(stacks)) = tokio::time::timeout(Duration::from_millis(500), rx).await {
+                    out.extend(stacks);
+                }
+            }
+            out
+        }))
+    }
+
     /// The watchdog: a loop that has not come back for `--asgi-block-threshold` is logged once per
     /// episode with its thread's stack; past `--timeout`, the worker retires. Each round also
     /// publishes the loops' worst lag to the scoreboard (the master's metrics and health read it).

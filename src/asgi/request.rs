@@ -26,6 +26,7 @@ use crate::exchange::{
 };
 use crate::http::{self, RequestHead};
 use crate::runtime::{hooks, Outcome, RequestScope, WorkerContext};
+use crate::scoreboard::Wait;
 
 /// Where the response stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,15 +197,31 @@ impl AsgiRequest {
         msg: Option<crate::exchange::WsFromClient>,
         rx: mpsc::Receiver<crate::exchange::WsFromClient>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.set_wait(Wait::InApp);
         match self.ws.as_mut() {
             Some(ws) => ws.arrived(py, msg, Some(rx)),
             None => disconnect_message(py),
         }
     }
 
-    /// The client is gone (a send found the connection closed).
-    pub fn client_gone(&mut self) {
-        self.sender.disconnected = true;
+    /// A piece that waited for room is queued (`ok`), or the client is gone.
+    pub fn piece_sent(&mut self, ok: bool) {
+        if !ok {
+            self.sender.disconnected = true;
+        }
+        self.set_wait(Wait::InApp);
+    }
+
+    /// The request's scoreboard entry (`NO_SLOT` once it ended).
+    pub fn entry(&self) -> usize {
+        self.slot
+    }
+
+    /// Tell `show workers` what this request's task waits for.
+    fn set_wait(&self, wait: Wait) {
+        if self.slot != super::NO_SLOT {
+            self.shared.ctx.board.set_wait(self.slot, wait);
+        }
     }
 
     /// The message for a piece of body that arrived; the stream comes back with it.
@@ -215,6 +232,7 @@ impl AsgiRequest {
         rx: mpsc::Receiver<BodyChunk>,
     ) -> PyResult<Bound<'py, PyDict>> {
         self.body_waiting = false;
+        self.set_wait(Wait::InApp);
         self.body_rx = Some(rx);
         self.chunk_message(py, chunk)
     }
@@ -695,6 +713,7 @@ impl AsgiRequest {
                 return resolve_now(py, &fut, msg.into_any());
             };
             let req = slf.clone().unbind();
+            this.set_wait(Wait::Message);
             io.spawn(async move {
                 let msg = rx.recv().await;
                 shared.post(Wake::Ws { req, fut, msg, rx });
@@ -703,6 +722,7 @@ impl AsgiRequest {
         }
         if let Some(mut rx) = this.body_rx.take() {
             this.body_waiting = true;
+            this.set_wait(Wait::Body);
             let req = slf.clone().unbind();
             io.spawn(async move {
                 let chunk = rx.recv().await;
@@ -716,6 +736,7 @@ impl AsgiRequest {
             return Ok(());
         }
         let reply = this.sender.reply().clone();
+        this.set_wait(Wait::Disconnect);
         io.spawn(async move {
             reply.closed().await;
             shared.post(Wake::Gone { fut });
@@ -801,6 +822,7 @@ impl AsgiRequest {
                     return resolve_now(py, &fut, no);
                 };
                 let req = slf.clone().unbind();
+                this.set_wait(Wait::ClientRead);
                 io.spawn(async move {
                     let ok = tx.send(m).await.is_ok();
                     shared.post(Wake::Sent { req, fut, ok });
@@ -819,6 +841,7 @@ impl AsgiRequest {
             );
         };
         let req = slf.clone().unbind();
+        this.set_wait(Wait::ClientRead);
         io.spawn(async move {
             let ok = reply.send(out).await.is_ok();
             shared.post(Wake::Sent { req, fut, ok });

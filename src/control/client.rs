@@ -613,8 +613,15 @@ fn format_workers(data: &Json) -> String {
             heartbeat
         ));
         for r in in_flight {
+            // An event loop's requests are its tasks, with what each waits for.
+            let task_state = r.get("task_state").and_then(Json::as_str);
             lines.push(format!(
-                "         thread {}: {} {} from {}, running {}",
+                "         {} {}: {} {} from {}, running {}{}",
+                if task_state.is_some() {
+                    "task"
+                } else {
+                    "thread"
+                },
                 text_of(r.get("thread")),
                 text_of(r.get("method")),
                 text_of(r.get("path")),
@@ -622,7 +629,8 @@ fn format_workers(data: &Json) -> String {
                     Some("") | None => "-".to_string(),
                     Some(c) => c.to_string(),
                 },
-                elapsed(r.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0))
+                elapsed(r.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0)),
+                task_state.map(|s| format!(", {s}")).unwrap_or_default()
             ));
         }
     }
@@ -659,8 +667,14 @@ fn format_stacks(data: &Json) -> String {
             lines.push("  no request in flight".to_string());
         }
         for t in threads {
+            let task_state = t.get("task_state").and_then(Json::as_str);
             lines.push(format!(
-                "  thread {}: {} {} from {}, running {}",
+                "  {} {}: {} {} from {}, running {}{}",
+                if task_state.is_some() {
+                    "task"
+                } else {
+                    "thread"
+                },
                 text_of(t.get("thread")),
                 text_of(t.get("method")),
                 text_of(t.get("path")),
@@ -668,7 +682,8 @@ fn format_stacks(data: &Json) -> String {
                     Some("") | None => "-".to_string(),
                     Some(c) => c.to_string(),
                 },
-                elapsed(t.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0))
+                elapsed(t.get("elapsed").and_then(Json::as_f64).unwrap_or(0.0)),
+                task_state.map(|s| format!(", {s}")).unwrap_or_default()
             ));
             match t.get("stack").and_then(Json::as_array) {
                 Some(stack) => {

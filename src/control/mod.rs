@@ -114,6 +114,8 @@ pub struct BusyThread {
     pub path: String,
     pub client: String,
     pub elapsed_secs: f64,
+    /// An event loop's task (`-k asgi`, where `thread` is the request's entry): what it waits for.
+    pub task_state: Option<&'static str>,
 }
 
 /// One worker as `show workers` reports it.
@@ -784,6 +786,7 @@ mod tests {
                     path: "/slow".into(),
                     client: "127.0.0.1:5000".into(),
                     elapsed_secs: 1.25,
+                    task_state: None,
                 }],
             }]
         }

@@ -280,14 +280,19 @@ fn millis(x: f64) -> Json {
     Json::Float((x * 1000.0).round() / 1000.0)
 }
 
+/// A request in flight; `task_state` only for an event loop's task (`thread` is then its entry).
 fn busy_json(b: &BusyThread) -> Json {
-    obj([
+    let mut j = obj([
         ("thread", b.thread.into()),
         ("method", b.method.as_str().into()),
         ("path", b.path.as_str().into()),
         ("client", b.client.as_str().into()),
         ("elapsed", secs(b.elapsed_secs)),
-    ])
+    ]);
+    if let (Some(state), Json::Obj(fields)) = (b.task_state, &mut j) {
+        fields.push(("task_state".into(), state.into()));
+    }
+    j
 }
 
 /// One worker. The first five keys are gunicorn's (`age` is its spawn order, as there); the rest are

@@ -18,6 +18,13 @@ use std::sync::Arc;
 
 use crate::exchange::Ticket;
 pub use context::WorkerContext;
+
+/// Task stacks by scoreboard entry, once the loops answer (see [`AppRuntime::task_stacks`]).
+pub type TaskStacks =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(usize, String)>> + 'static>>;
+
+/// The entry under which [`AppRuntime::task_stacks`] gives a blocked loop thread's stack.
+pub const LOOP_STACK: usize = usize::MAX;
 pub use scope::{Outcome, RequestScope};
 
 /// The run queue's receiving end, shared by a runtime's threads.
@@ -49,6 +56,14 @@ pub trait AppRuntime: Send + Sync {
     /// reply channel when it comes.
     fn watches_disconnect(&self) -> bool {
         false
+    }
+
+    /// For `show stacks`, in a runtime whose requests are tasks rather than threads: each task's stack
+    /// by scoreboard entry, resolved later (the loop must take it). An entry of [`LOOP_STACK`] carries
+    /// the stack of a loop's thread that is blocked and cannot answer. `None`: each request runs on
+    /// the thread of its entry, whose stack is read directly.
+    fn task_stacks(&self, _ctx: &WorkerContext) -> Option<TaskStacks> {
+        None
     }
 
     /// Called on the I/O thread at each heartbeat tick: the runtime's own health (an event loop that

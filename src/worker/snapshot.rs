@@ -2,14 +2,16 @@
 //! the Python stack of every thread running a request and the worker's recently finished requests.
 //!
 //! Stacks are read without the GIL by CPython's own dumper (as for `--timeout`), into a memfd so that a
-//! deep stack cannot fill a pipe that this same thread would have to drain.
+//! deep stack cannot fill a pipe that this same thread would have to drain. An event loop's requests
+//! are tasks, not threads: their await stacks are asked of the loop, and published when it answers.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::Ordering;
 
-use crate::runtime::WorkerContext;
+use crate::runtime::{WorkerContext, LOOP_STACK};
+use crate::scoreboard::WorkerHandle;
 use crate::snapshot::{History, SnapshotWriter, Snapshots, AREA_LEN};
 
 /// Room left for the stacks once the history is written; each stack gets an equal share.
@@ -24,6 +26,15 @@ pub fn answer_if_asked(ctx: &WorkerContext) {
     let Some(request) = snaps.pending(slot) else {
         return;
     };
+    // An event loop's tasks: their await stacks come from the loop, a moment later.
+    if let Some(stacks) = ctx.runtime.task_stacks(ctx) {
+        let board = ctx.board;
+        tokio::task::spawn_local(async move {
+            let stacks = stacks.await;
+            publish_tasks(snaps, slot, request, board, &stacks);
+        });
+        return;
+    }
     let mut w = SnapshotWriter::default();
     for f in History::get().entries() {
         w.finished(&f);
@@ -49,6 +60,40 @@ pub fn answer_if_asked(ctx: &WorkerContext) {
                 text.as_deref().unwrap_or("(stack not available)\n"),
                 budget,
             );
+        }
+    }
+    snaps.publish(slot, request, &w.into_text());
+}
+
+/// The snapshot of an event-loop worker: each request in flight with its task's await stack, or the
+/// blocked loop thread's stack for a task the loop could not answer for.
+fn publish_tasks(
+    snaps: Snapshots,
+    slot: usize,
+    request: u64,
+    board: WorkerHandle,
+    stacks: &[(usize, String)],
+) {
+    let mut w = SnapshotWriter::default();
+    for f in History::get().entries() {
+        w.finished(&f);
+    }
+    let busy = board.requests_in_flight();
+    if !busy.is_empty() {
+        let room = AREA_LEN.saturating_sub(w.len() + STACK_RESERVE);
+        let budget = room / busy.len();
+        let loop_stack = stacks
+            .iter()
+            .find(|(entry, _)| *entry == LOOP_STACK)
+            .map(|(_, s)| s.as_str());
+        for (entry, req) in &busy {
+            let text = stacks
+                .iter()
+                .find(|(e, _)| e == entry)
+                .map(|(_, s)| s.as_str())
+                .or(loop_stack)
+                .unwrap_or("(stack not available: the request started after the loop answered)\n");
+            w.stack(*entry, req.started_ns, text, budget);
         }
     }
     snaps.publish(slot, request, &w.into_text());
