@@ -129,3 +129,37 @@ def test_show_workers_and_stacks_tell_each_task_and_what_it_waits_for(start_serv
             s.close()
     # The worker goes on serving.
     assert httpx.get(srv.url + "/", timeout=20).text == "hello"
+
+
+def test_a_websocket_handshake_the_app_never_answers_gets_504_at_timeout(start_server, tmp_path):
+    import time
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from conftest import wait_for
+
+    marker = tmp_path / "ws.txt"
+    srv = start_server(["-k", "asgi", "-w", "1", "-t", "2", "asgi_raw:app"],
+                       env={"ASGI_WS_MARKER": str(marker)})
+    srv.wait_workers(1)
+    for i in range(3):
+        t0 = time.monotonic()
+        with pytest.raises(InvalidStatus) as e:
+            connect(ws_url(srv, "/ws/never-answer"), open_timeout=15).close()
+        assert e.value.response.status_code == 504
+        assert time.monotonic() - t0 < 8
+        # The same worker goes on: HTTP and an accepted websocket after it.
+        assert httpx.get(srv.url + "/", timeout=10).text == "hello"
+        with connect(ws_url(srv, "/ws/echo")) as ws:
+            ws.send("still here")
+            assert ws.recv(timeout=10) == "still here"
+    srv.wait_log(r"Request exceeded --timeout 2s: GET /ws/never-answer", count=3)
+    text = srv.log_text()
+    assert "a request's task ran past --timeout 2s and is cancelled" in text
+    block = text.split("Await stack of its task (most recent call first):\n", 1)[1]
+    assert "asgi_raw.py" in block and "await asyncio.sleep(3600)" in block, block
+    # The task was cancelled (its finally ran), not abandoned.
+    wait_for(lambda: marker.exists() and marker.read_text().count("handshake cancelled") == 3, 5,
+             message="three cancellations")
+    assert len(srv.worker_pids_from_log()) == 1

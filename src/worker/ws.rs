@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Weak;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,16 +28,20 @@ use super::driver::{UpgradeHandler, Upgraded};
 use super::h1::write::{write_piece, Framed};
 use super::IoState;
 use crate::exchange::{
-    ConnInfo, Job, Out, Progress, RequestBody, WsChannels, WsFromClient, WsToClient, REPLY_QUEUE,
+    ConnInfo, Job, Out, Progress, RequestBody, TaskEvent, WsChannels, WsFromClient, WsToClient,
+    REPLY_QUEUE,
 };
 use crate::http::framing::H1Response;
 use crate::http::{self, RequestHead};
+use crate::scoreboard::now_ns;
 
 /// Messages in flight each way between the connection and the app: enough to keep both busy, few
 /// enough that a client that floods the session is held back by TCP rather than buffered.
 const WS_QUEUE: usize = 16;
 /// How long a session closing has to get the peer's close frame back.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How often an unanswered handshake is held against `--timeout`.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(250);
 
 /// The `websocket` upgrade handler of a worker whose runtime serves websockets.
 pub struct WebsocketHandler {
@@ -101,6 +106,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
     let (in_tx, in_rx) = mpsc::channel::<WsFromClient>(WS_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<WsToClient>(WS_QUEUE);
     let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let progress = Arc::new(Progress::default());
     let job = Job {
         head: up.head.clone(),
         conn: ConnInfo {
@@ -114,7 +120,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
             stream: None,
         },
         reply: reply_tx,
-        progress: Arc::new(Progress::default()),
+        progress: progress.clone(),
         websocket: Some(WsChannels {
             from_client: in_rx,
             to_client: out_tx,
@@ -124,14 +130,23 @@ async fn session(mut up: Upgraded, io: &IoState) {
     if io.admission.place(job, &up.peer, &mut claim).is_none() {
         return;
     }
-    // The handshake: the app accepts, closes, or answers with a response of its own.
+    // The handshake: the app accepts, closes, or answers with a response of its own — within
+    // `--timeout` of its task's start, as any request's answer.
     let mut h1 = H1Response::new(up.head.version_minor, &up.head.method, false);
     let mut frame = Framed::new();
+    let mut check = Instant::now() + HANDSHAKE_POLL;
     let accepted = loop {
         tokio::select! {
             // The app's word on the handshake first: a refusal's response is queued before the app's
             // channels close.
             biased;
+            _ = tokio::time::sleep_until(check), if io.request_timeout.is_some() => {
+                check = Instant::now() + HANDSHAKE_POLL;
+                if handshake_timed_out(&mut up, io, &progress).await {
+                    return;
+                }
+                continue;
+            }
             said = out_rx.recv() => match said {
                 Some(WsToClient::Accept { subprotocol, headers }) => {
                     if up.stream.write_all(&switching(&up.head, subprotocol, &headers)).await.is_err() {
@@ -327,6 +342,46 @@ where
         }
     })
     .await;
+}
+
+/// A handshake whose task has run past `--timeout` without answering it: the task is cancelled (and
+/// named in the log with its await stack, as any request past `--timeout`) and the client gets a 504.
+async fn handshake_timed_out(up: &mut Upgraded, io: &IoState, progress: &Progress) -> bool {
+    let started = progress.started_ns.load(Ordering::Acquire);
+    let Some(limit) = io.request_timeout else {
+        return false;
+    };
+    if started == 0 {
+        return false; // still waiting for room on the loop
+    }
+    let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
+    if elapsed < limit {
+        return false;
+    }
+    let thread = progress.thread.load(Ordering::Relaxed);
+    let ns = elapsed.as_nanos() as u64;
+    match progress
+        .task
+        .get()
+        .map(|t| t.event(TaskEvent::TimedOut(elapsed)))
+    {
+        Some(Ok(())) => {}
+        Some(Err(stuck)) => io.request_timed_out(thread, stuck, ns),
+        None => io.request_timed_out(thread, thread, ns),
+    }
+    let body = format!(
+        "The websocket handshake was not answered within the server's timeout ({} s).\n",
+        limit.as_secs()
+    );
+    progress.timed_out.store(true, Ordering::Release);
+    let _ = timeout(
+        io.header_timeout,
+        up.stream
+            .write_all(&http::simple_response(504, &body, true)),
+    )
+    .await;
+    io.log_own_answer(&up.head, &up.peer, 504, body.len(), elapsed);
+    true
 }
 
 /// The `101 Switching Protocols` answer to an accepted handshake.

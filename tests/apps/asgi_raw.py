@@ -75,6 +75,12 @@ async def websocket(scope, receive, send):
         await send({"type": "websocket.close", "code": 4000, "reason": "done"})
         msg = await receive()
         note("after close %s %s" % (msg["type"], msg.get("code")))
+    elif path == "/ws/never-answer":
+        # Has the connect and never accepts nor refuses: --timeout answers for it.
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            note("handshake cancelled")
     elif path == "/ws/forever":
         await send({"type": "websocket.accept"})
         while True:
