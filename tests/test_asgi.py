@@ -383,7 +383,9 @@ def test_a_request_on_a_loop_blocked_past_timeout_retires_the_worker_with_its_st
     text = srv.log_text()
     assert "WORKER TIMEOUT (pid:%d)\n" % pid in text
     # The loop cannot cancel a task while it is blocked: the stack is the loop thread's.
-    assert re.search(r"Python stack of the thread running it \(most recent call first\):\n(.*\n)*.*asgi_raw\.py", text)
+    assert re.search(r"\(running for \d+\.\ds, worker %d, task \d+\)" % pid, text), text
+    assert re.search(r"Python stack of the event loop's thread, which does not come back \(most recent "
+                     r"call first\):\n(.*\n)*.*asgi_raw\.py", text), text
     wait_for(lambda: get(srv.port, "/").body == b"hello", 20, message="the replacement serving")
 
 

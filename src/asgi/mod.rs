@@ -145,6 +145,10 @@ impl AppRuntime for AsgiRuntime {
         true
     }
 
+    fn runs_tasks(&self) -> bool {
+        true
+    }
+
     fn loopback_words(&self) -> (&'static str, &'static str) {
         (
             "with a synchronous client, which blocks the event loop that must serve the call",

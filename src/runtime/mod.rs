@@ -58,6 +58,11 @@ pub trait AppRuntime: Send + Sync {
         false
     }
 
+    /// Whether requests are tasks of an event loop (a scoreboard entry is then a task, not a thread).
+    fn runs_tasks(&self) -> bool {
+        false
+    }
+
     /// For `show stacks`, in a runtime whose requests are tasks rather than threads: each task's stack
     /// by scoreboard entry, resolved later (the loop must take it). An entry of [`LOOP_STACK`] carries
     /// the stack of a loop's thread that is blocked and cannot answer. `None`: each request runs on

@@ -98,6 +98,18 @@ impl IoState {
         log.critical(&format!("WORKER TIMEOUT (pid:{pid})"));
         let secs = elapsed_ns as f64 / 1e9;
         let limit = self.ctx.cfg.timeout;
+        // A task that could not be cancelled: its loop does not come back.
+        let (entry, stack_of) = if self.ctx.runtime.runs_tasks() {
+            (
+                "task",
+                "Python stack of the event loop's thread, which does not come back (most recent call first):",
+            )
+        } else {
+            (
+                "thread",
+                "Python stack of the thread running it (most recent call first):",
+            )
+        };
         match self
             .board
             .requests_in_flight()
@@ -106,20 +118,16 @@ impl IoState {
         {
             Some((_, r)) => {
                 log.critical(&format!(
-                    "Request exceeded --timeout {limit}s: {} (running for {secs:.1}s, worker {pid}, thread {thread})",
+                    "Request exceeded --timeout {limit}s: {} (running for {secs:.1}s, worker {pid}, {entry} {thread})",
                     r.summary(),
                 ));
                 self.note_lost_thread(thread, r.started_ns);
             }
             None => log.critical(&format!(
-                "A request exceeded --timeout {limit}s (running for {secs:.1}s, worker {pid}, thread {thread})"
+                "A request exceeded --timeout {limit}s (running for {secs:.1}s, worker {pid}, {entry} {thread})"
             )),
         }
-        self.log_with_stack(
-            crate::log::Level::Critical,
-            "Python stack of the thread running it (most recent call first):",
-            stuck,
-        );
+        self.log_with_stack(crate::log::Level::Critical, stack_of, stuck);
         self.ctx.worker_hook("worker_abort");
         self.begin_stop();
     }
