@@ -195,6 +195,25 @@ def test_pathsend_sends_the_file(start_server, tmp_path):
             assert c.get("/").text == "hello"
 
 
+def test_zerocopy_sends_the_file_or_its_part(start_server, tmp_path):
+    data = os.urandom(1024 * 1024 + 7)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    srv = asgi(start_server, env={"ASGI_FILE": str(f)})
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for _ in range(3):
+            r = c.get("/zerocopy")
+            assert r.status_code == 200 and r.headers["content-length"] == str(len(data))
+            assert r.content == data
+            r = c.get("/zerocopy?offset=1000&count=5000")
+            assert r.headers["content-length"] == "5000" and r.content == data[1000:6000]
+            assert c.get("/zerocopy?offset=1048000").content == data[1048000:]
+            # Pieces among body messages: the same bytes, in order.
+            r = c.get("/zerocopy?pieces=1")
+            assert r.content == b"head:" + data[:10] + data[10:]
+            assert c.get("/").text == "hello"
+
+
 def test_trailers_reach_a_client_that_asked_for_them(start_server):
     srv = asgi(start_server)
     data = wire(srv, b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")

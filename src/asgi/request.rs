@@ -1,7 +1,7 @@
 //! One HTTP request as an ASGI app sees it (ASGI 3.0, HTTP spec 2.4): the `scope`; `receive()`'s
 //! `http.request` messages (the body streamed as the app asks for it, `more_body`) and
 //! `http.disconnect` (once the response is done, or as soon as the client goes away); `send()`'s
-//! `http.response.start`, `.body` (streaming), `.trailers` and `.pathsend`, turned into the exchange's
+//! `http.response.start`, `.body` (streaming), `.trailers`, `.pathsend` and `.zerocopy`, turned into the exchange's
 //! semantic pieces. What cannot go out now waits without blocking the loop: a piece for a slow client
 //! (backpressure), body bytes not read yet — each wait is a task on the worker's I/O thread that
 //! resolves an asyncio future through the loop's bridge.
@@ -473,6 +473,67 @@ impl AsgiRequest {
         self.offer(out)
     }
 
+    /// `http.response.zerocopy`: a file the app opened, from `offset` (else its current position) for
+    /// `count` bytes (else to its end). The whole response in one message goes out with sendfile(2), as
+    /// `pathsend` does; a piece among others (`more_body`, or after body messages) is read and sent as a
+    /// body message — same bytes, copied.
+    fn zerocopy(&mut self, msg: &Bound<'_, PyDict>) -> PyResult<bool> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::FileExt;
+
+        if !matches!(self.stage, Stage::Started | Stage::Streaming) {
+            return Err(self.out_of_order("http.response.zerocopy"));
+        }
+        let py = msg.py();
+        let fd: i32 = msg
+            .get_item("file")?
+            .ok_or_else(|| PyValueError::new_err("http.response.zerocopy without a file"))?
+            .call_method0("fileno")?
+            .extract()?;
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor number only reads it; a bad one is an error.
+        let own = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if own < 0 {
+            return Err(PyOSError::new_err(format!(
+                "http.response.zerocopy: file descriptor {fd}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: a descriptor we just created and now own.
+        let file = unsafe { std::fs::File::from_raw_fd(own) };
+        let size = file
+            .metadata()
+            .map_err(|e| PyOSError::new_err(format!("http.response.zerocopy: {e}")))?
+            .len();
+        let offset = match msg.get_item("offset")? {
+            Some(o) if !o.is_none() => o.extract::<u64>()?,
+            // SAFETY: lseek with SEEK_CUR and 0 only reads the descriptor's position.
+            _ => u64::try_from(unsafe { libc::lseek(own, 0, libc::SEEK_CUR) }).unwrap_or(0),
+        };
+        let rest = size.saturating_sub(offset);
+        let count = match msg.get_item("count")? {
+            Some(c) if !c.is_none() => c.extract::<u64>()?.min(rest),
+            _ => rest,
+        };
+        let more = match msg.get_item("more_body")? {
+            Some(m) => m.is_truthy()?,
+            None => false,
+        };
+        if self.stage == Stage::Started && !more && !self.trailers_expected {
+            let head = head_of(self.status, &self.headers, self.content_length);
+            let out = self.sender.file(Some(&head), file, offset, count);
+            self.stage = Stage::Done;
+            return self.offer(out);
+        }
+        let mut bytes = vec![0u8; usize::try_from(count).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(|e| PyOSError::new_err(format!("http.response.zerocopy: {e}")))?;
+        let piece = PyDict::new(py);
+        piece.set_item("type", "http.response.body")?;
+        piece.set_item("body", PyBytes::new(py, &bytes))?;
+        piece.set_item("more_body", more)?;
+        self.body(&piece)
+    }
+
     fn out_of_order(&self, got: &str) -> PyErr {
         let expected = match self.stage {
             Stage::Idle => "'http.response.start'",
@@ -657,6 +718,7 @@ impl AsgiRequest {
         } else {
             ext.set_item("http.response.trailers", PyDict::new(py))?;
             ext.set_item("http.response.pathsend", PyDict::new(py))?;
+            ext.set_item("http.response.zerocopy", PyDict::new(py))?;
         }
         d.set_item("extensions", ext)?;
         if let Some(state) = state {
@@ -799,6 +861,7 @@ impl AsgiRequest {
             "http.response.body" => self.body(msg),
             "http.response.trailers" => self.trailers(msg),
             "http.response.pathsend" => self.pathsend(msg),
+            "http.response.zerocopy" => self.zerocopy(msg),
             other => Err(PyRuntimeError::new_err(format!(
                 "Unexpected ASGI message '{other}' sent to an http scope"
             ))),

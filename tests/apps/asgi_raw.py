@@ -195,6 +195,24 @@ async def app(scope, receive, send):
     elif path == "/pathsend":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
         await send({"type": "http.response.pathsend", "path": os.environ["ASGI_FILE"]})
+    elif path == "/zerocopy":
+        # ?offset=N&count=M: part of ASGI_FILE; ?pieces=1: two pieces with more_body, after a body.
+        q = dict(kv.split("=") for kv in scope["query_string"].decode().split("&") if kv)
+        assert "http.response.zerocopy" in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+        with open(os.environ["ASGI_FILE"], "rb") as f:
+            if q.get("pieces"):
+                await send({"type": "http.response.body", "body": b"head:", "more_body": True})
+                await send({"type": "http.response.zerocopy", "file": f, "offset": 0, "count": 10, "more_body": True})
+                f.seek(10)
+                await send({"type": "http.response.zerocopy", "file": f, "more_body": False})
+            else:
+                msg = {"type": "http.response.zerocopy", "file": f}
+                if "offset" in q:
+                    msg["offset"] = int(q["offset"])
+                if "count" in q:
+                    msg["count"] = int(q["count"])
+                await send(msg)
     elif path == "/latin1":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-name", "café".encode("latin-1"))]})
         await send({"type": "http.response.body", "body": b"ok"})
