@@ -163,3 +163,38 @@ def test_a_websocket_handshake_the_app_never_answers_gets_504_at_timeout(start_s
     wait_for(lambda: marker.exists() and marker.read_text().count("handshake cancelled") == 3, 5,
              message="three cancellations")
     assert len(srv.worker_pids_from_log()) == 1
+
+
+@pytest.mark.parametrize("grace", [None, "0"])
+def test_a_task_whose_client_left_is_cancelled_after_the_grace_period(start_server, tmp_path, grace):
+    import socket
+    import time
+
+    from conftest import wait_for
+
+    marker = tmp_path / "cancel.txt"
+    args = ["-k", "asgi", "-w", "1", "asgi_raw:app"]
+    if grace is not None:
+        args += ["--asgi-disconnect-grace-period", grace]
+    srv = start_server(args, env={"ASGI_CANCEL_MARKER": str(marker)})
+    srv.wait_workers(1)
+    for i in range(3):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        s.close()
+        left = time.monotonic()
+        if grace is None:
+            # The default gives the app 3 s to notice (http.disconnect) before it is cancelled.
+            time.sleep(1)
+            assert not marker.exists() or marker.read_text().count("cancelled") == i
+        wait_for(lambda: marker.exists() and marker.read_text().count("cancelled") == i + 1, 10,
+                 message="the task cancelled")
+        if grace is None:
+            assert time.monotonic() - left >= 2.5
+    want = "3s" if grace is None else "0s"
+    srv.wait_log(r"Request GET /forever from 127\.0\.0\.1:\d+: its client left \d+s ago and the task "
+                 rf"still runs: cancelled \(--asgi-disconnect-grace-period {want}\)", count=3)
+    # A client that stays gets its answer; the worker goes on.
+    assert httpx.get(srv.url + "/sleep?s=1", timeout=10).text == "slept"
+    assert len(srv.worker_pids_from_log()) == 1

@@ -202,12 +202,26 @@ class Server:
         if entry is None:
             return
         task, req = entry
+        if kind == "gone":
+            # The client left mid-request: a task that still runs after the grace period is cancelled.
+            if elapsed <= 0:
+                self.cancel_gone(rid, task, elapsed)
+            else:
+                self.loop.call_later(elapsed, self.cancel_gone, rid, task, elapsed)
+            return
         stack = task_stack(task)
         if kind == "timeout":
             req.timed_out(elapsed, stack)
             task.cancel()
         else:
             req.slow(elapsed, stack)
+
+    def cancel_gone(self, rid, task, grace):
+        entry = self.tasks.get(rid)
+        if entry is None or entry[0] is not task or task.done():
+            return
+        entry[1].client_left(grace)
+        task.cancel()
 
     async def run(self, req):
         loop = self.loop

@@ -444,6 +444,10 @@ impl LoopBridge {
                     let (kind, d) = match event {
                         TaskEvent::TimedOut(d) => ("timeout", d),
                         TaskEvent::Slow(d) => ("slow", d),
+                        TaskEvent::ClientGone => (
+                            "gone",
+                            Duration::from_secs(shared.ctx.cfg.asgi_disconnect_grace_period),
+                        ),
                     };
                     out.push(
                         PyTuple::new(

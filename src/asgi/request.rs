@@ -1009,6 +1009,15 @@ impl AsgiRequest {
         );
     }
 
+    /// The client left mid-request and the task still runs after the grace period: it is cancelled
+    /// next.
+    fn client_left(&self, grace: f64) {
+        self.shared.ctx.log.info(&format!(
+            "Request {}: its client left {grace:.0}s ago and the task still runs: cancelled (--asgi-disconnect-grace-period {grace:.0}s)",
+            self.what()
+        ));
+    }
+
     /// Log `--slow-request-threshold` for this request with its task's await stack.
     fn slow(&self, elapsed: f64, stack: &str) {
         self.log_with(

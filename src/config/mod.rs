@@ -168,6 +168,8 @@ pub struct Config {
     pub slow_request_threshold: u64,
     /// Seconds an asgi worker's event loop may stay away before a WARNING names what blocks it; 0 = off.
     pub asgi_block_threshold: u64,
+    /// `--asgi-disconnect-grace-period`: seconds a task may run on after its client left mid-request.
+    pub asgi_disconnect_grace_period: u64,
     /// `--asgi-loop`: auto, asyncio or uvloop.
     pub asgi_loop: String,
     /// `--asgi-lifespan`: auto, on or off.
@@ -260,6 +262,7 @@ impl Default for Config {
             max_requests_jitter: 0,
             slow_request_threshold: 0,
             asgi_block_threshold: 1,
+            asgi_disconnect_grace_period: 3,
             asgi_loop: "auto".to_string(),
             asgi_lifespan: "auto".to_string(),
             root_path: String::new(),

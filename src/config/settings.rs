@@ -881,6 +881,21 @@ pub static SETTINGS: &[Setting] = &[
         show: |c| c.asgi_lifespan.clone(),
     },
     Setting {
+        name: "asgi_disconnect_grace_period",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--asgi-disconnect-grace-period"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "3",
+        help: "When a client leaves before its response is complete, cancel the request's task if it still runs this many seconds later; 0 = at once",
+        apply: |c, v| {
+            c.asgi_disconnect_grace_period = seconds(v)?;
+            Ok(())
+        },
+        show: |c| c.asgi_disconnect_grace_period.to_string(),
+    },
+    Setting {
         name: "websocket_max_message_size",
         section: Section::WorkerProcesses,
         kind: Kind::Value,

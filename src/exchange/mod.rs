@@ -189,6 +189,9 @@ pub enum TaskEvent {
     TimedOut(std::time::Duration),
     /// Past `--slow-request-threshold`: the log shows where the task waits; it goes on.
     Slow(std::time::Duration),
+    /// The client left before the response was complete: the task is cancelled if it still runs
+    /// after `--asgi-disconnect-grace-period`.
+    ClientGone,
 }
 
 /// How the I/O side reaches a request running as a task (see [`Progress::task`]).

@@ -279,7 +279,10 @@ pub(super) async fn run<S: Transport>(
         match step {
             Step::Continue => {}
             Step::Finished(keep) => break keep,
-            Step::Close => return x.ended(false),
+            Step::Close => {
+                x.left_mid_request();
+                return x.ended(false);
+            }
         }
     };
     if !keep_alive || x.framing_lost {
@@ -299,6 +302,19 @@ pub(super) async fn run<S: Transport>(
 }
 
 impl Exchange<'_> {
+    /// The connection ends before the response is complete: a task still running for it is told, so
+    /// it is cancelled after `--asgi-disconnect-grace-period` (a thread cannot be; it finishes).
+    fn left_mid_request(&self) {
+        if self.progress.timed_out.load(Ordering::Acquire)
+            || self.progress.started_ns.load(Ordering::Acquire) == 0
+        {
+            return;
+        }
+        if let Some(task) = self.progress.task.get() {
+            let _ = task.event(TaskEvent::ClientGone);
+        }
+    }
+
     fn ended(&self, keep: bool) -> Ended {
         Ended {
             keep,
