@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::bridge::{LoopShared, Wake};
 use super::websocket::{self, Ws};
-use crate::exchange::response::{Offer, ResponseSender};
+use crate::exchange::response::{Interim, Offer, ResponseSender};
 use crate::exchange::{
     BodyChunk, ConnInfo, Fields, Job, Out, ResponseHead, TaskControl, TaskEvent, WsToClient,
     ZERO_COPY_MIN,
@@ -283,6 +283,30 @@ impl AsgiRequest {
                 });
             }
         }
+    }
+
+    /// `http.response.informational` (status 1xx, e.g. 103 Early Hints) before the response starts;
+    /// the connection sends it to HTTP/1.1 clients only.
+    fn informational(&mut self, msg: &Bound<'_, PyDict>) -> PyResult<bool> {
+        if self.stage != Stage::Idle {
+            return Err(PyRuntimeError::new_err(
+                "'http.response.informational' is only allowed before 'http.response.start'",
+            ));
+        }
+        let status: u16 = msg
+            .get_item("status")?
+            .ok_or_else(|| PyValueError::new_err("http.response.informational without a status"))?
+            .extract()?;
+        if !(100..200).contains(&status) || status == 101 {
+            return Err(PyValueError::new_err(format!(
+                "http.response.informational status {status}: must be 1xx, not 101"
+            )));
+        }
+        let headers = match msg.get_item("headers")? {
+            Some(h) => Self::fields(&h, None)?,
+            None => Vec::new(),
+        };
+        self.offer(Out::Interim(Box::new(Interim { status, headers })))
     }
 
     fn start_response(&mut self, msg: &Bound<'_, PyDict>) -> PyResult<()> {
@@ -858,6 +882,7 @@ impl AsgiRequest {
         }
         match kind.as_str() {
             "http.response.start" => self.start_response(msg).map(|_| true),
+            "http.response.informational" => self.informational(msg),
             "http.response.body" => self.body(msg),
             "http.response.trailers" => self.trailers(msg),
             "http.response.pathsend" => self.pathsend(msg),

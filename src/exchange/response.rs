@@ -252,8 +252,38 @@ impl FileBody {
 pub enum Out {
     Piece(Box<Piece>),
     File(Box<FileBody>),
+    /// An interim response before the final one (103 Early Hints): sent to HTTP/1.1 clients while the
+    /// final head has not gone out, dropped otherwise.
+    Interim(Box<Interim>),
     /// The response cannot be completed (the app failed after the head was sent): cut the connection.
     Abort,
+}
+
+/// A 1xx response's status and fields (names and values checked by the runtime that made it).
+pub struct Interim {
+    pub status: u16,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Interim {
+    /// The HTTP/1.1 head.
+    pub fn to_h1(&self) -> Vec<u8> {
+        let reason = match self.status {
+            100 => "Continue",
+            102 => "Processing",
+            103 => "Early Hints",
+            _ => "Informational",
+        };
+        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status).into_bytes();
+        for (n, v) in &self.headers {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
 }
 
 /// What became of a piece offered without waiting.

@@ -143,6 +143,13 @@ impl Handler for WsgiRunner {
             conn.https,
             input.into_bound(py).into_any(),
         );
+        let environ = environ.and_then(|env| {
+            env.set_item(
+                "wsgi.early_hints",
+                responder.bind(py).getattr("early_hints")?,
+            )?;
+            Ok(env)
+        });
         let hook_req = hooks::pre_request(py, &self.ctx, &head);
         let outcome = match environ {
             Ok(env) => {

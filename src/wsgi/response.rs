@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::exchange::response::{Disconnected, ResponseSender};
+use crate::exchange::response::{Disconnected, Interim, ResponseSender};
 use crate::exchange::{Fields, Out, Piece, ResponseHead, ZERO_COPY_MIN};
 use crate::http;
 
@@ -239,6 +239,36 @@ fn parse_status(status: &str) -> PyResult<u16> {
 
 #[pymethods]
 impl Responder {
+    /// `environ["wsgi.early_hints"](headers)`: a `103 Early Hints` with these `(name, value)` headers,
+    /// before the final response (gunicorn 25's extension). Ignored once the response has started; the
+    /// connection sends it to HTTP/1.1 clients only. A client that is gone is not an error here.
+    fn early_hints(&mut self, py: Python<'_>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.started() || self.headers_sent() {
+            return Ok(());
+        }
+        let mut fields = Vec::new();
+        for item in headers.try_iter()? {
+            let (name, value): (String, String) = item?.extract().map_err(|_| {
+                PyTypeError::new_err("early hints must be a list of (name, value) str tuples")
+            })?;
+            let (name, value) = (name.trim(), value.trim());
+            if !http::valid_header_name(name.as_bytes())
+                || !http::valid_header_value(value.as_bytes())
+            {
+                return Err(PyValueError::new_err(format!(
+                    "invalid early hint header {name:?}: {value:?}"
+                )));
+            }
+            fields.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        }
+        let interim = Interim {
+            status: 103,
+            headers: fields,
+        };
+        let _ = self.sender.send(py, Out::Interim(Box::new(interim)));
+        Ok(())
+    }
+
     /// `start_response(status, response_headers, exc_info=None)`; returns `write`.
     #[pyo3(signature = (status, headers, exc_info=None))]
     fn __call__<'py>(

@@ -213,6 +213,13 @@ async def app(scope, receive, send):
                 if "count" in q:
                     msg["count"] = int(q["count"])
                 await send(msg)
+    elif path == "/early-hints":
+        await send({"type": "http.response.informational", "status": 103,
+                    "headers": [(b"link", b"</style.css>; rel=preload; as=style")]})
+        await send_text(send, 200, "hinted")
+    elif path == "/late-hint":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.informational", "status": 103, "headers": []})
     elif path == "/latin1":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-name", "café".encode("latin-1"))]})
         await send({"type": "http.response.body", "body": b"ok"})

@@ -294,7 +294,19 @@ def upper_file_route(environ, start_response):
     return environ["wsgi.file_wrapper"](f, 4096)
 
 
+def early_hints(environ, start_response):
+    hints = environ.get("wsgi.early_hints")
+    if hints is not None:
+        hints([("Link", "</style.css>; rel=preload; as=style"), ("Link", "</app.js>; rel=preload; as=script")])
+    # After the response started, a hint is ignored.
+    out = _send(start_response, b"<html>hinted</html>")
+    if hints is not None:
+        hints([("Link", "</late.css>; rel=preload")])
+    return out
+
+
 ROUTES = {
+    "/early-hints": early_hints,
     "/hello": hello,
     "/large": large,
     "/pid": pid,

@@ -397,6 +397,17 @@ impl Exchange<'_> {
                 }
                 Step::Finished(h1.keep_alive())
             }
+            // Early Hints: only to a client that speaks HTTP/1.1, and only before the final head.
+            Some(Out::Interim(interim)) => {
+                if self.head.version_minor == 0 || self.response_started {
+                    return Step::Continue;
+                }
+                let written = timeout(io.header_timeout, stream.write_all(&interim.to_h1())).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return Step::Close;
+                }
+                Step::Continue
+            }
             Some(Out::Abort) | None => Step::Close,
         }
     }
