@@ -141,8 +141,9 @@ def make_servers():
 
 
 # granian's ASGI interface, tuned: uvloop, HTTP/1 only (no HTTP/2 detection per connection), one
-# single-threaded Rust runtime per worker (the best on 2 cores; bench/README.md has the comparison).
-GRANIAN_ASGI_TUNING = ["--loop", "uvloop", "--http", "1", "--runtime-mode", "st"]
+# single-threaded Rust runtime per worker, and its Rust task implementation (Python <= 3.11) — the
+# fastest combination of the ones tried on this machine (bench/README.md has the comparison).
+GRANIAN_ASGI_TUNING = ["--loop", "uvloop", "--http", "1", "--runtime-mode", "st", "--task-impl", "rust"]
 SERVER_GROUPS = {"wsgi": ["gunicorn-sync", "gunicorn-gthread", "granian", "granian-bt", "ferricorn-sync",
                           "ferricorn-gthread"],
                  "asgi": ["granian-asgi", "uvicorn", "gunicorn-asgi", "hypercorn", "ferricorn-asgi"]}

@@ -62,9 +62,8 @@ fn parse_args() -> Result<Options, String> {
     if connections == 0 || threads == 0 || size == 0 {
         return Err("--connections, --threads and --size must be at least 1".to_string());
     }
-    if !(duration > 0.0 && duration.is_finite())
-        || !(connect_timeout > 0.0 && connect_timeout.is_finite())
-    {
+    let positive = |v: f64| v > 0.0 && v.is_finite();
+    if !positive(duration) || !positive(connect_timeout) {
         return Err("--duration and --connect-timeout must be positive seconds".to_string());
     }
     Ok(Options {
