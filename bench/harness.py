@@ -129,6 +129,9 @@ def make_servers():
         # ASGI: each server in its fastest documented configuration (bench/README.md says why)
         Server("granian-asgi", "granian", "granian asgi", "granian",
                ["--interface", "asgi", "--workers", w] + GRANIAN_ASGI_TUNING, interface="asgi"),
+        Server("granian-asgi-rt", "granian", "granian asgi rust-task", "granian",
+               ["--interface", "asgi", "--workers", w] + GRANIAN_ASGI_TUNING + ["--task-impl", "rust"],
+               interface="asgi"),
         Server("uvicorn", "uvicorn", "uvicorn", "uvicorn",
                ["--workers", w, "--http", "httptools", "--loop", "uvloop", "--ws", "websockets",
                 "--no-access-log", "--log-level", "warning"], interface="asgi", bind_flags=True),
@@ -141,12 +144,14 @@ def make_servers():
 
 
 # granian's ASGI interface, tuned: uvloop, HTTP/1 only (no HTTP/2 detection per connection), one
-# single-threaded Rust runtime per worker, and its Rust task implementation (Python <= 3.11) — the
-# fastest combination of the ones tried on this machine (bench/README.md has the comparison).
-GRANIAN_ASGI_TUNING = ["--loop", "uvloop", "--http", "1", "--runtime-mode", "st", "--task-impl", "rust"]
+# single-threaded Rust runtime per worker. granian-asgi-rt adds its Rust task implementation (Python
+# <= 3.11): faster on hello and FastAPI, slower with request bodies and many websockets, so both run and
+# the tables compare with the better of the two per row (bench/README.md has the comparison).
+GRANIAN_ASGI_TUNING = ["--loop", "uvloop", "--http", "1", "--runtime-mode", "st"]
 SERVER_GROUPS = {"wsgi": ["gunicorn-sync", "gunicorn-gthread", "granian", "granian-bt", "ferricorn-sync",
                           "ferricorn-gthread"],
-                 "asgi": ["granian-asgi", "uvicorn", "gunicorn-asgi", "hypercorn", "ferricorn-asgi"]}
+                 "asgi": ["granian-asgi", "granian-asgi-rt", "uvicorn", "gunicorn-asgi", "hypercorn",
+                          "ferricorn-asgi"]}
 
 
 def ab_twins(servers, ab):

@@ -160,7 +160,7 @@ async fn connection(
         }
         let echo = match tokio::time::timeout_at(
             deadline.max(sent + Duration::from_secs(5)).into(),
-            ws.next(),
+            next_data(&mut ws),
         )
         .await
         {
@@ -202,6 +202,20 @@ async fn connection(
     // A clean close, bounded: the server's answer is not waited for long.
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     out
+}
+
+/// The next message that is not a ping or pong (tungstenite answers pings itself, but still hands
+/// them to the reader): a server's keep-alive ping is not an echo, and not an error either.
+async fn next_data<S>(ws: &mut S) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return other,
+        }
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
