@@ -53,9 +53,12 @@ class App:
     expect_len: int = None  # body length of a correct response (None: not checked)
     script: str = None  # wrk lua script in bench/wrk/
     efficiency: bool = True  # False when the app waits rather than computes
+    interface: str = "wsgi"  # wsgi | asgi: which servers run it
+    ws_connections: dict = None  # websocket rows: {mode: connections}; the load is bench/wsload
 
 
 POST_BODY = b"x" * 102400
+WS_MODES = {"ws16": 16, "ws256": 256}
 
 APPS = [
     App("hello", "hello:app", "hello (raw WSGI, 13 B)", ("keepalive", "close"), expect_len=13),
@@ -66,7 +69,23 @@ APPS = [
     App("file", "file:app", "1 MiB file (file_wrapper)", ("keepalive",), expect_len=MIB),
     App("io", "io_sleep:app", "I/O-bound (sleep 10 ms), c256", ("keepalive", "close"),
         connections=256, threads=32, expect_len=13, efficiency=False),
+    # ASGI (bench/apps/asgi_*.py), run by the ASGI servers only
+    App("asgi-hello", "asgi_hello:app", "ASGI hello (raw ASGI, 13 B)", ("keepalive", "close"), expect_len=13,
+        interface="asgi"),
+    App("fastapi", "asgi_fastapi:app", "FastAPI JSON hello", ("keepalive",), interface="asgi"),
+    App("asgi-stream", "asgi_stream:app", "ASGI 100 KiB streamed (4 body messages)", ("keepalive",),
+        expect_len=102400, interface="asgi"),
+    App("asgi-echo", "asgi_echo:app", "ASGI 100 KiB POST echo", ("keepalive",), method="POST",
+        body=POST_BODY, expect_len=102400, script="post.lua", interface="asgi"),
+    App("asgi-file", "asgi_file:app", "ASGI 1 MiB file (pathsend)", ("keepalive",), expect_len=MIB,
+        interface="asgi"),
+    App("asgi-sleep", "asgi_sleep:app", "ASGI asyncio.sleep(0.01), c256", ("keepalive",), connections=256,
+        expect_len=13, efficiency=False, interface="asgi"),
+    App("asgi-ws", "asgi_ws:app", "websocket echo (13 B text messages)", ("ws16", "ws256"), expect_len=13,
+        efficiency=False, interface="asgi", ws_connections=dict(WS_MODES)),
 ]
+APP_GROUPS = {"wsgi": [a.name for a in APPS if a.interface == "wsgi"],
+              "asgi": [a.name for a in APPS if a.interface == "asgi"]}
 
 
 @dataclass
@@ -81,12 +100,14 @@ class Server:
     start_failures: int = 0
     bin_dir: Path = VENV_BIN  # where `exe` is installed
     twin_of: str = None  # A/B mode: the name of this tree's config that this other build is compared with
+    interface: str = "wsgi"  # wsgi | asgi: which apps it runs
+    bind_flags: bool = False  # --host H --port P (granian, uvicorn) instead of -b H:P
 
     def argv(self, app, port):
         argv = [str(self.bin_dir / self.exe)] + self.args
         if self.threads_flag:
             argv += [self.threads_flag, str(app.threads)]
-        if self.family == "granian":
+        if self.bind_flags or self.family == "granian":
             argv += ["--host", HOST, "--port", str(port)]
         else:
             argv += ["-b", f"{HOST}:{port}"]
@@ -105,7 +126,32 @@ def make_servers():
         Server("ferricorn-sync", "ferricorn", "ferricorn sync", "ferricorn", ["-k", "sync", "-w", w]),
         Server("ferricorn-gthread", "ferricorn", "ferricorn gthread", "ferricorn",
                ["-k", "gthread", "-w", w], threads_flag="--threads"),
+        # ASGI: each server in its fastest documented configuration (bench/README.md says why)
+        Server("granian-asgi", "granian", "granian asgi", "granian",
+               ["--interface", "asgi", "--workers", w] + GRANIAN_ASGI_TUNING, interface="asgi"),
+        Server("granian-asgi-rt", "granian", "granian asgi rust-task", "granian",
+               ["--interface", "asgi", "--workers", w] + GRANIAN_ASGI_TUNING + ["--task-impl", "rust"],
+               interface="asgi"),
+        Server("uvicorn", "uvicorn", "uvicorn", "uvicorn",
+               ["--workers", w, "--http", "httptools", "--loop", "uvloop", "--ws", "websockets",
+                "--no-access-log", "--log-level", "warning"], interface="asgi", bind_flags=True),
+        Server("gunicorn-asgi", "gunicorn", "gunicorn asgi", "gunicorn",
+               ["-k", "asgi", "-w", w, "--asgi-loop", "uvloop"], interface="asgi"),
+        Server("hypercorn", "hypercorn", "hypercorn", "hypercorn", ["-w", w, "-k", "uvloop"], interface="asgi"),
+        Server("ferricorn-asgi", "ferricorn", "ferricorn asgi", "ferricorn", ["-k", "asgi", "-w", w],
+               interface="asgi"),
     ]
+
+
+# granian's ASGI interface, tuned: uvloop, HTTP/1 only (no HTTP/2 detection per connection), one
+# single-threaded Rust runtime per worker. granian-asgi-rt adds its Rust task implementation (Python
+# <= 3.11): faster on hello and FastAPI, slower with request bodies and many websockets, so both run and
+# the tables compare with the better of the two per row (bench/README.md has the comparison).
+GRANIAN_ASGI_TUNING = ["--loop", "uvloop", "--http", "1", "--runtime-mode", "st"]
+SERVER_GROUPS = {"wsgi": ["gunicorn-sync", "gunicorn-gthread", "granian", "granian-bt", "ferricorn-sync",
+                          "ferricorn-gthread"],
+                 "asgi": ["granian-asgi", "granian-asgi-rt", "uvicorn", "gunicorn-asgi", "hypercorn",
+                          "ferricorn-asgi"]}
 
 
 def ab_twins(servers, ab):
@@ -117,7 +163,7 @@ def ab_twins(servers, ab):
         if s.family == "ferricorn":
             out.append(Server(f"{s.name}@{ab['label']}", s.family, f"{s.label} @{ab['label']}", s.exe,
                               list(s.args), threads_flag=s.threads_flag, bin_dir=Path(ab["bin"]),
-                              twin_of=s.name))
+                              twin_of=s.name, interface=s.interface))
     return out
 
 
@@ -250,7 +296,9 @@ def drain(port, timeout=30):
 
 
 def check_response(app, port):
-    """One real request: the app must answer 200 with the expected body."""
+    """One real request: the app must answer 200 with the expected body. Returns notes for the record
+    (the ASGI file app's `x-bench-path`: pathsend or read); a websocket app also gets a short wsload
+    run that must echo without errors."""
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
         headers = {"Content-Type": "application/octet-stream"} if app.body else {}
@@ -259,12 +307,20 @@ def check_response(app, port):
         body = resp.read()
     finally:
         conn.close()
+    notes = {}
+    if resp.getheader("x-bench-path"):
+        notes["file_path"] = resp.getheader("x-bench-path")
+    if app.ws_connections:
+        w = run_wsload(port, 1, 0.2)
+        if w["errors"] or w["connect_errors"] or not w["messages"]:
+            raise RuntimeError(f"websocket sanity check failed: {w}")
     if resp.status != 200:
         raise RuntimeError(f"sanity request got {resp.status}")
     if app.expect_len is not None and len(body) != app.expect_len:
         raise RuntimeError(f"sanity request got {len(body)} bytes, expected {app.expect_len}")
     if app.body and body != app.body:
         raise RuntimeError("echo body differs from the request body")
+    return notes
 
 
 def stop_server(proc):
@@ -318,6 +374,41 @@ def wrk_script(app):
     path = WORK / f"wrk-{app.name}.lua"
     path.write_text("\n".join(parts))
     return path
+
+
+WSLOAD = Path(os.environ.get("WSLOAD") or WORK / "wsload-target" / "release" / "wsload")
+
+
+def run_wsload(port, connections, duration):
+    """bench/wsload: `connections` websocket sessions, each sending a 13-byte text message and
+    awaiting its echo in a loop for `duration` seconds. Its JSON line, as a dict."""
+    if not WSLOAD.exists():
+        raise RuntimeError(f"{WSLOAD} not built (bench/run builds bench/wsload with cargo)")
+    argv = [str(WSLOAD), "--url", f"ws://{HOST}:{port}/", "--connections", str(connections),
+            "--duration", f"{duration:g}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WSLOAD_JSON "):
+            return json.loads(line[len("WSLOAD_JSON "):])
+    raise RuntimeError(f"wsload gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
+
+
+def run_load(app, port, mode, duration):
+    """One load of `mode`, in wrk's result shape (a websocket load's messages count as requests)."""
+    if mode not in WS_MODES:
+        return run_wrk(app, port, mode, duration)
+    w = run_wsload(port, app.ws_connections[mode], duration)
+    return {"requests": w["messages"], "duration_us": w["duration_us"], "bytes": 0,
+            "connect": w["connect_errors"], "read": w["errors"], "write": 0, "status": 0, "timeout": 0,
+            "p50_us": w["p50_us"], "p90_us": w["p90_us"], "p99_us": w["p99_us"], "max_us": w["max_us"],
+            "mean_us": None, "connected": w["connected"], "first_error": w["first_error"]}
+
+
+def warm_up(app, port, duration):
+    if app.ws_connections:
+        run_wsload(port, min(app.ws_connections.values()), duration)
+    else:
+        run_wrk(app, port, "keepalive", duration)
 
 
 def run_wrk(app, port, mode, duration):
@@ -396,7 +487,7 @@ def measure_load(proc, app, port, mode, duration):
     busy0, own0 = machine_busy(), own_cpu()
     t0 = time.perf_counter()
     try:
-        w = run_wrk(app, port, mode, duration)
+        w = run_load(app, port, mode, duration)
     finally:
         queue = sampler.result()
     wall = time.perf_counter() - t0
@@ -462,10 +553,10 @@ def run_instance(server, app, cfg, tag):
     proc, port, t0 = start_server(server, app, tag)
     try:
         record["startup_ms"] = wait_first_200(proc, port, t0, cfg.start_timeout) * 1000
-        check_response(app, port)
+        record.update(check_response(app, port))
         time.sleep(cfg.settle)
         record["idle"] = tree_memory(proc.pid)
-        run_wrk(app, port, "keepalive", cfg.warmup)
+        warm_up(app, port, cfg.warmup)
         record["loads"] = {mode: measure_load(proc, app, port, mode, cfg.duration) for mode in app.modes}
         drain(port)
         time.sleep(cfg.settle)
@@ -507,7 +598,7 @@ def run_pair(pair, app, cfg, rep):
     def start(i):
         i.proc, i.port, t0 = start_server(i.server, app, i.tag)
         i.record["startup_ms"] = wait_first_200(i.proc, i.port, t0, cfg.start_timeout) * 1000
-        check_response(app, i.port)
+        i.record.update(check_response(app, i.port))
 
     try:
         for i in insts:
@@ -516,7 +607,7 @@ def run_pair(pair, app, cfg, rep):
         for i in insts:
             i.attempt(lambda i: i.record.__setitem__("idle", tree_memory(i.proc.pid)))
         for i in insts:
-            i.attempt(lambda i: run_wrk(app, i.port, "keepalive", cfg.warmup))
+            i.attempt(lambda i: warm_up(app, i.port, cfg.warmup))
         n = max(1, round(cfg.duration / cfg.ab_slice))
         for mode in app.modes:
             slices = {id(i): [] for i in insts}
@@ -541,7 +632,7 @@ def run_pair(pair, app, cfg, rep):
 
 def memory_growth(server, cfg):
     """hello: idle memory, then `loads` keep-alive loads of `seconds` each, then memory again."""
-    app = app_by_name("hello")
+    app = app_by_name("hello" if server.interface == "wsgi" else "asgi-hello")
     tag = f"memtest-{server.name}"
     record = {"server": server.name}
     proc, port, t0 = start_server(server, app, tag)
@@ -584,11 +675,73 @@ def ceiling_environ(app):
     return env
 
 
+def asgi_ceiling(app, seconds):
+    """The ASGI ceiling: `await app(scope, receive, send)` in a loop on one event loop (uvloop when
+    installed, as the servers use), with a prebuilt HTTP scope copied per call (no extensions: the
+    file app reads its file), receive() giving the body in one message and then http.disconnect,
+    send() checking the status and dropping the body. Returns (calls, cpu seconds, wall seconds)."""
+    import asyncio
+
+    module, attr = app.module.split(":")
+    asgi = getattr(__import__(module), attr)
+    headers = [(b"host", f"{HOST}:8000".encode()), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+    if app.body:
+        headers += [(b"content-length", str(len(app.body)).encode()),
+                    (b"content-type", b"application/octet-stream")]
+    base = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": app.method, "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
+            "root_path": "", "headers": headers, "client": (HOST, 50000), "server": (HOST, 8000),
+            "extensions": {}}
+    body_msg = {"type": "http.request", "body": app.body, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"{app.name} answered {message['status']} to the ceiling scope")
+
+    async def call():
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return body_msg
+            return {"type": "http.disconnect"}
+
+        scope = dict(base)
+        scope["headers"] = list(headers)
+        await asgi(scope, receive, send)
+
+    async def main():
+        for _ in range(200):  # warm-up
+            await call()
+        calls, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall0 < seconds:
+            for _ in range(20):
+                await call()
+            calls += 20
+        return calls, time.process_time() - cpu0, time.perf_counter() - wall0
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 def ceiling_worker(app_name, seconds):
     """Runs in a child process: calls the app in a loop on one core and prints calls/s as JSON."""
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     sys.path.insert(0, str(APPS_DIR))
     app = app_by_name(app_name)
+    if app.interface == "asgi":
+        calls, cpu, wall = asgi_ceiling(app, seconds)
+        print(json.dumps({"per_cpu_s": calls / cpu if cpu else 0.0, "per_wall_s": calls / wall}))
+        return
     module, attr = app.module.split(":")
     wsgi = getattr(__import__(module), attr)
     base = ceiling_environ(app)
@@ -621,6 +774,8 @@ def ceiling_worker(app_name, seconds):
 
 
 def measure_ceiling(app, cfg):
+    if not app.efficiency:
+        return {"skipped": "waits rather than computes"}
     samples = []
     for _ in range(cfg.ceiling_repeats):
         out = subprocess.run([sys.executable, __file__, "--ceiling-worker", app.name,
@@ -671,7 +826,7 @@ def run_matrix(servers, apps, cfg, log):
         units = run_units(servers, rep)
         for app in apps:
             for unit in units:
-                unit = [s for s in unit if not s.unavailable]
+                unit = [s for s in unit if not s.unavailable and s.interface == app.interface]
                 if len(unit) == 2 and cfg.ab_slice > 0:
                     recs = run_pair(unit, app, cfg, rep)
                 else:
@@ -818,8 +973,11 @@ def bad(msg):
 
 def estimate_seconds(servers, apps, cfg):
     per_start = 2.5 + 2 * cfg.settle + cfg.warmup
-    loads = sum(len(a.modes) for a in apps) * cfg.duration
-    matrix = cfg.repeats * len(servers) * (len(apps) * per_start + loads)
+    matrix = 0
+    for iface in ("wsgi", "asgi"):
+        mine = [a for a in apps if a.interface == iface]
+        n = len([s for s in servers if s.interface == iface])
+        matrix += cfg.repeats * n * (len(mine) * per_start + sum(len(a.modes) for a in mine) * cfg.duration)
     memtest = len(servers) * (3 + cfg.mem_loads * cfg.mem_seconds)
     return matrix + memtest + len(apps) * cfg.ceiling_repeats * (cfg.ceiling_seconds + 0.5)
 
@@ -845,7 +1003,9 @@ def environment_info():
     return {
         "cpus": os.cpu_count(), "cpu_model": cpu, "kernel": platform.release(),
         "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("ferricorn", "gunicorn", "granian", "flask")},
+        "versions": {p: version(p) for p in ("ferricorn", "gunicorn", "granian", "flask", "uvicorn",
+                                             "hypercorn", "fastapi", "starlette", "uvloop", "httptools",
+                                             "websockets")},
         "wrk": wrk_version[0] if wrk_version else None,
         "commit": cmd(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "loadavg_start": loadavg(),
@@ -883,14 +1043,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def select(items, names, what):
+def select(items, names, what, groups=None):
+    """The items named (comma-separated; a group name such as `asgi` stands for its members)."""
     if not names:
         return items
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    groups = groups or {}
+    wanted = [m for n in names.split(",") if n.strip() for m in groups.get(n.strip(), [n.strip()])]
     known = {i.name for i in items}
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        sys.exit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        sys.exit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(known))}; "
+                 f"groups: {', '.join(groups)})")
     return [i for i in items if i.name in wanted]
 
 
@@ -907,12 +1070,16 @@ def main():
         return 0
     cfg = make_config(args)
     ab = ab_setup(args)
-    servers = select(make_servers(), args.servers, "servers")
+    servers = select(make_servers(), args.servers, "servers", SERVER_GROUPS)
     if ab:
         if not any(s.family == "ferricorn" for s in servers):
             bad("A/B mode needs at least one ferricorn config in --servers")
         servers = ab_twins(servers, ab)
-    apps = select(APPS, args.apps, "apps")
+    apps = select(APPS, args.apps, "apps", APP_GROUPS)
+    if args.servers and not args.apps:  # only the apps the chosen servers can run
+        apps = [a for a in apps if any(s.interface == a.interface for s in servers)]
+    if args.apps and not args.servers:
+        servers = [s for s in servers if any(a.interface == s.interface for a in apps)]
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     for server in servers:
@@ -936,12 +1103,15 @@ def main():
     ceilings = {}
     for app in apps:
         ceilings[app.name] = measure_ceiling(app, cfg)
-        log(f"[ceiling] {app.name:<6} {ceilings[app.name].get('per_cpu_s', 0):10.0f} calls/s per core")
+        if "skipped" not in ceilings[app.name]:
+            log(f"[ceiling] {app.name:<11} {ceilings[app.name].get('per_cpu_s', 0):10.0f} calls/s per core"
+                f"{' ' + ceilings[app.name]['error'] if 'error' in ceilings[app.name] else ''}")
     records = run_matrix(servers, apps, cfg, log)
     memtest = []
-    if not args.no_memtest and any(a.name == "hello" for a in apps):
+    memtest_apps = {a.interface for a in apps if a.name in ("hello", "asgi-hello")}
+    if not args.no_memtest and memtest_apps:
         for server in servers:
-            if not server.unavailable:
+            if not server.unavailable and server.interface in memtest_apps:
                 memtest.append(memory_growth(server, cfg))
                 log(f"[memtest] {server.name}: {report.memtest_cell(memtest[-1])}")
 
@@ -955,9 +1125,11 @@ def main():
         "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
         "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
                      "threads_flag": s.threads_flag, "unavailable": s.unavailable,
-                     "exe": str(s.bin_dir / s.exe), "twin_of": s.twin_of} for s in servers],
-        "apps": [{"name": a.name, "title": a.title, "modes": list(a.modes), "connections": a.connections,
-                  "threads": a.threads} for a in apps],
+                     "exe": str(s.bin_dir / s.exe), "twin_of": s.twin_of, "interface": s.interface}
+                    for s in servers],
+        "apps": [{"name": a.name, "title": a.title, "modes": list(a.modes),
+                  "connections": a.connections, "threads": a.threads, "interface": a.interface,
+                  "efficiency": a.efficiency, "ws_connections": a.ws_connections} for a in apps],
         "ceilings": ceilings,
         "records": records,
         "memtest": memtest,

@@ -3,7 +3,25 @@ A/B mode the comparison of two ferricorn builds)."""
 
 import statistics
 
-MODE_LABEL = {"keepalive": "keep-alive", "close": "Connection: close"}
+MODE_LABEL = {"keepalive": "keep-alive", "close": "Connection: close", "ws16": "16 clients",
+              "ws256": "256 clients"}
+
+
+def interface_of(item):
+    """A server's or app's interface; results from before the ASGI rows have none (WSGI)."""
+    return item.get("interface") or "wsgi"
+
+
+def subset(raw, iface):
+    """The part of a run's raw JSON that concerns one interface (wsgi | asgi): its servers, apps,
+    records and memory tests. Every table and target works on one such part."""
+    servers = [s for s in raw["servers"] if interface_of(s) == iface]
+    apps = [a for a in raw["apps"] if interface_of(a) == iface]
+    names = {s["name"] for s in servers}
+    app_names = {a["name"] for a in apps}
+    return dict(raw, servers=servers, apps=apps,
+                records=[r for r in raw["records"] if r["server"] in names and r["app"] in app_names],
+                memtest=[m for m in raw["memtest"] if m["server"] in names])
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -25,9 +43,10 @@ def load_stats(raw, app, mode, server):
         return None
     ceiling = raw["ceilings"].get(app, {}).get("per_cpu_s")
     app_info = next(a for a in raw["apps"] if a["name"] == app)
-    eff = None
-    if ceiling and app != "io":
+    eff = eff_wall = None
+    if ceiling and app_info.get("efficiency", app != "io"):
         eff = median(l["rps"] / (ceiling * l["cores"]) if l["cores"] else None for l in loads)
+        eff_wall = median(l["rps"] for l in loads) / ceiling
     return {
         "rps": median(l["rps"] for l in loads),
         "p50": median(l["p50_ms"] for l in loads),
@@ -37,6 +56,8 @@ def load_stats(raw, app, mode, server):
         "queue": median(l["accept_queue"]["median"] for l in loads if "accept_queue" in l),
         "queue_max": max((l["accept_queue"]["max"] for l in loads if "accept_queue" in l), default=None),
         "eff": eff,
+        "eff_wall": eff_wall,  # requests/s ÷ ceiling (not per core)
+        "cpu_us": median(l.get("cpu_us_per_req") for l in loads),
         "n": len(loads),
         "connections": app_info["connections"],
     }
@@ -397,6 +418,13 @@ def ab_worse(old, new, higher_is_better):
 def ab_rows(raw):
     """One dict per (app, mode, config) of the A/B comparison."""
     out = []
+    for sub in (subset(raw, "wsgi"), subset(raw, "asgi")):
+        out += ab_rows_of(sub)
+    return out
+
+
+def ab_rows_of(raw):
+    out = []
     pairs = [(s["twin_of"], s["name"]) for s in raw["servers"] if s.get("twin_of")]
     for app, mode in rows(raw):
         for new_name, old_name in pairs:
@@ -518,28 +546,52 @@ def ab_section(raw):
 
 
 def render(raw):
-    env, st = raw["environment"], raw["settings"]
+    env = raw["environment"]
     v = env["versions"]
-    threads = {a["name"]: a["threads"] for a in raw["apps"]}
+    extra = ", ".join(f"{name} {v[key]}" for key, name in (
+        ("uvicorn", "uvicorn"), ("hypercorn", "hypercorn"), ("fastapi", "FastAPI"), ("starlette", "Starlette"),
+        ("uvloop", "uvloop"), ("httptools", "httptools"), ("websockets", "websockets")) if v.get(key))
     parts = [
         f"# ferricorn benchmark — {raw['date']}",
         "",
         f"Machine: {env['cpus']} CPUs ({env['cpu_model']}), Linux {env['kernel']}, Python {env['python']}; "
         f"commit `{env['commit']}`. Versions: ferricorn {v['ferricorn'] or 'n/a'}, gunicorn {v['gunicorn']}, "
-        f"granian {v['granian']}, Flask {v['flask']}, {env['wrk']}.",
+        f"granian {v['granian']}, Flask {v['flask']}" + (f", {extra}" if extra else "") + f", {env['wrk']}.",
         "",
-        f"Method: {st['repeats']} repeat(s), interleaved (every server runs each app once per repeat, the "
-        f"server order rotating), medians shown. Each server start: first 200 → {st['settle']:g} s settle → "
-        f"idle memory → {st['warmup']:g} s keep-alive warm-up → {st['duration']:g} s load per mode → memory "
-        f"after. wrk -t1 -c64 (I/O row: -c256) --latency --timeout 5s, to 127.0.0.1 only. Servers: 2 workers; "
-        f"threads 4 (I/O row: {threads.get('io', 32)}) for gunicorn gthread, ferricorn gthread (`--threads`) "
-        f"and granian bt (`--blocking-threads`); plain granian keeps its default blocking threads. "
         f"Run took {raw['elapsed_s'] / 60:.1f} min; 1-minute load average {env['loadavg_start']:.1f} at the "
         f"start, {env['loadavg_end']:.1f} at the end (the machine is shared: compare ratios, not absolutes).",
         "",
     ]
     if raw.get("ab"):
         parts += ab_section(raw)
+    wsgi, asgi = subset(raw, "wsgi"), subset(raw, "asgi")
+    if wsgi["apps"] and wsgi["servers"]:
+        parts += wsgi_sections(wsgi)
+    if asgi["apps"] and asgi["servers"]:
+        parts += asgi_sections(asgi)
+    notes = failures(raw)
+    if notes:
+        parts += ["## Not measured", ""] + notes + [""]
+    return "\n".join(parts)
+
+
+def wsgi_sections(raw):
+    st = raw["settings"]
+    threads = {a["name"]: a["threads"] for a in raw["apps"]}
+    parts = [
+        "# WSGI",
+        "",
+        f"Method: {st['repeats']} repeat(s), interleaved (every server runs each app once per repeat, the "
+        f"server order rotating), medians shown. Each server start: first 200 → {st['settle']:g} s settle → "
+        f"idle memory → {st['warmup']:g} s keep-alive warm-up → {st['duration']:g} s load per mode → memory "
+        f"after. wrk -t1 -c64 (I/O row: -c256) --latency --timeout 5s, to 127.0.0.1 only. Servers: 2 workers; "
+        f"threads 4 (I/O row: {threads.get('io', 32)}) for gunicorn gthread, ferricorn gthread (`--threads`) "
+        f"and granian bt (`--blocking-threads`); plain granian keeps its default blocking threads.",
+        "",
+        "Cores the rest of the machine used during the loads (median per server, over all its loads): "
+        + busy_summary(raw) + ".",
+        "",
+    ]
     parts += [
         "## Targets",
         "",
@@ -599,7 +651,203 @@ def render(raw):
         startup_table(raw),
         "",
     ]
-    notes = failures(raw)
-    if notes:
-        parts += ["## Not measured", ""] + notes + [""]
-    return "\n".join(parts)
+    return parts
+
+
+# --------------------------------------------------------------------------- ASGI
+
+ASGI_PEERS = ("granian", "uvicorn", "gunicorn", "hypercorn")
+
+
+def busy_summary(raw):
+    """Per server: the median over all its loads of the cores the rest of the machine used."""
+    parts = []
+    for s in raw["servers"]:
+        vals = [l["other_cores"] for r in raw["records"] if r["server"] == s["name"] and "error" not in r
+                for l in r.get("loads", {}).values() if "other_cores" in l]
+        if vals:
+            parts.append(f"{s['label']} {statistics.median(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})")
+    return "; ".join(parts) or "n/a"
+
+
+def asgi_ratios_table(raw):
+    body = []
+    for app, mode in rows(raw):
+        _, f_st = best(raw, app, mode, "ferricorn")
+        fr = f_st["rps"] if f_st else None
+        cells = []
+        for peer in ASGI_PEERS:
+            _, p_st = best(raw, app, mode, peer)
+            cells.append(f_x(ratio(fr, p_st and p_st["rps"])))
+        body.append([app_title(raw, app), MODE_LABEL[mode], f_rps(fr)] + cells)
+    return table(["app", "load", "ferricorn asgi req/s"] + [f"÷ best {p}" if p == "granian" else f"÷ {p}" for p in ASGI_PEERS], body)
+
+
+def asgi_efficiency_table(raw):
+    body = []
+    for a in raw["apps"]:
+        if not a.get("efficiency", True):
+            continue
+        c = raw["ceilings"].get(a["name"], {})
+        if "error" in c:
+            body.append([a["title"], "error: " + c["error"][:80]] + ["" for _ in raw["servers"]])
+            continue
+        cells = []
+        for s in raw["servers"]:
+            st = load_stats(raw, a["name"], "keepalive", s["name"])
+            cells.append("n/a" if not st or st["eff_wall"] is None else
+                         f"{st['eff_wall']:.2f} ({f_eff(st['eff'])}/core)")
+        body.append([a["title"], f_rps(c.get("per_cpu_s"))] + cells)
+    return table(["app (keep-alive)", "ceiling calls/s per CPU-s"] + server_header(raw), body)
+
+
+def pathsend_note(raw):
+    """Which servers took the pathsend path of the ASGI file app (the app's x-bench-path header)."""
+    seen = {}
+    for r in raw["records"]:
+        if r["app"] == "asgi-file" and r.get("file_path"):
+            seen.setdefault(r["server"], set()).add(r["file_path"])
+    if not seen:
+        return None
+    labels = {s["name"]: s["label"] for s in raw["servers"]}
+    return ("ASGI file row, how the body went out (the app's `x-bench-path`): "
+            + "; ".join(f"{labels.get(k, k)}: {'/'.join(sorted(v))}" for k, v in seen.items())
+            + " (`read` = the server does not advertise `http.response.pathsend`; the app reads the "
+              "file and sends it as one body message).")
+
+
+def asgi_p99(raw):
+    parts, verdicts = [], []
+    for app, mode in rows(raw):
+        _, f = best(raw, app, mode, "ferricorn")
+        _, g = best(raw, app, mode, "granian")
+        if not f or not g:
+            verdicts.append(None)
+            continue
+        verdicts.append(f["p99"] <= g["p99"])
+        if f["p99"] > g["p99"]:
+            parts.append(f"{app} {MODE_LABEL[mode]}: {f_ms(f['p99'])} > {f_ms(g['p99'])} ms")
+    if not verdicts or None in verdicts:
+        return ("; ".join(parts) or "n/a"), "n/a"
+    return ("; ".join(parts) or "all rows within"), verdict(1, all(verdicts))
+
+
+def asgi_idle_memory(raw):
+    f = memory_stats(raw, "asgi-hello", "ferricorn-asgi")
+    u = memory_stats(raw, "asgi-hello", "uvicorn")
+    if not f or not u:
+        return "n/a", "n/a"
+    ok = f["idle_rss"] <= u["idle_rss"] and f["idle_pss"] <= u["idle_pss"]
+    return (f"{f_mib(f['idle_rss'])}/{f_mib(f['idle_pss'])} vs {f_mib(u['idle_rss'])}/"
+            f"{f_mib(u['idle_pss'])} MiB (RSS/PSS)"), verdict(1, ok)
+
+
+def asgi_fastapi_efficiency(raw):
+    _, f = best(raw, "fastapi", "keepalive", "ferricorn")
+    c = raw["ceilings"].get("fastapi", {}).get("per_cpu_s")
+    if not f or not c:
+        return "n/a", "n/a"
+    return (f"{f_rps(f['rps'])} req/s ÷ ceiling {f_rps(c)} calls/s = {f['eff_wall']:.2f} "
+            f"({f_eff(f['eff'])} per core used)"), "reported"
+
+
+def asgi_targets(raw):
+    have = {a["name"]: a for a in raw["apps"]}
+    out = []
+    if "asgi-hello" in have:
+        out.append(["raw hello keep-alive ≥ 1.3× best granian",
+                    *target_ratio(raw, "asgi-hello", "keepalive", "granian", 1.3)])
+    if "fastapi" in have:
+        out.append(["FastAPI keep-alive ≥ 1.15× best granian", *target_ratio(raw, "fastapi", "keepalive", "granian", 1.15)])
+        out.append(["FastAPI efficiency (req/s ÷ in-process ceiling)", *asgi_fastapi_efficiency(raw)])
+    if "asgi-ws" in have:
+        out.append(["websocket echo ≥ 1.2× best granian (16 and 256 clients)",
+                    *target_rows_ratio(raw, [("asgi-ws", m) for m in have["asgi-ws"]["modes"]], "granian", 1.2)])
+    if "asgi-sleep" in have:
+        out.append(["10 ms sleep (c256) ≥ best granian", *target_ratio(raw, "asgi-sleep", "keepalive", "granian", 1.0)])
+    raw_rows = [(a, m) for a, m in rows(raw) if a != "fastapi"]
+    if raw_rows:
+        out.append(["every raw-ASGI row ≥ 2× uvicorn", *target_rows_ratio(raw, raw_rows, "uvicorn", 2.0)])
+    out.append(["p99 never above best granian's (same row, every row)", *asgi_p99(raw)])
+    if "asgi-hello" in have:
+        out.append(["idle memory (hello, master + 2 workers) ≤ uvicorn's, RSS and PSS", *asgi_idle_memory(raw)])
+        out.append(["memory growth after 3 loads ≤ 10% (RSS and PSS)", *target_growth(raw)])
+    return table(["target", "measured (ferricorn asgi ÷ peer)", "status"], out)
+
+
+def asgi_sections(raw):
+    st = raw["settings"]
+    argv = "; ".join(f"{s['label']}: `{' '.join(s['argv'])}`" for s in raw["servers"])
+    ws = next((a for a in raw["apps"] if a.get("ws_connections")), None)
+    parts = [
+        "# ASGI",
+        "",
+        f"Method: as for WSGI ({st['repeats']} repeat(s) interleaved, medians; {st['duration']:g} s loads; "
+        f"wrk -t1 -c64, -c256 for the sleep row), every server with 2 workers. Command lines (bind and app "
+        f"appended): {argv}."
+        + (" Websocket rows: `bench/wsload` (Rust, one thread), N sessions each sending a 13-byte text "
+           "message and awaiting its echo in a loop; messages/s stand in the req/s tables, round trips in "
+           "the latency tables." if ws else ""),
+        "",
+        "Cores the rest of the machine used during the loads (median per server, over all its loads; "
+        "min–max): " + busy_summary(raw) + ".",
+        "",
+        "## ASGI targets",
+        "",
+        asgi_targets(raw),
+        "",
+        "## ASGI requests/s (websocket rows: messages/s)",
+        "",
+        per_server_table(raw, lambda s: f_rps(s["rps"])),
+        "",
+        "## ASGI ratios: ferricorn asgi ÷ peers (requests/s)",
+        "",
+        asgi_ratios_table(raw),
+        "",
+        "## ASGI latency p50 / p99 (ms)",
+        "",
+        per_server_table(raw, lambda s: f"{f_ms(s['p50'])} / {f_ms(s['p99'])}"),
+        "",
+        "## ASGI errors (socket errors + non-2xx; websocket: failed connects + sessions that failed, summed)",
+        "",
+        per_server_table(raw, lambda s: str(s["errors"])),
+        "",
+        "## ASGI connections left waiting (accept queue, median (max))",
+        "",
+        per_server_table(raw, f_queue),
+        "",
+        "## ASGI CPU: cores used, and CPU time per request (µs)",
+        "",
+        "utime+stime of master and workers during the load ÷ wall time, and ÷ requests (messages).",
+        "",
+        per_server_table(raw, lambda s: f"{s['cores']:.2f} / "
+                                        + ("n/a" if s["cpu_us"] is None else f"{s['cpu_us']:.1f} µs")),
+        "",
+        "## ASGI efficiency: requests/s ÷ the app's in-process ceiling",
+        "",
+        "Ceiling: the app awaited in a loop on one uvloop event loop in one process pinned to one core "
+        "(prebuilt scope copied per call, body in one receive() message, send() dropping the body; no "
+        "extensions, so the file app reads its file), calls per CPU-second. Cell: req/s ÷ ceiling "
+        "(per core used: req/s ÷ (ceiling × cores)).",
+        "",
+        asgi_efficiency_table(raw),
+        "",
+    ]
+    note = pathsend_note(raw)
+    if note:
+        parts += [note, ""]
+    parts += [
+        "## ASGI memory (MiB, master + workers): idle RSS / PSS → after load RSS / PSS",
+        "",
+        memory_table(raw),
+        "",
+        f"### ASGI growth: hello, {st['mem_loads']} × {st['mem_seconds']:g} s keep-alive loads",
+        "",
+        memtest_table(raw) if raw["memtest"] else "(not run)",
+        "",
+        "## ASGI startup: spawn to first 200 (ms)",
+        "",
+        startup_table(raw),
+        "",
+    ]
+    return parts
