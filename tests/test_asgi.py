@@ -642,6 +642,167 @@ def test_a_websocket_message_over_ws_max_size_closes_with_1009(start_server):
     warm_up(srv, 3)
 
 
+class RawWs:
+    """A websocket client of raw frames, to send what no library sends: bad UTF-8, reserved bits and
+    opcodes, odd fragments, bad close frames."""
+
+    TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
+
+    def __init__(self, port, path="/ws/echo", extra_headers=b""):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          b"Sec-WebSocket-Version: 13\r\n" + extra_headers + b"\r\n")
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, "closed during the handshake"
+            self.buf += chunk
+        self.response, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert self.response.startswith(b"HTTP/1.1 101 "), self.response
+
+    def send(self, opcode, payload=b"", fin=True, rsv=0, mask=True):
+        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+        n = len(payload)
+        m = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([m | n])
+        elif n < 65536:
+            head += bytes([m | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([m | 127]) + n.to_bytes(8, "big")
+        if mask:
+            key = os.urandom(4)
+            head += key
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + payload)
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed with %d of %d bytes read" % (len(self.buf), n))
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self):
+        """(fin, rsv, opcode, payload) of the next frame from the server (never masked)."""
+        b0, b1 = self._take(2)
+        assert not b1 & 0x80, "a server frame must not be masked"
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._take(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._take(8), "big")
+        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, self._take(n)
+
+    def message(self):
+        """(opcode, payload) of the next data message, its fragments joined."""
+        fin, _, op, data = self.frame()
+        while not fin:
+            fin, _, cont, more = self.frame()
+            assert cont == self.CONT
+            data += more
+        return op, data
+
+    def close_code(self, answer=True):
+        """The code of the server's close frame (data frames before it are skipped), after checking the
+        server then closes the connection. `answer`: the server's close started the closing handshake,
+        and the client answers it."""
+        while True:
+            _, _, op, data = self.frame()
+            if op == self.CLOSE:
+                break
+        if answer:
+            self.sock.sendall(b"\x88\x80" + os.urandom(4))
+        assert self.sock.recv(1) == b"", "the server closes the connection after the close handshake"
+        return int.from_bytes(data[:2], "big") if data else None
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def ws_srv(start_server):
+    return asgi(start_server, "--websocket-max-message-size", "200000")
+
+
+def test_fragments_are_joined_and_pings_answered_between_them(ws_srv):
+    ws = RawWs(ws_srv.port)
+    text = "Hello wörld €".encode()
+    cut = text.index(b"\xc3") + 1  # fragment boundaries inside a UTF-8 sequence are fine
+    ws.send(RawWs.TEXT, text[:3], fin=False)
+    ws.send(RawWs.PING, b"ping data")
+    ws.send(RawWs.CONT, text[3:cut], fin=False)
+    ws.send(RawWs.CONT, b"", fin=False)
+    ws.send(RawWs.CONT, text[cut:], fin=True)
+    assert ws.frame() == (True, 0, RawWs.PONG, b"ping data")
+    assert ws.message() == (RawWs.TEXT, text)
+    ws.send(RawWs.TEXT, b"")
+    assert ws.message() == (RawWs.TEXT, b"")
+    blob = os.urandom(150_000)  # within the limit in 15 fragments
+    for i in range(0, len(blob), 10_000):
+        ws.send(RawWs.CONT if i else RawWs.BINARY, blob[i:i + 10_000], fin=i + 10_000 >= len(blob))
+    assert ws.message() == (RawWs.BINARY, blob)
+    ws.send(RawWs.PONG, b"unsolicited")  # ignored
+    ws.send(RawWs.CLOSE, (3000).to_bytes(2, "big") + b"bye")
+    assert ws.close_code(answer=False) == 3000
+    ws.close()
+
+
+@pytest.mark.parametrize("frames,code", [
+    # invalid UTF-8 in a text message, whole or across fragments, or in a close reason: 1007
+    ([(1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", True)], 1007),
+    ([(1, b"\xce\xba\xe1", False), (0, b"\xbd\xb9\xf4\x90\x80\x80", True)], 1007),
+    ([(1, b"ok \xe2\x82", False), (0, b"", True)], 1007),
+    ([(8, b"\x03\xe8\xff\xfe", True)], 1007),
+    # protocol errors: 1002
+    ([(1, b"rsv", True, 4)], 1002),
+    ([(2, b"rsv", True, 2)], 1002),
+    ([(3, b"", True)], 1002),
+    ([(11, b"", True)], 1002),
+    ([(0, b"orphan continuation", True)], 1002),
+    ([(1, b"a", False), (1, b"b", True)], 1002),
+    ([(9, b"x" * 126, True)], 1002),
+    ([(9, b"fragmented ping", False)], 1002),
+    ([(8, b"\x03", True)], 1002),
+    # close codes a peer may not send
+    *[([(8, c.to_bytes(2, "big"), True)], 1002) for c in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999)],
+    # over --websocket-max-message-size (200000), in one frame or in fragments: 1009
+    ([(2, b"x" * 200_001, True)], 1009),
+    ([(2, b"x" * 100_000, False), (0, b"x" * 100_000, False), (0, b"x", True)], 1009),
+], ids=lambda v: None if isinstance(v, int) else "")
+def test_websocket_violations_close_with_their_code(ws_srv, frames, code):
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.TEXT, b"before")
+    assert ws.message() == (RawWs.TEXT, b"before")
+    for op, payload, fin, *rsv in frames:
+        ws.send(op, payload, fin=fin, rsv=rsv[0] if rsv else 0)
+    # a bad close frame began the closing handshake: the server's close answers it
+    assert ws.close_code(answer=frames[-1][0] != RawWs.CLOSE) == code
+    ws.close()
+
+
+def test_an_unmasked_client_frame_is_a_protocol_error(ws_srv):
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.TEXT, b"bare", mask=False)
+    assert ws.close_code() == 1002
+    ws.close()
+
+
+def test_valid_close_codes_are_echoed(ws_srv):
+    for code in (1000, 1001, 1003, 1007, 1011, 3000, 4999):
+        ws = RawWs(ws_srv.port)
+        ws.send(RawWs.CLOSE, code.to_bytes(2, "big") + "réason".encode())
+        assert ws.close_code(answer=False) == code
+        ws.close()
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.CLOSE, b"")  # no code: answered with none or 1000
+    assert ws.close_code(answer=False) in (None, 1000)
+    ws.close()
+
+
 def _load(srv, stop, failures, served):
     with httpx.Client(base_url=srv.url, timeout=20) as c:
         while not stop.is_set():

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -325,6 +325,14 @@ where
                 break;
             }
         }
+        // The server closes the TCP connection first (RFC 6455 §7.1.1), and reads what still comes
+        // (after a violation: the rest of bytes that do not parse) until the peer closes its end, so
+        // that bytes left unread do not turn the close into a reset that can lose the close frame on
+        // the peer's side.
+        let stream = ws.get_mut();
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
 }
