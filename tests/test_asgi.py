@@ -784,6 +784,22 @@ def test_websocket_violations_close_with_their_code(ws_srv, frames, code):
     ws.close()
 
 
+def test_bad_utf8_fails_before_its_frame_is_complete(ws_srv):
+    for fragmented in (False, True):
+        ws = RawWs(ws_srv.port)
+        key = os.urandom(4)
+        body = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80" + b"x" * 1000
+        if fragmented:  # the message's first fragment is complete, the second is not
+            ws.send(RawWs.TEXT, "κό".encode()[:3], fin=False)
+            head = bytes([0x80 | RawWs.CONT, 0x80 | 126]) + len(body).to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | RawWs.TEXT, 0x80 | 126]) + len(body).to_bytes(2, "big")
+        masked = bytes(b ^ key[i % 4] for i, b in enumerate(body))
+        ws.sock.sendall(head + key + masked[:20])  # the rest of the frame never comes
+        assert ws.close_code() == 1007
+        ws.close()
+
+
 def test_an_unmasked_client_frame_is_a_protocol_error(ws_srv):
     ws = RawWs(ws_srv.port)
     ws.send(RawWs.TEXT, b"bare", mask=False)
@@ -800,6 +816,167 @@ def test_valid_close_codes_are_echoed(ws_srv):
     ws = RawWs(ws_srv.port)
     ws.send(RawWs.CLOSE, b"")  # no code: answered with none or 1000
     assert ws.close_code(answer=False) in (None, 1000)
+    ws.close()
+
+
+# ---- permessage-deflate ------------------------------------------------------------------------------
+
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
+def deflate(data, compressor=None):
+    """A message's payload as a client compresses it (raw deflate, sync flush, tail stripped)."""
+    import zlib
+
+    c = compressor or zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def test_permessage_deflate_is_negotiated_with_a_websockets_client(start_server):
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+    text = json.dumps([{"id": i, "name": "item %d" % i} for i in range(3000)])
+    blob = os.urandom(100_000)
+    with connect(ws_url(srv, "/ws/echo")) as ws:  # the client offers permessage-deflate by default
+        assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        for _ in range(5):  # context kept from message to message
+            ws.send(text)
+            assert ws.recv(timeout=10) == text
+            ws.send(blob)
+            assert ws.recv(timeout=10) == blob
+            ws.send("")
+            assert ws.recv(timeout=10) == ""
+    with connect(ws_url(srv, "/ws/echo"), compression=None) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send(text)
+        assert ws.recv(timeout=10) == text
+
+
+@pytest.mark.parametrize("params", [
+    dict(server_no_context_takeover=True, client_no_context_takeover=True),
+    dict(server_max_window_bits=9, client_max_window_bits=10),
+    dict(server_max_window_bits=12, server_no_context_takeover=True),
+])
+def test_permessage_deflate_parameters_are_honoured(start_server, params):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+    factory = ClientPerMessageDeflateFactory(**params)
+    with connect(ws_url(srv, "/ws/echo"), extensions=[factory], compression=None) as ws:
+        agreed = ws.response.headers["Sec-WebSocket-Extensions"]
+        for name, value in params.items():
+            if name == "server_no_context_takeover" or name == "server_max_window_bits":
+                assert name + ("" if value is True else "=%d" % value) in agreed, agreed
+        for i in range(20):
+            msg = ("message %d " % i) * (50 * i + 1)
+            ws.send(msg)
+            assert ws.recv(timeout=10) == msg
+
+
+def test_what_permessage_deflate_cannot_honour_is_declined(start_server):
+    import zlib
+
+    srv = asgi(start_server)
+    for offer, agreed in [
+        (b"permessage-deflate; server_max_window_bits=8", None),
+        (b"permessage-deflate; server_max_window_bits=16", None),
+        (b"permessage-deflate; mystery=1", None),
+        (b"permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
+        (b"x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, "
+         b"permessage-deflate; server_no_context_takeover",
+         b"permessage-deflate; server_no_context_takeover"),
+    ]:
+        ws = RawWs(srv.port, extra_headers=b"Sec-WebSocket-Extensions: " + offer + b"\r\n")
+        head = ws.response.lower()
+        if agreed is None:
+            assert b"sec-websocket-extensions" not in head, (offer, ws.response)
+        else:
+            assert b"sec-websocket-extensions: " + agreed + b"\r\n" in head + b"\r\n", ws.response
+        ws.send(RawWs.TEXT, b"plain")
+        fin, rsv, op, data = ws.frame()
+        if agreed:
+            data = zlib.decompressobj(wbits=-15).decompress(data + b"\x00\x00\xff\xff")
+        assert (fin, rsv, op, data) == (True, 4 if agreed else 0, RawWs.TEXT, b"plain")
+        ws.close()
+
+
+def test_compressed_raw_frames(start_server):
+    import zlib
+
+    srv = asgi(start_server, "--websocket-max-message-size", "200000")
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    assert b"permessage-deflate" in ws.response
+    inflate = zlib.decompressobj(wbits=-15)  # the server keeps its context too
+
+    def echoed():
+        fin, rsv, op, data = ws.frame()
+        assert fin and rsv == 4, "the echo goes out compressed, in one frame"
+        return op, inflate.decompress(data + b"\x00\x00\xff\xff")
+
+    comp = zlib.compressobj(wbits=-15)
+    text = ("compress me " * 1000).encode()
+    ws.send(RawWs.TEXT, deflate(text, comp), rsv=4)
+    assert echoed() == (RawWs.TEXT, text)
+    # a compressed message in three frames: RSV1 on the first one only
+    wire = deflate("€ and more €".encode() * 100, comp)
+    ws.send(RawWs.TEXT, wire[:5], fin=False, rsv=4)
+    ws.send(RawWs.CONT, wire[5:9], fin=False)
+    ws.send(RawWs.CONT, wire[9:], fin=True)
+    assert echoed() == (RawWs.TEXT, "€ and more €".encode() * 100)
+    # an uncompressed message in the same session is fine
+    ws.send(RawWs.BINARY, b"\x00raw")
+    assert echoed() == (RawWs.BINARY, b"\x00raw")
+    # just within the limit once decompressed
+    ws.send(RawWs.BINARY, deflate(b"z" * 200_000, comp), rsv=4)
+    assert echoed() == (RawWs.BINARY, b"z" * 200_000)
+    ws.close()
+
+
+@pytest.mark.parametrize("case", ["bomb", "bomb-fragmented", "corrupt", "bad-utf8", "rsv1-continuation"])
+def test_bad_compressed_messages_close_with_their_code(start_server, case):
+    srv = asgi(start_server, "--websocket-max-message-size", "200000")
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    if case == "bomb":  # 10 MB of zeros in about 10 kB: the limit is on the decompressed size
+        wire = deflate(bytes(10_000_000))
+        assert len(wire) < 20_000
+        ws.send(RawWs.BINARY, wire, rsv=4)
+        code = 1009
+    elif case == "bomb-fragmented":
+        wire = deflate(bytes(300_000))
+        ws.send(RawWs.BINARY, wire[:100], fin=False, rsv=4)
+        ws.send(RawWs.CONT, wire[100:], fin=True)
+        code = 1009
+    elif case == "corrupt":
+        ws.send(RawWs.TEXT, b"\xff\xff\xff\xff not deflate", rsv=4)
+        code = 1007
+    elif case == "bad-utf8":
+        ws.send(RawWs.TEXT, deflate(b"ok \xed\xa0\x80 surrogate"), rsv=4)
+        code = 1007
+    else:
+        wire = deflate(b"hello")
+        ws.send(RawWs.TEXT, wire[:2], fin=False, rsv=4)
+        ws.send(RawWs.CONT, wire[2:], fin=True, rsv=4)
+        code = 1002
+    assert ws.close_code() == code
+    ws.close()
+
+
+def test_ws_per_message_deflate_false_offers_none(start_server):
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server, "--ws-per-message-deflate", "false")
+    with connect(ws_url(srv, "/ws/echo")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("x" * 1000)
+        assert ws.recv(timeout=10) == "x" * 1000
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    assert b"extensions" not in ws.response.lower()
+    ws.send(RawWs.TEXT, deflate(b"hello"), rsv=4)  # RSV1 without the extension: a protocol error
+    assert ws.close_code() == 1002
     ws.close()
 
 

@@ -1,6 +1,7 @@
-"""Websocket conformance: the Autobahn testsuite's fuzzingclient (every case but permessage-deflate's
-12.* and 13.*) against the asgi worker serving apps/asgi_ws_echo.py, through tests/autobahn/run.py.
-No case may fail. Skipped only when the testsuite cannot be provisioned (it needs a Python 2.7)."""
+"""Websocket conformance: the Autobahn testsuite's fuzzingclient (every case; of permessage-deflate's
+12.* and 13.*, the two smallest message sizes) against the asgi worker serving apps/asgi_ws_echo.py,
+through tests/autobahn/run.py. No case may fail. Skipped only when the testsuite cannot be provisioned
+(it needs a Python 2.7)."""
 
 import os
 import sys
@@ -21,5 +22,5 @@ def test_autobahn_fuzzingclient_cases_pass(tmp_path):
         pytest.skip("the Autobahn testsuite cannot be provisioned here (no Python 2.7, or no package index)")
     table, failed, _ = autobahn.run(wstest, str(tmp_path), server_cmd=SERVER_CMD, limit=600)
     print(autobahn.render(table))
-    assert sum(sum(row.values()) for row in table.values()) >= 300, table
+    assert sum(sum(row.values()) for row in table.values()) >= 320, table
     assert failed == [], "failed cases: %s; reports under %s" % (failed, tmp_path)
