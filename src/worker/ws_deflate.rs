@@ -10,7 +10,9 @@
 //! `client_max_window_bits` needs no answer: the decompressor's window is always the largest (15),
 //! which reads any smaller window the client chooses.
 //!
-//! The codec compresses a whole message with a sync flush and strips its `00 00 ff ff` tail; it
+//! The codec compresses a whole message with a sync flush and strips its `00 00 ff ff` tail (with a
+//! window of at most 12 bits whatever was agreed: a smaller window than the agreed one is always
+//! allowed, and it keeps a session's memory small); it
 //! decompresses a message's frames as they come, the tail appended at the last one, and stops with
 //! [`Inflate::TooBig`] as soon as the decompressed size passes the session's limit, so a small
 //! compressed message cannot make a big one in memory.
@@ -19,6 +21,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 /// The four octets a sync flush ends with, left off on the wire (RFC 7692 §7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// The compressor's window at most, in bits.
+const COMPRESS_WINDOW_BITS: u8 = 12;
 
 /// What was agreed with the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,10 +171,13 @@ pub struct Codec {
 
 impl Codec {
     pub fn new(params: Params) -> Codec {
+        // Any window up to the agreed one is the compressor's to choose, and the client's
+        // decompressor reads it: a 4 KiB one instead of 32 KiB makes the compressor's window
+        // arrays smaller, for a little less compression of big messages.
         let compress = Compress::new_with_window_bits(
             Compression::default(),
             false,
-            params.server_max_window_bits,
+            params.server_max_window_bits.min(COMPRESS_WINDOW_BITS),
         );
         Codec {
             params,

@@ -120,6 +120,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            // A big message is through: its room is not kept for the rest of the session.
+            self.buf = Vec::with_capacity(READ_CHUNK);
+        }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK.max(self.buf.len() / 2));
         }

@@ -3,7 +3,7 @@
 
     python3 tests/autobahn/run.py                 # every case; of 12.* and 13.* (permessage-deflate),
                                                   # the two smallest message sizes (about 1 min)
-    python3 tests/autobahn/run.py --all           # every case in full (about 15 min more)
+    python3 tests/autobahn/run.py --all           # every case in full (about 15 min)
     python3 tests/autobahn/run.py --cases '1.*' '5.*'
 
 What it does, end to end:
