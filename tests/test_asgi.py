@@ -664,6 +664,344 @@ def test_a_websocket_message_over_ws_max_size_closes_with_1009(start_server):
     warm_up(srv, 3)
 
 
+class RawWs:
+    """A websocket client of raw frames, to send what no library sends: bad UTF-8, reserved bits and
+    opcodes, odd fragments, bad close frames."""
+
+    TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
+
+    def __init__(self, port, path="/ws/echo", extra_headers=b""):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          b"Sec-WebSocket-Version: 13\r\n" + extra_headers + b"\r\n")
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, "closed during the handshake"
+            self.buf += chunk
+        self.response, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert self.response.startswith(b"HTTP/1.1 101 "), self.response
+
+    def send(self, opcode, payload=b"", fin=True, rsv=0, mask=True):
+        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+        n = len(payload)
+        m = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([m | n])
+        elif n < 65536:
+            head += bytes([m | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([m | 127]) + n.to_bytes(8, "big")
+        if mask:
+            key = os.urandom(4)
+            head += key
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + payload)
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed with %d of %d bytes read" % (len(self.buf), n))
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self):
+        """(fin, rsv, opcode, payload) of the next frame from the server (never masked)."""
+        b0, b1 = self._take(2)
+        assert not b1 & 0x80, "a server frame must not be masked"
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._take(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._take(8), "big")
+        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, self._take(n)
+
+    def message(self):
+        """(opcode, payload) of the next data message, its fragments joined."""
+        fin, _, op, data = self.frame()
+        while not fin:
+            fin, _, cont, more = self.frame()
+            assert cont == self.CONT
+            data += more
+        return op, data
+
+    def close_code(self, answer=True):
+        """The code of the server's close frame (data frames before it are skipped), after checking the
+        server then closes the connection. `answer`: the server's close started the closing handshake,
+        and the client answers it."""
+        while True:
+            _, _, op, data = self.frame()
+            if op == self.CLOSE:
+                break
+        if answer:
+            self.sock.sendall(b"\x88\x80" + os.urandom(4))
+        assert self.sock.recv(1) == b"", "the server closes the connection after the close handshake"
+        return int.from_bytes(data[:2], "big") if data else None
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def ws_srv(start_server):
+    return asgi(start_server, "--websocket-max-message-size", "200000")
+
+
+def test_fragments_are_joined_and_pings_answered_between_them(ws_srv):
+    ws = RawWs(ws_srv.port)
+    text = "Hello wörld €".encode()
+    cut = text.index(b"\xc3") + 1  # fragment boundaries inside a UTF-8 sequence are fine
+    ws.send(RawWs.TEXT, text[:3], fin=False)
+    ws.send(RawWs.PING, b"ping data")
+    ws.send(RawWs.CONT, text[3:cut], fin=False)
+    ws.send(RawWs.CONT, b"", fin=False)
+    ws.send(RawWs.CONT, text[cut:], fin=True)
+    assert ws.frame() == (True, 0, RawWs.PONG, b"ping data")
+    assert ws.message() == (RawWs.TEXT, text)
+    ws.send(RawWs.TEXT, b"")
+    assert ws.message() == (RawWs.TEXT, b"")
+    blob = os.urandom(150_000)  # within the limit in 15 fragments
+    for i in range(0, len(blob), 10_000):
+        ws.send(RawWs.CONT if i else RawWs.BINARY, blob[i:i + 10_000], fin=i + 10_000 >= len(blob))
+    assert ws.message() == (RawWs.BINARY, blob)
+    ws.send(RawWs.PONG, b"unsolicited")  # ignored
+    ws.send(RawWs.CLOSE, (3000).to_bytes(2, "big") + b"bye")
+    assert ws.close_code(answer=False) == 3000
+    ws.close()
+
+
+@pytest.mark.parametrize("frames,code", [
+    # invalid UTF-8 in a text message, whole or across fragments, or in a close reason: 1007
+    ([(1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", True)], 1007),
+    ([(1, b"\xce\xba\xe1", False), (0, b"\xbd\xb9\xf4\x90\x80\x80", True)], 1007),
+    ([(1, b"ok \xe2\x82", False), (0, b"", True)], 1007),
+    ([(8, b"\x03\xe8\xff\xfe", True)], 1007),
+    # protocol errors: 1002
+    ([(1, b"rsv", True, 4)], 1002),
+    ([(2, b"rsv", True, 2)], 1002),
+    ([(3, b"", True)], 1002),
+    ([(11, b"", True)], 1002),
+    ([(0, b"orphan continuation", True)], 1002),
+    ([(1, b"a", False), (1, b"b", True)], 1002),
+    ([(9, b"x" * 126, True)], 1002),
+    ([(9, b"fragmented ping", False)], 1002),
+    ([(8, b"\x03", True)], 1002),
+    # close codes a peer may not send
+    *[([(8, c.to_bytes(2, "big"), True)], 1002) for c in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999)],
+    # over --websocket-max-message-size (200000), in one frame or in fragments: 1009
+    ([(2, b"x" * 200_001, True)], 1009),
+    ([(2, b"x" * 100_000, False), (0, b"x" * 100_000, False), (0, b"x", True)], 1009),
+], ids=lambda v: None if isinstance(v, int) else "")
+def test_websocket_violations_close_with_their_code(ws_srv, frames, code):
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.TEXT, b"before")
+    assert ws.message() == (RawWs.TEXT, b"before")
+    for op, payload, fin, *rsv in frames:
+        ws.send(op, payload, fin=fin, rsv=rsv[0] if rsv else 0)
+    # a bad close frame began the closing handshake: the server's close answers it
+    assert ws.close_code(answer=frames[-1][0] != RawWs.CLOSE) == code
+    ws.close()
+
+
+def test_bad_utf8_fails_before_its_frame_is_complete(ws_srv):
+    for fragmented in (False, True):
+        ws = RawWs(ws_srv.port)
+        key = os.urandom(4)
+        body = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80" + b"x" * 1000
+        if fragmented:  # the message's first fragment is complete, the second is not
+            ws.send(RawWs.TEXT, "κό".encode()[:3], fin=False)
+            head = bytes([0x80 | RawWs.CONT, 0x80 | 126]) + len(body).to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | RawWs.TEXT, 0x80 | 126]) + len(body).to_bytes(2, "big")
+        masked = bytes(b ^ key[i % 4] for i, b in enumerate(body))
+        ws.sock.sendall(head + key + masked[:20])  # the rest of the frame never comes
+        assert ws.close_code() == 1007
+        ws.close()
+
+
+def test_an_unmasked_client_frame_is_a_protocol_error(ws_srv):
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.TEXT, b"bare", mask=False)
+    assert ws.close_code() == 1002
+    ws.close()
+
+
+def test_valid_close_codes_are_echoed(ws_srv):
+    for code in (1000, 1001, 1003, 1007, 1011, 3000, 4999):
+        ws = RawWs(ws_srv.port)
+        ws.send(RawWs.CLOSE, code.to_bytes(2, "big") + "réason".encode())
+        assert ws.close_code(answer=False) == code
+        ws.close()
+    ws = RawWs(ws_srv.port)
+    ws.send(RawWs.CLOSE, b"")  # no code: answered with none or 1000
+    assert ws.close_code(answer=False) in (None, 1000)
+    ws.close()
+
+
+# ---- permessage-deflate ------------------------------------------------------------------------------
+
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
+def deflate(data, compressor=None):
+    """A message's payload as a client compresses it (raw deflate, sync flush, tail stripped)."""
+    import zlib
+
+    c = compressor or zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def test_permessage_deflate_is_negotiated_with_a_websockets_client(start_server):
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+    text = json.dumps([{"id": i, "name": "item %d" % i} for i in range(3000)])
+    blob = os.urandom(100_000)
+    with connect(ws_url(srv, "/ws/echo")) as ws:  # the client offers permessage-deflate by default
+        assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        for _ in range(5):  # context kept from message to message
+            ws.send(text)
+            assert ws.recv(timeout=10) == text
+            ws.send(blob)
+            assert ws.recv(timeout=10) == blob
+            ws.send("")
+            assert ws.recv(timeout=10) == ""
+    with connect(ws_url(srv, "/ws/echo"), compression=None) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send(text)
+        assert ws.recv(timeout=10) == text
+
+
+@pytest.mark.parametrize("params", [
+    dict(server_no_context_takeover=True, client_no_context_takeover=True),
+    dict(server_max_window_bits=9, client_max_window_bits=10),
+    dict(server_max_window_bits=12, server_no_context_takeover=True),
+])
+def test_permessage_deflate_parameters_are_honoured(start_server, params):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server)
+    factory = ClientPerMessageDeflateFactory(**params)
+    with connect(ws_url(srv, "/ws/echo"), extensions=[factory], compression=None) as ws:
+        agreed = ws.response.headers["Sec-WebSocket-Extensions"]
+        for name, value in params.items():
+            if name == "server_no_context_takeover" or name == "server_max_window_bits":
+                assert name + ("" if value is True else "=%d" % value) in agreed, agreed
+        for i in range(20):
+            msg = ("message %d " % i) * (50 * i + 1)
+            ws.send(msg)
+            assert ws.recv(timeout=10) == msg
+
+
+def test_what_permessage_deflate_cannot_honour_is_declined(start_server):
+    import zlib
+
+    srv = asgi(start_server)
+    for offer, agreed in [
+        (b"permessage-deflate; server_max_window_bits=8", None),
+        (b"permessage-deflate; server_max_window_bits=16", None),
+        (b"permessage-deflate; mystery=1", None),
+        (b"permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
+        (b"x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, "
+         b"permessage-deflate; server_no_context_takeover",
+         b"permessage-deflate; server_no_context_takeover"),
+    ]:
+        ws = RawWs(srv.port, extra_headers=b"Sec-WebSocket-Extensions: " + offer + b"\r\n")
+        head = ws.response.lower()
+        if agreed is None:
+            assert b"sec-websocket-extensions" not in head, (offer, ws.response)
+        else:
+            assert b"sec-websocket-extensions: " + agreed + b"\r\n" in head + b"\r\n", ws.response
+        ws.send(RawWs.TEXT, b"plain")
+        fin, rsv, op, data = ws.frame()
+        if agreed:
+            data = zlib.decompressobj(wbits=-15).decompress(data + b"\x00\x00\xff\xff")
+        assert (fin, rsv, op, data) == (True, 4 if agreed else 0, RawWs.TEXT, b"plain")
+        ws.close()
+
+
+def test_compressed_raw_frames(start_server):
+    import zlib
+
+    srv = asgi(start_server, "--websocket-max-message-size", "200000")
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    assert b"permessage-deflate" in ws.response
+    inflate = zlib.decompressobj(wbits=-15)  # the server keeps its context too
+
+    def echoed():
+        fin, rsv, op, data = ws.frame()
+        assert fin and rsv == 4, "the echo goes out compressed, in one frame"
+        return op, inflate.decompress(data + b"\x00\x00\xff\xff")
+
+    comp = zlib.compressobj(wbits=-15)
+    text = ("compress me " * 1000).encode()
+    ws.send(RawWs.TEXT, deflate(text, comp), rsv=4)
+    assert echoed() == (RawWs.TEXT, text)
+    # a compressed message in three frames: RSV1 on the first one only
+    wire = deflate("€ and more €".encode() * 100, comp)
+    ws.send(RawWs.TEXT, wire[:5], fin=False, rsv=4)
+    ws.send(RawWs.CONT, wire[5:9], fin=False)
+    ws.send(RawWs.CONT, wire[9:], fin=True)
+    assert echoed() == (RawWs.TEXT, "€ and more €".encode() * 100)
+    # an uncompressed message in the same session is fine
+    ws.send(RawWs.BINARY, b"\x00raw")
+    assert echoed() == (RawWs.BINARY, b"\x00raw")
+    # just within the limit once decompressed
+    ws.send(RawWs.BINARY, deflate(b"z" * 200_000, comp), rsv=4)
+    assert echoed() == (RawWs.BINARY, b"z" * 200_000)
+    ws.close()
+
+
+@pytest.mark.parametrize("case", ["bomb", "bomb-fragmented", "corrupt", "bad-utf8", "rsv1-continuation"])
+def test_bad_compressed_messages_close_with_their_code(start_server, case):
+    srv = asgi(start_server, "--websocket-max-message-size", "200000")
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    if case == "bomb":  # 10 MB of zeros in about 10 kB: the limit is on the decompressed size
+        wire = deflate(bytes(10_000_000))
+        assert len(wire) < 20_000
+        ws.send(RawWs.BINARY, wire, rsv=4)
+        code = 1009
+    elif case == "bomb-fragmented":
+        wire = deflate(bytes(300_000))
+        ws.send(RawWs.BINARY, wire[:100], fin=False, rsv=4)
+        ws.send(RawWs.CONT, wire[100:], fin=True)
+        code = 1009
+    elif case == "corrupt":
+        ws.send(RawWs.TEXT, b"\xff\xff\xff\xff not deflate", rsv=4)
+        code = 1007
+    elif case == "bad-utf8":
+        ws.send(RawWs.TEXT, deflate(b"ok \xed\xa0\x80 surrogate"), rsv=4)
+        code = 1007
+    else:
+        wire = deflate(b"hello")
+        ws.send(RawWs.TEXT, wire[:2], fin=False, rsv=4)
+        ws.send(RawWs.CONT, wire[2:], fin=True, rsv=4)
+        code = 1002
+    assert ws.close_code() == code
+    ws.close()
+
+
+def test_ws_per_message_deflate_false_offers_none(start_server):
+    from websockets.sync.client import connect
+
+    srv = asgi(start_server, "--ws-per-message-deflate", "false")
+    with connect(ws_url(srv, "/ws/echo")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("x" * 1000)
+        assert ws.recv(timeout=10) == "x" * 1000
+    ws = RawWs(srv.port, extra_headers=DEFLATE_OFFER)
+    assert b"extensions" not in ws.response.lower()
+    ws.send(RawWs.TEXT, deflate(b"hello"), rsv=4)  # RSV1 without the extension: a protocol error
+    assert ws.close_code() == 1002
+    ws.close()
+
+
 def _load(srv, stop, failures, served):
     with httpx.Client(base_url=srv.url, timeout=20) as c:
         while not stop.is_set():

@@ -181,6 +181,8 @@ pub struct Config {
     /// `--ws-ping-interval` and `--ws-ping-timeout`, seconds (an interval of 0: no pings).
     pub ws_ping_interval: u64,
     pub ws_ping_timeout: u64,
+    /// Negotiate permessage-deflate with websocket clients that offer it.
+    pub ws_per_message_deflate: bool,
     /// MiB of RSS past which a worker is recycled; 0 = off.
     pub max_worker_memory: u64,
     pub preload_app: bool,
@@ -269,6 +271,7 @@ impl Default for Config {
             websocket_max_message_size: 16 * 1024 * 1024,
             ws_ping_interval: 20,
             ws_ping_timeout: 20,
+            ws_per_message_deflate: true,
             max_worker_memory: 0,
             preload_app: false,
             permit_missing_host: false,

@@ -941,6 +941,21 @@ pub static SETTINGS: &[Setting] = &[
         show: |c| c.ws_ping_timeout.to_string(),
     },
     Setting {
+        name: "ws_per_message_deflate",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--ws-per-message-deflate"],
+        hidden_aliases: &[],
+        meta: "BOOL",
+        default: "true",
+        help: "Offer websocket clients permessage-deflate compression (RFC 7692): true or false",
+        apply: |c, v| {
+            c.ws_per_message_deflate = boolean(v)?;
+            Ok(())
+        },
+        show: |c| c.ws_per_message_deflate.to_string(),
+    },
+    Setting {
         name: "root_path",
         section: Section::WorkerProcesses,
         kind: Kind::Value,

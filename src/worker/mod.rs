@@ -19,6 +19,8 @@ mod snapshot;
 mod stop;
 pub mod transport;
 mod ws;
+mod ws_deflate;
+mod ws_frames;
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;

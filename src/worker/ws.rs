@@ -2,10 +2,12 @@
 //! connections the HTTP/1 driver hands on after an `Upgrade: websocket` request. The handshake is
 //! checked here, the request goes to the app as a job with the session's channels, and the app decides:
 //! accept (`101 Switching Protocols`), close (403), or answer with a response of its own
-//! (`websocket.http.response`, framed as any HTTP/1 response). Once accepted, frames are read and
-//! written here (tungstenite's framing), messages cross to the app in both directions with
-//! backpressure, pings keep the session alive (`--ws-ping-interval`, `--ws-ping-timeout`), and a
-//! stopping worker closes it with 1012 (service restart).
+//! (`websocket.http.response`, framed as any HTTP/1 response). permessage-deflate is agreed in the
+//! `101` when the client offers it ([`super::ws_deflate`], `--ws-per-message-deflate`). Once
+//! accepted, frames are read and written through [`super::ws_frames`], messages cross to the app in
+//! both directions with backpressure, pings are answered and keep the session alive
+//! (`--ws-ping-interval`, `--ws-ping-timeout`), a client that breaks the protocol gets the close code
+//! it earns (1002, 1007, 1009), and a stopping worker closes the session with 1012 (service restart).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,18 +16,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::derive_accept_key;
 
 use super::driver::{UpgradeHandler, Upgraded};
 use super::h1::write::{write_piece, Framed};
+use super::ws_deflate;
+use super::ws_frames::{self, Incoming, ReadError, WsConn};
 use super::IoState;
 use crate::exchange::{
     ConnInfo, Job, Out, Progress, RequestBody, TaskEvent, WsChannels, WsFromClient, WsToClient,
@@ -42,6 +41,8 @@ const WS_QUEUE: usize = 16;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How often an unanswered handshake is held against `--timeout`.
 const HANDSHAKE_POLL: Duration = Duration::from_millis(250);
+/// How long the app may be quiet before a session its client broke is closed.
+const REPLY_QUIET: Duration = Duration::from_millis(50);
 
 /// The `websocket` upgrade handler of a worker whose runtime serves websockets.
 pub struct WebsocketHandler {
@@ -103,6 +104,18 @@ async fn session(mut up: Upgraded, io: &IoState) {
         let _ = up.stream.write_all(&resp).await;
         return;
     }
+    // permessage-deflate, when offered and not turned off (`--ws-per-message-deflate`).
+    let deflate = if io.ctx.cfg.ws_per_message_deflate {
+        ws_deflate::negotiate(
+            up.head
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, v)| v.as_slice()),
+        )
+    } else {
+        None
+    };
     let (in_tx, in_rx) = mpsc::channel::<WsFromClient>(WS_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<WsToClient>(WS_QUEUE);
     let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
@@ -149,7 +162,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
             }
             said = out_rx.recv() => match said {
                 Some(WsToClient::Accept { subprotocol, headers }) => {
-                    if up.stream.write_all(&switching(&up.head, subprotocol, &headers)).await.is_err() {
+                    if up.stream.write_all(&switching(&up.head, subprotocol, &headers, deflate.as_ref())).await.is_err() {
                         return;
                     }
                     break true;
@@ -201,12 +214,14 @@ async fn session(mut up: Upgraded, io: &IoState) {
     if !accepted {
         return;
     }
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(io.ctx.cfg.websocket_max_message_size))
-        .max_frame_size(Some(io.ctx.cfg.websocket_max_message_size));
     let leftover = std::mem::take(&mut up.leftover);
-    let mut ws =
-        WebSocketStream::from_partially_read(up.stream, leftover, Role::Server, Some(config)).await;
+    let codec = deflate.map(ws_deflate::Codec::new);
+    let mut ws = WsConn::new(
+        up.stream,
+        leftover,
+        io.ctx.cfg.websocket_max_message_size,
+        codec,
+    );
     let cfg = &io.ctx.cfg;
     let ping_every = (cfg.ws_ping_interval > 0).then(|| Duration::from_secs(cfg.ws_ping_interval));
     let pong_within = Duration::from_secs(cfg.ws_ping_timeout.max(1));
@@ -220,48 +235,41 @@ async fn session(mut up: Upgraded, io: &IoState) {
         }
         let wake = [next_ping, pong_due].into_iter().flatten().min();
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if in_tx.send(WsFromClient::Text(t.as_str().to_string())).await.is_err() {
+            msg = ws.read() => match msg {
+                Ok(Incoming::Text(t)) => {
+                    if in_tx.send(WsFromClient::Text(t)).await.is_err() {
                         break Closing::Server(1000, "");
                     }
                 }
-                Some(Ok(Message::Binary(b))) => {
-                    if in_tx.send(WsFromClient::Binary(b.to_vec())).await.is_err() {
+                Ok(Incoming::Binary(b)) => {
+                    if in_tx.send(WsFromClient::Binary(b)).await.is_err() {
                         break Closing::Server(1000, "");
                     }
                 }
-                Some(Ok(Message::Pong(_))) => pong_due = None,
-                // tungstenite answers pings itself; the answer goes out on the next flush.
-                Some(Ok(Message::Ping(_))) => {
-                    let _ = ws.flush().await;
+                Ok(Incoming::Pong) => pong_due = None,
+                Ok(Incoming::Ping(data)) => {
+                    if ws.send_control(ws_frames::OP_PONG, &data).await.is_err() {
+                        break Closing::Client(1006, String::new());
+                    }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.as_str().to_string()))
-                        .unwrap_or((1005, String::new()));
-                    // The close reply goes out with this flush.
-                    let _ = ws.flush().await;
+                Ok(Incoming::Close(frame)) => {
+                    // The close is answered with the peer's own code.
+                    let code = frame.as_ref().map(|(c, _)| *c);
+                    let _ = ws.send_close(code, "").await;
+                    let (code, reason) = frame.unwrap_or((1005, String::new()));
                     break Closing::Client(code, reason);
                 }
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Err(e)) => {
-                    io.ctx.log.debug(&format!("Websocket from {} failed: {e}", up.peer.label()));
-                    // What the client did wrong, as its close code (RFC 6455 §7.4.1).
-                    use tokio_tungstenite::tungstenite::Error;
-                    match e {
-                        Error::Capacity(_) => break Closing::Server(1009, "message too big"),
-                        Error::Protocol(_) => break Closing::Server(1002, "protocol error"),
-                        Error::Utf8(_) => break Closing::Server(1007, "invalid UTF-8"),
-                        _ => break Closing::Client(1006, String::new()),
-                    }
+                Err(ReadError::Violation(code, why)) => {
+                    io.ctx.log.debug(&format!("Websocket from {} failed: {why}", up.peer.label()));
+                    flush_replies(&mut ws, &mut out_rx).await;
+                    break Closing::Server(code, why);
                 }
-                None => break Closing::Client(1006, String::new()),
+                Err(ReadError::Gone) => break Closing::Client(1006, String::new()),
             },
             said = out_rx.recv() => {
                 let sent = match said {
-                    Some(WsToClient::Text(t)) => ws.send(Message::text(t)).await,
-                    Some(WsToClient::Binary(b)) => ws.send(Message::binary(b)).await,
+                    Some(WsToClient::Text(t)) => ws.send_message(ws_frames::OP_TEXT, t.as_bytes()).await,
+                    Some(WsToClient::Binary(b)) => ws.send_message(ws_frames::OP_BINARY, &b).await,
                     Some(WsToClient::Close { code, reason }) => {
                         break Closing::App(code, reason);
                     }
@@ -280,7 +288,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
                     break Closing::Server(1011, "keepalive ping timeout");
                 }
                 if next_ping.is_some_and(|d| now >= d) {
-                    if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    if ws.send_control(ws_frames::OP_PING, b"").await.is_err() {
                         break Closing::Client(1006, String::new());
                     }
                     pong_due = Some(now + pong_within);
@@ -292,6 +300,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
     };
     match end {
         Closing::Client(code, reason) => {
+            let _ = timeout(CLOSE_GRACE, ws.finish()).await;
             let _ = in_tx.send(WsFromClient::Closed { code, reason }).await;
         }
         Closing::App(code, reason) => {
@@ -320,24 +329,30 @@ enum Closing {
     Client(u16, String),
     /// The app closed, or its task ended (1000).
     App(u16, String),
-    /// The server: a stopping worker (1012), a ping without a pong (1011).
+    /// The server: a stopping worker (1012), a ping without a pong (1011), a client that broke the
+    /// protocol (1002, 1007, 1009).
     Server(u16, &'static str),
 }
 
-/// Send a close frame and wait, briefly, for the peer's.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+/// Before a session that the client broke is closed: what the app still answers to the messages
+/// that came before the violation goes out first. Its messages are sent until it has been quiet for
+/// [`REPLY_QUIET`] (at most [`CLOSE_GRACE`]); a close from the app ends the wait.
+async fn flush_replies<S>(ws: &mut WsConn<S>, out_rx: &mut mpsc::Receiver<WsToClient>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    let _ = ws.send(Message::Close(Some(frame))).await;
     let _ = timeout(CLOSE_GRACE, async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if matches!(msg, Message::Close(_)) {
-                break;
+        loop {
+            let sent = match timeout(REPLY_QUIET, out_rx.recv()).await {
+                Ok(Some(WsToClient::Text(t))) => {
+                    ws.send_message(ws_frames::OP_TEXT, t.as_bytes()).await
+                }
+                Ok(Some(WsToClient::Binary(b))) => ws.send_message(ws_frames::OP_BINARY, &b).await,
+                Ok(Some(WsToClient::Accept { .. })) => Ok(()),
+                _ => return,
+            };
+            if sent.is_err() {
+                return;
             }
         }
     })
@@ -384,11 +399,32 @@ async fn handshake_timed_out(up: &mut Upgraded, io: &IoState, progress: &Progres
     true
 }
 
+/// Send a close frame, wait, briefly, for the peer's, and end the connection.
+async fn close<S>(ws: &mut WsConn<S>, code: u16, reason: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = ws.send_close(Some(code), reason).await;
+    let _ = timeout(CLOSE_GRACE, async {
+        // Messages that cross the close are dropped; a frame that does not parse ends the wait, and
+        // a peer whose (bad) close frame this answers sends no other.
+        while !ws.peer_closed() {
+            match ws.read().await {
+                Ok(Incoming::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        ws.finish().await;
+    })
+    .await;
+}
+
 /// The `101 Switching Protocols` answer to an accepted handshake.
 fn switching(
     head: &RequestHead,
     subprotocol: Option<String>,
     extra: &[(Vec<u8>, Vec<u8>)],
+    deflate: Option<&ws_deflate::Params>,
 ) -> Vec<u8> {
     let key = head.header("sec-websocket-key").unwrap_or_default();
     let mut out = Vec::with_capacity(256);
@@ -403,6 +439,11 @@ fn switching(
         out.extend_from_slice(p.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(params) = deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(params.response().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     http::write_header(&mut out, b"Server", b"ferricorn");
     http::write_date_header(&mut out);
     for (name, value) in extra {
@@ -410,7 +451,11 @@ fn switching(
         // The server owns the handshake's own fields.
         if matches!(
             lower.as_slice(),
-            b"upgrade" | b"connection" | b"sec-websocket-accept" | b"sec-websocket-protocol"
+            b"upgrade"
+                | b"connection"
+                | b"sec-websocket-accept"
+                | b"sec-websocket-protocol"
+                | b"sec-websocket-extensions"
         ) {
             continue;
         }
