@@ -679,3 +679,33 @@ def marker_path(tmp_path):
 
 
 sys.path.insert(0, TESTS_DIR)
+
+
+class ClientThreads:
+    """`n` daemon threads, each running `self._run(i)` while `self.running()` (until the context exits
+    or `limit_s` passes): the shape of the load clients of the lifecycle tests."""
+
+    def __init__(self, n, limit_s=60, join_s=15):
+        import threading
+
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._deadline = time.monotonic() + limit_s
+        self._join_s = join_s
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+
+    def running(self):
+        return not self._stop.is_set() and time.monotonic() < self._deadline
+
+    def _run(self, i):
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(self._join_s)

@@ -6,12 +6,11 @@ import os
 import re
 import signal
 import textwrap
-import threading
 import time
 
 import pytest
 
-from conftest import wait_for, ws_url
+from conftest import ClientThreads, wait_for, ws_url
 from test_lifecycle import Load
 
 RAW = "asgi_raw:app"
@@ -19,28 +18,25 @@ RAW = "asgi_raw:app"
 pytestmark = pytest.mark.ferricorn_only
 
 
-class WsClients:
+class WsClients(ClientThreads):
     """`n` websocket clients on /ws/echo, each echoing a message in a loop and reconnecting when the
     server closes with 1012 (service restart) or 1001 (going away). Anything else is an error."""
 
     def __init__(self, srv, n=4, limit_s=60):
+        super().__init__(n, limit_s, join_s=20)
         self.url = ws_url(srv, "/ws/echo")
         self.echoes = 0
         self.restarts = 0
         self.errors = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._deadline = time.monotonic() + limit_s
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
 
     def _run(self, i):
         from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
+        while self.running():
             try:
                 with connect(self.url, open_timeout=10) as ws:
-                    while not self._stop.is_set() and time.monotonic() < self._deadline:
+                    while self.running():
                         msg = f"client {i} {time.monotonic()}"
                         ws.send(msg)
                         if ws.recv(timeout=10) != msg:
@@ -58,16 +54,6 @@ class WsClients:
             except Exception as e:  # recorded; the test asserts there are none
                 with self._lock:
                     self.errors.append(repr(e))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(20)
 
 
 def test_max_requests_with_jitter_recycles_under_load_and_open_websockets(start_server):

@@ -10,27 +10,24 @@ import time
 import pytest
 import requests
 
-from conftest import wait_for
+from conftest import ClientThreads, wait_for
 
 
-class Load:
+class Load(ClientThreads):
     """`clients` threads, each with its own keep-alive session, requesting until stopped (bounded by a
     deadline). Counts answers and failures."""
 
     def __init__(self, url, clients=8, path="/pid", limit_s=60):
+        super().__init__(clients, limit_s)
         self.url = url + path
         self.ok = 0
         self.errors = []
         self.pids = set()
         self.closes = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._deadline = time.monotonic() + limit_s
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-    def _run(self):
+    def _run(self, _i):
         with requests.Session() as s:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
+            while self.running():
                 try:
                     r = s.get(self.url, timeout=10)
                     with self._lock:
@@ -44,16 +41,6 @@ class Load:
                 except requests.RequestException as e:
                     with self._lock:
                         self.errors.append(repr(e))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
 
 
 def test_hup_under_load_fails_no_request(start_server):
