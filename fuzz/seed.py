@@ -2,7 +2,8 @@
 """Write the fuzzers' seed inputs from the HTTP request corpus (shared/http-corpus, see its README).
 
 Every case becomes a seed for `parse_request`; every chunked body in it (the bytes after the first head
-that says `Transfer-Encoding`) becomes a seed for `chunked_decoder`. Each seed starts with the byte that
+that says `Transfer-Encoding`) becomes a seed for `chunked_decoder`; the websocket targets get the
+client frames and permessage-deflate offers and payloads listed below. Each seed starts with the byte that
 selects the parser options (see `options_from` in src/lib.rs), set from the case's settings; the decoder's
 seeds have a second byte that seeds the split points.
 
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -81,9 +83,9 @@ EXTRA_REQUESTS = [
 ]
 
 
-def ws_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
+def ws_frame(opcode, payload, fin=True, rsv1=False, mask=b"\x01\x02\x03\x04"):
     """A client's websocket frame (masked, as RFC 6455 requires of clients)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     n = len(payload)
     if n < 126:
         head += bytes([0x80 | n])
@@ -94,7 +96,14 @@ def ws_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-# Client frames for `websocket_frames`: text, binary, fragments, control frames, a close.
+def deflated(data):
+    """A permessage-deflate payload: raw deflate, sync flush, its 00 00 ff ff tail left off."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+# Client frames for `websocket_frames`: text, binary, fragments, control frames, a close, UTF-8 cut
+# across fragments, a frame over the 1 KiB limit.
 WS_SESSIONS = [
     ws_frame(1, b"hello"),
     ws_frame(2, bytes(range(200))),
@@ -103,18 +112,52 @@ WS_SESSIONS = [
     ws_frame(10, b"pong"),
     ws_frame(8, b"\x03\xe8bye"),
     ws_frame(1, "caf\u00e9".encode()) + ws_frame(8, b""),
-    ws_frame(2, b"x" * 70000),
+    ws_frame(1, "\u00e9\u20ac\U0001f600".encode() * 10, fin=False) + ws_frame(0, "x\u20ac".encode()),
+    ws_frame(2, b"x" * 3000),
+]
+# Compressed ones (option bit 0 agrees on permessage-deflate): a small one, a zip bomb, one
+# compressed message in two frames, a ping after one.
+WS_DEFLATED = [
+    ws_frame(1, deflated(b"hello hello hello"), rsv1=True),
+    ws_frame(2, deflated(bytes(200000)), rsv1=True),
+    ws_frame(1, deflated(b"abcabcabc")[:3], fin=False, rsv1=True) + ws_frame(0, deflated(b"abcabcabc")[3:]),
+    ws_frame(1, deflated("\u00fc".encode() * 100), rsv1=True) + ws_frame(9, b""),
+]
+# For `websocket_deflate`: extension offers and compressed messages.
+WS_OFFERS = [
+    b"permessage-deflate",
+    b"permessage-deflate; client_max_window_bits",
+    b"permessage-deflate; server_max_window_bits=10; server_no_context_takeover, permessage-deflate",
+    b'x-webkit-deflate-frame\npermessage-deflate; client_no_context_takeover; server_max_window_bits="9"',
+]
+WS_COMPRESSED = [
+    deflated(b"hello hello"),
+    deflated(bytes(1000000)),
+    deflated(bytes(range(256)) * 20) + deflated(b"more"),
+    zlib.compress(b"final")[2:-4],  # a final block
 ]
 
 
 def main(argv):
     src = corpus_dir(argv)
-    counts = {"parse_request": 0, "chunked_decoder": 0, "websocket_frames": 0}
+    counts = {"parse_request": 0, "chunked_decoder": 0, "websocket_frames": 0,
+              "websocket_deflate": 0}
+    # websocket_frames: an option byte (bit 0 permessage-deflate, bit 1 client_no_context_takeover,
+    # bit 2 the 1 KiB limit, bits 3-7 bytes that came with the handshake), a split seed, the frames.
     for i, frames in enumerate(WS_SESSIONS):
-        # The first byte: how many of the frames' bytes came with the handshake.
-        for split in (0, 3 + i):
-            write(os.path.join(HERE, "corpus", "websocket_frames"), bytes([split]) + frames)
+        for opts in (0x00, 0x04, 3 << 3):
+            write(os.path.join(HERE, "corpus", "websocket_frames"), bytes([opts, i]) + frames)
             counts["websocket_frames"] += 1
+    for i, frames in enumerate(WS_DEFLATED):
+        for opts in (0x01, 0x03, 0x05):
+            write(os.path.join(HERE, "corpus", "websocket_frames"), bytes([opts, i]) + frames)
+            counts["websocket_frames"] += 1
+    # websocket_deflate: the offer's length, the limit and split seed, the offer, compressed data.
+    for offer in WS_OFFERS:
+        for i, body in enumerate(WS_COMPRESSED):
+            write(os.path.join(HERE, "corpus", "websocket_deflate"),
+                  bytes([len(offer), (i * 37 + 5) & 0xFF]) + offer + body)
+            counts["websocket_deflate"] += 1
     for raw in EXTRA_REQUESTS:
         write(os.path.join(HERE, "corpus", "parse_request"), bytes([0]) + raw)
         counts["parse_request"] += 1

@@ -19,8 +19,8 @@ mod snapshot;
 mod stop;
 pub mod transport;
 mod ws;
-mod ws_deflate;
-mod ws_frames;
+// The frame layer and permessage-deflate are the `ferricorn-ws` crate (fuzzed without Python).
+use ferricorn_ws::{deflate as ws_deflate, frames as ws_frames};
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;

@@ -261,15 +261,17 @@ impl Codec {
                 out.reserve_exact(room.min(out.len().max(16 * 1024)));
             }
             let (in_before, out_before) = (self.decompress.total_in(), out.len());
-            let status = self
+            let r = self
                 .decompress
-                .decompress_vec(input, out, FlushDecompress::Sync)
-                .map_err(|_| Inflate::Corrupt)?;
-            let used = (self.decompress.total_in() - in_before) as usize;
-            input = &input[used..];
+                .decompress_vec(input, out, FlushDecompress::Sync);
+            // What inflated before a corrupt block counts too: past the limit, the message is too
+            // big whatever follows (and a Corrupt message never holds more than the limit).
             if out.len() > limit {
                 return Err(Inflate::TooBig);
             }
+            let status = r.map_err(|_| Inflate::Corrupt)?;
+            let used = (self.decompress.total_in() - in_before) as usize;
+            input = &input[used..];
             if status == Status::StreamEnd {
                 self.ended = true;
                 continue;
@@ -366,6 +368,23 @@ mod tests {
                 assert_eq!(out, msg, "{params}");
             }
         }
+    }
+
+    /// Found by the `websocket_deflate` fuzz target: data past the limit inflated in the same call
+    /// that met a corrupt block came back as Corrupt with the message one byte over the limit.
+    #[test]
+    fn past_the_limit_before_a_corrupt_block_is_too_big() {
+        // A stored block of 5 bytes, then a block of the reserved type 3.
+        let data = b"\x00\x05\x00\xfa\xffhello\x07";
+        let mut rx = Codec::new(negotiate([b"permessage-deflate".as_slice()]).unwrap());
+        let mut out = Vec::new();
+        assert_eq!(rx.inflate(data, &mut out, 4), Err(Inflate::TooBig));
+        assert_eq!(out.len(), 5);
+        // Within the limit, the same data is corrupt, and what came before it stays within it.
+        let mut rx = Codec::new(negotiate([b"permessage-deflate".as_slice()]).unwrap());
+        let mut out = Vec::new();
+        assert_eq!(rx.inflate(data, &mut out, 100), Err(Inflate::Corrupt));
+        assert!(out.len() <= 100);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The websocket frame and message layer (RFC 6455 §5) of an accepted session: frames read from the
 //! connection are checked and joined into messages, messages and control frames written out, with
-//! permessage-deflate ([`super::ws_deflate`]) when the handshake agreed on it.
+//! permessage-deflate ([`crate::deflate`]) when the handshake agreed on it.
 //!
 //! What the peer did wrong comes back as a [`ReadError::Violation`] with the close code it earns
 //! (RFC 6455 §7.4.1): 1002 for a protocol error (reserved bits or opcodes, an unmasked frame, a
@@ -18,7 +18,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::ws_deflate::{Codec, Inflate};
+use crate::deflate::{Codec, Inflate};
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
