@@ -12,28 +12,28 @@ import time
 import pytest
 import requests
 
-from conftest import RawConnection, repeats, wait_for
+from conftest import ClientThreads, RawConnection, repeats, wait_for
 
 pytestmark = [pytest.mark.ferricorn_only, pytest.mark.stress]
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Background clients until stopped (bounded by a deadline): `sessions` threads that each open a
     keep-alive session, send 2–5 fast requests and close it, again and again; one thread of one-shot
     requests (Connection: close). Every answer is kept: (status, Connection header, body)."""
 
     def __init__(self, url, sessions=2, limit_s=120):
+        super().__init__(sessions + 1, limit_s, join_s=30)
         self.url = url
+        self.sessions = sessions
         self.answers = []
         self.errors = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + limit_s
-        self._threads = [threading.Thread(target=self._sessions, daemon=True) for _ in range(sessions)]
-        self._threads.append(threading.Thread(target=self._one_shots, daemon=True))
 
-    def _running(self):
-        return not self._stop.is_set() and time.monotonic() < self._deadline
+    def _run(self, i):
+        if i < self.sessions:
+            self._sessions()
+        else:
+            self._one_shots()
 
     def _record(self, fn):
         try:
@@ -46,17 +46,17 @@ class Traffic:
 
     def _sessions(self):
         rnd = random.Random()
-        while self._running():
+        while self.running():
             with requests.Session() as s:
                 for _ in range(rnd.randint(2, 5)):
-                    if not self._running():
+                    if not self.running():
                         break
                     self._record(lambda: s.get(self.url + "/pid", timeout=20))
                     time.sleep(0.05)
             time.sleep(rnd.uniform(0, 0.1))
 
     def _one_shots(self):
-        while self._running():
+        while self.running():
             self._record(lambda: requests.get(self.url + "/pid", headers={"Connection": "close"},
                                               timeout=20))
             time.sleep(0.05)
@@ -64,16 +64,6 @@ class Traffic:
     def pids(self):
         with self._lock:
             return {text for status, _, text in self.answers if status == 200}
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
 
 MATRIX = [

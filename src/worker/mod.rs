@@ -91,6 +91,22 @@ impl IoState {
     /// C), and retire the worker: its other requests finish, the stuck thread dies with the process.
     /// `thread` is the request's entry in the scoreboard, `stuck` the app thread that runs it (the same
     /// for a thread per request; an event loop's thread for a task).
+    /// A request past `--timeout`: a task is told (its loop cancels it and logs its await stack); a
+    /// thread, or a task whose loop does not come back, is a stuck thread ([`Self::request_timed_out`]).
+    pub fn past_timeout(&self, progress: &crate::exchange::Progress, elapsed: Duration) {
+        let thread = progress.thread.load(Ordering::Relaxed);
+        let ns = elapsed.as_nanos() as u64;
+        match progress
+            .task
+            .get()
+            .map(|t| t.event(crate::exchange::TaskEvent::TimedOut(elapsed)))
+        {
+            Some(Ok(())) => {}
+            Some(Err(stuck)) => self.request_timed_out(thread, stuck, ns),
+            None => self.request_timed_out(thread, thread, ns),
+        }
+    }
+
     pub fn request_timed_out(&self, thread: usize, stuck: usize, elapsed_ns: u64) {
         let log = &self.ctx.log;
         let pid = std::process::id();

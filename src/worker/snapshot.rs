@@ -35,34 +35,25 @@ pub fn answer_if_asked(ctx: &WorkerContext) {
         });
         return;
     }
-    let mut w = SnapshotWriter::default();
-    for f in History::get().entries() {
-        w.finished(&f);
-    }
-    let busy = ctx.board.requests_in_flight();
-    if !busy.is_empty() {
-        let room = AREA_LEN.saturating_sub(w.len() + STACK_RESERVE);
-        let budget = room / busy.len();
-        let mut scratch = memfd();
-        for (thread, req) in &busy {
+    let mut scratch = memfd();
+    publish(
+        snaps,
+        slot,
+        request,
+        ctx.board,
+        "(stack not available)\n",
+        |thread| {
             let tstate = ctx
                 .tstates
-                .get(*thread)
+                .get(thread)
                 .map(|t| t.load(Ordering::Acquire))
                 .unwrap_or(std::ptr::null_mut());
-            let text = match (&mut scratch, tstate.is_null()) {
+            match (&mut scratch, tstate.is_null()) {
                 (Some(file), false) => read_stack(file, tstate),
                 _ => None,
-            };
-            w.stack(
-                *thread,
-                req.started_ns,
-                text.as_deref().unwrap_or("(stack not available)\n"),
-                budget,
-            );
-        }
-    }
-    snaps.publish(slot, request, &w.into_text());
+            }
+        },
+    );
 }
 
 /// The snapshot of an event-loop worker: each request in flight with its task's await stack, or the
@@ -74,6 +65,28 @@ fn publish_tasks(
     board: WorkerHandle,
     stacks: &[(usize, String)],
 ) {
+    let find = |entry: usize| stacks.iter().find(|(e, _)| *e == entry).map(|(_, s)| s);
+    let loop_stack = find(LOOP_STACK);
+    publish(
+        snaps,
+        slot,
+        request,
+        board,
+        "(stack not available: the request started after the loop answered)\n",
+        |entry| find(entry).or(loop_stack).cloned(),
+    );
+}
+
+/// Write and publish the snapshot: the recent requests, then each request in flight with the stack
+/// `stack_of` gives for its entry (`missing` where it gives none), the room left shared equally.
+fn publish(
+    snaps: Snapshots,
+    slot: usize,
+    request: u64,
+    board: WorkerHandle,
+    missing: &str,
+    mut stack_of: impl FnMut(usize) -> Option<String>,
+) {
     let mut w = SnapshotWriter::default();
     for f in History::get().entries() {
         w.finished(&f);
@@ -82,18 +95,14 @@ fn publish_tasks(
     if !busy.is_empty() {
         let room = AREA_LEN.saturating_sub(w.len() + STACK_RESERVE);
         let budget = room / busy.len();
-        let loop_stack = stacks
-            .iter()
-            .find(|(entry, _)| *entry == LOOP_STACK)
-            .map(|(_, s)| s.as_str());
         for (entry, req) in &busy {
-            let text = stacks
-                .iter()
-                .find(|(e, _)| e == entry)
-                .map(|(_, s)| s.as_str())
-                .or(loop_stack)
-                .unwrap_or("(stack not available: the request started after the loop answered)\n");
-            w.stack(*entry, req.started_ns, text, budget);
+            let text = stack_of(*entry);
+            w.stack(
+                *entry,
+                req.started_ns,
+                text.as_deref().unwrap_or(missing),
+                budget,
+            );
         }
     }
     snaps.publish(slot, request, &w.into_text());

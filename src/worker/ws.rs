@@ -27,8 +27,7 @@ use super::ws_deflate;
 use super::ws_frames::{self, Incoming, ReadError, WsConn};
 use super::IoState;
 use crate::exchange::{
-    ConnInfo, Job, Out, Progress, RequestBody, TaskEvent, WsChannels, WsFromClient, WsToClient,
-    REPLY_QUEUE,
+    ConnInfo, Job, Out, Progress, RequestBody, WsChannels, WsFromClient, WsToClient, REPLY_QUEUE,
 };
 use crate::http::framing::H1Response;
 use crate::http::{self, RequestHead};
@@ -373,17 +372,7 @@ async fn handshake_timed_out(up: &mut Upgraded, io: &IoState, progress: &Progres
     if elapsed < limit {
         return false;
     }
-    let thread = progress.thread.load(Ordering::Relaxed);
-    let ns = elapsed.as_nanos() as u64;
-    match progress
-        .task
-        .get()
-        .map(|t| t.event(TaskEvent::TimedOut(elapsed)))
-    {
-        Some(Ok(())) => {}
-        Some(Err(stuck)) => io.request_timed_out(thread, stuck, ns),
-        None => io.request_timed_out(thread, thread, ns),
-    }
+    io.past_timeout(progress, elapsed);
     let body = format!(
         "The websocket handshake was not answered within the server's timeout ({} s).\n",
         limit.as_secs()

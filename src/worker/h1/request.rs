@@ -466,16 +466,7 @@ impl Exchange<'_> {
         let thread = self.progress.thread.load(Ordering::Relaxed);
         if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
             // A task is cancelled by its loop; a thread (or a loop that does not come back) is stuck.
-            match self
-                .progress
-                .task
-                .get()
-                .map(|t| t.event(TaskEvent::TimedOut(elapsed)))
-            {
-                Some(Ok(())) => {}
-                Some(Err(stuck)) => io.request_timed_out(thread, stuck, elapsed.as_nanos() as u64),
-                None => io.request_timed_out(thread, thread, elapsed.as_nanos() as u64),
-            }
+            io.past_timeout(&self.progress, elapsed);
             if !self.response_started {
                 let body = format!(
                     "The request ran longer than the server's timeout ({} s).\n",
