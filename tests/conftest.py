@@ -148,6 +148,16 @@ def rss(pid):
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def stop_pid(pid, timeout=15, what="the new master"):
+    """SIGTERM a process this test started outside `start_server` (a master made by USR2) and wait
+    until it is gone; a process already gone is fine."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    wait_for(lambda: not pid_alive(pid), timeout, message=f"{what} to stop")
+
+
 def wait_for(predicate, timeout, interval=0.05, message="condition"):
     """Poll `predicate` until it returns a truthy value (returned) or `timeout` seconds pass (fail)."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ClientThreads, wait_for, ws_url
+from conftest import ClientThreads, stop_pid, wait_for, ws_url
 from test_lifecycle import Load
 
 RAW = "asgi_raw:app"
@@ -98,12 +98,7 @@ def test_usr2_upgrade_under_load_with_websockets(start_server, tmp_path):
                  message="promotion")
     finally:
         if new_master:
-            try:
-                os.kill(new_master, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            wait_for(lambda: not os.path.exists(f"/proc/{new_master}") or None, 15,
-                     message="the new master to stop")
+            stop_pid(new_master)
 
 
 APP = """

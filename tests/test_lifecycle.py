@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import ClientThreads, wait_for
+from conftest import ClientThreads, stop_pid, wait_for
 
 
 class Load(ClientThreads):
@@ -177,12 +177,7 @@ def test_usr2_upgrade_fails_no_request(start_server, tmp_path):
         assert requests.get(srv.url + "/pid", timeout=10).status_code == 200
     finally:
         if new_master:
-            try:
-                os.kill(new_master, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            wait_for(lambda: not os.path.exists(f"/proc/{new_master}") or None, 15,
-                     message="the new master to stop")
+            stop_pid(new_master)
 
 
 def test_int_during_graceful_stop_makes_it_quick(start_server):

@@ -16,8 +16,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, get, pid_alive, wait_for
-from test_control import CTL_CMD, ctl, ctl_json, ctl_path, is_socket
+from conftest import free_port, get, stop_pid, wait_for
+from test_control import ctl, ctl_json, is_socket
 
 pytestmark = pytest.mark.ferricorn_only
 
@@ -509,10 +509,7 @@ def test_usr2_new_master_serves_the_metrics(start_server, tmp_short):
         assert reply.startswith("HTTP/1.1 200") and "ferricorn_up 1" in reply, reply[:300]
     finally:
         for m in masters:
-            if pid_alive(m):
-                os.kill(m, signal.SIGTERM)
-        for m in masters:
-            wait_for(lambda: not pid_alive(m), 20, message="the new master to stop")
+            stop_pid(m, timeout=20)
     assert not os.path.exists(unix)
 
 
