@@ -181,35 +181,32 @@ def check_available(server):
 # --------------------------------------------------------------------------- /proc helpers
 
 
-def read_stat(pid):
-    """(ppid, utime+stime ticks, starttime) of a process, or None if it is gone."""
+def stat_of(pid):
+    """(command name, the fields after it) of /proc/<pid>/stat, or None if the process is gone. The
+    name is in parentheses and may hold spaces, so the fields start after the last ')'."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             raw = f.read()
     except OSError:
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
+    return raw[raw.find("(") + 1:raw.rfind(")")], raw[raw.rfind(")") + 2:].split()
+
+
+def read_stat(pid):
+    """(ppid, utime+stime ticks, starttime) of a process, or None if it is gone."""
+    st = stat_of(pid)
+    if st is None:
+        return None
+    fields = st[1]
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
 
 
 def process_tree(root):
     """{pid: starttime} of root and all its descendants."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = read_stat(int(entry))
-            if st:
-                stats[int(entry)] = st
-    if root not in stats:
+    snap = proc_snapshot()
+    if root not in snap:
         return {}
-    tree, frontier = {root: stats[root][2]}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _, start) in stats.items():
-            if ppid == parent and pid not in tree:
-                tree[pid] = start
-                frontier.append(pid)
-    return tree
+    return {pid: snap[pid][4] for pid in descendants(snap, root)}
 
 
 def proc_snapshot():
@@ -217,15 +214,10 @@ def proc_snapshot():
     /proc/<pid>/stat: who is using the CPU besides the benchmark."""
     out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        st = stat_of(entry) if entry.isdigit() else None
+        if st is None:
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1:raw.rfind(")")]
-        fields = raw[raw.rfind(")") + 2:].split()
+        comm, fields = st
         out[int(entry)] = (comm, int(fields[1]), int(fields[11]) + int(fields[12]),
                            int(fields[13]) + int(fields[14]), int(fields[19]))
     return out
