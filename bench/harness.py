@@ -240,13 +240,22 @@ def descendants(snapshot, root):
 def other_cpu(before, after, exclude, seconds, top=5):
     """CPU the processes outside `exclude` (pids) used between two proc_snapshots, by command name,
     in cores (CPU seconds ÷ `seconds`), busiest first, at most `top` names. A process's own ticks
-    count, plus what its children that exited in between used in between (the parent's reaped
-    children's ticks, less what those children had used before): short compiler runs of a build
-    are charged to the build tool that started them."""
-    gone = {}  # parent pid -> ticks its children that exited in between had used before
+    count, plus what its descendants that exited in between used in between: its reaped children's
+    ticks grew by their whole lives' CPU, so what each of them (and their own descendants that exited
+    with them) had used before is taken off. Short compiler runs of a build are charged to the build
+    tool or shell that started them. No process is charged more than all CPUs for `seconds`."""
+    def same(pid):
+        return pid in after and after[pid][4] == before[pid][4]
+
+    gone = {}  # surviving ancestor -> ticks its descendants that exited in between had used before
     for pid, st in before.items():
-        if pid not in after or after[pid][4] != st[4]:
-            gone[st[1]] = gone.get(st[1], 0) + st[2] + st[3]
+        if same(pid):
+            continue
+        heir, hops = st[1], 0
+        while heir in before and not same(heir) and hops < 64:  # up through ancestors that exited too
+            heir, hops = before[heir][1], hops + 1
+        gone[heir] = gone.get(heir, 0) + st[2] + st[3]
+    cap = seconds * (os.cpu_count() or 1) * CLK_TCK
     by_name = {}
     for pid, (comm, ppid, own, reaped, start) in after.items():
         if pid in exclude:
@@ -256,7 +265,7 @@ def other_cpu(before, after, exclude, seconds, top=5):
             old = None  # pid reused
         ticks = own - (old[2] if old else 0)
         if old:
-            ticks += max(0, reaped - old[3] - gone.get(pid, 0))
+            ticks += min(cap, max(0, reaped - old[3] - gone.get(pid, 0)))
         if ticks > 0:
             by_name[comm] = by_name.get(comm, 0) + ticks
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])

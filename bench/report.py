@@ -411,9 +411,28 @@ def compare_best(raw, app, mode, peer_fam):
     return r, text, short_cells(raw, app, mode, ("ferricorn", peer_fam))
 
 
+def straddles(raw, app, mode, peer_fam, goal):
+    """The ratio's range over the repeats when it straddles `goal`: the worst repeat of ferricorn's
+    best config over the best repeat of the peer's, and the other way round. A verdict then rests on
+    the medians alone; the report says so."""
+    _, f = best(raw, app, mode, "ferricorn")
+    _, p = best(raw, app, mode, peer_fam)
+    if not (sufficient(f) and sufficient(p)) or not p["rps_min"]:
+        return None
+    lo, hi = f["rps_min"] / p["rps_max"], f["rps_max"] / p["rps_min"]
+    return (lo, hi) if lo < goal <= hi else None
+
+
+def spread_note(ranges):
+    return (" (within the spread: " + "; ".join(f"{name}{lo:.2f}–{hi:.2f}×" for name, (lo, hi) in ranges)
+            + ")") if ranges else ""
+
+
 def target_ratio(raw, app, mode, peer_fam, goal):
     r, text, short = compare_best(raw, app, mode, peer_fam)
-    return text + short_note(short), verdict(r, r is not None and r >= goal, short)
+    rng = straddles(raw, app, mode, peer_fam, goal)
+    status = verdict(r, r is not None and r >= goal, short)
+    return text + short_note(short), status + (spread_note([("", rng)]) if rng and not short else "")
 
 
 def target_rows_ratio(raw, apps_modes, peer_fam, goal):
@@ -427,7 +446,10 @@ def target_rows_ratio(raw, apps_modes, peer_fam, goal):
     if not vals or (None in vals and not shorts):
         return "; ".join(parts) or "n/a", "n/a"
     ok = None not in vals and all(v >= goal for v in vals)
-    return "; ".join(parts) + short_note(shorts), verdict(1, ok, shorts)
+    ranges = [(f"{app} ", rng) for app, mode in apps_modes
+              for rng in [straddles(raw, app, mode, peer_fam, goal)] if rng]
+    return ("; ".join(parts) + short_note(shorts),
+            verdict(1, ok, shorts) + (spread_note(ranges) if ranges and not shorts else ""))
 
 
 def target_sync_vs_gthread(raw):
@@ -825,7 +847,8 @@ def noise_section(raw):
         "In run order. Others' cores: CPU the whole machine used (`/proc/stat`, steal included) minus the "
         "server, wrk and the harness, ÷ the load's wall time. Busiest others: processes outside the harness "
         "(`/proc/<pid>/stat`, by command name), cores over the load (a process that exited during it is "
-        "charged to its parent); kernel threads such as `ksoftirqd` partly carry the load's own network work.",
+        "charged to its nearest ancestor still running); kernel threads such as `ksoftirqd` partly carry the "
+        "load's own network work.",
         "",
         table(["repeat", "app", "mode", "server", "before the load", "others' cores", "steal",
                "busiest others during the load"], body),
