@@ -181,35 +181,96 @@ def check_available(server):
 # --------------------------------------------------------------------------- /proc helpers
 
 
-def read_stat(pid):
-    """(ppid, utime+stime ticks, starttime) of a process, or None if it is gone."""
+def stat_of(pid):
+    """(command name, the fields after it) of /proc/<pid>/stat, or None if the process is gone. The
+    name is in parentheses and may hold spaces, so the fields start after the last ')'."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             raw = f.read()
     except OSError:
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
+    return raw[raw.find("(") + 1:raw.rfind(")")], raw[raw.rfind(")") + 2:].split()
+
+
+def read_stat(pid):
+    """(ppid, utime+stime ticks, starttime) of a process, or None if it is gone."""
+    st = stat_of(pid)
+    if st is None:
+        return None
+    fields = st[1]
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
 
 
 def process_tree(root):
     """{pid: starttime} of root and all its descendants."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = read_stat(int(entry))
-            if st:
-                stats[int(entry)] = st
-    if root not in stats:
+    snap = proc_snapshot()
+    if root not in snap:
         return {}
-    tree, frontier = {root: stats[root][2]}, [root]
+    return {pid: snap[pid][4] for pid in descendants(snap, root)}
+
+
+def proc_snapshot():
+    """{pid: (comm, ppid, own ticks, reaped children's ticks, starttime)} of every process, from
+    /proc/<pid>/stat: who is using the CPU besides the benchmark."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        st = stat_of(entry) if entry.isdigit() else None
+        if st is None:
+            continue
+        comm, fields = st
+        out[int(entry)] = (comm, int(fields[1]), int(fields[11]) + int(fields[12]),
+                           int(fields[13]) + int(fields[14]), int(fields[19]))
+    return out
+
+
+def descendants(snapshot, root):
+    """root and every pid below it in a proc_snapshot."""
+    tree, frontier = {root}, [root]
+    children = {}
+    for pid, st in snapshot.items():
+        children.setdefault(st[1], []).append(pid)
     while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _, start) in stats.items():
-            if ppid == parent and pid not in tree:
-                tree[pid] = start
-                frontier.append(pid)
+        for child in children.get(frontier.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                frontier.append(child)
     return tree
+
+
+def other_cpu(before, after, exclude, seconds, top=5):
+    """CPU the processes outside `exclude` (pids) used between two proc_snapshots, by command name,
+    in cores (CPU seconds ÷ `seconds`), busiest first, at most `top` names. A process's own ticks
+    count, plus what its descendants that exited in between used in between: its reaped children's
+    ticks grew by their whole lives' CPU, so what each of them (and their own descendants that exited
+    with them) had used before is taken off. Short compiler runs of a build are charged to the build
+    tool or shell that started them. No process is charged more than all CPUs for `seconds`."""
+    def same(pid):
+        return pid in after and after[pid][4] == before[pid][4]
+
+    gone = {}  # surviving ancestor -> ticks its descendants that exited in between had used before
+    for pid, st in before.items():
+        if same(pid):
+            continue
+        heir, hops = st[1], 0
+        while heir in before and not same(heir) and hops < 64:  # up through ancestors that exited too
+            heir, hops = before[heir][1], hops + 1
+        gone[heir] = gone.get(heir, 0) + st[2] + st[3]
+    cap = seconds * (os.cpu_count() or 1) * CLK_TCK
+    by_name = {}
+    for pid, (comm, ppid, own, reaped, start) in after.items():
+        if pid in exclude:
+            continue
+        old = before.get(pid)
+        if old is not None and old[4] != start:
+            old = None  # pid reused
+        ticks = own - (old[2] if old else 0)
+        if old:
+            ticks += min(cap, max(0, reaped - old[3] - gone.get(pid, 0)))
+        if ticks > 0:
+            by_name[comm] = by_name.get(comm, 0) + ticks
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])
+    return [{"name": name, "cores": round(ticks / CLK_TCK / seconds, 3)} for name, ticks in ranked[:top]
+            if seconds > 0]
 
 
 def cpu_ticks(pids):
@@ -466,9 +527,49 @@ class QueueSampler(threading.Thread):
 def machine_busy():
     """CPU seconds the whole machine has been busy (all CPUs, /proc/stat; steal included: time the
     hypervisor gave to other guests)."""
+    return machine_cpu()[0]
+
+
+def machine_cpu():
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat's cpu line."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK  # user nice system irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK, v[7] / CLK_TCK  # user nice system irq softirq steal
+
+
+@dataclass
+class Quiet:
+    """The wait for a quiet machine before each measured load: until everything but this harness and
+    its children (the server, wrk) uses less than `below` cores over one `window`, or `bound`
+    seconds have passed (0: no wait)."""
+    below: float = 0.2
+    bound: float = 30.0
+    window: float = 1.0
+
+
+def wait_quiet(quiet):
+    """Waits as Quiet says. Returns what the record keeps: seconds waited, whether the machine got
+    quiet, the other cores of the last window, and the processes that used CPU during the wait."""
+    if quiet.bound <= 0:
+        return None
+    me = os.getpid()
+    start = time.perf_counter()
+    first = None
+    while True:
+        t0, busy0, snap0 = time.perf_counter(), machine_busy(), proc_snapshot()
+        if first is None:
+            first = (t0, snap0)
+        time.sleep(quiet.window)
+        t1, busy1, snap1 = time.perf_counter(), machine_busy(), proc_snapshot()
+        mine = descendants(snap0, me) | descendants(snap1, me)
+        own = sum(snap1[p][2] - snap0[p][2] for p in mine if p in snap0 and p in snap1
+                  and snap0[p][4] == snap1[p][4]) / CLK_TCK
+        others = max(0.0, busy1 - busy0 - own) / (t1 - t0)
+        waited = t1 - start
+        if others < quiet.below or waited >= quiet.bound:
+            break
+    return {"waited_s": round(waited, 1), "quiet": others < quiet.below, "other_cores": round(others, 3),
+            "top": other_cpu(first[1], snap1, mine, t1 - first[0])}
 
 
 def own_cpu():
@@ -481,38 +582,59 @@ def measure_load(proc, app, port, mode, duration):
     """One timed wrk load plus the CPU the server's process tree used, its accept queue and the
     cores everything else on the machine used meanwhile (other processes and the hypervisor)."""
     drain(port)
+    ts0, snap0 = time.perf_counter(), proc_snapshot()
     before = cpu_ticks(process_tree(proc.pid))
     sampler = QueueSampler(port, skip=1.0 if duration >= 2 else duration / 4)
     sampler.start()
-    busy0, own0 = machine_busy(), own_cpu()
+    (busy0, steal0), own0 = machine_cpu(), own_cpu()
     t0 = time.perf_counter()
     try:
         w = run_load(app, port, mode, duration)
     finally:
         queue = sampler.result()
     wall = time.perf_counter() - t0
-    busy, own = machine_busy() - busy0, own_cpu() - own0
+    (busy, steal), own = machine_cpu(), own_cpu()
+    busy, steal, own = busy - busy0, steal - steal0, own - own0
     after = cpu_ticks(process_tree(proc.pid))
+    snap1 = proc_snapshot()
+    me = os.getpid()
     used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / CLK_TCK
+    out = load_numbers(w, wall)
+    out.update({
+        "cores": used / wall,
+        "cpu_s": used,
+        # CPU time per answer: far steadier than requests/s on a shared machine (A/B table)
+        "cpu_us_per_req": used / out["requests"] * 1e6 if out["requests"] else None,
+        # cores used by neither the server, wrk nor the harness: how disturbed this sample was
+        "other_cores": max(0.0, busy - used - own) / wall,
+        "steal_cores": steal / wall,
+        # ... and by whom (processes outside this harness's tree, busiest first)
+        "others_top": other_cpu(snap0, snap1, descendants(snap0, me) | descendants(snap1, me),
+                                time.perf_counter() - ts0),
+        "accept_queue": queue,
+        "wrk": w,
+    })
+    return out
+
+
+def load_numbers(w, wall):
+    """Requests/s and errors of one load from wrk's (or wsload's) JSON line. Only answers count:
+    wrk's `requests` includes responses with status >= 400 (its `status` counter), which are taken
+    out; the rest (2xx; these apps send no 1xx or 3xx, and the sanity request checked for 200)
+    make `requests` and `rps`."""
     seconds = w["duration_us"] / 1e6
     socket_errors = w["connect"] + w["read"] + w["write"] + w["timeout"]
+    good = max(0, w["requests"] - w["status"])
     return {
-        "rps": w["requests"] / seconds if seconds else 0.0,
-        "requests": w["requests"],
+        "rps": good / seconds if seconds else 0.0,
+        "requests": good,
+        "responses": w["requests"],
         "p50_ms": w["p50_us"] / 1000,
         "p99_ms": w["p99_us"] / 1000,
         "errors": socket_errors + w["status"],
         "socket_errors": socket_errors,
         "non2xx": w["status"],
-        "cores": used / wall,
-        "cpu_s": used,
         "wall_s": wall,
-        # CPU time per request: far steadier than requests/s on a shared machine (A/B table)
-        "cpu_us_per_req": used / w["requests"] * 1e6 if w["requests"] else None,
-        # cores used by neither the server, wrk nor the harness: how disturbed this sample was
-        "other_cores": max(0.0, busy - used - own) / wall,
-        "accept_queue": queue,
-        "wrk": w,
     }
 
 
@@ -524,9 +646,14 @@ def combine_slices(slices):
     seconds = sum(s["wrk"]["duration_us"] for s in slices) / 1e6
     cpu, wall = sum(s["cpu_s"] for s in slices), sum(s["wall_s"] for s in slices)
     queues = [s["accept_queue"] for s in slices]
+    others = {}
+    for s in slices:
+        for o in s.get("others_top", []):
+            others[o["name"]] = others.get(o["name"], 0.0) + o["cores"] * s["wall_s"]
     return {
         "rps": requests / seconds if seconds else 0.0,
         "requests": requests,
+        "responses": sum(s.get("responses", s["requests"]) for s in slices),
         "p50_ms": statistics.median(s["p50_ms"] for s in slices),
         "p99_ms": statistics.median(s["p99_ms"] for s in slices),
         "errors": sum(s["errors"] for s in slices),
@@ -537,6 +664,9 @@ def combine_slices(slices):
         "wall_s": wall,
         "cpu_us_per_req": cpu / requests * 1e6 if requests else None,
         "other_cores": sum(s["other_cores"] * s["wall_s"] for s in slices) / wall if wall else 0.0,
+        "steal_cores": sum(s.get("steal_cores", 0.0) * s["wall_s"] for s in slices) / wall if wall else 0.0,
+        "others_top": [{"name": n, "cores": round(c / wall, 3)} for n, c in
+                       sorted(others.items(), key=lambda kv: -kv[1])[:5]] if wall else [],
         "accept_queue": {"median": statistics.median(q["median"] for q in queues),
                          "max": max(q["max"] for q in queues)},
         "slices": [{k: s[k] for k in ("rps", "requests", "p99_ms", "cpu_us_per_req", "other_cores",
@@ -557,7 +687,13 @@ def run_instance(server, app, cfg, tag):
         time.sleep(cfg.settle)
         record["idle"] = tree_memory(proc.pid)
         warm_up(app, port, cfg.warmup)
-        record["loads"] = {mode: measure_load(proc, app, port, mode, cfg.duration) for mode in app.modes}
+        record["loads"] = {}
+        for mode in app.modes:  # a mode measured before a failure keeps its numbers
+            drain(port)
+            quiet = wait_quiet(cfg.quiet)
+            record["loads"][mode] = measure_load(proc, app, port, mode, cfg.duration)
+            if quiet:
+                record["loads"][mode]["quiet"] = quiet
         drain(port)
         time.sleep(cfg.settle)
         record["after"] = tree_memory(proc.pid)
@@ -610,6 +746,9 @@ def run_pair(pair, app, cfg, rep):
             i.attempt(lambda i: warm_up(app, i.port, cfg.warmup))
         n = max(1, round(cfg.duration / cfg.ab_slice))
         for mode in app.modes:
+            for i in insts:
+                i.attempt(lambda i: drain(i.port))
+            quiet = wait_quiet(cfg.quiet)  # once for both builds: their slices follow each other
             slices = {id(i): [] for i in insts}
             for k in range(n):
                 for i in insts if k % 2 == 0 else insts[::-1]:
@@ -617,7 +756,7 @@ def run_pair(pair, app, cfg, rep):
                         measure_load(i.proc, app, i.port, mode, cfg.duration / n)))
             for i in insts:
                 i.attempt(lambda i: i.record.setdefault("loads", {}).__setitem__(
-                    mode, combine_slices(slices[id(i)])))
+                    mode, dict(combine_slices(slices[id(i)]), **({"quiet": quiet} if quiet else {}))))
         for i in insts:
             i.attempt(lambda i: drain(i.port))
         time.sleep(cfg.settle)
@@ -798,35 +937,59 @@ def app_by_name(name):
     return next(a for a in APPS if a.name == name)
 
 
-def run_units(servers, rep):
+def rotation(rep, n, repeats):
+    """How far an order of n items is rotated in repeat `rep` (0-based) of `repeats`. With at least n
+    repeats, by one more each repeat: a cyclic Latin square, in which after n repeats every item has
+    been in every place once. With fewer repeats than items, by n ÷ repeats more each repeat, so each
+    item's places are spread over the order (early, middle, late) rather than neighbouring ones."""
+    if n <= 1:
+        return 0
+    if repeats >= n:
+        return rep % n
+    return (rep * n // repeats) % n
+
+
+def rotate(items, k):
+    return items[k:] + items[:k]
+
+
+def run_units(servers, rep, repeats):
     """The server order of repeat `rep` (0-based), as units: every server is one unit, except that a
-    ferricorn config and its A/B twin form one unit and always run together; the units rotate by one
-    each repeat, and within a pair this tree's build goes first in even repeats, the other build in
-    odd ones (repeat 1: old, new; repeat 2: new, old; ...)."""
+    ferricorn config and its A/B twin form one unit and always run together. The units of each
+    interface (WSGI, ASGI) rotate across the repeats as `rotation` says; within a pair the other
+    build goes first in repeats 1, 3, ... and this tree's in repeats 2, 4, ... (repeat 1: old, new;
+    repeat 2: new, old; ...)."""
     twins = {s.twin_of: s for s in servers if s.twin_of}
-    units = []
+    by_iface = {}
     for s in servers:
         if s.twin_of:
             continue
         twin = twins.get(s.name)
-        units.append([s] if twin is None else [twin, s] if rep % 2 == 0 else [s, twin])
-    k = rep % len(units) if units else 0
-    return units[k:] + units[:k]
+        unit = [s] if twin is None else [twin, s] if rep % 2 == 0 else [s, twin]
+        by_iface.setdefault(s.interface, []).append(unit)
+    out = []
+    for units in by_iface.values():
+        out += rotate(units, rotation(rep, len(units), repeats))
+    return out
 
 
-def run_order(servers, rep):
-    return [s for unit in run_units(servers, rep) for s in unit]
+def app_order(apps, rep, repeats):
+    """The app order of repeat `rep`: rotated like the servers'."""
+    return rotate(list(apps), rotation(rep, len(apps), repeats))
 
 
 def run_matrix(servers, apps, cfg, log):
-    """All (repeat, app, server) instances, in run_units order: order effects even out over the
-    repeats. An A/B pair runs through run_pair (alternating slices) unless cfg.ab_slice is 0."""
+    """All (repeat, app, server) instances: in each repeat every app in app_order, and for each app
+    every server of its interface in run_units order, so order effects even out over the repeats. An
+    A/B pair runs through run_pair (alternating slices) unless cfg.ab_slice is 0."""
     records = []
     for rep in range(cfg.repeats):
-        units = run_units(servers, rep)
-        for app in apps:
+        units = run_units(servers, rep, cfg.repeats)
+        for app in app_order(apps, rep, cfg.repeats):
             for unit in units:
                 unit = [s for s in unit if not s.unavailable and s.interface == app.interface]
+                if not unit:
+                    continue
                 if len(unit) == 2 and cfg.ab_slice > 0:
                     recs = run_pair(unit, app, cfg, rep)
                 else:
@@ -853,10 +1016,16 @@ def progress_line(rec, repeats):
         return f"{head} ERROR {rec['error'][:300]}"
     loads = "  ".join(f"{m}: {l['rps']:8.0f} req/s p99 {l['p99_ms']:7.1f} ms err {l['errors']}"
                       f" cpu {l['cores']:.2f} {l['cpu_us_per_req'] or 0:.1f} us/req"
-                      f" others {l['other_cores']:.2f}"
+                      f" others {l['other_cores']:.2f}" + quiet_note(l.get("quiet"))
                       for m, l in rec["loads"].items())
     return (f"{head} start {rec['startup_ms']:6.0f} ms  idle {rec['idle']['rss']:.0f} MiB  "
             f"after {rec['after']['rss']:.0f} MiB  {loads}")
+
+
+def quiet_note(q):
+    if not q:
+        return ""
+    return f" (quiet after {q['waited_s']:g} s)" if q["quiet"] else f" (not quiet after {q['waited_s']:g} s)"
 
 
 @dataclass
@@ -872,6 +1041,7 @@ class Config:
     start_timeout: float = 30.0
     quick: bool = False
     ab_slice: float = 1.0  # A/B: seconds per alternating slice of a pair's loads (0: in one piece)
+    quiet: Quiet = field(default_factory=Quiet)
     extra: dict = field(default_factory=dict)
 
 
@@ -890,9 +1060,25 @@ def make_config(args):
         cfg.ab_slice = args.ab_slice
     if args.duration:
         cfg.duration = args.duration
-    if args.repeats:
+    if args.repeats is not None:
+        if args.repeats < 1:
+            bad(f"--repeats {args.repeats}: needs at least 1")
         cfg.repeats = args.repeats
+    cfg.quiet = Quiet(below=QUIET_BELOW, bound=QUIET_BOUND_QUICK if args.quick else QUIET_BOUND)
+    if args.quiet_below is not None:
+        if args.quiet_below <= 0:
+            bad(f"--quiet-below {args.quiet_below:g}: cores must be more than 0")
+        cfg.quiet.below = args.quiet_below
+    if args.quiet_wait is not None:
+        if args.quiet_wait < 0:
+            bad(f"--quiet-wait {args.quiet_wait:g}: seconds must be 0 or more")
+        cfg.quiet.bound = args.quiet_wait
     return cfg
+
+
+QUIET_BELOW = 0.2  # cores other work may use for the machine to count as quiet
+QUIET_BOUND = 30.0  # seconds the wait for quiet may take before each load (--quick: 10)
+QUIET_BOUND_QUICK = 10.0
 
 
 AB_MIN_REPEATS = 3
@@ -971,6 +1157,15 @@ def bad(msg):
     sys.exit(2)
 
 
+def load_count(servers, apps, cfg):
+    """Measured loads of the matrix (each preceded by a wait for quiet); an A/B pair waits once."""
+    n = 0
+    for app in apps:
+        units = [u for u in run_units(servers, 0, 1) if u[0].interface == app.interface]
+        n += sum(1 if cfg.ab_slice > 0 else len(u) for u in units) * len(app.modes)
+    return n * cfg.repeats
+
+
 def estimate_seconds(servers, apps, cfg):
     per_start = 2.5 + 2 * cfg.settle + cfg.warmup
     matrix = 0
@@ -1024,8 +1219,17 @@ def parse_args(argv=None):
     p.add_argument("--servers", help="comma-separated server configs (default: all)")
     p.add_argument("--apps", help="comma-separated apps (default: all)")
     p.add_argument("--duration", type=float, help="seconds per measured load (default 5, quick 2)")
-    p.add_argument("--repeats", type=int, help="repeats of the whole matrix (default 3, quick 1)")
+    p.add_argument("--repeats", type=int, help="repeats of the whole matrix (default 3, quick 1; a "
+                   "target needs 2 good repeats of each cell it reads)")
+    p.add_argument("--quiet-below", type=float, metavar="CORES",
+                   help=f"before each load, wait until other processes use less than this many cores "
+                        f"(default {QUIET_BELOW:g})")
+    p.add_argument("--quiet-wait", type=float, metavar="S",
+                   help=f"... for at most S seconds (default {QUIET_BOUND:g}, quick {QUIET_BOUND_QUICK:g}; "
+                        f"0: do not wait)")
     p.add_argument("--out", help="results file stem in bench/results/ (default: the date)")
+    p.add_argument("--note", help="a sentence for the top of the report (why this run was made, "
+                   "what it is not)")
     p.add_argument("--no-build", action="store_true", help="(bench/run) keep the installed ferricorn")
     p.add_argument("--no-memtest", action="store_true", help="skip the 3-load memory growth test")
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of an earlier run from its .json")
@@ -1089,8 +1293,11 @@ def main():
         print(msg, flush=True)
 
     runnable = [s for s in servers if not s.unavailable]
+    loads = load_count(runnable, apps, cfg)
     log(f"[bench] {len(runnable)} servers x {len(apps)} apps x {cfg.repeats} repeats, "
-        f"{cfg.duration:g} s loads; about {estimate_seconds(runnable, apps, cfg) / 60:.1f} min")
+        f"{cfg.duration:g} s loads; about {estimate_seconds(runnable, apps, cfg) / 60:.1f} min, plus up to "
+        f"{loads * cfg.quiet.bound / 60:.1f} min waiting for a quiet machine ({loads} loads, each after "
+        f"other work uses < {cfg.quiet.below:g} cores or {cfg.quiet.bound:g} s)")
     for s in servers:
         if s.unavailable:
             log(f"[bench] {s.name}: not available: {s.unavailable}")
@@ -1121,7 +1328,9 @@ def main():
         "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "elapsed_s": round(time.time() - started, 1),
         "environment": env_info,
-        "settings": {k: v for k, v in vars(cfg).items() if k != "extra"},
+        "note": args.note,
+        "settings": dict({k: v for k, v in vars(cfg).items() if k not in ("extra", "quiet")},
+                         quiet=vars(cfg.quiet)),
         "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
         "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
                      "threads_flag": s.threads_flag, "unavailable": s.unavailable,

@@ -32,39 +32,105 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+MIN_GOOD = 2  # good repeats a cell needs before a target reads it
+
+
 def ok_records(raw, app, server):
     return [r for r in raw["records"] if r["app"] == app and r["server"] == server and "error" not in r]
 
 
+def load_problem(load):
+    """Why a measured load is not a good repeat (None: it is): any answer with status >= 400, any
+    socket error (connect, read, write, timeout; websocket: failed connects and sessions), no answer."""
+    probs = []
+    if load.get("non2xx"):
+        probs.append(f"{load['non2xx']} non-2xx")
+    if load.get("socket_errors"):
+        probs.append(f"{load['socket_errors']} socket errors")
+    if not load.get("requests"):
+        probs.append("no answers")
+    return ", ".join(probs) or None
+
+
+def server_info(raw, name):
+    return next((s for s in raw["servers"] if s["name"] == name), {})
+
+
+def cell_repeats(raw, app, mode, server):
+    """Every planned repeat of one (app, mode, server) cell: {"repeat", "load" (None if there is
+    none), "problem" (None for a good repeat)}. A repeat without a load is a failed one with the
+    reason its record gives (the server did not start, wrk gave no result, ...) or "not run" when
+    the server had been dropped. [] when the cell was never run (a server that was unavailable from
+    the start, or does not run this app)."""
+    recs = {r["repeat"]: r for r in raw["records"] if r["app"] == app and r["server"] == server}
+    if not recs:
+        return []
+    dropped = server_info(raw, server).get("unavailable")
+    out = []
+    for k in range(1, max(raw["settings"]["repeats"], max(recs)) + 1):
+        r = recs.get(k)
+        load = r.get("loads", {}).get(mode) if r else None
+        if load is not None:
+            out.append({"repeat": k, "load": load, "problem": load_problem(load)})
+        elif r is not None:
+            out.append({"repeat": k, "load": None, "problem": r.get("error") or "not measured"})
+        else:
+            out.append({"repeat": k, "load": None,
+                        "problem": "not run" + (f" (dropped: {dropped})" if dropped else "")})
+    return out
+
+
+def spread(values):
+    """(median, min, max) of the values that are not None, or (None, None, None)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, None
+    return statistics.median(values), min(values), max(values)
+
+
 def load_stats(raw, app, mode, server):
-    """Medians over repeats of one (app, mode, server) cell; errors are summed."""
-    loads = [r["loads"][mode] for r in ok_records(raw, app, server) if mode in r.get("loads", {})]
-    if not loads:
+    """One (app, mode, server) cell: medians over its good repeats (with min–max for requests/s and
+    p99), how many repeats were good of how many planned, the failed ones with their reasons, and
+    errors summed over every measured load, good or not. None when the cell was never run."""
+    reps = cell_repeats(raw, app, mode, server)
+    if not reps:
         return None
+    loads = [r["load"] for r in reps if r["problem"] is None]
+    measured = [r["load"] for r in reps if r["load"] is not None]
     ceiling = raw["ceilings"].get(app, {}).get("per_cpu_s")
     app_info = next(a for a in raw["apps"] if a["name"] == app)
+    rps, rps_min, rps_max = spread(l["rps"] for l in loads)
+    p99, p99_min, p99_max = spread(l["p99_ms"] for l in loads)
     eff = eff_wall = None
-    if ceiling and app_info.get("efficiency", app != "io"):
+    if loads and ceiling and app_info.get("efficiency", app != "io"):
         eff = median(l["rps"] / (ceiling * l["cores"]) if l["cores"] else None for l in loads)
-        eff_wall = median(l["rps"] for l in loads) / ceiling
+        eff_wall = rps / ceiling
     return {
-        "rps": median(l["rps"] for l in loads),
+        "rps": rps, "rps_min": rps_min, "rps_max": rps_max,
         "p50": median(l["p50_ms"] for l in loads),
-        "p99": median(l["p99_ms"] for l in loads),
-        "errors": sum(l["errors"] for l in loads),
+        "p99": p99, "p99_min": p99_min, "p99_max": p99_max,
+        "errors": sum(l["errors"] for l in measured),
+        "socket_errors": sum(l.get("socket_errors", 0) for l in measured),
+        "non2xx": sum(l.get("non2xx", 0) for l in measured),
         "cores": median(l["cores"] for l in loads),
         "queue": median(l["accept_queue"]["median"] for l in loads if "accept_queue" in l),
         "queue_max": max((l["accept_queue"]["max"] for l in loads if "accept_queue" in l), default=None),
         "eff": eff,
         "eff_wall": eff_wall,  # requests/s ÷ ceiling (not per core)
         "cpu_us": median(l.get("cpu_us_per_req") for l in loads),
-        "n": len(loads),
+        "good": len(loads),
+        "n": len(reps),
+        "failed": [(r["repeat"], r["problem"]) for r in reps if r["problem"] is not None],
         "connections": app_info["connections"],
     }
 
 
+def sufficient(st):
+    return bool(st) and st["good"] >= MIN_GOOD
+
+
 def memory_stats(raw, app, server):
-    recs = ok_records(raw, app, server)
+    recs = [r for r in ok_records(raw, app, server) if "idle" in r and "after" in r]
     if not recs:
         return None
     return {
@@ -74,6 +140,7 @@ def memory_stats(raw, app, server):
         "after_pss": median(r["after"]["pss"] for r in recs),
         "procs": median(r["idle"]["procs"] for r in recs),
         "startup": median(r["startup_ms"] for r in recs),
+        "good": len(recs),
     }
 
 
@@ -87,11 +154,24 @@ def family(raw, fam):
     return [s["name"] for s in raw["servers"] if s["name"].startswith(fam) and not s.get("twin_of")]
 
 
+def cells(raw, app, mode, fam):
+    """[(server, stats)] of the family's configs that ran this row."""
+    out = [(s, load_stats(raw, app, mode, s)) for s in family(raw, fam)]
+    return [(s, st) for s, st in out if st]
+
+
 def best(raw, app, mode, fam):
-    """(server, stats) of the family's config with the most requests/s in this row."""
-    cands = [(s, load_stats(raw, app, mode, s)) for s in family(raw, fam)]
-    cands = [(s, st) for s, st in cands if st]
+    """(server, stats) of the family's config with the highest median requests/s in this row."""
+    cands = [(s, st) for s, st in cells(raw, app, mode, fam) if st["rps"] is not None]
     return max(cands, key=lambda c: c[1]["rps"]) if cands else (None, None)
+
+
+def short_cells(raw, app, mode, fams):
+    """The configs of these families whose cell in this row has fewer than MIN_GOOD good repeats
+    ("name k/n"): while there is one, a target comparing the families' best configs is insufficient
+    (the config that is short might be the best one)."""
+    return [f"{s} {st['good']}/{st['n']}" for fam in fams for s, st in cells(raw, app, mode, fam)
+            if not sufficient(st)]
 
 
 def ratio(a, b):
@@ -147,16 +227,54 @@ def server_header(raw):
     return [s["label"] for s in raw["servers"]]
 
 
-def per_server_table(raw, cell):
-    """Rows = (app, mode), columns = servers; cell(stats) renders one measured cell."""
+def per_server_table(raw, cell, failed_too=False):
+    """Rows = (app, mode), columns = servers; cell(stats) renders one cell that has a good repeat
+    (or any cell, with failed_too); a cell without one reads "failed 0/n"."""
     body = []
     for app, mode in rows(raw):
-        cells = []
+        out = []
         for s in raw["servers"]:
             st = load_stats(raw, app, mode, s["name"])
-            cells.append(cell(st) if st else "n/a")
-        body.append([app_title(raw, app), MODE_LABEL[mode]] + cells)
+            out.append("n/a" if not st else cell(st) if st["good"] or failed_too else f"failed 0/{st['n']}")
+        body.append([app_title(raw, app), MODE_LABEL[mode]] + out)
     return table(["app", "mode"] + server_header(raw), body)
+
+
+def short_reason(problem):
+    """A failed repeat's reason, short enough for a table cell (the full one is under "Failed
+    repeats")."""
+    text = problem.split(" [log:")[0]
+    return text if len(text) <= 40 else text[:38] + "…"
+
+
+def f_good(st):
+    """" 2/3" good repeats of planned, and which repeats failed and why."""
+    out = f" {st['good']}/{st['n']}"
+    if st["failed"]:
+        out += " (" + "; ".join(f"r{k} failed: {short_reason(p)}" for k, p in st["failed"]) + ")"
+    return out
+
+
+def rps_cell(st):
+    """Median requests/s of the good repeats, their min–max, good/planned and the failed repeats."""
+    if st["good"] == 0:
+        return "failed" + f_good(st)
+    rng = f" ({f_rps(st['rps_min'])}–{f_rps(st['rps_max'])})" if st["good"] > 1 else ""
+    return f_rps(st["rps"]) + rng + f_good(st)
+
+
+def latency_cell(st):
+    rng = f" ({f_ms(st['p99_min'])}–{f_ms(st['p99_max'])})" if st["good"] > 1 else ""
+    return f"{f_ms(st['p50'])} / {f_ms(st['p99'])}{rng}"
+
+
+def errors_cell(st):
+    """Errors summed over every measured load of the cell, good repeats or not."""
+    if not st["errors"]:
+        return "0"
+    parts = [f"{st['non2xx']} non-2xx" if st["non2xx"] else "",
+             f"{st['socket_errors']} socket" if st["socket_errors"] else ""]
+    return ", ".join(p for p in parts if p) or str(st["errors"])
 
 
 # --------------------------------------------------------------------------- sections
@@ -173,11 +291,20 @@ def ratios_table(raw):
         for kind in ("sync", "gthread"):
             fs = load_stats(raw, app, mode, f"ferricorn-{kind}")
             gs = load_stats(raw, app, mode, f"gunicorn-{kind}")
-            pair.append(f_x(ratio(fs and fs["rps"], gs and gs["rps"])))
+            pair.append(ratio_cell(fs, gs))
         body.append([app_title(raw, app), MODE_LABEL[mode], f_name or "n/a", f_rps(fr),
-                     f_x(ratio(fr, g_st and g_st["rps"])), f_x(ratio(fr, u_st and u_st["rps"]))] + pair)
+                     ratio_cell(f_st, g_st), ratio_cell(f_st, u_st)] + pair)
     return table(["app", "mode", "best ferricorn", "req/s", "÷ best granian", "÷ best gunicorn",
                   "ferricorn sync ÷ gunicorn sync", "ferricorn gthread ÷ gunicorn gthread"], body)
+
+
+def ratio_cell(a, b):
+    """a ÷ b of two cells' median requests/s; † when either has fewer than MIN_GOOD good repeats."""
+    r = ratio(a and a["rps"], b and b["rps"])
+    return f_x(r) + (" †" if r is not None and not (sufficient(a) and sufficient(b)) else "")
+
+
+RATIO_NOTE = f"† = one side has fewer than {MIN_GOOD} good repeats (a target does not read it)."
 
 
 def ceiling_table(raw):
@@ -233,49 +360,118 @@ def memtest_table(raw):
 
 
 def failures(raw):
+    """Servers not measured, and every failed repeat with its reason: a record that failed (the server
+    did not start or answer, wrk or wsload gave no result), a load that had errors or non-2xx
+    answers. None of them is in a median."""
     lines = []
     for s in raw["servers"]:
         if s["unavailable"]:
             lines.append(f"- **{s['label']}**: not available — {s['unavailable'][:400]}")
-    for r in raw["records"]:
-        if "error" in r and not any(s["name"] == r["server"] and s["unavailable"] for s in raw["servers"]):
-            lines.append(f"- {r['server']} × {r['app']} (repeat {r['repeat']}): {r['error'][:400]}")
+    for r in sorted((r for r in raw["records"] if "error" in r), key=lambda r: r["repeat"]):
+        done = ", ".join(MODE_LABEL.get(m, m) for m in r.get("loads", {}))
+        lines.append(f"- repeat {r['repeat']}, {r['server']} × {r['app']}: {r['error'][:400]}"
+                     + (f" (measured before it: {done})" if done else ""))
+    apps = {a["name"]: a for a in raw["apps"]}
+    for r in sorted(raw["records"], key=lambda r: r["repeat"]):
+        for mode, load in r.get("loads", {}).items():
+            problem = load_problem(load)
+            if problem and r["app"] in apps:
+                lines.append(f"- repeat {r['repeat']}, {r['server']} × {r['app']} {MODE_LABEL.get(mode, mode)}: "
+                             f"{problem} ({f_rps(load['rps'])} good answers/s; not in the medians)")
     return lines
 
 
 # --------------------------------------------------------------------------- targets
 
 
-def verdict(value, ok):
+def verdict(value, ok, short=()):
+    """met / not met from the medians of good repeats; "insufficient" when a cell the target reads
+    (`short`) has fewer than MIN_GOOD good repeats, so one noisy run can neither pass nor fail it."""
+    if short:
+        return "insufficient"
     if value is None:
         return "n/a"
     return "met" if ok else "**not met**"
 
 
-def target_ratio(raw, app, mode, peer_fam, goal):
+def short_note(short):
+    return f"; fewer than {MIN_GOOD} good repeats: {', '.join(short)}" if short else ""
+
+
+def f_side(name, st):
+    return f"{name} {f_rps(st['rps'])} {st['good']}/{st['n']}" if st else "n/a"
+
+
+def compare_best(raw, app, mode, peer_fam):
+    """Best ferricorn ÷ best `peer_fam` in one row: (ratio, what was compared, short cells)."""
+    f_name, f = best(raw, app, mode, "ferricorn")
+    p_name, p = best(raw, app, mode, peer_fam)
+    r = ratio(f and f["rps"], p and p["rps"])
+    text = f"{f_x(r)} ({f_side(f_name, f)} ÷ {f_side(p_name, p)})" if r is not None else "n/a"
+    return r, text, short_cells(raw, app, mode, ("ferricorn", peer_fam))
+
+
+def straddles(raw, app, mode, peer_fam, goal):
+    """The ratio's range over the repeats when it straddles `goal`: the worst repeat of ferricorn's
+    best config over the best repeat of the peer's, and the other way round. A verdict then rests on
+    the medians alone; the report says so."""
     _, f = best(raw, app, mode, "ferricorn")
     _, p = best(raw, app, mode, peer_fam)
-    r = ratio(f and f["rps"], p and p["rps"])
-    return f_x(r), verdict(r, r is not None and r >= goal)
+    if not (sufficient(f) and sufficient(p)) or not p["rps_min"]:
+        return None
+    lo, hi = f["rps_min"] / p["rps_max"], f["rps_max"] / p["rps_min"]
+    return (lo, hi) if lo < goal <= hi else None
+
+
+def spread_note(ranges):
+    return (" (within the spread: " + "; ".join(f"{name}{lo:.2f}–{hi:.2f}×" for name, (lo, hi) in ranges)
+            + ")") if ranges else ""
+
+
+def target_ratio(raw, app, mode, peer_fam, goal):
+    r, text, short = compare_best(raw, app, mode, peer_fam)
+    rng = straddles(raw, app, mode, peer_fam, goal)
+    status = verdict(r, r is not None and r >= goal, short)
+    return text + short_note(short), status + (spread_note([("", rng)]) if rng and not short else "")
 
 
 def target_rows_ratio(raw, apps_modes, peer_fam, goal):
     """One verdict over several rows: every row must reach `goal`."""
-    parts, vals = [], []
+    parts, vals, shorts = [], [], []
     for app, mode in apps_modes:
-        _, f = best(raw, app, mode, "ferricorn")
-        _, p = best(raw, app, mode, peer_fam)
-        r = ratio(f and f["rps"], p and p["rps"])
+        r, _, short = compare_best(raw, app, mode, peer_fam)
         vals.append(r)
+        shorts += [f"{app} {MODE_LABEL[mode]}: {c}" for c in short]
         parts.append(f"{app} {MODE_LABEL[mode]} {f_x(r)}")
-    status = "n/a" if None in vals or not vals else verdict(1, all(v >= goal for v in vals))
-    return "; ".join(parts) or "n/a", status
+    if not vals or (None in vals and not shorts):
+        return "; ".join(parts) or "n/a", "n/a"
+    ok = None not in vals and all(v >= goal for v in vals)
+    ranges = [(f"{app} ", rng) for app, mode in apps_modes
+              for rng in [straddles(raw, app, mode, peer_fam, goal)] if rng]
+    return ("; ".join(parts) + short_note(shorts),
+            verdict(1, ok, shorts) + (spread_note(ranges) if ranges and not shorts else ""))
+
+
+def target_sync_vs_gthread(raw):
+    """hello keep-alive: ferricorn sync within 10% of ferricorn gthread (a user should not have to
+    pick a worker class for speed)."""
+    fs = load_stats(raw, "hello", "keepalive", "ferricorn-sync")
+    fg = load_stats(raw, "hello", "keepalive", "ferricorn-gthread")
+    if not fs or not fg:
+        return "n/a", "n/a"
+    r = ratio(fs["rps"], fg["rps"])
+    short = [f"{n} {st['good']}/{st['n']}" for n, st in (("ferricorn-sync", fs), ("ferricorn-gthread", fg))
+             if not sufficient(st)]
+    text = f"{f_x(r)} ({f_side('sync', fs)} ÷ {f_side('gthread', fg)})" + short_note(short)
+    return text, verdict(r, r is not None and r >= 0.9, short)
 
 
 def target_efficiency(raw):
     _, f = best(raw, "flask", "keepalive", "ferricorn")
     e = f and f["eff"]
-    return (f"{e:.2f}" if e is not None else "n/a"), verdict(e, e is not None and e >= 0.9)
+    short = short_cells(raw, "flask", "keepalive", ("ferricorn",))
+    return ((f"{e:.2f}" if e is not None else "n/a") + short_note(short),
+            verdict(e, e is not None and e >= 0.9, short))
 
 
 def target_io(raw):
@@ -287,43 +483,55 @@ def target_io(raw):
     waiting = fs and fs["queue"]
     ok = r is not None and r >= 1.5 and errs == 0 and not waiting
     left = "n/a" if waiting is None else f"{waiting:g}"
-    text = f"{f_x(r)}, ferricorn errors {errs}, keep-alive connections left waiting {left}" if fs else "n/a"
-    return text, verdict(r, ok)
+    short = [f"{n} {st['good']}/{st['n']}" for n, st in (("ferricorn-gthread", fs), ("gunicorn-gthread", gs))
+             if st and not sufficient(st)]
+    text = (f"{f_x(r)}, ferricorn errors {errs}, keep-alive connections left waiting {left}" + short_note(short)
+            if fs else "n/a")
+    return text, verdict(r, ok, short)
 
 
-def target_p99(raw):
-    parts, verdicts = [], []
+def p99_target(raw, row_filter):
+    """p99 of the best ferricorn ≤ p99 of the best granian in every row row_filter(app, mode) keeps."""
+    parts, verdicts, shorts = [], [], []
     for app, mode in rows(raw):
-        if next(a["connections"] for a in raw["apps"] if a["name"] == app) != 64:
+        if not row_filter(app, mode):
             continue
+        shorts += [f"{app} {MODE_LABEL[mode]}: {c}" for c in short_cells(raw, app, mode, ("ferricorn", "granian"))]
         _, f = best(raw, app, mode, "ferricorn")
         _, g = best(raw, app, mode, "granian")
-        if not f or not g:
+        if not f or not g or f["p99"] is None or g["p99"] is None:
             verdicts.append(None)
             continue
         verdicts.append(f["p99"] <= g["p99"])
         if f["p99"] > g["p99"]:
             parts.append(f"{app} {MODE_LABEL[mode]}: {f_ms(f['p99'])} > {f_ms(g['p99'])} ms")
-    if not verdicts or None in verdicts:
-        return "n/a", "n/a"
-    return ("; ".join(parts) or "all rows within"), verdict(1, all(verdicts))
+    if not verdicts or (None in verdicts and not shorts):
+        return ("; ".join(parts) or "n/a"), "n/a"
+    text = ("; ".join(parts) or ("all rows within" if None not in verdicts else "")) + short_note(shorts)
+    return text.lstrip("; "), verdict(1, None not in verdicts and all(verdicts), shorts)
+
+
+def target_p99(raw):
+    conns = {a["name"]: a["connections"] for a in raw["apps"]}
+    return p99_target(raw, lambda app, mode: conns[app] == 64)
 
 
 def versus_gunicorn(raw, ok, describe):
     """A hello target that pairs ferricorn with gunicorn of the same worker class (sync, gthread):
     `ok(f, g)` and `describe(f, g)` take the two servers' memory_stats."""
-    parts, oks = [], []
+    parts, oks, short = [], [], []
     for kind in ("sync", "gthread"):
         f = memory_stats(raw, "hello", f"ferricorn-{kind}")
         g = memory_stats(raw, "hello", f"gunicorn-{kind}")
         if not f or not g:
             oks.append(None)
             continue
+        short += [f"{n}-{kind} {m['good']}" for n, m in (("ferricorn", f), ("gunicorn", g)) if m["good"] < MIN_GOOD]
         oks.append(ok(f, g))
         parts.append(f"{kind}: {describe(f, g)}")
     if None in oks:
         return "n/a", "n/a"
-    return "; ".join(parts), verdict(1, all(oks))
+    return "; ".join(parts) + short_note(short), verdict(1, all(oks), short)
 
 
 def target_idle_memory(raw):
@@ -358,6 +566,7 @@ def targets(raw):
     if "hello" in have:
         out.append(["hello keep-alive ≥ 1.3× best granian", *target_ratio(raw, "hello", "keepalive", "granian", 1.3)])
         out.append(["hello keep-alive ≥ 10× best gunicorn", *target_ratio(raw, "hello", "keepalive", "gunicorn", 10)])
+        out.append(["hello keep-alive: ferricorn sync ≥ 0.9× ferricorn gthread", *target_sync_vs_gthread(raw)])
     if close_rows:
         out.append(["Connection: close ≥ 1.2× best granian (every close row)",
                     *target_rows_ratio(raw, close_rows, "granian", 1.2)])
@@ -383,8 +592,8 @@ AB_THRESHOLD = 0.03  # a difference below 3% of the old median is never flagged
 
 
 def ab_samples(raw, app, mode, server):
-    """{repeat: load} of one (app, mode, server) cell."""
-    return {r["repeat"]: r["loads"][mode] for r in ok_records(raw, app, server) if mode in r.get("loads", {})}
+    """{repeat: load} of the good repeats of one (app, mode, server) cell."""
+    return {r["repeat"]: r["load"] for r in cell_repeats(raw, app, mode, server) if r["problem"] is None}
 
 
 def ab_metric(samples, key):
@@ -434,8 +643,9 @@ def ab_rows_of(raw):
             for key, metric in (("rps", "rps"), ("p99", "p99_ms"), ("cpu", "cpu_us_per_req"),
                                 ("others", "other_cores")):
                 row[key] = {"old": ab_metric(old_s, metric), "new": ab_metric(new_s, metric)}
-            row["errors"] = {"old": sum(l["errors"] for l in old_s.values()),
-                             "new": sum(l["errors"] for l in new_s.values())}
+            stats = {b: load_stats(raw, app, mode, name) for b, name in (("old", old_name), ("new", new_name))}
+            row["errors"] = {b: st["errors"] if st else 0 for b, st in stats.items()}  # every repeat, good or not
+            row["good"] = {b: (st["good"], st["n"]) if st else (0, 0) for b, st in stats.items()}
             # new ÷ old of the two loads of the same repeat, which ran back to back
             row["paired"] = [new_s[k]["rps"] / old_s[k]["rps"] for k in sorted(old_s)
                              if k in new_s and old_s[k]["rps"]]
@@ -475,6 +685,12 @@ def f_range(m, fmt):
     return f"{fmt(m['median'])} ({fmt(m['min'])}–{fmt(m['max'])})"
 
 
+def ab_good(row, build):
+    """" 2/3 good" when a build's cell has failed repeats (they are in "Failed repeats")."""
+    good, n = row["good"][build]
+    return f" {good}/{n} good" if good < n else ""
+
+
 def f_us(v):
     return "n/a" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
@@ -496,7 +712,8 @@ def ab_section(raw):
     for r in rows_:
         body.append([
             app_title(raw, r["app"]), MODE_LABEL[r["mode"]], r["config"],
-            f_range(r["rps"]["old"], f_rps), f_range(r["rps"]["new"], f_rps), f_x(r["ratio"]),
+            f_range(r["rps"]["old"], f_rps) + ab_good(r, "old"), f_range(r["rps"]["new"], f_rps) + ab_good(r, "new"),
+            f_x(r["ratio"]),
             " ".join(f"{x:.2f}" for x in r["paired"]) or "n/a",
             f_range(r["p99"]["old"], f_ms), f_range(r["p99"]["new"], f_ms),
             f_range(r["cpu"]["old"], f_us), f_range(r["cpu"]["new"], f_us), f_x(r["cpu_ratio"]),
@@ -542,6 +759,103 @@ def ab_section(raw):
     ] + summary + [""]
 
 
+# --------------------------------------------------------------------------- noise
+
+CELL_NOTE = (f"A cell is the median over its good repeats; a repeat is good when its load ran and had no "
+             f"socket error and no answer with status ≥ 400 (requests/s count the other answers only), and a "
+             f"failed repeat is shown with its reason, never silently left out. A target reads only cells "
+             f"with at least {MIN_GOOD} good repeats; otherwise it says \"insufficient\".")
+
+
+def quiet_method(st):
+    q = st.get("quiet")
+    if not q:
+        return "no wait for a quiet machine"
+    if not q.get("bound"):
+        return "no wait for a quiet machine (--quiet-wait 0)"
+    return (f"wait until other work uses < {q['below']:g} cores over {q['window']:g} s (at most "
+            f"{q['bound']:g} s)")
+
+
+def all_loads(raw):
+    """(record, mode, load) of every measured load, in the order they ran."""
+    return [(r, mode, l) for r in raw["records"] for mode, l in r.get("loads", {}).items()]
+
+
+def f_others(tops, limit=3):
+    return ", ".join(f"{o['name']} {o['cores']:.2f}" for o in tops[:limit]) or "—"
+
+
+def top_overall(loads, limit=5):
+    """The busiest other processes over all loads: cores averaged over the loads' wall time."""
+    total = sum(l.get("wall_s", 0) for _, _, l in loads)
+    by_name = {}
+    for _, _, l in loads:
+        for o in l.get("others_top", []):
+            by_name[o["name"]] = by_name.get(o["name"], 0.0) + o["cores"] * l.get("wall_s", 0)
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:limit]
+    return [{"name": n, "cores": c / total} for n, c in ranked] if total else []
+
+
+def noise_summary(raw):
+    """One paragraph: how quiet the machine was before and during the loads."""
+    loads = all_loads(raw)
+    others = [l["other_cores"] for _, _, l in loads if "other_cores" in l]
+    if not others:
+        return None
+    waits = [l["quiet"] for _, _, l in loads if l.get("quiet")]
+    text = []
+    if waits:
+        quiet = [q for q in waits if q["quiet"]]
+        waited = [q["waited_s"] for q in waits]
+        text.append(f"{len(quiet)} of {len(waits)} loads started on a quiet machine; the wait took "
+                    f"{statistics.median(waited):g} s (median, max {max(waited):g} s)"
+                    + ("" if len(quiet) == len(waits) else
+                       f", and {len(waits) - len(quiet)} started when the bound ran out"))
+    else:
+        text.append("no load waited for a quiet machine")
+    med, lo, hi = spread(others)
+    text.append(f"during the loads other work used {med:.2f} cores (median; {lo:.2f}–{hi:.2f})")
+    steal = [l["steal_cores"] for _, _, l in loads if "steal_cores" in l]
+    if steal and max(steal) >= 0.01:
+        text.append(f"of which the hypervisor's steal {statistics.median(steal):.2f}")
+    top = top_overall(loads)
+    if top:
+        text.append("busiest others: " + f_others(top, 5))
+    busy = med >= 0.2
+    return ("Machine noise: " + "; ".join(text) + "."
+            + (" **The machine was busy: read ratios, not absolute numbers, and distrust differences "
+               "within the min–max ranges.**" if busy else ""))
+
+
+def noise_section(raw):
+    """Per load: the wait for quiet before it and the other work during it (who used the CPU)."""
+    loads = all_loads(raw)
+    if not any("others_top" in l or "quiet" in l for _, _, l in loads):
+        return []
+    body = []
+    for r, mode, l in loads:
+        q = l.get("quiet")
+        wait = ("—" if not q else f"quiet after {q['waited_s']:g} s" if q["quiet"] else
+                f"not quiet after {q['waited_s']:g} s ({q['other_cores']:.2f} cores; {f_others(q.get('top', []))})")
+        body.append([r["repeat"], r["app"], MODE_LABEL.get(mode, mode), r["server"], wait,
+                     f"{l.get('other_cores', 0):.2f}", f"{l.get('steal_cores', 0):.2f}",
+                     f_others(l.get("others_top", []))])
+    return [
+        "## Noise: the wait for quiet and the other work during each load",
+        "",
+        "In run order. Others' cores: CPU the whole machine used (`/proc/stat`, steal included) minus the "
+        "server, wrk and the harness, ÷ the load's wall time. Busiest others: processes outside the harness "
+        "(`/proc/<pid>/stat`, by command name), cores over the load (a process that exited during it is "
+        "charged to its nearest ancestor still running); kernel threads such as `ksoftirqd` partly carry the "
+        "load's own network work.",
+        "",
+        table(["repeat", "app", "mode", "server", "before the load", "others' cores", "steal",
+               "busiest others during the load"], body),
+        "",
+    ]
+
+
 # --------------------------------------------------------------------------- document
 
 
@@ -562,6 +876,11 @@ def render(raw):
         f"start, {env['loadavg_end']:.1f} at the end (the machine is shared: compare ratios, not absolutes).",
         "",
     ]
+    noise = noise_summary(raw)
+    if noise:
+        parts += [noise, ""]
+    if raw.get("note"):
+        parts += [raw["note"], ""]
     if raw.get("ab"):
         parts += ab_section(raw)
     wsgi, asgi = subset(raw, "wsgi"), subset(raw, "asgi")
@@ -571,7 +890,8 @@ def render(raw):
         parts += asgi_sections(asgi)
     notes = failures(raw)
     if notes:
-        parts += ["## Not measured", ""] + notes + [""]
+        parts += ["## Failed repeats and servers not measured", ""] + notes + [""]
+    parts += noise_section(raw)
     return "\n".join(parts)
 
 
@@ -582,9 +902,10 @@ def wsgi_sections(raw):
         "# WSGI",
         "",
         f"Method: {st['repeats']} repeat(s), interleaved (every server runs each app once per repeat, the "
-        f"server order rotating), medians shown. Each server start: first 200 → {st['settle']:g} s settle → "
-        f"idle memory → {st['warmup']:g} s keep-alive warm-up → {st['duration']:g} s load per mode → memory "
-        f"after. wrk -t1 -c64 (I/O row: -c256) --latency --timeout 5s, to 127.0.0.1 only. Servers: 2 workers; "
+        f"server and app orders rotating across the repeats). Each server start: first 200 → {st['settle']:g} s "
+        f"settle → idle memory → {st['warmup']:g} s keep-alive warm-up → per mode: "
+        + quiet_method(st) + f" → {st['duration']:g} s load; → memory "
+        f"after. " + CELL_NOTE + " wrk -t1 -c64 (I/O row: -c256) --latency --timeout 5s, to 127.0.0.1 only. Servers: 2 workers; "
         f"threads 4 (I/O row: {threads.get('io', 32)}) for gunicorn gthread, ferricorn gthread (`--threads`) "
         f"and granian bt (`--blocking-threads`); plain granian keeps its default blocking threads.",
         "",
@@ -597,23 +918,29 @@ def wsgi_sections(raw):
         "",
         targets(raw),
         "",
-        "## Requests/s",
+        "## Requests/s (2xx answers)",
         "",
-        per_server_table(raw, lambda s: f_rps(s["rps"])),
+        "Median of the good repeats (min–max), good repeats / repeats, and each failed repeat with its reason.",
+        "",
+        per_server_table(raw, rps_cell, failed_too=True),
         "",
         "## Ratios: ferricorn ÷ peers (requests/s)",
         "",
-        "\"best\" = the config of that server with the most requests/s in the row.",
+        "\"best\" = the config of that server with the most requests/s in the row. " + RATIO_NOTE,
         "",
         ratios_table(raw),
         "",
         "## Latency p50 / p99 (ms)",
         "",
-        per_server_table(raw, lambda s: f"{f_ms(s['p50'])} / {f_ms(s['p99'])}"),
+        "Medians of the good repeats; in brackets the p99's min–max over them.",
         "",
-        "## Errors (wrk socket errors + non-2xx, summed over repeats)",
+        per_server_table(raw, latency_cell),
         "",
-        per_server_table(raw, lambda s: str(s["errors"])),
+        "## Errors (wrk socket errors + non-2xx answers, summed over every repeat)",
+        "",
+        "Any error makes its repeat a failed one (not in the medians).",
+        "",
+        per_server_table(raw, errors_cell, failed_too=True),
         "",
         "## Connections left waiting (accept queue)",
         "",
@@ -678,7 +1005,7 @@ def asgi_ratios_table(raw):
         cells = []
         for peer in ASGI_PEERS:
             _, p_st = best(raw, app, mode, peer)
-            cells.append(f_x(ratio(fr, p_st and p_st["rps"])))
+            cells.append(ratio_cell(f_st, p_st))
         body.append([app_title(raw, app), MODE_LABEL[mode], f_rps(fr)] + cells)
     return table(["app", "load", "ferricorn asgi req/s"] + [f"÷ best {p}" if p == "granian" else f"÷ {p}" for p in ASGI_PEERS], body)
 
@@ -717,19 +1044,7 @@ def pathsend_note(raw):
 
 
 def asgi_p99(raw):
-    parts, verdicts = [], []
-    for app, mode in rows(raw):
-        _, f = best(raw, app, mode, "ferricorn")
-        _, g = best(raw, app, mode, "granian")
-        if not f or not g:
-            verdicts.append(None)
-            continue
-        verdicts.append(f["p99"] <= g["p99"])
-        if f["p99"] > g["p99"]:
-            parts.append(f"{app} {MODE_LABEL[mode]}: {f_ms(f['p99'])} > {f_ms(g['p99'])} ms")
-    if not verdicts or None in verdicts:
-        return ("; ".join(parts) or "n/a"), "n/a"
-    return ("; ".join(parts) or "all rows within"), verdict(1, all(verdicts))
+    return p99_target(raw, lambda app, mode: True)
 
 
 def asgi_idle_memory(raw):
@@ -738,8 +1053,9 @@ def asgi_idle_memory(raw):
     if not f or not u:
         return "n/a", "n/a"
     ok = f["idle_rss"] <= u["idle_rss"] and f["idle_pss"] <= u["idle_pss"]
+    short = [f"{n} {m['good']}" for n, m in (("ferricorn-asgi", f), ("uvicorn", u)) if m["good"] < MIN_GOOD]
     return (f"{f_mib(f['idle_rss'])}/{f_mib(f['idle_pss'])} vs {f_mib(u['idle_rss'])}/"
-            f"{f_mib(u['idle_pss'])} MiB (RSS/PSS)"), verdict(1, ok)
+            f"{f_mib(u['idle_pss'])} MiB (RSS/PSS)" + short_note(short)), verdict(1, ok, short)
 
 
 def asgi_fastapi_efficiency(raw):
@@ -782,7 +1098,8 @@ def asgi_sections(raw):
     parts = [
         "# ASGI",
         "",
-        f"Method: as for WSGI ({st['repeats']} repeat(s) interleaved, medians; {st['duration']:g} s loads; "
+        f"Method: as for WSGI ({st['repeats']} repeat(s) interleaved, server and app orders rotating; "
+        f"medians of the good repeats; {quiet_method(st)}; {st['duration']:g} s loads; "
         f"wrk -t1 -c64, -c256 for the sleep row), every server with 2 workers. Command lines (bind and app "
         f"appended): {argv}."
         + (" Websocket rows: `bench/wsload` (Rust, one thread), N sessions each sending a 13-byte text "
@@ -796,21 +1113,26 @@ def asgi_sections(raw):
         "",
         asgi_targets(raw),
         "",
-        "## ASGI requests/s (websocket rows: messages/s)",
+        "## ASGI requests/s (2xx answers; websocket rows: messages/s)",
         "",
-        per_server_table(raw, lambda s: f_rps(s["rps"])),
+        CELL_NOTE,
+        "",
+        per_server_table(raw, rps_cell, failed_too=True),
         "",
         "## ASGI ratios: ferricorn asgi ÷ peers (requests/s)",
         "",
+        RATIO_NOTE,
+        "",
         asgi_ratios_table(raw),
         "",
-        "## ASGI latency p50 / p99 (ms)",
+        "## ASGI latency p50 / p99 (ms; p99 min–max over the good repeats)",
         "",
-        per_server_table(raw, lambda s: f"{f_ms(s['p50'])} / {f_ms(s['p99'])}"),
+        per_server_table(raw, latency_cell),
         "",
-        "## ASGI errors (socket errors + non-2xx; websocket: failed connects + sessions that failed, summed)",
+        "## ASGI errors (socket errors + non-2xx; websocket: failed connects + sessions that failed; summed "
+        "over every repeat, and any error fails its repeat)",
         "",
-        per_server_table(raw, lambda s: str(s["errors"])),
+        per_server_table(raw, errors_cell, failed_too=True),
         "",
         "## ASGI connections left waiting (accept queue, median (max))",
         "",
