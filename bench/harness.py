@@ -432,6 +432,7 @@ def wrk_script(app):
     """The lua script for an app: its own (if any) followed by the JSON reporter."""
     parts = [(WRK_DIR / app.script).read_text()] if app.script else []
     parts.append((WRK_DIR / "report.lua").read_text())
+    WORK.mkdir(exist_ok=True)
     path = WORK / f"wrk-{app.name}.lua"
     path.write_text("\n".join(parts))
     return path
