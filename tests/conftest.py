@@ -58,6 +58,11 @@ def pytest_configure(config):
         "stress: a matrix case repeated `repeats(default)` times; FERRICORN_STRESS=N repeats it N times "
         "(`-m stress` selects these for a long run)",
     )
+    config.addinivalue_line(
+        "markers",
+        "smoke: the main paths of an installed server (WSGI, ASGI, the seed app's loopback call, "
+        "ferricornctl); .ci/wheel-smoke runs these against the wheel in a venv with no Rust toolchain",
+    )
 
 
 # FERRICORN_STRESS=N: every matrix case (marked `stress`) repeats N times instead of its default count.

@@ -87,6 +87,7 @@ def test_a_bad_asgi_setting_is_one_line_and_exit_2(start_server):
 # ---- scope ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_the_scope_has_every_key(start_server):
     srv = asgi(start_server, "--root-path", "/mounted")
     warm_up(srv, 3)
@@ -124,6 +125,7 @@ def test_path_is_decoded_and_raw_path_is_not(start_server):
 # ---- request and response bodies -------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_bodies_stream_both_ways_on_kept_alive_connections(start_server):
     srv = asgi(start_server)
     warm_up(srv)

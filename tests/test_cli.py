@@ -213,6 +213,7 @@ def test_check_config_good_app():
     assert res.returncode == 0, res.stderr.decode()
 
 
+@pytest.mark.smoke
 def test_check_config_bad_app():
     res = run_cli(["--check-config", "boom"])
     assert res.returncode != 0
@@ -243,6 +244,7 @@ def test_sendfile_setting_as_in_gunicorn(tmp_path):
     assert _print_config(["-c", str(conf)])["sendfile"] == "False"
 
 
+@pytest.mark.smoke
 def test_version():
     res = run_cli(["-v"])
     assert res.returncode == 0

@@ -247,6 +247,7 @@ def _slow_request(port, seconds):
     return s, s.getsockname()[1]
 
 
+@pytest.mark.smoke
 def test_show_workers_names_the_request_in_flight(start_server):
     srv = start_server([APP, "-w", "2"])
     srv.wait_workers(2)
@@ -371,6 +372,7 @@ def test_show_stats_config_listeners(start_server):
 # actions
 
 
+@pytest.mark.smoke
 def test_worker_add_and_remove(start_server):
     srv = start_server([APP, "-w", "1"])
     srv.wait_workers(1)

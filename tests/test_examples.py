@@ -1,8 +1,11 @@
 """The examples shipped in examples/ run as documented."""
 
+import pytest
+
 from conftest import EXAMPLES_DIR, get
 
 
+@pytest.mark.smoke
 def test_hello_example(start_server):
     srv = start_server(["hello"], app_dir=EXAMPLES_DIR)
     r = get(srv.port, "/")

@@ -28,6 +28,7 @@ def _serve(start_server, workers, via_chdir=False, extra=()):
     return srv
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("via_chdir", [False, True], ids=["cwd", "chdir"])
 def test_call_hello_world_with_two_workers(start_server, via_chdir):
     srv = _serve(start_server, 2, via_chdir)
@@ -116,6 +117,7 @@ def _field_report_sequence(srv, client):
 FRESH_SERVERS = int(os.environ.get("SEED_FRESH_SERVERS", "4"))
 
 
+@pytest.mark.smoke
 @pytest.mark.ferricorn_only
 @pytest.mark.parametrize("client_kind", ["connections", "session"])
 @pytest.mark.parametrize("worker_args", [[], ["--threads", "2"]], ids=["sync", "gthread"])

@@ -37,6 +37,7 @@ def _environ(port, path="/environ", method="GET", headers=None, body=b""):
 # environ
 
 
+@pytest.mark.smoke
 def test_environ_pep3333_keys(srv):
     with RawConnection(srv.port) as c:
         client_port = c.sock.getsockname()[1]
@@ -319,6 +320,7 @@ def test_large_body_truncated_to_declared_length(srv, shape):
         c.close()
 
 
+@pytest.mark.smoke
 @pytest.mark.ferricorn_only  # gunicorn's sync worker closes every connection
 def test_large_bodies_keep_alive_many(srv):
     # Many large responses on one connection: each borrowed body stays intact until it is written.
