@@ -177,6 +177,15 @@ fn serve(
         std::process::id()
     ));
     log.info(&format!("Using worker: {}", cfg.worker_class.name()));
+    if let Some(green) = cfg.green_class() {
+        log.warning(&format!(
+            "worker_class {:?} runs as gthread: each worker starts {} thread{} and adds threads up to {} (--worker-connections) while its views wait on I/O; nothing is monkey-patched, so a blocking call holds a thread instead of yielding to other greenlets, and {green}'s own APIs run as plain Python (docs/gunicorn-compat.md)",
+            cfg.worker_class_name,
+            cfg.threads,
+            if cfg.threads == 1 { "" } else { "s" },
+            cfg.max_threads_per_worker()
+        ));
+    }
     if server_hook("when_ready").is_err() {
         return 1;
     }

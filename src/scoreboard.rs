@@ -49,8 +49,12 @@ pub enum Event {
     SlowRequest = 1,
     /// A loopback call (a request of this server calling it over HTTP) moved to the overflow lane.
     LoopbackCall = 2,
+    /// The worker added app threads (elastic threads, `worker::elastic`).
+    ThreadsUp = 3,
+    /// The worker retired app threads it had added.
+    ThreadsDown = 4,
 }
-pub const EVENTS: usize = 3;
+pub const EVENTS: usize = 5;
 
 /// Why a worker began to stop by itself, written in its slot for the master's restart causes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,6 +249,9 @@ struct WorkerSlot {
     /// Requests in this worker's run queue, not taken by a thread yet (refreshed every
     /// `loopback::SCAN_INTERVAL`).
     queued: AtomicU32,
+    /// The app threads the worker runs requests on now (they change with elastic threads); 0 until
+    /// the worker publishes it.
+    threads_now: AtomicU32,
     threads: [ThreadEntry; MAX_THREADS],
     /// A [`StopReason`]: why the worker began to stop by itself.
     stop_reason: AtomicU32,
@@ -379,6 +386,7 @@ impl Scoreboard {
             p.store(0, Ordering::Relaxed);
         }
         s.queued.store(0, Ordering::Relaxed);
+        s.threads_now.store(0, Ordering::Relaxed);
         s.stop_reason.store(0, Ordering::Relaxed);
         for e in s.events.iter() {
             e.store(0, Ordering::Relaxed);
@@ -501,6 +509,21 @@ impl WorkerHandle {
     pub fn set_queued(&self, n: u32) {
         if self.slot().queued.load(Ordering::Relaxed) != n {
             self.slot().queued.store(n, Ordering::Release);
+        }
+    }
+
+    /// The app threads this worker runs requests on now, or `configured` before it said.
+    pub fn threads(&self, configured: usize) -> usize {
+        match self.slot().threads_now.load(Ordering::Acquire) {
+            0 => configured,
+            n => n as usize,
+        }
+    }
+
+    pub fn set_threads(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if self.slot().threads_now.load(Ordering::Relaxed) != n {
+            self.slot().threads_now.store(n, Ordering::Release);
         }
     }
 
@@ -679,6 +702,13 @@ impl WorkerHandle {
     pub fn thread_alive(&self, thread: usize) {
         if let Some(t) = self.slot().thread_beat.get(thread) {
             t.store(now_ns(), Ordering::Release);
+        }
+    }
+
+    /// App thread `thread` ended (a retired added thread): its entry reports nothing any more.
+    pub fn thread_alive_clear(&self, thread: usize) {
+        if let Some(t) = self.slot().thread_beat.get(thread) {
+            t.store(0, Ordering::Release);
         }
     }
 

@@ -195,7 +195,8 @@ def test_slow_request_is_logged_with_its_stack_and_continues(start_server):
 
 
 def test_starvation_is_reported_while_it_happens(start_server):
-    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--timeout", "30", "stuck"])
+    srv = start_server(["-w", "1", "-k", "gthread", "--threads", "2", "--max-threads", "2", "--timeout", "30",
+                        "stuck"])
     srv.wait_workers(1)
     results = []
 

@@ -204,8 +204,8 @@ def test_misaligned_stack_gets_every_finding(start_server, start_nginx, tmp_shor
     # 1 worker x 2 threads (sync spelled with threads), timeout 2s behind nginx's 1s read timeout,
     # /static/ proxied, max_requests without jitter, graceful_timeout below timeout.
     srv, ctl = start_app(
-        start_server, tmp_short, "-w", "1", "-k", "sync", "--threads", "2", "--timeout", "2",
-        "--graceful-timeout", "1", "--max-requests", "1000",
+        start_server, tmp_short, "-w", "1", "-k", "sync", "--threads", "2", "--max-threads", "2",
+        "--timeout", "2", "--graceful-timeout", "1", "--max-requests", "1000",
     )
     ngx = start_nginx(srv.port, read_timeout="1s", static=False)
 

@@ -75,8 +75,8 @@ def _access_503(srv, target):
 @pytest.mark.parametrize("args,busy,queued", [
     (["-w", "1"], 1, True),
     (["-w", "2"], 2, False),
-    (["-w", "1", "-k", "gthread", "--threads", "2"], 2, True),
-    (["-w", "2", "-k", "gthread", "--threads", "2"], 4, False),
+    (["-w", "1", "-k", "gthread", "--threads", "2", "--max-threads", "2"], 2, True),
+    (["-w", "2", "-k", "gthread", "--threads", "2", "--max-threads", "2"], 4, False),
 ], ids=["sync-w1", "sync-w2", "gthread-w1", "gthread-w2"])
 def test_term_answers_the_requests_still_running_with_503(start_server, tmp_path, args, busy, queued):
     """TERM while every thread runs a long request (and, with one worker, a kept-alive connection has a
@@ -208,7 +208,8 @@ def test_a_worker_that_cannot_stop_is_killed_by_the_master_and_the_log_says_so(s
             wait_for(lambda w=w: not pid_alive(w), 5, message="the killed workers to be gone")
 
 
-@pytest.mark.parametrize("args", [["-w", "1"], ["-w", "1", "-k", "gthread", "--threads", "2"]],
+@pytest.mark.parametrize("args", [["-w", "1"],
+                                  ["-w", "1", "-k", "gthread", "--threads", "2", "--max-threads", "2"]],
                          ids=["sync", "gthread"])
 def test_a_request_no_thread_will_run_is_answered_at_once(start_server, tmp_path, args):
     """Every thread of a worker is stuck in a request past --timeout: a request that waits for a thread

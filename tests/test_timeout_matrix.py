@@ -122,7 +122,7 @@ def test_a_stuck_request_times_out_while_the_other_traffic_is_served(start_serve
 
 
 @pytest.mark.parametrize("args", [
-    ["-w", "1", "-k", "gthread", "--threads", "2"],
+    ["-w", "1", "-k", "gthread", "--threads", "2", "--max-threads", "2"],
     ["-w", "2"],
 ], ids=["gthread-w1-threads2", "sync-w2"])
 def test_starvation_is_reported_in_every_episode(start_server, args):

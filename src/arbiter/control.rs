@@ -173,15 +173,22 @@ impl ControlTarget for Arbiter {
         let mut s = Stats {
             pid: std::process::id(),
             workers_current: self.workers.len(),
-            workers_target: self.num_workers,
+            workers_target: self.target_workers(),
             workers_spawned: self.spawned,
             workers_retiring: self.retiring.len(),
             reloads: self.reloads,
-            capacity: self.num_workers
-                * self
-                    .cfg
-                    .worker_class
-                    .capacity(self.cfg.threads, self.cfg.worker_connections),
+            // As the workers' threads are now (elastic threads change them); a worker still to come
+            // counts with the configured threads.
+            capacity: self
+                .workers
+                .values()
+                .map(|w| self.worker_capacity(self.board.worker(w.slot)))
+                .sum::<usize>()
+                + self.target_workers().saturating_sub(self.workers.len())
+                    * self
+                        .cfg
+                        .worker_class
+                        .capacity(self.cfg.threads, self.cfg.worker_connections),
             peak_busy_threads: self.peak_busy_threads,
             peak_waiting: self.peak_waiting,
             ..Stats::default()

@@ -6,6 +6,7 @@
 pub mod boot;
 mod control;
 mod daemon;
+mod elastic;
 mod observe;
 mod oom;
 mod starvation;
@@ -138,6 +139,8 @@ pub struct Arbiter {
     started: Instant,
     /// The last death reported was named an OOM kill by the kernel log.
     death_was_oom: bool,
+    /// Workers added under starvation (`--max-workers`, elastic.rs).
+    scaling: elastic::WorkerScaling,
 }
 
 /// The requests a worker is running, for a log line: "requests still running: GET /a from 127.0.0.1:5555,
@@ -212,6 +215,7 @@ impl Arbiter {
             starvation_checked: None,
             started: Instant::now(),
             death_was_oom: false,
+            scaling: Default::default(),
         })
     }
 
@@ -296,7 +300,7 @@ impl Arbiter {
                 self.workers
                     .values()
                     .map(|w| self.board.worker(w.slot).state()),
-                self.num_workers,
+                self.target_workers(),
                 &self.log,
             );
             self.kill_overdue_retirees();
@@ -493,6 +497,8 @@ impl Arbiter {
             PyTuple::new(py, [self.server_obj(py, h)?])
         });
         let old: Vec<i32> = self.workers.keys().copied().collect();
+        // The fresh set starts from the base; starvation adds workers again if it lasts.
+        self.scaling.added = 0;
         for _ in 0..self.num_workers {
             if let Err(h) = self.spawn_worker() {
                 self.log
@@ -534,11 +540,11 @@ impl Arbiter {
         if self.next_spawn_at.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
-        while self.workers.len() < self.num_workers {
+        while self.workers.len() < self.target_workers() {
             self.spawn_worker()?;
         }
         // Too many (after TTOU): retire the oldest.
-        while self.workers.len() > self.num_workers {
+        while self.workers.len() > self.target_workers() {
             let Some((&pid, _)) = self.workers.iter().min_by_key(|(_, w)| w.age) else {
                 break;
             };
@@ -890,21 +896,18 @@ impl Arbiter {
     /// says so again for every later episode (starvation.rs has the rules). The waiting requests are still
     /// served as threads free up.
     fn check_starvation(&mut self) {
-        let per_worker = self
-            .cfg
-            .worker_class
-            .capacity(self.cfg.threads, self.cfg.worker_connections);
-        let capacity = per_worker * self.workers.len();
+        let mut capacity = 0;
         let mut busy = Vec::new();
         let mut inside = 0u64;
         for (&pid, w) in &self.workers {
             let handle = self.board.worker(w.slot);
             inside += handle.waiting() as u64;
+            capacity += self.worker_capacity(handle);
             busy.extend(
                 handle
                     .requests_in_flight()
                     .into_iter()
-                    .filter(|(t, _)| *t < per_worker)
+                    .filter(|(t, _)| !self.is_overflow_entry(*t))
                     .map(|(_, r)| (pid, r)),
             );
         }
@@ -917,6 +920,7 @@ impl Arbiter {
         self.peak_waiting = self.peak_waiting.max(backlog + inside);
         let starved = capacity > 0 && busy.len() >= capacity && backlog + inside > 0;
         self.note_starvation(starved, backlog);
+        self.scale_workers(starved, busy.len(), capacity);
         let lasted = match self.starvation.observe(starved, Instant::now()) {
             starvation::Report::Nothing => return,
             starvation::Report::Ended(lasted) => {
@@ -945,6 +949,27 @@ impl Arbiter {
             lasted.as_secs_f64(),
             holders.join(", ")
         ));
+    }
+
+    /// The requests a worker runs at once now: its app threads as it last published them (they change
+    /// with elastic threads), or for asgi `--worker-connections`.
+    pub(super) fn worker_capacity(&self, handle: crate::scoreboard::WorkerHandle) -> usize {
+        let configured = self
+            .cfg
+            .worker_class
+            .capacity(self.cfg.threads, self.cfg.worker_connections);
+        match self.cfg.worker_class {
+            crate::config::WorkerClass::Asgi => configured,
+            _ => handle.threads(configured),
+        }
+    }
+
+    /// Whether scoreboard entry `t` of a worker is its overflow lane's (loopback calls, outside the
+    /// capacity): for thread workers the entries right after `--threads` (added threads come after them).
+    fn is_overflow_entry(&self, t: usize) -> bool {
+        let base = self.cfg.worker_class.threads(self.cfg.threads);
+        self.cfg.worker_class != crate::config::WorkerClass::Asgi
+            && (base..base + worker::MAX_OVERFLOW_THREADS).contains(&t)
     }
 
     /// `--timeout`: a worker whose request has run too long, or whose I/O loop stopped beating, is

@@ -207,8 +207,9 @@ impl Arbiter {
                 .name()
                 .to_string(),
             requests: self.retired_stats.clone(),
-            total_threads: (per_worker * self.workers.len()) as u64,
-            workers_target: self.num_workers as u64,
+            workers_target: self.target_workers() as u64,
+            workers_added: self.scaling.ups,
+            workers_retired: self.scaling.downs,
             restarts: self.restarts.clone(),
             starvation_seconds: self.starvation_secs,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -221,10 +222,15 @@ impl Arbiter {
             let waiting = handle.waiting() as u64;
             s.busy_threads += busy;
             s.waiting_inside += waiting;
+            let threads = handle.threads(per_worker) as u64;
+            if self.workers.contains_key(&pid) {
+                s.total_threads += threads;
+            }
             s.workers.push(WorkerSample {
                 pid,
                 rss_bytes: oom::rss_bytes(pid),
                 busy_threads: busy,
+                threads,
                 waiting,
                 loop_lag_seconds: has_loop.then(|| handle.loop_lag_ns().0 as f64 / 1e9),
             });

@@ -80,6 +80,10 @@ pub fn resolve(
         }
     }
     cl.apply(&mut cfg)?;
+    super::settings::check_elastic(&cfg).map_err(|e| ConfigError {
+        message: format!("{PROG}: error: {e}"),
+        exit_code: USAGE_EXIT_CODE,
+    })?;
     Ok(if cfg.print_config {
         Action::PrintConfig(cfg)
     } else {

@@ -99,6 +99,14 @@ pub struct Config {
     pub keepalive: u64,
     pub backlog: i32,
     pub worker_connections: usize,
+    /// `--max-threads`: the elastic ceiling of a gthread worker's threads; None = auto (see
+    /// [`Config::max_threads_per_worker`]).
+    pub max_threads: Option<usize>,
+    /// `--max-workers`: the most workers the master runs under starvation; 0 = off.
+    pub max_workers: usize,
+    /// `--elastic-idle-timeout`: seconds an added thread or worker must have been unneeded before it
+    /// is retired.
+    pub elastic_idle_timeout: u64,
     pub chdir: Option<PathBuf>,
     pub pythonpath: Vec<String>,
     pub raw_env: Vec<(String, String)>,
@@ -222,6 +230,9 @@ impl Default for Config {
             keepalive: 2,
             backlog: 2048,
             worker_connections: 1000,
+            max_threads: None,
+            max_workers: 0,
+            elastic_idle_timeout: 30,
             chdir: None,
             pythonpath: Vec::new(),
             raw_env: Vec::new(),
@@ -338,6 +349,36 @@ impl Config {
         lines
     }
 
+    /// The most app threads one worker runs its requests on: `--threads` for sync and asgi; for
+    /// gthread `--max-threads`, or by default [`AUTO_THREADS_FACTOR`] × `--threads` — and up to
+    /// `--worker-connections` for a gevent or eventlet config. Never above `--worker-connections` (a
+    /// thread more than the connections a worker holds could never run a request), never below
+    /// `--threads`.
+    pub fn max_threads_per_worker(&self) -> usize {
+        let base = self.worker_class.threads(self.threads);
+        if self.worker_class != WorkerClass::Gthread {
+            return base;
+        }
+        let ceiling = match self.max_threads {
+            Some(n) => n,
+            None if self.green_class().is_some() => self.worker_connections,
+            None => base.saturating_mul(AUTO_THREADS_FACTOR),
+        };
+        ceiling.min(self.worker_connections).max(base)
+    }
+
+    /// `gevent` or `eventlet` when the configured worker class is one of gunicorn's greenlet workers
+    /// (run as gthread with elastic threads).
+    pub fn green_class(&self) -> Option<&'static str> {
+        settings::green_class(&self.worker_class_name)
+    }
+
+    /// The workers the master may run at most: `--max-workers`, or `base` (the `--workers`/TTIN
+    /// count) when it is off or below it.
+    pub fn max_workers_for(&self, base: usize) -> usize {
+        self.max_workers.max(base)
+    }
+
     /// Re-derive `worker_class` after `worker_class_name` or `threads` changed. Called by the
     /// table entries of both, so the order in which they are set does not matter.
     pub fn resolve_worker_class(&mut self) {
@@ -346,6 +387,14 @@ impl Config {
         }
     }
 }
+
+/// The default elastic ceiling of a gthread worker, in multiples of `--threads`. Threads are added only
+/// while requests wait and the busy threads wait on I/O with the GIL released (`worker::elastic`), where
+/// one more thread costs a stack and a thread state (tens of KiB resident), not CPU. Four times lets a
+/// pool sized for the usual load absorb a fourfold burst of slow upstream calls; a view whose threads
+/// each hold a scarce resource (a database connection) should pin the pool with `--max-threads`
+/// equal to `--threads` (docs/gunicorn-compat.md).
+pub const AUTO_THREADS_FACTOR: usize = 4;
 
 /// What the caller should do after reading the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]

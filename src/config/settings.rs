@@ -302,8 +302,47 @@ pub fn parse_worker_class(s: &str) -> Result<WorkerClass, ValueError> {
         | "uvicorn_worker.UvicornWorker"
         | "uvicorn_worker.UvicornH11Worker"
         | "gunicorn.workers.gasgi.ASGIWorker" => Ok(WorkerClass::Asgi),
+        _ if green_class(s).is_some() => Ok(WorkerClass::Gthread),
         _ => Err(ValueError::UnsupportedWorkerClass(s.to_string())),
     }
+}
+
+/// For a worker class of gunicorn's greenlet workers (gevent, eventlet), its short name. ferricorn runs
+/// such a config as gthread with elastic threads up to `--worker-connections` (`Config::max_threads_per_worker`),
+/// without monkey-patching: a blocking call holds a thread, not a greenlet (docs/gunicorn-compat.md).
+pub fn green_class(s: &str) -> Option<&'static str> {
+    match s.strip_prefix("egg:gunicorn#").unwrap_or(s) {
+        "gevent" | "gunicorn.workers.ggevent.GeventWorker" => Some("gevent"),
+        "eventlet" | "gunicorn.workers.geventlet.EventletWorker" => Some("eventlet"),
+        _ => None,
+    }
+}
+
+/// What is wrong with the elastic capacity settings taken together (each alone was checked when set):
+/// a ceiling below its base, or `--max-threads` for a class that has no thread pool. One line, named
+/// after the flag, as the caller prints it (exit status 2).
+pub fn check_elastic(c: &Config) -> Result<(), String> {
+    if let Some(max) = c.max_threads {
+        if c.worker_class != WorkerClass::Gthread {
+            return Err(format!(
+                "argument --max-threads: the {} worker class runs no thread pool (use -k gthread, or --threads N)",
+                c.worker_class.name()
+            ));
+        }
+        if max < c.threads {
+            return Err(format!(
+                "argument --max-threads: {max} is below --threads {} (the threads a worker starts with)",
+                c.threads
+            ));
+        }
+    }
+    if c.max_workers != 0 && c.max_workers < c.workers {
+        return Err(format!(
+            "argument --max-workers: {} is below --workers {} (0 turns elastic workers off)",
+            c.max_workers, c.workers
+        ));
+    }
+    Ok(())
 }
 
 // ---- value conversions shared by the table entries ----
@@ -808,7 +847,7 @@ pub static SETTINGS: &[Setting] = &[
         hidden_aliases: &[],
         meta: "STRING",
         default: "sync",
-        help: "Worker type: sync, gthread or asgi (gunicorn's and uvicorn's dotted names are accepted too)",
+        help: "Worker type: sync, gthread or asgi (gunicorn's and uvicorn's dotted names are accepted too; gevent and eventlet run as gthread with elastic threads)",
         apply: |c, v| {
             let name = string(v)?;
             parse_worker_class(&name)?;
@@ -848,6 +887,56 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.worker_connections.to_string(),
+    },
+    // ---- elastic capacity (ferricorn only) ----
+    Setting {
+        name: "max_threads",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--max-threads"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "auto: 4 x --threads (--worker-connections for gevent/eventlet)",
+        help: "Most threads a gthread worker grows to while requests wait and its busy threads wait on I/O rather than compute; idle ones retire after --elastic-idle-timeout. Equal to --threads: a fixed pool",
+        apply: |c, v| {
+            c.max_threads = match v {
+                SettingValue::None => None,
+                SettingValue::Str(s) if s.trim().eq_ignore_ascii_case("auto") => None,
+                v => Some(usize_in(v, 1, 65536)?),
+            };
+            Ok(())
+        },
+        show: |c| c.max_threads.map_or("auto".to_string(), |n| n.to_string()),
+    },
+    Setting {
+        name: "max_workers",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--max-workers"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0 (off)",
+        help: "Most workers the master runs: it adds one while every thread is busy and connections wait, and retires the extra ones after --elastic-idle-timeout without starvation; 0 = a fixed --workers",
+        apply: |c, v| {
+            c.max_workers = usize_in(v, 0, 65536)?;
+            Ok(())
+        },
+        show: |c| c.max_workers.to_string(),
+    },
+    Setting {
+        name: "elastic_idle_timeout",
+        section: Section::WorkerProcesses,
+        kind: Kind::Value,
+        cli: &["--elastic-idle-timeout"],
+        hidden_aliases: &[],
+        meta: "SECONDS",
+        default: "30",
+        help: "Seconds a thread or worker added beyond --threads/--workers must have been unneeded before it is retired",
+        apply: |c, v| {
+            c.elastic_idle_timeout = int(v, 1, 86400)? as u64;
+            Ok(())
+        },
+        show: |c| c.elastic_idle_timeout.to_string(),
     },
     // ---- the ASGI worker (`-k asgi`) ----
     Setting {
@@ -1947,11 +2036,15 @@ mod tests {
         for s in [
             "gevent",
             "eventlet",
-            "tornado",
             "egg:gunicorn#gevent",
             "gunicorn.workers.ggevent.GeventWorker",
-            "uvicorn.workers.Unknown",
+            "gunicorn.workers.geventlet.EventletWorker",
         ] {
+            assert_eq!(parse_worker_class(s), Ok(WorkerClass::Gthread));
+            assert!(green_class(s).is_some());
+        }
+        assert_eq!(green_class("gthread"), None);
+        for s in ["tornado", "gevent_pywsgi", "uvicorn.workers.Unknown"] {
             let e = parse_worker_class(s).unwrap_err().to_string();
             assert!(
                 e.contains(&format!("worker class '{s}' is not supported")),

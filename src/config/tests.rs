@@ -293,7 +293,19 @@ fn worker_classes() {
     ] {
         assert_eq!(cfg(&["-k", k]).worker_class, want, "{k}");
     }
-    for k in ["gevent", "eventlet", "tornado", "uvicorn.workers.Unknown"] {
+    for k in ["gevent", "eventlet"] {
+        let c = cfg(&["-k", k]);
+        assert_eq!(c.worker_class, WorkerClass::Gthread, "{k}");
+        assert_eq!(c.green_class(), Some(k));
+        // Elastic threads up to the connections a worker holds.
+        assert_eq!(c.max_threads_per_worker(), 1000);
+        assert_eq!(
+            cfg(&["-k", k, "--worker-connections", "50", "--threads", "4"])
+                .max_threads_per_worker(),
+            50
+        );
+    }
+    for k in ["tornado", "uvicorn.workers.Unknown"] {
         let e = err(&["-k", k]);
         assert!(
             e.contains("argument -k/--worker-class: ")
@@ -809,4 +821,58 @@ fn limits_above_gunicorns_maximum_are_kept_and_named() {
         (opts.request_line_limit(), opts.fields_limit()),
         (8190, 32768)
     );
+}
+
+#[test]
+fn elastic_ceilings() {
+    assert_eq!(cfg(&[]).max_threads_per_worker(), 1);
+    assert_eq!(cfg(&["-k", "asgi"]).max_threads_per_worker(), 1);
+    assert_eq!(cfg(&["--threads", "8"]).max_threads_per_worker(), 32);
+    assert_eq!(
+        cfg(&["--threads", "8", "--max-threads", "8"]).max_threads_per_worker(),
+        8
+    );
+    assert_eq!(
+        cfg(&["--threads", "8", "--max-threads", "auto"]).max_threads_per_worker(),
+        32
+    );
+    assert_eq!(
+        cfg(&["--threads", "8", "--worker-connections", "20"]).max_threads_per_worker(),
+        20
+    );
+    // Never below the threads a worker starts with, whatever the connections.
+    assert_eq!(
+        cfg(&["--threads", "8", "--worker-connections", "4"]).max_threads_per_worker(),
+        8
+    );
+    assert_eq!(
+        cfg(&["-w", "2", "--max-workers", "5"]).max_workers_for(2),
+        5
+    );
+    assert_eq!(cfg(&["-w", "2"]).max_workers_for(2), 2);
+    // TTIN above the ceiling: the base wins.
+    assert_eq!(
+        cfg(&["-w", "2", "--max-workers", "5"]).max_workers_for(7),
+        7
+    );
+    for (args, says) in [
+        (
+            &["--threads", "4", "--max-threads", "2"][..],
+            "argument --max-threads: 2 is below --threads 4",
+        ),
+        (
+            &["--max-threads", "3"][..],
+            "argument --max-threads: the sync worker class runs no thread pool",
+        ),
+        (
+            &["-w", "4", "--max-workers", "3"][..],
+            "argument --max-workers: 3 is below --workers 4",
+        ),
+    ] {
+        let e = err(args);
+        assert!(
+            e.starts_with("ferricorn: error: ") && e.contains(says),
+            "{e}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ pub mod server;
 pub mod statsd;
 pub mod text;
 
-use crate::scoreboard::{RequestStats, DURATION_BUCKETS, EVENTS, METHODS, STATUS_CLASSES};
+use crate::scoreboard::{Event, RequestStats, DURATION_BUCKETS, METHODS, STATUS_CLASSES};
 
 /// Why a worker was replaced (or went away), for `ferricorn_worker_restarts_total{cause=...}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +93,8 @@ pub struct WorkerSample {
     pub pid: i32,
     pub rss_bytes: Option<u64>,
     pub busy_threads: u64,
+    /// App threads it runs requests on now (elastic threads change it).
+    pub threads: u64,
     pub waiting: u64,
     /// ASGI: the event loop's lag (seconds); None for a worker without a loop.
     pub loop_lag_seconds: Option<f64>,
@@ -111,6 +113,9 @@ pub struct Snapshot {
     pub waiting_inside: u64,
     pub workers: Vec<WorkerSample>,
     pub workers_target: u64,
+    /// Workers the master added under starvation and retired after, since it started (`--max-workers`).
+    pub workers_added: u64,
+    pub workers_retired: u64,
     pub restarts: Restarts,
     pub starvation_seconds: f64,
     pub live: bool,
@@ -118,8 +123,9 @@ pub struct Snapshot {
     pub uptime_seconds: f64,
 }
 
-/// The help of each event counter, indexed like `scoreboard::Event`.
-const EVENT_FAMILIES: [(&str, &str); EVENTS] = [
+/// The help of each event counter of its own, indexed like `scoreboard::Event` (the elastic threads'
+/// events follow, in `ferricorn_scale_events_total`).
+const EVENT_FAMILIES: [(&str, &str); 3] = [
     (
         "ferricorn_request_timeouts_total",
         "Requests that ran past --timeout (answered 504; the worker retires)",
@@ -133,6 +139,9 @@ const EVENT_FAMILIES: [(&str, &str); EVENTS] = [
         "Requests recognised as loopback calls (the app calling its own server) and run on the overflow lane",
     ),
 ];
+
+/// A gauge with one sample per worker: its name, its help and the sample's value.
+type PerWorkerGauge = (&'static str, &'static str, fn(&WorkerSample) -> u64);
 
 /// The exposition of `s`.
 pub fn render(s: &Snapshot) -> String {
@@ -211,6 +220,22 @@ pub fn render(s: &Snapshot) -> String {
         t.family(name, "counter", help);
         t.sample(name, &[], s.requests.events[i] as f64);
     }
+    t.family(
+        "ferricorn_scale_events_total",
+        "counter",
+        "Changes of capacity: a worker added or retired app threads (--max-threads), the master added or retired workers (--max-workers)",
+    );
+    for (kind, n) in [
+        ("threads_up", s.requests.events[Event::ThreadsUp as usize]),
+        (
+            "threads_down",
+            s.requests.events[Event::ThreadsDown as usize],
+        ),
+        ("workers_up", s.workers_added),
+        ("workers_down", s.workers_retired),
+    ] {
+        t.sample("ferricorn_scale_events_total", &[("kind", kind)], n as f64);
+    }
 
     t.family(
         "ferricorn_requests_in_flight",
@@ -242,7 +267,7 @@ pub fn render(s: &Snapshot) -> String {
     t.family(
         "ferricorn_threads_total",
         "gauge",
-        "App threads of the running workers (the capacity)",
+        "App threads of the running workers (the capacity; elastic threads change it)",
     );
     t.sample("ferricorn_threads_total", &[], s.total_threads as f64);
     t.family("ferricorn_workers", "gauge", "Workers running now");
@@ -250,7 +275,7 @@ pub fn render(s: &Snapshot) -> String {
     t.family(
         "ferricorn_workers_target",
         "gauge",
-        "Workers the master keeps (--workers, TTIN/TTOU)",
+        "Workers the master keeps (--workers, TTIN/TTOU, and those --max-workers added under starvation)",
     );
     t.sample("ferricorn_workers_target", &[], s.workers_target as f64);
     t.family(
@@ -303,18 +328,24 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
-    t.family(
-        "ferricorn_worker_threads_busy",
-        "gauge",
-        "App threads running a request, per worker",
-    );
-    for w in &s.workers {
-        let pid = w.pid.to_string();
-        t.sample(
+    let per_worker: [PerWorkerGauge; 2] = [
+        (
             "ferricorn_worker_threads_busy",
-            &[("pid", &pid)],
-            w.busy_threads as f64,
-        );
+            "App threads running a request, per worker",
+            |w| w.busy_threads,
+        ),
+        (
+            "ferricorn_worker_threads",
+            "App threads a worker runs requests on now, per worker (elastic threads change it)",
+            |w| w.threads,
+        ),
+    ];
+    for (name, help, get) in per_worker {
+        t.family(name, "gauge", help);
+        for w in &s.workers {
+            let pid = w.pid.to_string();
+            t.sample(name, &[("pid", &pid)], get(w) as f64);
+        }
     }
     t.family(
         "ferricorn_up",
@@ -363,9 +394,12 @@ mod tests {
             pid: 42,
             rss_bytes: Some(1024),
             busy_threads: 1,
+            threads: 4,
             waiting: 0,
             loop_lag_seconds: Some(0.25),
         });
+        s.requests.events[Event::ThreadsUp as usize] = 2;
+        s.workers_added = 1;
         let text = render(&s);
         assert!(text.contains(
             "ferricorn_requests_total{worker_class=\"gthread\",method=\"GET\",status=\"2xx\"} 3\n"
@@ -379,6 +413,10 @@ mod tests {
         assert!(text.contains("ferricorn_worker_restarts_total{cause=\"oom\"} 0\n"));
         assert!(text.contains("ferricorn_worker_rss_bytes{pid=\"42\"} 1024\n"));
         assert!(text.contains("ferricorn_asgi_event_loop_lag_seconds{pid=\"42\"} 0.25\n"));
+        assert!(text.contains("ferricorn_worker_threads{pid=\"42\"} 4\n"));
+        assert!(text.contains("ferricorn_scale_events_total{kind=\"threads_up\"} 2\n"));
+        assert!(text.contains("ferricorn_scale_events_total{kind=\"workers_up\"} 1\n"));
+        assert!(text.contains("ferricorn_scale_events_total{kind=\"workers_down\"} 0\n"));
         // Every sample's family was declared before it.
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {

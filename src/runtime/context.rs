@@ -1,6 +1,7 @@
 //! A worker's shared state, fixed after boot and read by its I/O thread and by the app runtime's threads:
 //! the configuration, logs, the scoreboard slot, the app object, the hooks, the stop and `--max-requests`
-//! flags, and the app threads' interpreter states (for stack dumps without the GIL).
+//! flags, the app threads' membership (`pool::Threads`, changing with elastic threads) and their
+//! interpreter states (for stack dumps without the GIL).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct WorkerContext {
     pub hooks: Arc<HookRunner>,
     /// The `worker` object passed to hooks (None when the config file defines none).
     pub hook_worker: Option<Py<PyAny>>,
+    /// The ordinary app threads as they come and go (elastic threads).
+    pub threads: super::pool::Threads,
     /// Each app thread's `PyThreadState`, so a stuck thread's stack can be dumped without the GIL.
     pub tstates: Vec<AtomicPtr<libc::c_void>>,
     /// Tickets in the run queue whose request moved to the overflow lane (see `admission`): the queue's

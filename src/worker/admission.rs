@@ -3,7 +3,9 @@
 //! loopback calls (a view calling its own server over HTTP), stated here so a reader can check it.
 //!
 //! # Capacity
-//! A worker has `limit` Python threads. A unit of capacity is held by each request that runs on them or is
+//! A worker has `limit` Python threads — a number that changes while it runs when its threads are elastic
+//! (`elastic`: added while requests wait on busy threads that wait on I/O, retired when unneeded); every
+//! decision below reads the number at the moment it is made, so the invariant holds for any count. A unit of capacity is held by each request that runs on them or is
 //! queued for them, and for a short grace by a connection just accepted within capacity (its first request
 //! is usually on its way). The worker accepts a new connection while a unit is free — so a request never
 //! queues in a busy worker while another is idle — and, beyond that, in two cases only: for fairness (its
@@ -130,7 +132,9 @@ impl Drop for Claim<'_> {
 pub struct Admission {
     /// Units of capacity held: requests running or queued on the threads, plus fresh connections' claims.
     in_use: Cell<usize>,
-    limit: usize,
+    /// The most units in use at once since `take_peak` last looked (elastic threads' retirement).
+    peak: Cell<usize>,
+    limit: Cell<usize>,
     connections: Cell<usize>,
     max_connections: usize,
     /// Capacity, fairness or the loopback state changed: the accept loops and waiters look again.
@@ -150,6 +154,8 @@ pub struct Admission {
     loopback_warnings_suppressed: Cell<u64>,
     board: WorkerHandle,
     ctx: Arc<WorkerContext>,
+    /// Elastic threads: present when the worker may run more threads than it started with.
+    elastic: Option<super::elastic::Elastic>,
 }
 
 impl Admission {
@@ -160,10 +166,12 @@ impl Admission {
         overflow: OverflowLane,
         listen_ports: Vec<ListenPort>,
         listen_fds: ListenFds,
+        elastic: Option<super::elastic::Elastic>,
     ) -> Admission {
         Admission {
             in_use: Cell::new(0),
-            limit,
+            peak: Cell::new(0),
+            limit: Cell::new(limit),
             connections: Cell::new(0),
             max_connections: ctx.cfg.worker_connections.max(1),
             changed: Notify::new(),
@@ -178,11 +186,29 @@ impl Admission {
             loopback_warnings_suppressed: Cell::new(0),
             board: ctx.board,
             ctx,
+            elastic,
         }
     }
 
     pub fn has_free_thread(&self) -> bool {
-        self.in_use.get() < self.limit
+        self.in_use.get() < self.limit.get()
+    }
+
+    /// Units of capacity held now (requests running or queued, fresh connections' claims).
+    pub fn in_use(&self) -> usize {
+        self.in_use.get()
+    }
+
+    /// The most units held at once since the last call; the count starts again from those held now.
+    pub fn take_peak(&self) -> usize {
+        self.peak.replace(self.in_use.get())
+    }
+
+    /// The threads changed (elastic threads): capacity follows at once.
+    pub fn set_limit(&self, n: usize) {
+        self.limit.set(n);
+        self.board.set_threads(n);
+        self.changed.notify_waiters();
     }
 
     /// Open connections of this worker.
@@ -215,7 +241,7 @@ impl Admission {
             self.ctx.log.debug(&format!(
                 "Accepted {} while all {} threads are busy, {why}",
                 peer.label(),
-                self.limit
+                self.limit.get()
             ));
         }
         held
@@ -245,6 +271,7 @@ impl Admission {
 
     fn acquire(&self) {
         self.in_use.set(self.in_use.get() + 1);
+        self.peak.set(self.peak.get().max(self.in_use.get()));
         self.show_state(WorkerState::Busy);
         self.changed.notify_waiters();
     }
@@ -266,9 +293,9 @@ impl Admission {
         // Fits: counting this request, no more are running or queued than there are threads, so it
         // starts without waiting for another request to finish.
         let fits = if claim.held {
-            self.in_use.get() <= self.limit
+            self.in_use.get() <= self.limit.get()
         } else {
-            self.in_use.get() < self.limit
+            self.in_use.get() < self.limit.get()
         };
         if !fits && self.is_loopback_call(peer) {
             claim.release();
@@ -322,9 +349,9 @@ impl Admission {
         Some(job)
     }
 
-    /// How many threads run requests (the overflow lane's aside).
+    /// How many threads run requests now (the overflow lane's aside).
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.get()
     }
 
     /// Requests queued for this worker's threads and not taken yet.
@@ -434,6 +461,24 @@ impl Admission {
         });
     }
 
+    /// Connections waiting for this worker's threads: requests in its run queue and connections in the
+    /// listen backlogs (shared with the other workers; a unix listener with connections counts one).
+    pub fn waiting_connections(&self) -> usize {
+        let tcp: usize = self
+            .listen_fds
+            .tcp
+            .iter()
+            .map(|fd| crate::sock::accept_queue_len(*fd) as usize)
+            .sum();
+        let unix = self
+            .listen_fds
+            .unix
+            .iter()
+            .filter(|fd| crate::sock::has_pending(**fd))
+            .count();
+        self.waiting() + tcp + unix
+    }
+
     /// Connections wait in a TCP listener's backlog.
     fn backlog(&self) -> bool {
         self.listen_fds
@@ -461,6 +506,10 @@ impl Admission {
     fn watch_once(&self, published: &mut bool) {
         let board = self.board;
         board.set_queued(self.waiting() as u32);
+        board.set_threads(self.limit.get());
+        if let Some(elastic) = &self.elastic {
+            elastic.tick(self);
+        }
         let suspect = !self.listen_ports.is_empty()
             && board.oldest_start_ns().is_some_and(|started| {
                 now_ns().saturating_sub(started) >= LOOPBACK_SUSPECT_AGE.as_nanos() as u64

@@ -141,6 +141,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         None => None,
     };
     let threads = cfg.worker_class.threads(cfg.threads);
+    // Added threads (elastic threads) take the entries after the overflow lane's.
+    let pool = crate::runtime::pool::Threads::new(
+        threads,
+        cfg.max_threads_per_worker(),
+        threads + admission::MAX_OVERFLOW_THREADS,
+    );
     let capacity = cfg
         .worker_class
         .capacity(cfg.threads, cfg.worker_connections);
@@ -161,9 +167,10 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         served: std::sync::atomic::AtomicU64::new(0),
         hooks: hooks.clone(),
         hook_worker,
-        tstates: (0..threads + admission::MAX_OVERFLOW_THREADS)
+        tstates: (0..pool.entries())
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
+        threads: pool,
         empty_tickets: AtomicUsize::new(0),
         runtime,
         io_handle: std::sync::OnceLock::new(),
@@ -178,15 +185,22 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
                 return WORKER_BOOT_ERROR;
             }
         }
-        drop(rx);
+        let max = ctx.threads.max;
         log.debug(&format!(
             "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
             if threads == 1 { "" } else { "s" },
             cfg.worker_class.name(),
             cfg.worker_connections
         ));
+        if max > threads {
+            log.debug(&format!(
+                "Worker (pid:{pid}) adds threads up to {max} (--max-threads) while requests wait and its busy threads wait on I/O"
+            ));
+        }
         let overflow = OverflowLane::new(threads);
-        let code = io_main(&ctx, listeners, tx, overflow, capacity, sigpipe);
+        // The run queue's receiving end stays with the I/O side only if it may start more threads.
+        let grow = (max > threads).then_some(rx);
+        let code = io_main(&ctx, listeners, tx, grow, overflow, capacity, sigpipe);
         ctx.runtime.stop(
             &ctx,
             std::time::Duration::from_secs(ctx.cfg.graceful_timeout.max(1)),

@@ -10,6 +10,7 @@ mod accept;
 mod admission;
 mod boot;
 pub mod driver;
+mod elastic;
 mod forwarded;
 pub mod h1;
 mod io_loop;
@@ -35,6 +36,7 @@ pub use crate::runtime::WorkerContext;
 use crate::scoreboard::{WorkerHandle, WorkerState};
 use admission::Admission;
 
+pub use admission::MAX_OVERFLOW_THREADS;
 pub use boot::{run, Boot};
 
 /// Exit code of a worker whose app could not be loaded; the master stops with "Worker failed to boot."

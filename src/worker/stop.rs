@@ -64,11 +64,19 @@ impl IoState {
     /// Every ordinary thread is still running a request that passed `--timeout`.
     fn all_threads_stuck(&self) -> bool {
         let lost = self.lost_threads.borrow();
-        if lost.len() < self.admission.limit() {
+        // The ordinary threads' entries: `0..--threads`, then any added ones (elastic threads).
+        let threads: Vec<usize> = self
+            .ctx
+            .threads
+            .tids()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        if threads.is_empty() || lost.len() < threads.len() {
             return false;
         }
         let running = self.board.requests_in_flight();
-        (0..self.admission.limit()).all(|t| {
+        threads.into_iter().all(|t| {
             lost.iter().any(|&(lt, started)| {
                 lt == t
                     && running

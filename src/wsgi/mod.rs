@@ -94,9 +94,12 @@ impl WsgiRunner {
         )?;
         base.set_item(
             "wsgi.multithread",
-            cfg.worker_class == WorkerClass::Gthread && cfg.threads > 1,
+            cfg.worker_class == WorkerClass::Gthread && cfg.max_threads_per_worker() > 1,
         )?;
-        base.set_item("wsgi.multiprocess", cfg.workers > 1)?;
+        base.set_item(
+            "wsgi.multiprocess",
+            cfg.workers > 1 || cfg.max_workers_for(cfg.workers) > 1,
+        )?;
         base.set_item("wsgi.run_once", false)?;
         base.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
         base.set_item("wsgi.input_terminated", true)?;
