@@ -186,6 +186,7 @@ def main():
     stamp = datetime.date.today().isoformat()
     stem = args.out or f"{stamp}-static"
     RESULTS.mkdir(exist_ok=True)
+    loads = [float(x["loadavg"]) for v in samples.values() for x in v]
     med = {k: statistics.median(x["rps"] for x in v) for k, v in samples.items()}
     p99 = {k: statistics.median(x["p99_us"] for x in v) / 1000 for k, v in samples.items()}
     lines = [
@@ -195,8 +196,7 @@ def main():
         f"{args.repeats} repeats interleaved (order rotating); median req/s (p99 ms), and the ratio to "
         "nginx of the medians. ferricorn and granian run the bench's hello app beside the files; "
         "access logs off. The machine is shared: 2 cores, with other work running during the loads "
-        f"(1-minute load average {min(x['loadavg'] for v in samples.values() for x in v)}–"
-        f"{max(x['loadavg'] for v in samples.values() for x in v)}), so read the ratios, not the "
+        f"(1-minute load average {min(loads):.2f}–{max(loads):.2f}), so read the ratios, not the "
         "absolute numbers.",
         "",
         "| file | ferricorn | granian | nginx | ferricorn ÷ nginx | granian ÷ nginx | ferricorn ÷ granian |",

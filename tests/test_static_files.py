@@ -414,6 +414,28 @@ def test_access_log_lines(server, tree):
     assert re.search(r'"GET /static/missing\.txt HTTP/1\.1" 404 10 ', text), text
 
 
+def test_static_answers_are_counted_in_the_metrics(start_server, tree):
+    from test_observability import families, start_with_metrics, value
+
+    srv, mport = start_with_metrics(
+        start_server, ["-w", "1", "--static-map", f"/static={tree['root']}", "testapp:application"])
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    for _ in range(5):
+        assert get(srv, "/static/site.css", conn=c)[0] == 200
+    for _ in range(3):
+        assert get(srv, "/static/missing", conn=c)[0] == 404
+    assert get(srv, "/static/site.css", method="HEAD", conn=c)[0] == 200
+    c.close()
+
+    def counted():
+        fams = families(mport)
+        ok = value(fams, "ferricorn_requests", "_total", method="GET", status="2xx")
+        return (ok, value(fams, "ferricorn_requests", "_total", method="GET", status="4xx"),
+                value(fams, "ferricorn_requests", "_total", method="HEAD", status="2xx")) == (5, 3, 1)
+
+    wait_for(counted, 10, message="the static answers counted")
+
+
 def test_static_answers_while_the_only_python_thread_is_busy(start_server, tree):
     """A sync worker (one Python thread) busy in a slow view still answers static requests at once."""
     srv = start_server(["-w", "1", "--static-map", f"/static={tree['root']}",
