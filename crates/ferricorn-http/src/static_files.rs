@@ -9,6 +9,8 @@
 
 use std::time::SystemTime;
 
+use super::parse::hex_digit as hex;
+
 /// Why a path below a mount is refused (see [`decode_path`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -41,15 +43,6 @@ impl std::fmt::Display for PathError {
             PathError::Backslash => "a backslash",
             PathError::DotDot => "a '..' segment",
         })
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -8,7 +8,8 @@
 
 //!
 //! Its parts: `head` reads request heads, `body` reads and drains request bodies, `request` runs one
-//! request's exchange with the app runtime, `write` frames and writes response pieces.
+//! request's exchange with the app runtime, `write` frames and writes response pieces. A request under a
+//! `--static-map` prefix never reaches the app: `worker::static_files` answers it here.
 
 mod body;
 mod head;
