@@ -136,12 +136,23 @@ WS_COMPRESSED = [
     deflated(bytes(range(256)) * 20) + deflated(b"more"),
     zlib.compress(b"final")[2:-4],  # a final block
 ]
+# For `static_request`: two bytes of length (x97), then path, Range, Accept-Encoding, tags, date.
+STATIC_REQUESTS = [
+    b"css/app.css\nbytes=0-99\ngzip, deflate, br\n\"5f3a-1a2b\"\nSun, 06 Nov 1994 08:49:37 GMT",
+    b"a/%2e%2e/%2F..%2fetc\nbytes=-500\nbr;q=0, gzip;q=0.5, *;q=0.1\nW/\"x\", \"y,z\"\nSunday, 06-Nov-94 08:49:37 GMT",
+    b"%00%5c%zz//./x\nbytes=5-,7-9\nidentity;q=1.000\n*\nSun Nov  6 08:49:37 1994",
+    b"base.5af66c1b1797.css\nBytes = 99999999999999999999-\nGZIP;Q=0.001\n\"ab\nnot a date",
+]
 
 
 def main(argv):
     src = corpus_dir(argv)
     counts = {"parse_request": 0, "chunked_decoder": 0, "websocket_frames": 0,
-              "websocket_deflate": 0}
+              "websocket_deflate": 0, "static_request": 0}
+    for i, fields in enumerate(STATIC_REQUESTS):
+        for length in (0, 1, 300 + i):
+            write(os.path.join(HERE, "corpus", "static_request"), length.to_bytes(2, "little") + fields)
+            counts["static_request"] += 1
     # websocket_frames: an option byte (bit 0 permessage-deflate, bit 1 client_no_context_takeover,
     # bit 2 the 1 KiB limit, bits 3-7 bytes that came with the handshake), a split seed, the frames.
     for i, frames in enumerate(WS_SESSIONS):

@@ -33,6 +33,15 @@ pub use settings::{
     apply_setting, find_setting, Kind, Section, Setting, SettingValue, ValueError, SETTINGS,
 };
 
+/// One `--static-map` mount: requests whose path begins with `prefix` are answered from files under `root`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticMount {
+    /// A URL path beginning and ending with `/` (`/static/`).
+    pub prefix: String,
+    /// The directory, canonical (absolute, without symlinks), as the worker compares resolved files to it.
+    pub root: PathBuf,
+}
+
 /// The worker implementation, after gunicorn's rule that a sync worker with more than one thread
 /// is a threaded worker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,6 +214,8 @@ pub struct Config {
     pub header_map: String,
     /// Upper-case header name and the value that marks a request as HTTPS.
     pub secure_scheme_headers: Vec<(String, String)>,
+    /// `--static-map`: URL prefixes served from directories by the I/O thread, longest prefix first.
+    pub static_map: Vec<StaticMount>,
     /// One of [`settings::PROXY_PROTOCOL_MODES`]: `off`, `v1`, `v2` or `auto`.
     pub proxy_protocol: String,
     /// `*`, canonical IP addresses and networks (`10.0.0.0/8`).
@@ -300,6 +311,7 @@ impl Default for Config {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+            static_map: Vec::new(),
             proxy_protocol: "off".to_string(),
             proxy_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
         }

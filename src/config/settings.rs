@@ -46,7 +46,7 @@ pub enum SettingValue {
     Int(i64),
     Str(String),
     List(Vec<String>),
-    /// A Python dict of strings (only `secure_scheme_headers` takes one).
+    /// A Python dict of strings (`secure_scheme_headers` and `static_map` take one).
     Map(Vec<(String, String)>),
 }
 
@@ -581,6 +581,69 @@ fn header_map(v: SettingValue) -> Result<Vec<(String, String)>, ValueError> {
         .into_iter()
         .map(|(k, v)| (k.trim().to_ascii_uppercase(), v.trim().to_string()))
         .collect())
+}
+
+/// `--static-map`'s mounts: `PREFIX=DIR` strings (a list, or one) or a dict of prefix to directory. A
+/// prefix is a URL path (Django's relative `STATIC_URL`, `static/`, gets its leading slash) and always
+/// ends with `/`; the directory must exist and is kept as its canonical path, resolved now against the
+/// directory the server was started in, so `--chdir` or a later change of the current directory does
+/// not move it. Longest prefix first, so the most specific mount wins.
+fn static_mounts(v: SettingValue) -> Result<Vec<super::StaticMount>, ValueError> {
+    let pairs = match v {
+        SettingValue::Map(m) => m,
+        v => strings(v)?
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.split_once('=') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(ValueError::Invalid(format!(
+                    "invalid value: '{s}' (expected PREFIX=DIR, e.g. /static=/srv/app/static)"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut mounts: Vec<super::StaticMount> = Vec::new();
+    for (prefix, dir) in pairs {
+        let bad = |why: &str| ValueError::Invalid(format!("'{prefix}={dir}': {why}"));
+        if prefix.contains("://") || prefix.starts_with("//") {
+            return Err(bad(
+                "the prefix is a URL of another host; give the path only (e.g. /static/)",
+            ));
+        }
+        if prefix
+            .bytes()
+            .any(|b| b <= b' ' || b == b'%' || b == b'?' || b == b'#' || b >= 0x7f)
+        {
+            return Err(bad(
+                "the prefix must be a plain URL path (no spaces, %, ? or #)",
+            ));
+        }
+        let mut p = String::with_capacity(prefix.len() + 2);
+        if !prefix.starts_with('/') {
+            p.push('/');
+        }
+        p.push_str(&prefix);
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        if p.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Err(bad("the prefix may not have '.' or '..' segments"));
+        }
+        if dir.is_empty() {
+            return Err(bad("no directory given"));
+        }
+        let root = match std::fs::canonicalize(&dir) {
+            Ok(r) if r.is_dir() => r,
+            Ok(_) => return Err(bad("not a directory")),
+            Err(e) => return Err(bad(&format!("cannot use the directory: {e}"))),
+        };
+        if mounts.iter().any(|m| m.prefix == p) {
+            return Err(bad(&format!("the prefix {p} is mapped twice")));
+        }
+        mounts.push(super::StaticMount { prefix: p, root });
+    }
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
+    Ok(mounts)
 }
 
 // ---- how `--print-config` writes values: Python's str() of the equivalent gunicorn value ----
@@ -1776,6 +1839,27 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.sendfile.map_or_else(|| "None".to_string(), py_bool),
+    },
+    Setting {
+        name: "static_map",
+        section: Section::ServerMechanics,
+        kind: Kind::Repeated,
+        cli: &["--static-map"],
+        hidden_aliases: &[],
+        meta: "PREFIX=DIR",
+        default: "none",
+        help: "Serve the files under DIR at URL prefix PREFIX from the I/O thread, without Python (repeat for more; in a config file also a dict such as {STATIC_URL: STATIC_ROOT})",
+        apply: |c, v| {
+            c.static_map = static_mounts(v)?;
+            Ok(())
+        },
+        show: |c| {
+            py_list(
+                c.static_map
+                    .iter()
+                    .map(|m| format!("{}={}", m.prefix, m.root.display())),
+            )
+        },
     },
     Setting {
         name: "reuse_port",

@@ -17,6 +17,7 @@ use memchr::{memchr, memchr2};
 
 use super::sink::Sink;
 use super::time::{push_stamp, Style};
+use crate::http::parse::hex_digit as hex;
 
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
     r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -316,15 +317,6 @@ fn push_latin1_byte(out: &mut Vec<u8>, c: u8) {
 fn push_escaped_latin1(out: &mut Vec<u8>, b: &[u8]) {
     for &c in b {
         push_latin1_byte(out, c);
-    }
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Which connections it accepts and where each request runs (its threads, their queue, or the overflow
 //! lane for loopback calls) is `admission`'s job. The boot is `boot`, the accept loops `accept`, the I/O
-//! loop and its supervision `io_loop`, one HTTP/1 connection `h1`; this module holds what they share:
+//! loop and its supervision `io_loop`, one HTTP/1 connection `h1` (static files under `--static-map`
+//! answered on it by `static_files`); this module holds what they share:
 //! the worker's context and the I/O thread's state.
 
 mod accept;
@@ -17,6 +18,7 @@ mod io_loop;
 mod loopback;
 pub mod proxy;
 mod snapshot;
+mod static_files;
 mod stop;
 pub mod transport;
 mod ws;

@@ -1,13 +1,14 @@
 //! The HTTP/1.x wire protocol of ferricorn: parsing request heads
 //! ([`parse`]), decoding request bodies ([`body`]), writing responses
-//! ([`response`]), framing a response the app described semantically ([`framing`]), and the protocol violations shared by all three
-//! ([`errors`]). Nothing here does I/O: callers push bytes in and get bytes out.
+//! ([`response`]), framing a response the app described semantically ([`framing`]), the protocol violations shared by all three
+//! ([`errors`]), and what serving a file needs of a request (path, range, codings, validators: [`static_files`]). Nothing here does I/O: callers push bytes in and get bytes out.
 
 pub mod body;
 pub mod errors;
 pub mod framing;
 pub mod parse;
 pub mod response;
+pub mod static_files;
 
 pub use body::ChunkedDecoder;
 pub use errors::HttpError;

@@ -198,14 +198,19 @@ pub enum Parsed {
     Partial,
 }
 
-/// Percent-decode a path (`%2F` and the like; a `%` not followed by two hex digits stays as it is).
-pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| match b {
+/// The value of a hex digit (either case), as percent-escapes write them.
+pub fn hex_digit(b: u8) -> Option<u8> {
+    match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
-    };
+    }
+}
+
+/// Percent-decode a path (`%2F` and the like; a `%` not followed by two hex digits stays as it is).
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = hex_digit;
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

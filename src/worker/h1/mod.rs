@@ -8,7 +8,8 @@
 
 //!
 //! Its parts: `head` reads request heads, `body` reads and drains request bodies, `request` runs one
-//! request's exchange with the app runtime, `write` frames and writes response pieces.
+//! request's exchange with the app runtime, `write` frames and writes response pieces. A request under a
+//! `--static-map` prefix never reaches the app: `worker::static_files` answers it here.
 
 mod body;
 mod head;
@@ -194,6 +195,20 @@ pub async fn serve<S: Transport>(
                 server,
                 https,
             });
+        }
+        // A path under a `--static-map` mount is answered here, on the I/O thread, without Python.
+        if let Some((mount, rest)) =
+            super::static_files::mount_for(&io.ctx.cfg.static_map, &head.path)
+        {
+            claim.release();
+            let keep =
+                super::static_files::serve(&mut stream, &io, &head, mount, rest, &client).await;
+            served += 1;
+            if !keep {
+                closed_because = "a static answer ended it (the client asked, a request body, a failed write, or the worker is stopping)";
+                break;
+            }
+            continue;
         }
         // A body still to come is read ahead without holding capacity.
         if !body_in_buffer(&head, &buf) {
