@@ -2,7 +2,9 @@
 //! from the run queue, begin the request's [`RequestScope`], hand the job to the runtime's [`Handler`].
 //!
 //! A thread stays attached to the interpreter for its whole life and only detaches (releases the GIL)
-//! while it waits, so each request costs one GIL hand-over rather than a thread-state setup.
+//! while it waits, so each request costs one GIL hand-over rather than a thread-state setup. How it waits
+//! is a [`Waiter`]: on the run queue ([`Blocking`]), or — a sync worker's one thread — driving the worker's
+//! I/O itself until a request is ready (`worker::inline`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -10,7 +12,54 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use super::{RequestScope, RunQueue, WorkerContext};
-use crate::exchange::Job;
+use crate::exchange::{Job, Ticket};
+
+/// How an app thread waits for its next request, with the GIL released.
+pub trait Waiter: Send {
+    /// The next ticket of `queue` within `max`; `Disconnected` once the worker serves no more.
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError>;
+
+    /// The thread is about to run a request `next` gave it (the GIL held).
+    fn begins(&mut self) {}
+
+    /// Whether a short request may be followed by the next queued one without going through `next`.
+    fn batches(&self) -> bool {
+        true
+    }
+}
+
+/// Waiting on the run queue, which the worker's I/O thread fills.
+pub struct Blocking;
+
+impl Waiter for Blocking {
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError> {
+        queue.recv_timeout(max)
+    }
+}
+
+impl Waiter for Box<dyn Waiter> {
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError> {
+        (**self).next(queue, max)
+    }
+    fn begins(&mut self) {
+        (**self).begins()
+    }
+    fn batches(&self) -> bool {
+        (**self).batches()
+    }
+}
 
 /// A runtime's per-thread request runner.
 pub trait Handler {
@@ -33,11 +82,13 @@ const SHORT_REQUEST: std::time::Duration = std::time::Duration::from_micros(20);
 /// How often an idle app thread shows it is alive.
 const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The body of app thread `index`: `make` builds its handler once, attached to the interpreter.
-pub fn python_thread<H: Handler>(
+/// The body of app thread `index`: `make` builds its handler once, attached to the interpreter; the
+/// thread waits for each request with `waiter`.
+pub fn python_thread<H: Handler, W: Waiter>(
     ctx: Arc<WorkerContext>,
     index: usize,
     rx: RunQueue,
+    mut waiter: W,
     make: impl FnOnce(Python<'_>, &Arc<WorkerContext>) -> PyResult<H>,
 ) {
     let log = ctx.log.clone();
@@ -62,7 +113,7 @@ pub fn python_thread<H: Handler>(
         };
         let mut in_a_row = 0;
         loop {
-            let queued = if in_a_row > 0 && in_a_row < BATCH {
+            let queued = if in_a_row > 0 && in_a_row < BATCH && waiter.batches() {
                 rx.try_recv().ok()
             } else {
                 None
@@ -76,7 +127,7 @@ pub fn python_thread<H: Handler>(
                     // (`/healthz`).
                     ctx.board.thread_alive(index);
                     loop {
-                        match py.detach(|| rx.recv_timeout(ALIVE_EVERY)) {
+                        match py.detach(|| waiter.next(&rx, ALIVE_EVERY)) {
                             Ok(ticket) => break ticket,
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                                 ctx.board.thread_alive(index)
@@ -92,6 +143,7 @@ pub fn python_thread<H: Handler>(
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
+            waiter.begins();
             let started = std::time::Instant::now();
             // A bug on our side must cost one request (its connection closes when the reply channel
             // drops), not the thread.

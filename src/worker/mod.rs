@@ -12,6 +12,7 @@ mod boot;
 pub mod driver;
 mod forwarded;
 pub mod h1;
+mod inline;
 mod io_loop;
 mod loopback;
 pub mod proxy;
