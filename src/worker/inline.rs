@@ -7,11 +7,12 @@
 //!
 //! While the app runs, nothing drives the loop — for at most [`TAKE_OVER_AFTER`]. The worker's main thread
 //! stands by ([`Baton::stand_by`]): when one app call has lasted that long it takes the loop and drives it
-//! until the app thread wants it back, so everything that must go on while a request runs still does —
-//! the heartbeat, `--timeout`'s 504, slow clients, graceful stop, other connections, and accepting the
-//! loopback calls the overflow lane serves (the invariant in `admission`). Everything the I/O side does is
-//! unchanged: requests are placed by `admission` in the same run queue, as tickets, and the app thread
-//! takes them from there; only who drives the loop changes.
+//! until the app thread wants it back (meanwhile the app thread runs the requests that loop queues,
+//! without waiting for the main thread to be scheduled), so everything that must go on while a request
+//! runs still does — the heartbeat, `--timeout`'s 504, slow clients, graceful stop, other connections,
+//! and accepting the loopback calls the overflow lane serves (the invariant in `admission`). Everything
+//! the I/O side does is unchanged: requests are placed by `admission` in the same run queue, as
+//! tickets, and the app thread takes them from there; only who drives the loop changes.
 //!
 //! The loop (a current-thread runtime and its `LocalSet`, with the I/O state in `Rc`s) is used by one
 //! thread at a time: the baton's state says which, under a mutex, and the hand-over goes through that
@@ -86,6 +87,8 @@ struct State {
     app_gone: bool,
     /// The main thread sleeps until the next app call begins.
     parked: bool,
+    /// The app thread asked the main thread for the loop back.
+    want_back: bool,
     /// The worker's I/O is over (`supervise` returned this exit code).
     ended: Option<i32>,
 }
@@ -117,6 +120,7 @@ impl Baton {
                 in_app: false,
                 app_gone: false,
                 parked: false,
+                want_back: false,
                 ended: None,
             }),
             changed: Condvar::new(),
@@ -169,6 +173,7 @@ impl Baton {
                 self.drive(self.give_back.notified());
                 s = self.lock();
                 s.driver = Driver::Nobody;
+                s.want_back = false;
                 self.changed.notify_all();
                 seen = None;
                 continue;
@@ -198,10 +203,12 @@ impl Baton {
     }
 
     /// The app thread is about to call the app: the loop has no driver until it is back (or the main
-    /// thread takes it).
+    /// thread takes it), unless the main thread drives it already.
     fn release(&self) {
         let mut s = self.lock();
-        s.driver = Driver::Nobody;
+        if s.driver == Driver::App {
+            s.driver = Driver::Nobody;
+        }
         s.in_app = true;
         s.calls += 1;
         if s.parked {
@@ -209,15 +216,27 @@ impl Baton {
         }
     }
 
-    /// The app thread is back from the app and drives the loop again, once the main thread gave it back.
-    fn reclaim(&self) {
+    /// The app thread is back from the app: it drives the loop again (true), or — the main thread
+    /// drives it — has asked for it back (false).
+    fn reclaim(&self) -> bool {
         let mut s = self.lock();
         s.in_app = false;
         if s.driver == Driver::Standby {
-            self.give_back.notify_one();
-            while s.driver == Driver::Standby {
-                s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            if !s.want_back {
+                s.want_back = true;
+                self.give_back.notify_one();
             }
+            return false;
+        }
+        s.driver = Driver::App;
+        true
+    }
+
+    /// Wait until the main thread has given the loop back (asked for by `reclaim`), then drive it.
+    fn wait_back(&self) {
+        let mut s = self.lock();
+        while s.driver == Driver::Standby {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.driver = Driver::App;
     }
@@ -273,7 +292,15 @@ impl InlineWaiter {
 impl Waiter for InlineWaiter {
     fn next(&mut self, queue: &RunQueue, max: Duration) -> Result<Arc<Ticket>, RecvTimeoutError> {
         if !self.holds {
-            self.baton.reclaim();
+            if !self.baton.reclaim() {
+                // The main thread drives the loop (the last call ran long, or this thread was not
+                // scheduled for a while): a request it queued meanwhile runs at once rather than after
+                // the main thread has been scheduled to give the loop back.
+                if let Ok(ticket) = queue.try_recv() {
+                    return Ok(ticket);
+                }
+                self.baton.wait_back();
+            }
             self.holds = true;
         }
         if self.baton.over.load(Ordering::Acquire) {
