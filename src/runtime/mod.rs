@@ -46,6 +46,20 @@ pub trait AppRuntime: Send + Sync {
         label: &str,
     ) -> std::io::Result<()>;
 
+    /// Start app thread `index` like [`AppRuntime::spawn_thread`], waiting for each request with `waiter`
+    /// instead of on the queue alone (a sync worker's thread that drives the worker's I/O itself between
+    /// requests). A runtime whose threads cannot says `Unsupported`.
+    fn spawn_waiting_thread(
+        &self,
+        _ctx: Arc<WorkerContext>,
+        _index: usize,
+        _queue: RunQueue,
+        _label: &str,
+        _waiter: Box<dyn pool::Waiter>,
+    ) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
     /// Requests were just put in a run queue. A runtime whose threads wait somewhere else than on the
     /// queue (an event loop waits in its selector) wakes them here; one that blocks on the queue has
     /// nothing to do.

@@ -2,7 +2,9 @@
 //! from the run queue, begin the request's [`RequestScope`], hand the job to the runtime's [`Handler`].
 //!
 //! A thread stays attached to the interpreter for its whole life and only detaches (releases the GIL)
-//! while it waits, so each request costs one GIL hand-over rather than a thread-state setup.
+//! while it waits, so each request costs one GIL hand-over rather than a thread-state setup. How it waits
+//! is a [`Waiter`]: on the run queue ([`Blocking`]), or — a sync worker's one thread — driving the worker's
+//! I/O itself until a request is ready (`worker::inline`).
 //!
 //! [`Threads`] is the pool's membership as it changes: the worker's I/O side adds threads and asks
 //! for retirements (`worker::elastic` decides when); an idle added thread takes a retirement and ends.
@@ -14,7 +16,54 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 
 use super::{RequestScope, RunQueue, WorkerContext};
-use crate::exchange::Job;
+use crate::exchange::{Job, Ticket};
+
+/// How an app thread waits for its next request, with the GIL released.
+pub trait Waiter: Send {
+    /// The next ticket of `queue` within `max`; `Disconnected` once the worker serves no more.
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError>;
+
+    /// The thread is about to run a request `next` gave it (the GIL held).
+    fn begins(&mut self) {}
+
+    /// Whether a short request may be followed by the next queued one without going through `next`.
+    fn batches(&self) -> bool {
+        true
+    }
+}
+
+/// Waiting on the run queue, which the worker's I/O thread fills.
+pub struct Blocking;
+
+impl Waiter for Blocking {
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError> {
+        queue.recv_timeout(max)
+    }
+}
+
+impl Waiter for Box<dyn Waiter> {
+    fn next(
+        &mut self,
+        queue: &RunQueue,
+        max: std::time::Duration,
+    ) -> Result<Arc<Ticket>, crossbeam_channel::RecvTimeoutError> {
+        (**self).next(queue, max)
+    }
+    fn begins(&mut self) {
+        (**self).begins()
+    }
+    fn batches(&self) -> bool {
+        (**self).batches()
+    }
+}
 
 /// A runtime's per-thread request runner.
 pub trait Handler {
@@ -154,11 +203,13 @@ impl Threads {
     }
 }
 
-/// The body of app thread `index`: `make` builds its handler once, attached to the interpreter.
-pub fn python_thread<H: Handler>(
+/// The body of app thread `index`: `make` builds its handler once, attached to the interpreter; the
+/// thread waits for each request with `waiter`.
+pub fn python_thread<H: Handler, W: Waiter>(
     ctx: Arc<WorkerContext>,
     index: usize,
     rx: RunQueue,
+    mut waiter: W,
     make: impl FnOnce(Python<'_>, &Arc<WorkerContext>) -> PyResult<H>,
 ) {
     let log = ctx.log.clone();
@@ -181,7 +232,7 @@ pub fn python_thread<H: Handler>(
         };
         let mut in_a_row = 0;
         loop {
-            let queued = if in_a_row > 0 && in_a_row < BATCH {
+            let queued = if in_a_row > 0 && in_a_row < BATCH && waiter.batches() {
                 rx.try_recv().ok()
             } else {
                 None
@@ -195,7 +246,7 @@ pub fn python_thread<H: Handler>(
                     // (`/healthz`).
                     ctx.board.thread_alive(index);
                     loop {
-                        match py.detach(|| rx.recv_timeout(ALIVE_EVERY)) {
+                        match py.detach(|| waiter.next(&rx, ALIVE_EVERY)) {
                             Ok(ticket) => break ticket,
                             Err(crossbeam_channel::RecvTimeoutError::Timeout)
                                 if ctx.threads.takes_retirement(index) =>
@@ -215,6 +266,7 @@ pub fn python_thread<H: Handler>(
                 ctx.empty_tickets.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
+            waiter.begins();
             let started = std::time::Instant::now();
             // A bug on our side must cost one request (its connection closes when the reply channel
             // drops), not the thread.

@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::admission::{self, OverflowLane};
-use super::io_loop::io_main;
+use super::inline;
+use super::io_loop::{io_inline, io_main};
 use super::{exit, WorkerContext, WORKER_BOOT_ERROR};
 use crate::config::{Config, WorkerClass};
 use crate::exchange::Ticket;
@@ -150,10 +151,17 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
     let capacity = cfg
         .worker_class
         .capacity(cfg.threads, cfg.worker_connections);
-    // The worker class's runtime; nothing else in the worker knows which one it is.
+    // The worker class's runtime; nothing else in the worker knows which one it is. A sync worker's one
+    // app thread drives the I/O loop itself between requests (`inline`); its runtime's wake reaches it.
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let inline = cfg.worker_class == WorkerClass::Sync;
     let runtime: Arc<dyn crate::runtime::AppRuntime> = match cfg.worker_class {
         WorkerClass::Asgi => Arc::new(crate::asgi::AsgiRuntime::new()),
-        WorkerClass::Sync | WorkerClass::Gthread => Arc::new(crate::wsgi::WsgiRuntime),
+        WorkerClass::Gthread => Arc::new(crate::wsgi::WsgiRuntime),
+        WorkerClass::Sync => Arc::new(inline::Woken::new(
+            Arc::new(crate::wsgi::WsgiRuntime),
+            ready.clone(),
+        )),
     };
     let ctx = Arc::new(WorkerContext {
         cfg: cfg.clone(),
@@ -177,30 +185,48 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
-        for i in 0..threads {
-            if let Err(e) = ctx.runtime.spawn_thread(ctx.clone(), i, rx.clone(), "app") {
-                // The runtime logged why (an ASGI app's lifespan startup failed, say): the worker
-                // cannot serve, as when the app fails to import.
-                log.error(&format!("Cannot start app thread: {e}"));
-                return WORKER_BOOT_ERROR;
-            }
-        }
-        let max = ctx.threads.max;
-        log.debug(&format!(
-            "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
-            if threads == 1 { "" } else { "s" },
-            cfg.worker_class.name(),
-            cfg.worker_connections
-        ));
-        if max > threads {
-            log.debug(&format!(
-                "Worker (pid:{pid}) adds threads up to {max} (--max-threads) while requests wait and its busy threads wait on I/O"
-            ));
-        }
         let overflow = OverflowLane::new(threads);
-        // The run queue's receiving end stays with the I/O side only if it may start more threads.
-        let grow = (max > threads).then_some(rx);
-        let code = io_main(&ctx, listeners, tx, grow, overflow, capacity, sigpipe);
+        let code = if inline {
+            log.debug(&format!(
+                "Worker (pid:{pid}) serving: 1 app thread (sync, driving the I/O loop), up to {} connections",
+                cfg.worker_connections
+            ));
+            io_inline(
+                &ctx,
+                listeners,
+                tx,
+                overflow,
+                capacity,
+                sigpipe,
+                inline::Start {
+                    ready,
+                    start: |baton| {
+                        let waiter = Box::new(inline::InlineWaiter::new(baton));
+                        ctx.runtime
+                            .spawn_waiting_thread(ctx.clone(), 0, rx, "app", waiter)
+                    },
+                },
+            )
+        } else {
+            if let Err(code) = start_threads(&ctx, threads, &rx) {
+                return code;
+            }
+            let max = ctx.threads.max;
+            log.debug(&format!(
+                "Worker (pid:{pid}) serving: {threads} app thread{} ({}), up to {} connections",
+                if threads == 1 { "" } else { "s" },
+                cfg.worker_class.name(),
+                cfg.worker_connections
+            ));
+            if max > threads {
+                log.debug(&format!(
+                    "Worker (pid:{pid}) adds threads up to {max} (--max-threads) while requests wait and its busy threads wait on I/O"
+                ));
+            }
+            // The run queue's receiving end stays with the I/O side only if it may start more threads.
+            let grow = (max > threads).then_some(rx);
+            io_main(&ctx, listeners, tx, grow, overflow, capacity, sigpipe)
+        };
         ctx.runtime.stop(
             &ctx,
             std::time::Duration::from_secs(ctx.cfg.graceful_timeout.max(1)),
@@ -219,6 +245,23 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         });
     }
     exit(code)
+}
+
+/// Start the app threads that wait on the run queue.
+fn start_threads(
+    ctx: &Arc<WorkerContext>,
+    threads: usize,
+    rx: &crossbeam_channel::Receiver<Arc<Ticket>>,
+) -> Result<(), i32> {
+    for i in 0..threads {
+        if let Err(e) = ctx.runtime.spawn_thread(ctx.clone(), i, rx.clone(), "app") {
+            // The runtime logged why (an ASGI app's lifespan startup failed, say): the worker
+            // cannot serve, as when the app fails to import.
+            ctx.log.error(&format!("Cannot start app thread: {e}"));
+            return Err(WORKER_BOOT_ERROR);
+        }
+    }
+    Ok(())
 }
 
 /// `--max-requests` plus a random part of `--max-requests-jitter`, so workers do not all restart at once.

@@ -1,6 +1,8 @@
-//! The worker's I/O loop: a single-threaded tokio runtime on the main thread that runs the accept loops
-//! (`accept`), admission's watcher and every connection, and `supervise` — the heartbeat the master
-//! reads, the worker's signals, and the graceful stop.
+//! The worker's I/O loop: a single-threaded tokio runtime that runs the accept loops (`accept`),
+//! admission's watcher and every connection, and `supervise` — the heartbeat the master reads, the
+//! worker's signals, and the graceful stop. It runs on the main thread (`io_main`), or — a sync worker —
+//! on its app thread between requests, handed to the main thread while a request runs long (`io_inline`,
+//! `inline`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -12,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::accept::{accept_tcp, accept_unix, server_addr};
 use super::admission::{self, Admission, OverflowLane};
-use super::{driver, loopback, proxy, snapshot, stop, IoState, WorkerContext};
+use super::{driver, inline, loopback, proxy, snapshot, stop, IoState, WorkerContext};
 use crate::config::Config;
 use crate::exchange::Ticket;
 use crate::http::ParserOptions;
@@ -20,6 +22,7 @@ use crate::scoreboard::WorkerState;
 use crate::signals::SignalPipe;
 use crate::sock::{ListenAddr, Listener};
 
+/// The I/O loop on this thread until the worker exits; the app threads wait on the run queue.
 pub(super) fn io_main(
     ctx: &Arc<WorkerContext>,
     listeners: &[Listener],
@@ -29,6 +32,61 @@ pub(super) fn io_main(
     capacity: usize,
     sigpipe: SignalPipe,
 ) -> i32 {
+    let Some((rt, local, io)) = build(ctx, listeners, queue, grow, overflow, capacity) else {
+        return 1;
+    };
+    local.block_on(&rt, async {
+        if !listen(ctx, listeners, &io) {
+            return 1;
+        }
+        supervise(ctx, &io, sigpipe).await
+    })
+}
+
+/// The I/O loop of a sync worker, driven by its app thread between requests (`inline`): set up here,
+/// then `app.start` starts that thread with the loop's baton, and this thread stands by to drive the loop
+/// while a request runs long (see `inline::Baton::stand_by`) until the worker exits.
+pub(super) fn io_inline(
+    ctx: &Arc<WorkerContext>,
+    listeners: &[Listener],
+    queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    overflow: OverflowLane,
+    capacity: usize,
+    sigpipe: SignalPipe,
+    app: inline::Start<impl FnOnce(Arc<inline::Baton>) -> std::io::Result<()>>,
+) -> i32 {
+    // A sync worker has one thread and no more to add (`--max-threads` is refused for it).
+    let Some((rt, local, io)) = build(ctx, listeners, queue, None, overflow, capacity) else {
+        return 1;
+    };
+    if !local.block_on(&rt, async { listen(ctx, listeners, &io) }) {
+        return 1;
+    }
+    let baton = inline::Baton::new(rt, local, app.ready);
+    {
+        let (ctx, done) = (ctx.clone(), baton.clone());
+        // `io` moves into the task: from here on only the loop's driver touches the I/O state.
+        baton.spawn(async move {
+            let code = supervise(&ctx, &io, sigpipe).await;
+            done.end(code);
+        });
+    }
+    if let Err(e) = (app.start)(baton.clone()) {
+        ctx.log.error(&format!("Cannot start app thread: {e}"));
+        return super::WORKER_BOOT_ERROR;
+    }
+    baton.stand_by()
+}
+
+/// The worker's I/O runtime and state.
+fn build(
+    ctx: &Arc<WorkerContext>,
+    listeners: &[Listener],
+    queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    grow: Option<crate::runtime::RunQueue>,
+    overflow: OverflowLane,
+    capacity: usize,
+) -> Option<(tokio::runtime::Runtime, tokio::task::LocalSet, Rc<IoState>)> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,7 +94,7 @@ pub(super) fn io_main(
         Ok(rt) => rt,
         Err(e) => {
             ctx.log.error(&format!("Cannot start the I/O loop: {e}"));
-            return 1;
+            return None;
         }
     };
     let _ = ctx.io_handle.set(rt.handle().clone());
@@ -90,53 +148,56 @@ pub(super) fn io_main(
         ctx: ctx.clone(),
         upgrades: upgrades_for(ctx, weak),
     });
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        ctx.board.set_state(WorkerState::Idle);
-        for l in listeners {
-            let Ok(sock) = l.socket.try_clone() else {
-                ctx.log.error("Cannot use a listening socket");
-                return 1;
-            };
-            let server = Arc::new(server_addr(&l.addr));
-            match &l.addr {
-                ListenAddr::Tcp(_) => {
-                    // Small responses go out in one segment; waiting for an ACK (Nagle) would add latency
-                    // to each. Set once here: Linux gives accepted sockets the listener's TCP_NODELAY,
-                    // which saves a system call per connection.
-                    if let Err(e) = sock.set_tcp_nodelay(true) {
-                        ctx.log
-                            .warning(&format!("Cannot set TCP_NODELAY on {}: {e}", l.addr));
+    Some((rt, tokio::task::LocalSet::new(), io))
+}
+
+/// Start the accept loops and admission's watcher (inside the loop's `LocalSet`). False when a listener
+/// cannot be used (logged).
+fn listen(ctx: &Arc<WorkerContext>, listeners: &[Listener], io: &Rc<IoState>) -> bool {
+    ctx.board.set_state(WorkerState::Idle);
+    for l in listeners {
+        let Ok(sock) = l.socket.try_clone() else {
+            ctx.log.error("Cannot use a listening socket");
+            return false;
+        };
+        let server = Arc::new(server_addr(&l.addr));
+        match &l.addr {
+            ListenAddr::Tcp(_) => {
+                // Small responses go out in one segment; waiting for an ACK (Nagle) would add latency
+                // to each. Set once here: Linux gives accepted sockets the listener's TCP_NODELAY,
+                // which saves a system call per connection.
+                if let Err(e) = sock.set_tcp_nodelay(true) {
+                    ctx.log
+                        .warning(&format!("Cannot set TCP_NODELAY on {}: {e}", l.addr));
+                }
+                let std_l: std::net::TcpListener = sock.into();
+                match tokio::net::TcpListener::from_std(std_l) {
+                    Ok(tl) => {
+                        tokio::task::spawn_local(accept_tcp(tl, server, io.clone()));
                     }
-                    let std_l: std::net::TcpListener = sock.into();
-                    match tokio::net::TcpListener::from_std(std_l) {
-                        Ok(tl) => {
-                            tokio::task::spawn_local(accept_tcp(tl, server, io.clone()));
-                        }
-                        Err(e) => {
-                            ctx.log.error(&format!("Cannot listen: {e}"));
-                            return 1;
-                        }
+                    Err(e) => {
+                        ctx.log.error(&format!("Cannot listen: {e}"));
+                        return false;
                     }
                 }
-                ListenAddr::Unix(_) => {
-                    let std_l: std::os::unix::net::UnixListener = sock.into();
-                    match tokio::net::UnixListener::from_std(std_l) {
-                        Ok(ul) => {
-                            tokio::task::spawn_local(accept_unix(ul, server, io.clone()));
-                        }
-                        Err(e) => {
-                            ctx.log.error(&format!("Cannot listen: {e}"));
-                            return 1;
-                        }
+            }
+            ListenAddr::Unix(_) => {
+                let std_l: std::os::unix::net::UnixListener = sock.into();
+                match tokio::net::UnixListener::from_std(std_l) {
+                    Ok(ul) => {
+                        tokio::task::spawn_local(accept_unix(ul, server, io.clone()));
+                    }
+                    Err(e) => {
+                        ctx.log.error(&format!("Cannot listen: {e}"));
+                        return false;
                     }
                 }
             }
         }
-        let watcher = io.clone();
-        tokio::task::spawn_local(async move { admission::watch(&watcher.admission).await });
-        supervise(ctx, &io, sigpipe).await
-    })
+    }
+    let watcher = io.clone();
+    tokio::task::spawn_local(async move { admission::watch(&watcher.admission).await });
+    true
 }
 
 /// The upgrade handlers of the worker's runtime (websockets for ASGI; none for WSGI).

@@ -14,6 +14,7 @@ pub mod driver;
 mod elastic;
 mod forwarded;
 pub mod h1;
+mod inline;
 mod io_loop;
 mod loopback;
 pub mod proxy;

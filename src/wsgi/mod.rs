@@ -61,10 +61,21 @@ impl AppRuntime for WsgiRuntime {
         queue: RunQueue,
         label: &str,
     ) -> std::io::Result<()> {
+        self.spawn_waiting_thread(ctx, index, queue, label, Box::new(pool::Blocking))
+    }
+
+    fn spawn_waiting_thread(
+        &self,
+        ctx: Arc<WorkerContext>,
+        index: usize,
+        queue: RunQueue,
+        label: &str,
+        waiter: Box<dyn pool::Waiter>,
+    ) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("ferricorn-{label}-{index}"))
             .spawn(move || {
-                pool::python_thread(ctx, index, queue, |py, ctx| {
+                pool::python_thread(ctx, index, queue, waiter, |py, ctx| {
                     WsgiRunner::new(py, ctx.clone())
                 })
             })
