@@ -42,7 +42,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-fn finding(
+pub(super) fn finding(
     id: &'static str,
     severity: Severity,
     title: String,

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::findings::{secs, Finding, Severity};
+use super::findings::{finding, secs, Finding, Severity};
 use crate::config::{Action, BindAddress, Config, FileSettings};
 use crate::control::json::{obj, Json};
 
@@ -631,22 +631,6 @@ pub struct Analysis {
     pub containers: Vec<Judged>,
     pub objects: usize,
     pub findings: Vec<Finding>,
-}
-
-fn finding(
-    id: &'static str,
-    severity: Severity,
-    title: String,
-    evidence: Vec<String>,
-    fix: String,
-) -> Finding {
-    Finding {
-        id,
-        severity,
-        title,
-        evidence,
-        fix,
-    }
 }
 
 fn mib(bytes: f64) -> String {
