@@ -13,8 +13,10 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +24,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import APPS_DIR, free_port, rss, wait_for
+from conftest import free_port, rss, wait_for
 
 pytestmark = pytest.mark.ferricorn_only
 
@@ -156,15 +158,13 @@ def _get(url, timeout=5):
         return e.code, e.read().decode()
 
 
-def test_the_server_started_as_the_deployment_says(start_server):
-    """The Deployment's own args (addresses moved to loopback, the test app for the app), with the
-    WEB_CONCURRENCY the downward API would give: the probes' paths answer 200 on the metrics port,
-    the HPA's metric is exported with the capacity the HPA target assumes, the workers start well
-    below --max-worker-memory and the master fits in what the memory limit leaves, and a TERM ends
-    the server long before the grace period."""
-    docs = load_all()
-    c = container(docs)
-    f, _ = flags(c)
+def _sample(base, name):
+    return float(re.search(rf"^{name} ([0-9.e+]+)$", _get(base + "/metrics")[1], re.M).group(1))
+
+
+def _start_as_deployed(start_server, c):
+    """The Deployment's own args with the addresses moved to free loopback ports and the test app for
+    the app, and the WEB_CONCURRENCY the downward API would give."""
     app_port, metrics_port = free_port(), free_port()
     args = []
     for a in c["args"]:
@@ -175,10 +175,23 @@ def test_the_server_started_as_the_deployment_says(start_server):
         elif not a.startswith("-"):
             a = "testapp:application"
         args.append(a)
-    workers = workers_from_cpu(c)
     srv = start_server(args, bind=False, port=app_port,
-                       env={"WEB_CONCURRENCY": str(workers)})
-    base = f"http://127.0.0.1:{metrics_port}"
+                       env={"WEB_CONCURRENCY": str(workers_from_cpu(c))})
+    return srv, f"http://127.0.0.1:{metrics_port}"
+
+
+def test_the_server_started_as_the_deployment_says(start_server):
+    """The Deployment's own args (addresses moved to loopback, the test app for the app), with the
+    WEB_CONCURRENCY the downward API would give: the probes' paths answer 200 on the metrics port,
+    the HPA's metric is exported with the capacity the HPA target assumes, the workers start well
+    below --max-worker-memory and the master fits in what the memory limit leaves, and a TERM ends
+    the server long before the grace period."""
+    docs = load_all()
+    c = container(docs)
+    f, _ = flags(c)
+    workers = workers_from_cpu(c)
+    srv, base = _start_as_deployed(start_server, c)
+    app_port = srv.port
     for probe in (c["livenessProbe"], c["readinessProbe"]):
         path = probe["httpGet"]["path"]
         wait_for(lambda: _get(base + path)[0] == 200, 20, message=f"{path} answers 200")
@@ -208,6 +221,37 @@ def test_the_server_started_as_the_deployment_says(start_server):
     assert srv.stop() == 0
     took = time.monotonic() - t0
     assert took < docs["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] / 3
+
+
+def test_a_stop_with_a_request_in_flight_ends_within_the_grace_period(start_server):
+    """TERM while a request runs that would outlast every limit: the server answers it and exits
+    within what the grace period leaves after the preStop sleep, so the kubelet's KILL never comes."""
+    docs = load_all()
+    c = container(docs)
+    srv, base = _start_as_deployed(start_server, c)
+    wait_for(lambda: _get(base + "/readyz")[0] == 200, 20, message="ready")
+    answer = {}
+
+    def client():
+        try:
+            answer["status"] = _get(f"http://127.0.0.1:{srv.port}/sleep?s=300", timeout=120)[0]
+        except OSError as e:
+            answer["error"] = repr(e)
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    wait_for(lambda: _sample(base, "ferricorn_threads_busy") >= 1, 10, message="the request runs")
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    # Readiness turns false at once, while the request still runs.
+    wait_for(lambda: _get(base + "/readyz")[0] == 503, 5, message="/readyz 503 on TERM")
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    budget = spec["terminationGracePeriodSeconds"] - c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert srv.wait(budget + 5) is not None, "still running past the grace period"
+    took = time.monotonic() - t0
+    t.join(10)
+    assert took <= budget, took
+    assert answer.get("status") in (503, 504), answer
 
 
 def test_doctor_passes_the_shipped_manifests():

@@ -467,11 +467,19 @@ pub fn server_argv(c: &Container, env: &BTreeMap<String, String>) -> Option<Vec<
         }
         None => return None,
     };
-    let end = line[start..]
-        .iter()
-        .position(|w| matches!(w.as_str(), "&&" | "||" | ";" | "|"))
-        .map_or(line.len(), |n| start + n);
-    Some(line[start..end].to_vec())
+    // The command ends at a shell operator, alone or stuck to a word (`app:app;`).
+    let mut argv = Vec::new();
+    for w in &line[start..] {
+        if matches!(w.as_str(), "&&" | "||" | ";" | "|" | "&") {
+            break;
+        }
+        if let Some(last) = w.strip_suffix(';') {
+            argv.push(last.to_string());
+            break;
+        }
+        argv.push(w.clone());
+    }
+    Some(argv)
 }
 
 /// The container's environment as the server sees it (downward-API values computed from the
@@ -1518,8 +1526,8 @@ mod tests {
                 "k8s-web-concurrency-divisor",
             ),
             (
-                "failureThreshold: 3",
-                "failureThreshold: 1",
+                "periodSeconds: 10",
+                "periodSeconds: 3",
                 "k8s-liveness-hair-trigger",
             ),
             (
