@@ -42,7 +42,7 @@ pub struct Finding {
     pub fix: String,
 }
 
-fn finding(
+pub(super) fn finding(
     id: &'static str,
     severity: Severity,
     title: String,
@@ -71,7 +71,7 @@ pub struct Inputs<'a> {
 }
 
 /// `1`, `2.5`: seconds without a useless `.0`.
-fn secs(x: f64) -> String {
+pub(super) fn secs(x: f64) -> String {
     if (x - x.round()).abs() < 1e-9 {
         format!("{}", x.round() as i64)
     } else {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod database;
 pub mod findings;
 pub mod host;
+pub mod kubernetes;
 pub mod logs;
 pub mod nginx;
 pub mod probe;
@@ -44,6 +45,11 @@ Sources (each optional; one that cannot be read is an info line, not an error):
   nginx       --nginx-config FILE (a config file with its includes, or saved
               `nginx -T` output), else the output of `nginx -T` (--nginx-bin,
               default: nginx on PATH or /usr/sbin/nginx)
+  kubernetes  --kubernetes FILE|DIR (repeatable): manifests (YAML, several
+              documents a file): Deployments, Services, HPAs, ServiceMonitors;
+              each ferricorn container's settings from its command, args and
+              env (WEB_CONCURRENCY from the downward API), with --config as
+              the config file the container names
   host        load average, memory and swap (/proc/meminfo), OOM kills
               (/proc/vmstat and the server's memory cgroup)
   error log   the server's errorlog (or --error-log) of the last --since
@@ -89,6 +95,23 @@ Findings (id: when):
   graceful-timeout-vs-nginx, slow-request-threshold-off, slow-boot,
   crash-loop, loopback-calls, memory-recycles,
   probe-errors, probe-slow, probe-latency, source-skipped
+  k8s-grace-period-short      terminationGracePeriodSeconds < preStop +
+                              --shutdown-delay + --graceful-timeout (+5s)
+  k8s-memory-limit-low        memory limit < (workers + 1) x
+                              --max-worker-memory (critical below workers x)
+  k8s-probe-app-port          a probe on the app's port, not the metrics
+                              listener's (liveness: critical)
+  k8s-probe-path, k8s-probe-port-unknown, k8s-probe-tcp,
+  k8s-liveness-hair-trigger, k8s-no-liveness-probe, k8s-no-readiness-probe,
+  k8s-no-drain-delay, k8s-no-max-worker-memory, k8s-no-memory-limit,
+  k8s-bind-loopback, k8s-metrics-loopback, k8s-web-concurrency-no-cpu-limit,
+  k8s-web-concurrency-divisor, k8s-web-concurrency-ignored,
+  k8s-workers-above-cpu, k8s-service-selector, k8s-service-port,
+  k8s-servicemonitor-port, k8s-servicemonitor-path,
+  k8s-servicemonitor-no-service, k8s-hpa-metric-unknown,
+  k8s-hpa-target-unreachable, k8s-hpa-target-missing, k8s-hpa-cpu,
+  k8s-command-invalid, k8s-config-file-unread, k8s-no-ferricorn
+                              docs/kubernetes.md explains each
   db-request-blocked          a request in flight waits on a lock: which
                               backend holds it, and from which request
   db-request-slow-query       a request in flight waits on its own query
@@ -106,6 +129,7 @@ Examples:
   ferricornctl doctor -s /run/app/ferricorn.ctl --probe http://127.0.0.1:8080/
   ferricornctl doctor --config gunicorn.conf.py --since 30 --json \\
       --nginx-config /etc/nginx/sites-enabled/app --error-log /var/log/app.log
+  ferricornctl doctor --no-nginx --kubernetes deploy/kubernetes/
   ferricornctl doctor --database-url postgresql://app@127.0.0.1/app
   ferricornctl doctor -s /run/app/ferricorn.ctl --django-settings";
 
@@ -153,6 +177,13 @@ pub fn command() -> Command {
                 .long("no-nginx")
                 .action(ArgAction::SetTrue)
                 .help("Do not look at nginx"),
+        )
+        .arg(
+            Arg::new("kubernetes")
+                .long("kubernetes")
+                .value_name("FILE")
+                .action(ArgAction::Append)
+                .help("Kubernetes manifests to check against the settings (a YAML file or a directory of them; repeatable)"),
         )
         .arg(
             Arg::new("error_log")
@@ -354,6 +385,7 @@ struct Options {
     nginx_config: Option<String>,
     nginx_bin: Option<String>,
     no_nginx: bool,
+    kubernetes: Vec<String>,
     error_log: Option<String>,
     access_log: Option<String>,
     since_minutes: u64,
@@ -435,6 +467,10 @@ pub fn main(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         nginx_config: get("nginx_config"),
         nginx_bin: get("nginx_bin"),
         no_nginx: m.get_flag("no_nginx"),
+        kubernetes: m
+            .get_many::<String>("kubernetes")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default(),
         error_log: get("error_log"),
         access_log: get("access_log"),
         since_minutes: m.get_one::<u64>("since").copied().unwrap_or(60),
@@ -470,6 +506,7 @@ struct Report {
     sources: Vec<Source>,
     server: Option<ServerInfo>,
     nginx: Option<nginx::NginxView>,
+    kubernetes: Option<Json>,
     host: Option<host::HostState>,
     log: Option<(String, logs::LogSummary)>,
     access: Option<(String, access::AccessSummary)>,
@@ -574,6 +611,21 @@ fn diagnose(o: &Options) -> Report {
             None
         }
     };
+
+    // kubernetes
+    let mut k8s_findings = Vec::new();
+    let mut kubernetes = None;
+    if !o.kubernetes.is_empty() {
+        match kubernetes::read(&o.kubernetes) {
+            Ok((objects, files)) => {
+                let a = kubernetes::analyze(&objects, o.config.as_deref());
+                note("kubernetes", Ok(a.summary(&files)));
+                kubernetes = Some(a.json(&files));
+                k8s_findings = a.findings;
+            }
+            Err(e) => note("kubernetes", Err(format!("{e}; skipped"))),
+        }
+    }
 
     // host
     let pid = server.as_ref().and_then(|s| s.stats.as_ref()?.pid);
@@ -706,6 +758,7 @@ fn diagnose(o: &Options) -> Report {
         window_minutes: o.since_minutes,
     });
     found.extend(db_findings);
+    found.extend(k8s_findings);
     found.sort_by_key(|f| f.severity);
     for s in sources.iter().filter(|s| !s.ok) {
         found.push(Finding {
@@ -723,6 +776,7 @@ fn diagnose(o: &Options) -> Report {
         host: Some(host),
         server,
         nginx,
+        kubernetes,
         log,
         access,
         probes,
@@ -1069,6 +1123,7 @@ impl Report {
             ("sources", sources),
             ("server", server),
             ("nginx", nginx),
+            ("kubernetes", self.kubernetes.clone().unwrap_or(Json::Null)),
             ("host", host),
             ("error_log", error_log),
             ("access_log", access_log),
