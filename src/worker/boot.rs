@@ -31,6 +31,8 @@ pub struct Boot<'a> {
     /// Spawn order (gunicorn's `worker.age`).
     pub age: u64,
     pub num_workers: usize,
+    /// The TLS material the master read (`--certfile`), when the server speaks TLS.
+    pub tls: Option<Arc<crate::tls::Material>>,
 }
 
 /// Bodies of 100 KiB and more are allocated and freed for every request (the request body, the `bytes`
@@ -60,6 +62,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         hooks,
         age,
         num_workers,
+        tls,
     } = boot;
     let pid = std::process::id();
     keep_heap_under_load();
@@ -186,7 +189,15 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             cfg.worker_connections
         ));
         let overflow = OverflowLane::new(threads);
-        let code = io_main(&ctx, listeners, tx, overflow, capacity, sigpipe);
+        let code = io_main(
+            &ctx,
+            listeners,
+            tx,
+            overflow,
+            capacity,
+            sigpipe,
+            tls.as_deref(),
+        );
         ctx.runtime.stop(
             &ctx,
             std::time::Duration::from_secs(ctx.cfg.graceful_timeout.max(1)),

@@ -27,6 +27,7 @@ pub(super) fn io_main(
     overflow: OverflowLane,
     capacity: usize,
     sigpipe: SignalPipe,
+    tls: Option<&crate::tls::Material>,
 ) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -40,6 +41,15 @@ pub(super) fn io_main(
     };
     let _ = ctx.io_handle.set(rt.handle().clone());
     let cfg = &ctx.cfg;
+    // The master checked the material; the config is built here, after fork, from what it read.
+    let tls = match tls.map(|m| super::tls::TlsAcceptor::new(m, cfg.suppress_ragged_eofs)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            ctx.log.error(&format!("Cannot set up TLS: {e}"));
+            return 1;
+        }
+    };
     let header_timeout = if cfg.timeout > 0 {
         Duration::from_secs(cfg.timeout)
     } else {
@@ -87,6 +97,7 @@ pub(super) fn io_main(
         board: ctx.board,
         ctx: ctx.clone(),
         upgrades: upgrades_for(ctx, weak),
+        tls,
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {

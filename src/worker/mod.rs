@@ -4,7 +4,7 @@
 //! Which connections it accepts and where each request runs (its threads, their queue, or the overflow
 //! lane for loopback calls) is `admission`'s job. The boot is `boot`, the accept loops `accept`, the I/O
 //! loop and its supervision `io_loop`, one HTTP/1 connection `h1`; this module holds what they share:
-//! the worker's context and the I/O thread's state.
+//! the worker's context and the I/O thread's state. A TLS server's handshakes are `tls`'s.
 
 mod accept;
 mod admission;
@@ -17,6 +17,7 @@ mod loopback;
 pub mod proxy;
 mod snapshot;
 mod stop;
+mod tls;
 pub mod transport;
 mod ws;
 // The frame layer and permessage-deflate are the `ferricorn-ws` crate (fuzzed without Python).
@@ -65,6 +66,8 @@ pub struct IoState {
     ctx: Arc<WorkerContext>,
     /// Where a connection upgraded to another protocol goes (see `driver`).
     pub upgrades: driver::Upgrades,
+    /// The TLS acceptor, when the server speaks TLS (`--certfile`).
+    tls: Option<tls::TlsAcceptor>,
 }
 
 impl IoState {

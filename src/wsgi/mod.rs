@@ -141,6 +141,7 @@ impl Handler for WsgiRunner {
             &conn.peer,
             &conn.server,
             conn.https,
+            conn.tls.as_deref(),
             input.into_bound(py).into_any(),
         );
         let environ = environ.and_then(|env| {
