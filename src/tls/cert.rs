@@ -111,8 +111,7 @@ fn common_name(name: &x509_cert::name::Name) -> Option<String> {
     name.0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .filter(|atv| atv.oid == CN)
-        .last()
+        .rfind(|atv| atv.oid == CN)
         .map(|atv| {
             // `CN=value`, escaped as RFC 4514 writes it; the value is what follows the first `=`.
             let text = atv.to_string();

@@ -206,9 +206,8 @@ fn private_key(text: &[u8], password: Option<&str>) -> Result<PrivateKeyDer<'sta
                 .to_string(),
         );
     }
-    for section in rustls_pki_types::pem::PemObject::pem_slice_iter(text) {
-        let key: AnyKey = section.map_err(|e| e.to_string())?;
-        return Ok(key.0);
+    if let Some(section) = AnyKey::pem_slice_iter(text).next() {
+        return section.map(|k| k.0).map_err(|e| e.to_string());
     }
     Err("no private key in it (PEM: PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)".to_string())
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::exchange::{Peer, ServerAddr};
+use crate::exchange::ConnInfo;
 use crate::http::RequestHead;
 use crate::tls::TlsInfo;
 
@@ -99,12 +99,10 @@ impl EnvironBuilder {
         &mut self,
         py: Python<'py>,
         head: &RequestHead,
-        peer: &Peer,
-        server: &ServerAddr,
-        https: bool,
-        tls: Option<&TlsInfo>,
+        conn: &ConnInfo,
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let (peer, server, https) = (&*conn.peer, &*conn.server, conn.https);
         let env = self.base.bind(py).copy()?;
         let k = &self.keys;
         env.set_item(k.request_method.bind(py), head.method.as_str())?;
@@ -124,7 +122,7 @@ impl EnvironBuilder {
             itoa::Buffer::new().format(peer.port),
         )?;
         env.set_item(k.input.bind(py), input)?;
-        if let Some(tls) = tls {
+        if let Some(tls) = &conn.tls {
             tls_keys(&env, tls)?;
         }
         if let Some(proxy) = &peer.proxy {
