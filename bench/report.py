@@ -562,6 +562,11 @@ def render(raw):
         f"start, {env['loadavg_end']:.1f} at the end (the machine is shared: compare ratios, not absolutes).",
         "",
     ]
+    if raw.get("tls"):
+        parts += ["**Over TLS** (`--tls`): every server serves HTTPS with the same self-signed P-256 certificate "
+                  "(`--certfile`/`--keyfile`, granian `--ssl-certificate`/`--ssl-keyfile`) and wrk speaks TLS; a "
+                  "Connection: close row is full handshakes per second. The targets below are the plain-HTTP "
+                  "ones, applied to these rows.", ""]
     if raw.get("ab"):
         parts += ab_section(raw)
     wsgi, asgi = subset(raw, "wsgi"), subset(raw, "asgi")

@@ -34,9 +34,7 @@ async fn wait_for_capacity(io: &IoState) -> bool {
             return false;
         }
         // Handshakes in progress hold no capacity, but count against `--worker-connections`.
-        let handshakes = io.tls.as_ref().map_or(0, |t| t.pending());
-        if io.admission.can_accept()
-            && io.admission.connections() + handshakes < io.ctx.cfg.worker_connections.max(1)
+        if io.admission.can_accept() && io.open_connections() < io.ctx.cfg.worker_connections.max(1)
         {
             return true;
         }

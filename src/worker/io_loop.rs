@@ -212,7 +212,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                     // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
                     unsafe { libc::malloc_trim(0) };
                 }
-                if io.shutting_down.get() && io.admission.connections() == 0 {
+                if io.shutting_down.get() && io.open_connections() == 0 {
                     return 0;
                 }
             }
@@ -233,7 +233,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                                 ctx.cfg.graceful_timeout
                             ));
                             io.begin_stop();
-                            if io.admission.connections() == 0 {
+                            if io.open_connections() == 0 {
                                 return 0;
                             }
                         }

@@ -252,6 +252,12 @@ impl IoState {
             .unwrap_or(std::ptr::null_mut())
     }
 
+    /// Connections the worker holds: those counted by admission, and TLS handshakes in progress (which
+    /// hold no capacity but are on their way to becoming connections). A stopping worker waits for them.
+    pub fn open_connections(&self) -> usize {
+        self.admission.connections() + self.tls.as_ref().map_or(0, |t| t.pending())
+    }
+
     /// While stopping, how long an idle kept-alive connection is still read for a request on its way.
     pub fn stop_idle_grace(&self) -> Duration {
         self.keepalive

@@ -10,6 +10,10 @@
 //!
 //! A file body on a TLS connection is read in Rust and written through the stream (`Transport`'s
 //! default `send_file`): the kernel cannot encrypt what sendfile(2) copies.
+//!
+//! A worker that begins to stop gives a handshake in progress the grace it gives an idle connection
+//! (`IoState::stop_idle_grace`): the client's request is on its way, and it is answered (with
+//! `Connection: close`) rather than dropped; the worker waits for it (`IoState::open_connections`).
 
 use std::cell::Cell;
 use std::io;
@@ -149,32 +153,18 @@ async fn handshake<S: Peek>(
 ) -> Option<TlsConn<S>> {
     let deadline = Instant::now() + io.header_timeout;
     let outcome: Result<TlsConn<S>, Failed> = async {
-        if io.shutting_down.get() {
-            return Err(Failed::Stopping);
-        }
-        let first = tokio::select! {
-            r = tokio::time::timeout_at(deadline, first_byte(&stream)) => r,
-            _ = io.shutdown_signal.notified() => return Err(Failed::Stopping),
-        };
-        match first {
-            Err(_) => return Err(Failed::TimedOut),
-            Ok(Err(e)) => return Err(Failed::Error(e)),
-            Ok(Ok(None)) => return Err(Failed::Closed),
-            Ok(Ok(Some(b))) if b != HANDSHAKE_RECORD && b.is_ascii_alphabetic() => {
+        match within(deadline, io, first_byte(&stream)).await? {
+            Err(e) => return Err(Failed::Error(e)),
+            Ok(None) => return Err(Failed::Closed),
+            Ok(Some(b)) if b != HANDSHAKE_RECORD && b.is_ascii_alphabetic() => {
                 refuse_plain_http(&mut stream).await;
                 return Err(Failed::PlainHttp);
             }
-            Ok(Ok(Some(_))) => {}
+            Ok(Some(_)) => {}
         }
-        let accept = tls.acceptor.accept(stream);
-        let done = tokio::select! {
-            r = tokio::time::timeout_at(deadline, accept) => r,
-            _ = io.shutdown_signal.notified() => return Err(Failed::Stopping),
-        };
-        match done {
-            Err(_) => Err(Failed::TimedOut),
-            Ok(Err(e)) => Err(Failed::Error(e)),
-            Ok(Ok(inner)) => {
+        match within(deadline, io, tls.acceptor.accept(stream)).await? {
+            Err(e) => Err(Failed::Error(e)),
+            Ok(inner) => {
                 let info = TlsInfo::of(inner.get_ref().1, &tls.server_cert);
                 Ok(TlsConn {
                     inner,
@@ -193,7 +183,9 @@ async fn handshake<S: Peek>(
                     Failed::TimedOut => {
                         format!("no handshake within {}s", io.header_timeout.as_secs_f64())
                     }
-                    Failed::Stopping => "the worker is stopping".to_string(),
+                    Failed::Stopping => {
+                        "the worker stopped before its handshake was done".to_string()
+                    }
                     Failed::Closed => "the client closed before its ClientHello".to_string(),
                     Failed::PlainHttp => "it sent plain HTTP (answered 400)".to_string(),
                     Failed::Error(e) => format!("the handshake failed: {e}"),
@@ -204,6 +196,31 @@ async fn handshake<S: Peek>(
                 ));
             }
             None
+        }
+    }
+}
+
+/// Run `step` until `deadline`, or — once the worker is stopping — for at most the stop's idle grace.
+async fn within<F: std::future::Future>(
+    deadline: Instant,
+    io: &IoState,
+    step: F,
+) -> Result<F::Output, Failed> {
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep, step);
+    let mut graced = false;
+    loop {
+        if io.shutting_down.get() && !graced {
+            graced = true;
+            let cut = Instant::now() + io.stop_idle_grace();
+            if cut < sleep.deadline() {
+                sleep.as_mut().reset(cut);
+            }
+        }
+        tokio::select! {
+            out = &mut step => return Ok(out),
+            _ = &mut sleep => return Err(if graced { Failed::Stopping } else { Failed::TimedOut }),
+            _ = io.shutdown_signal.notified(), if !graced => {}
         }
     }
 }

@@ -52,14 +52,7 @@ def app(environ, start_response):
 
 
 async def asgi(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    """Run with `--asgi-lifespan off`."""
     if scope["type"] == "http":
         tls = scope.get("extensions", {}).get("tls")
         body = json.dumps({"scheme": scope["scheme"], "tls": tls}).encode()
