@@ -35,6 +35,13 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 WORKERS = 2
+# `--tls`: every server serves HTTPS with this certificate and key (made in bench/work), and every
+# client speaks TLS. None: plain HTTP.
+TLS = None
+# Each family's flags for a certificate and its key.
+TLS_FLAGS = {"gunicorn": ("--certfile", "--keyfile"), "ferricorn": ("--certfile", "--keyfile"),
+             "granian": ("--ssl-certificate", "--ssl-keyfile"),
+             "uvicorn": ("--ssl-certfile", "--ssl-keyfile"), "hypercorn": ("--certfile", "--keyfile")}
 
 
 # --------------------------------------------------------------------------- apps and servers
@@ -111,6 +118,9 @@ class Server:
             argv += ["--host", HOST, "--port", str(port)]
         else:
             argv += ["-b", f"{HOST}:{port}"]
+        if TLS:
+            cert_flag, key_flag = TLS_FLAGS[self.family]
+            argv += [cert_flag, TLS["cert"], key_flag, TLS["key"]]
         return argv + [app.module]
 
 
@@ -323,10 +333,42 @@ def start_server(server, app, tag):
     return proc, port, t0
 
 
+def make_tls():
+    """`--tls`: a self-signed certificate for 127.0.0.1 in bench/work (made once, with openssl)."""
+    cert, key = WORK / "tls-cert.pem", WORK / "tls-key.pem"
+    if not (cert.exists() and key.exists()):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "365", "-subj", "/CN=127.0.0.1", "-addext",
+                        "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+    return {"cert": str(cert), "key": str(key)}
+
+
+def client_tls_context():
+    """The clients' TLS context under `--tls`: the bench's own certificate is not verified."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def client_socket(port, timeout):
+    """A connected client socket, TLS under `--tls`."""
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    if not TLS:
+        return s
+    try:
+        return client_tls_context().wrap_socket(s, server_hostname=HOST)
+    except BaseException:
+        s.close()
+        raise
+
+
 def probe(port, timeout=2):
     """Status code of GET / (None if the server does not answer yet)."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
+        with client_socket(port, timeout) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             head = s.recv(64)
         return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
@@ -360,7 +402,10 @@ def check_response(app, port):
     """One real request: the app must answer 200 with the expected body. Returns notes for the record
     (the ASGI file app's `x-bench-path`: pathsend or read); a websocket app also gets a short wsload
     run that must echo without errors."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    if TLS:
+        conn = http.client.HTTPSConnection(HOST, port, timeout=10, context=client_tls_context())
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
         headers = {"Content-Type": "application/octet-stream"} if app.body else {}
         conn.request(app.method, "/", body=app.body or None, headers=headers)
@@ -478,7 +523,7 @@ def run_wrk(app, port, mode, duration):
             "-s", str(wrk_script(app))]
     if mode == "close":
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://{HOST}:{port}/")
+    argv.append(f"{'https' if TLS else 'http'}://{HOST}:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
@@ -1243,6 +1288,9 @@ def parse_args(argv=None):
                         "whole load per build, one server after the other)")
     p.add_argument("--ab-label",
                    help="A/B: the other build's name in server names (default: REF or its commit)")
+    p.add_argument("--tls", action="store_true",
+                   help="every server serves HTTPS (a self-signed certificate made in bench/work), wrk "
+                        "speaks TLS; results go to <date>-tls.*")
     p.add_argument("--ceiling-worker", help=argparse.SUPPRESS)
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -1274,6 +1322,10 @@ def main():
         print(f"[bench] wrote {src.with_suffix('.md')}")
         return 0
     cfg = make_config(args)
+    if args.tls:
+        global TLS
+        WORK.mkdir(exist_ok=True)
+        TLS = make_tls()
     ab = ab_setup(args)
     servers = select(make_servers(), args.servers, "servers", SERVER_GROUPS)
     if ab:
@@ -1332,6 +1384,7 @@ def main():
         "note": args.note,
         "settings": dict({k: v for k, v in vars(cfg).items() if k not in ("extra", "quiet")},
                          quiet=vars(cfg.quiet)),
+        "tls": bool(TLS),
         "wrk": {"threads": 1, "connections": {a.name: a.connections for a in apps}, "timeout_s": 5},
         "servers": [{"name": s.name, "label": s.label, "argv": s.argv(APPS[0], 0)[1:-1],
                      "threads_flag": s.threads_flag, "unavailable": s.unavailable,
@@ -1347,7 +1400,8 @@ def main():
     if ab:
         raw["ab"] = dict(ab, new={"commit": env_info["commit"], "venv": str(VENV_BIN.parent),
                                   "version": env_info["versions"]["ferricorn"]})
-    stem = args.out or (raw["date"] + ("-ab" if ab else "") + ("-quick" if cfg.quick else ""))
+    stem = args.out or (raw["date"] + ("-ab" if ab else "") + ("-tls" if TLS else "")
+                        + ("-quick" if cfg.quick else ""))
     md_path, json_path = RESULTS / f"{stem}.md", RESULTS / f"{stem}.json"
     json_path.write_text(json.dumps(raw, indent=1) + "\n")
     md_path.write_text(report.render(raw))

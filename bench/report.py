@@ -881,6 +881,11 @@ def render(raw):
         parts += [noise, ""]
     if raw.get("note"):
         parts += [raw["note"], ""]
+    if raw.get("tls"):
+        parts += ["**Over TLS** (`--tls`): every server serves HTTPS with the same self-signed P-256 certificate "
+                  "(`--certfile`/`--keyfile`, granian `--ssl-certificate`/`--ssl-keyfile`) and wrk speaks TLS; a "
+                  "Connection: close row is full handshakes per second. The targets below are the plain-HTTP "
+                  "ones, applied to these rows.", ""]
     if raw.get("ab"):
         parts += ab_section(raw)
     wsgi, asgi = subset(raw, "wsgi"), subset(raw, "asgi")

@@ -21,6 +21,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod sock;
 pub mod system;
+pub mod tls;
 pub mod worker;
 pub mod wsgi;
 
@@ -103,6 +104,14 @@ fn serve(
     if log.enabled(log::Level::Debug) {
         log.debug(&cfg.current_configuration_with(&hooks.print_config_lines(py)));
     }
+    // The TLS material is read and checked once here; workers build their TLS config from it.
+    let tls = match tls::Material::load(&cfg) {
+        Ok(m) => m.map(Arc::new),
+        Err(e) => {
+            eprintln!("ferricorn: error: {e}");
+            return USAGE_ERROR;
+        }
+    };
     if let Err(e) = python::prepare(py, cfg.chdir.as_deref(), &cfg.pythonpath, &cfg.raw_env) {
         log.error(&format!(
             "Cannot prepare the Python environment:\n{}",
@@ -186,12 +195,15 @@ fn serve(
             cfg.max_threads_per_worker()
         ));
     }
+    if let Some(m) = &tls {
+        arbiter::log_tls_material(&log, m);
+    }
     if server_hook("when_ready").is_err() {
         return 1;
     }
     let cfg = Arc::new(cfg);
     match arbiter::Arbiter::new(cfg, log.clone(), listeners, preloaded, hooks.clone()) {
-        Ok(a) => a.reloading_from(argv).run(py),
+        Ok(a) => a.reloading_from(argv).serving_tls(tls).run(py),
         Err(e) => {
             log.error(&format!("Cannot start the master: {e}"));
             1

@@ -267,11 +267,11 @@ def test_unknown_names_are_ignored(tmp_path):
 
 @pytest.mark.ferricorn_only
 def test_unsupported_gunicorn_setting_is_named(tmp_path):
-    conf = write(tmp_path, "d.conf.py", "certfile = None\nworkers = 2\n")
+    conf = write(tmp_path, "d.conf.py", "syslog = True\nworkers = 2\n")
     res = run_cli(["--print-config", "-c", conf, "testapp"])
     assert res.returncode == 0, res.stderr.decode()
     err = res.stderr.decode()
-    assert "'certfile'" in err and "not supported" in err, err
+    assert "'syslog'" in err and "not supported" in err, err
     assert re.search(r"^workers\s*=\s*2$", res.stdout.decode(), re.M)
 
 

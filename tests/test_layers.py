@@ -24,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
     # HTTP/1 as pure protocol code, and the settings: nothing of the server.
     ["http", "config"],
-    # The error and access logs; the shared-memory scoreboard of master and workers.
-    ["log", "scoreboard"],
+    # The error and access logs; the shared-memory scoreboard of master and workers; TLS material and
+    # what a TLS connection tells the app (rustls, no server in it).
+    ["log", "scoreboard", "tls"],
     # Unix service helpers (pidfile, privileges, systemd, reload, /proc/net/tcp); listening sockets;
     # the stack snapshots' shared area; what crosses between a worker's I/O side and an app runtime;
     # observability (statsd, the Prometheus and health listener, built on the scoreboard).

@@ -141,6 +141,18 @@ pub struct Arbiter {
     death_was_oom: bool,
     /// Workers added under starvation (`--max-workers`, elastic.rs).
     scaling: elastic::WorkerScaling,
+    /// The TLS material new workers serve (`--certfile`): read again on `HUP`, kept when the new files
+    /// are broken.
+    tls: Option<Arc<crate::tls::Material>>,
+}
+
+/// The certificate served, as the log tells it at boot and after `HUP`; a WARNING when it is outside
+/// its validity (clients will refuse it).
+pub fn log_tls_material(log: &ErrorLog, m: &crate::tls::Material) {
+    log.info(&format!("Serving TLS with the certificate {}", m.summary));
+    if let Some(why) = &m.out_of_date {
+        log.warning(&format!("The TLS certificate is not valid now: {why}"));
+    }
 }
 
 /// The requests a worker is running, for a log line: "requests still running: GET /a from 127.0.0.1:5555,
@@ -216,6 +228,7 @@ impl Arbiter {
             started: Instant::now(),
             death_was_oom: false,
             scaling: Default::default(),
+            tls: None,
         })
     }
 
@@ -445,6 +458,30 @@ impl Arbiter {
         self
     }
 
+    /// The TLS material read at boot, for the workers.
+    pub fn serving_tls(mut self, tls: Option<Arc<crate::tls::Material>>) -> Arbiter {
+        self.tls = tls;
+        self
+    }
+
+    /// `HUP`: the certificate and key read again from disk (a renewed certificate needs no restart).
+    /// When the new files do not load, the workers keep serving the material they had, with an ERROR.
+    fn reload_tls(&mut self) {
+        match crate::tls::Material::load(&self.cfg) {
+            Ok(Some(m)) => {
+                log_tls_material(&self.log, &m);
+                self.tls = Some(Arc::new(m));
+            }
+            Ok(None) => self.tls = None,
+            Err(e) if self.tls.is_some() => self.log.error(&format!(
+                "Reloading the TLS certificate failed; the current one stays: {e}"
+            )),
+            Err(e) => self.log.error(&format!(
+                "Reloading the TLS certificate failed; the server stays without TLS: {e}"
+            )),
+        }
+    }
+
     /// `HUP`, first half: the configuration (command line, environment, config file) read again, as
     /// gunicorn does. A configuration that no longer loads keeps the old one, with the reason logged.
     fn reload_config(&mut self) {
@@ -492,6 +529,7 @@ impl Arbiter {
     fn reload(&mut self) {
         self.log.info("Hang up: Master");
         self.reload_config();
+        self.reload_tls();
         self.reloads += 1;
         let _ = self.hook("on_reload", |py, h| {
             PyTuple::new(py, [self.server_obj(py, h)?])
@@ -643,6 +681,7 @@ impl Arbiter {
                         hooks: self.hooks.clone(),
                         age,
                         num_workers: self.num_workers,
+                        tls: self.tls.clone(),
                     },
                 )
             }

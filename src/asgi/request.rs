@@ -744,6 +744,9 @@ impl AsgiRequest {
             ext.set_item("http.response.pathsend", PyDict::new(py))?;
             ext.set_item("http.response.zerocopy", PyDict::new(py))?;
         }
+        if let Some(tls) = &self.conn.tls {
+            ext.set_item("tls", tls_extension(py, tls)?)?;
+        }
         d.set_item("extensions", ext)?;
         if let Some(state) = state {
             d.set_item("state", state.call_method0("copy")?)?;
@@ -1069,4 +1072,29 @@ impl Drop for AsgiRequest {
 fn resolve_now(py: Python<'_>, fut: &Py<PyAny>, value: Bound<'_, PyAny>) -> PyResult<()> {
     fut.bind(py).call_method1("set_result", (value,))?;
     Ok(())
+}
+
+/// The ASGI TLS extension's dict (asgiref's "TLS" extension spec): the server certificate, the
+/// client's chain and name (RFC 4514), the version and cipher suite numbers. A client certificate that
+/// fails verification is refused in the handshake, so `client_cert_error` is always None.
+fn tls_extension<'py>(py: Python<'py>, tls: &crate::tls::TlsInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("server_cert", &*tls.server_cert)?;
+    match &tls.client {
+        Some(c) => {
+            d.set_item("client_cert_chain", c.chain_pem.clone())?;
+            d.set_item("client_cert_name", c.subject.as_str())?;
+        }
+        None => {
+            d.set_item("client_cert_chain", PyList::empty(py))?;
+            d.set_item("client_cert_name", py.None())?;
+        }
+    }
+    d.set_item("client_cert_error", py.None())?;
+    d.set_item("tls_version", (tls.version != 0).then_some(tls.version))?;
+    d.set_item(
+        "cipher_suite",
+        (tls.cipher_suite != 0).then_some(tls.cipher_suite),
+    )?;
+    Ok(d)
 }

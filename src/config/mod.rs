@@ -16,6 +16,7 @@ pub mod network;
 pub mod observability;
 pub mod settings;
 pub mod shell_words;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -220,6 +221,19 @@ pub struct Config {
     pub proxy_protocol: String,
     /// `*`, canonical IP addresses and networks (`10.0.0.0/8`).
     pub proxy_allow_ips: Vec<String>,
+    // ---- TLS (see `crate::tls`; values checked by `tls.rs` here) ----
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub keyfile_password: Option<String>,
+    pub ca_certs: Option<PathBuf>,
+    /// 0, 1 or 2: client certificates not asked for, optional, required (Python's `ssl.CERT_*`).
+    pub cert_reqs: u8,
+    /// As given; [`tls::min_version`] reads it.
+    pub ssl_version: String,
+    /// An OpenSSL cipher string, as given; [`tls::cipher_suites`] reads it.
+    pub ciphers: Option<String>,
+    pub do_handshake_on_connect: bool,
+    pub suppress_ragged_eofs: bool,
 }
 
 impl Default for Config {
@@ -314,11 +328,25 @@ impl Default for Config {
             static_map: Vec::new(),
             proxy_protocol: "off".to_string(),
             proxy_allow_ips: vec!["127.0.0.1".to_string(), "::1".to_string()],
+            certfile: None,
+            keyfile: None,
+            keyfile_password: None,
+            ca_certs: None,
+            cert_reqs: 0,
+            ssl_version: "TLS".to_string(),
+            ciphers: None,
+            do_handshake_on_connect: false,
+            suppress_ragged_eofs: true,
         }
     }
 }
 
 impl Config {
+    /// Whether the server speaks TLS (gunicorn's `is_ssl`: a certificate or a key is set).
+    pub fn is_ssl(&self) -> bool {
+        self.certfile.is_some() || self.keyfile.is_some()
+    }
+
     /// Every setting as `name = value`, one per line, sorted by name with the names padded to one
     /// width (gunicorn's `--print-config` layout). Ends with a newline.
     pub fn print_config(&self) -> String {

@@ -176,6 +176,7 @@ pub enum Section {
     ServerSocket,
     WorkerProcesses,
     Security,
+    Ssl,
     ServerMechanics,
     Logging,
     ProcessNaming,
@@ -183,12 +184,13 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::ConfigFile,
         Section::Debugging,
         Section::ServerSocket,
         Section::WorkerProcesses,
         Section::Security,
+        Section::Ssl,
         Section::ServerMechanics,
         Section::Logging,
         Section::ProcessNaming,
@@ -202,6 +204,7 @@ impl Section {
             Section::ServerSocket => "Server Socket",
             Section::WorkerProcesses => "Worker Processes",
             Section::Security => "Security",
+            Section::Ssl => "SSL",
             Section::ServerMechanics => "Server Mechanics",
             Section::Logging => "Logging",
             Section::ProcessNaming => "Process Naming",
@@ -1738,6 +1741,166 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| py_list(c.proxy_allow_ips.iter().cloned()),
+    },
+    Setting {
+        name: "certfile",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--certfile"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "none",
+        help: "Serve HTTPS with this certificate chain (PEM; the server's certificate first); the key may be in it too",
+        apply: |c, v| {
+            c.certfile = opt_string(v)?.map(Into::into);
+            Ok(())
+        },
+        show: |c| py_path(c.certfile.as_deref()),
+    },
+    Setting {
+        name: "keyfile",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--keyfile"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "none",
+        help: "The certificate's private key (PEM: PKCS#8, RSA or EC; encrypted PKCS#8 with --keyfile-password)",
+        apply: |c, v| {
+            c.keyfile = opt_string(v)?.map(Into::into);
+            Ok(())
+        },
+        show: |c| py_path(c.keyfile.as_deref()),
+    },
+    Setting {
+        name: "keyfile_password",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--keyfile-password"],
+        hidden_aliases: &["ssl-keyfile-password"],
+        meta: "PASSWORD",
+        default: "none",
+        help: "Password of an encrypted --keyfile (better set in a config file than on the command line)",
+        apply: |c, v| {
+            // Not trimmed: a password may end in a space.
+            c.keyfile_password = match v {
+                SettingValue::None => None,
+                SettingValue::Str(s) => Some(s),
+                other => {
+                    return Err(ValueError::WrongType {
+                        expected: "a string",
+                        got: other.type_name(),
+                    })
+                }
+            };
+            Ok(())
+        },
+        show: |c| {
+            if c.keyfile_password.is_some() {
+                "'********'".to_string()
+            } else {
+                "None".to_string()
+            }
+        },
+    },
+    Setting {
+        name: "ca_certs",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--ca-certs"],
+        hidden_aliases: &[],
+        meta: "FILE",
+        default: "none",
+        help: "CA certificates (PEM) that client certificates are checked against (with --cert-reqs 1 or 2)",
+        apply: |c, v| {
+            c.ca_certs = opt_string(v)?.map(Into::into);
+            Ok(())
+        },
+        show: |c| py_path(c.ca_certs.as_deref()),
+    },
+    Setting {
+        name: "cert_reqs",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--cert-reqs"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "0",
+        help: "Client certificates: 0 not asked for, 1 optional (checked when sent), 2 required",
+        apply: |c, v| {
+            c.cert_reqs = int(v, 0, 2)? as u8;
+            Ok(())
+        },
+        show: |c| c.cert_reqs.to_string(),
+    },
+    Setting {
+        name: "ssl_version",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--ssl-version"],
+        hidden_aliases: &[],
+        meta: "VERSION",
+        default: "TLS",
+        help: "Lowest TLS version served: TLS (or TLSv1_2, SSLv23, TLS_SERVER) for 1.2 and 1.3, TLSv1_3 for 1.3 only",
+        apply: |c, v| {
+            let s = match v {
+                SettingValue::Int(n) => n.to_string(),
+                v => string(v)?,
+            };
+            super::tls::min_version(&s).map_err(ValueError::Invalid)?;
+            c.ssl_version = s;
+            Ok(())
+        },
+        show: |c| c.ssl_version.clone(),
+    },
+    Setting {
+        name: "ciphers",
+        section: Section::Ssl,
+        kind: Kind::Value,
+        cli: &["--ciphers"],
+        hidden_aliases: &[],
+        meta: "CIPHERS",
+        default: "none",
+        help: "OpenSSL cipher string (ECDHE+AESGCM:ECDHE+CHACHA20); a suite the server does not offer is refused by name",
+        apply: |c, v| {
+            let spec = opt_string(v)?;
+            if let Some(spec) = &spec {
+                super::tls::cipher_suites(spec).map_err(ValueError::Invalid)?;
+            }
+            c.ciphers = spec;
+            Ok(())
+        },
+        show: |c| py_opt(c.ciphers.as_deref()),
+    },
+    Setting {
+        name: "do_handshake_on_connect",
+        section: Section::Ssl,
+        kind: Kind::Switch,
+        cli: &["--do-handshake-on-connect"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "off",
+        help: "Accepted for gunicorn: the TLS handshake always runs on the I/O thread right after accept, never in a Python thread",
+        apply: |c, v| {
+            c.do_handshake_on_connect = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.do_handshake_on_connect),
+    },
+    Setting {
+        name: "suppress_ragged_eofs",
+        section: Section::Ssl,
+        kind: Kind::Switch,
+        cli: &["--suppress-ragged-eofs"],
+        hidden_aliases: &[],
+        meta: "",
+        default: "on",
+        help: "A client that closes without TLS close_notify has simply closed (the default; a config file's False treats it as a broken connection)",
+        apply: |c, v| {
+            c.suppress_ragged_eofs = boolean(v)?;
+            Ok(())
+        },
+        show: |c| py_bool(c.suppress_ragged_eofs),
     },
     Setting {
         name: "daemon",

@@ -98,6 +98,8 @@ pub struct ConnInfo {
     /// The transport sends files with sendfile(2); otherwise a file body is read and written by the I/O
     /// side (never by Python).
     pub sendfile: bool,
+    /// What the TLS handshake told, when the connection is TLS (the environ's `SSL_*`, ASGI's `tls`).
+    pub tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 /// A websocket message from the client, or the end of the session.

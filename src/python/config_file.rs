@@ -119,7 +119,8 @@ hooks! {
     nworkers_changed: Arity::Exactly(3),
     /// `on_exit(server)`: in the master, just before it exits.
     on_exit: Arity::Exactly(1),
-    /// `ssl_context(config, default_ssl_context_factory)`: builds the TLS context.
+    /// `ssl_context(config, default_ssl_context_factory)`: gunicorn builds its TLS context with it. A
+    /// Python `SSLContext` cannot configure rustls: the hook is checked, warned about and never called.
     ssl_context: Arity::Exactly(2),
 }
 
@@ -218,6 +219,13 @@ pub fn load(py: Python<'_>, location: &str) -> Result<LoadedConfig, ConfigError>
             continue;
         }
         let is_hook = hooks.set(&name, &value).map_err(bad)?;
+        if is_hook && name == "ssl_context" && !value.is_none() {
+            eprintln!(
+                "{PROG}: warning: {location}: setting 'ssl_context' cannot apply: ferricorn's TLS is \
+                 rustls, not Python's ssl module, so an SSLContext is never built and the hook is not \
+                 called; use certfile, keyfile, ca_certs, cert_reqs, ciphers and ssl_version instead"
+            );
+        }
         if !is_hook && GUNICORN_SETTING_NAMES.contains(&name.as_str()) {
             eprintln!(
                 "{PROG}: warning: {location}: setting '{name}' is not supported by {PROG} and is \

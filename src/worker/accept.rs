@@ -1,6 +1,7 @@
 //! Accepting connections: one loop per listening socket that takes a connection only while the worker has
 //! capacity for it (`admission`), names its peer (`Peer`: address, or for a unix socket the client's
-//! process) and spawns its connection task (`h1`).
+//! process) and spawns its connection task (`h1`) — on a TLS server after its handshake (`tls::serve`),
+//! which holds no capacity while it runs.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use super::driver;
 use super::h1;
+use super::tls;
 use super::IoState;
 use crate::exchange::{Peer, ServerAddr};
 use crate::sock::ListenAddr;
@@ -31,7 +33,9 @@ async fn wait_for_capacity(io: &IoState) -> bool {
         if io.shutting_down.get() {
             return false;
         }
-        if io.admission.can_accept() {
+        // Handshakes in progress hold no capacity, but count against `--worker-connections`.
+        if io.admission.can_accept() && io.open_connections() < io.ctx.cfg.worker_connections.max(1)
+        {
             return true;
         }
         tokio::select! {
@@ -58,6 +62,15 @@ macro_rules! accept_loop {
                 match accepted {
                     Ok((stream, addr)) => {
                         let peer = Arc::new($peer(&stream, &addr));
+                        if io.tls.is_some() {
+                            tokio::task::spawn_local(tls::serve(
+                                stream,
+                                peer,
+                                server.clone(),
+                                io.clone(),
+                            ));
+                            continue;
+                        }
                         let claimed = io.admission.accepted(&peer);
                         tokio::task::spawn_local(driver::run(
                             h1::Http1,

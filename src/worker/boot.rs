@@ -32,6 +32,8 @@ pub struct Boot<'a> {
     /// Spawn order (gunicorn's `worker.age`).
     pub age: u64,
     pub num_workers: usize,
+    /// The TLS material the master read (`--certfile`), when the server speaks TLS.
+    pub tls: Option<Arc<crate::tls::Material>>,
 }
 
 /// Bodies of 100 KiB and more are allocated and freed for every request (the request body, the `bytes`
@@ -61,6 +63,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         hooks,
         age,
         num_workers,
+        tls,
     } = boot;
     let pid = std::process::id();
     keep_heap_under_load();
@@ -198,6 +201,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
                 overflow,
                 capacity,
                 sigpipe,
+                tls.as_deref(),
                 inline::Start {
                     ready,
                     start: |baton| {
@@ -225,7 +229,16 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             }
             // The run queue's receiving end stays with the I/O side only if it may start more threads.
             let grow = (max > threads).then_some(rx);
-            io_main(&ctx, listeners, tx, grow, overflow, capacity, sigpipe)
+            io_main(
+                &ctx,
+                listeners,
+                tx,
+                grow,
+                overflow,
+                capacity,
+                sigpipe,
+                tls.as_deref(),
+            )
         };
         ctx.runtime.stop(
             &ctx,

@@ -19,6 +19,7 @@ use super::transport::Transport;
 use super::IoState;
 use crate::exchange::{Peer, ServerAddr};
 use crate::http::RequestHead;
+use crate::tls::TlsInfo;
 
 /// Serves one accepted connection until it ends.
 pub trait ConnectionDriver {
@@ -74,11 +75,15 @@ impl<T> fmt::Debug for Upgrade<T> {
 /// socket options where there is one.
 pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin {
     fn raw_fd(&self) -> Option<RawFd>;
+    fn tls(&self) -> Option<&Arc<TlsInfo>>;
 }
 
 impl<T: Transport> UpgradedIo for T {
     fn raw_fd(&self) -> Option<RawFd> {
         Transport::raw_fd(self)
+    }
+    fn tls(&self) -> Option<&Arc<TlsInfo>> {
+        Transport::tls(self)
     }
 }
 
@@ -87,6 +92,9 @@ impl<T: Transport> UpgradedIo for T {
 impl Transport for Box<dyn UpgradedIo> {
     fn raw_fd(&self) -> Option<RawFd> {
         (**self).raw_fd()
+    }
+    fn tls(&self) -> Option<&Arc<TlsInfo>> {
+        (**self).tls()
     }
 }
 

@@ -31,8 +31,9 @@ pub(super) fn io_main(
     overflow: OverflowLane,
     capacity: usize,
     sigpipe: SignalPipe,
+    tls: Option<&crate::tls::Material>,
 ) -> i32 {
-    let Some((rt, local, io)) = build(ctx, listeners, queue, grow, overflow, capacity) else {
+    let Some((rt, local, io)) = build(ctx, listeners, queue, grow, overflow, capacity, tls) else {
         return 1;
     };
     local.block_on(&rt, async {
@@ -53,10 +54,11 @@ pub(super) fn io_inline(
     overflow: OverflowLane,
     capacity: usize,
     sigpipe: SignalPipe,
+    tls: Option<&crate::tls::Material>,
     app: inline::Start<impl FnOnce(Arc<inline::Baton>) -> std::io::Result<()>>,
 ) -> i32 {
     // A sync worker has one thread and no more to add (`--max-threads` is refused for it).
-    let Some((rt, local, io)) = build(ctx, listeners, queue, None, overflow, capacity) else {
+    let Some((rt, local, io)) = build(ctx, listeners, queue, None, overflow, capacity, tls) else {
         return 1;
     };
     if !local.block_on(&rt, async { listen(ctx, listeners, &io) }) {
@@ -86,6 +88,7 @@ fn build(
     grow: Option<crate::runtime::RunQueue>,
     overflow: OverflowLane,
     capacity: usize,
+    tls: Option<&crate::tls::Material>,
 ) -> Option<(tokio::runtime::Runtime, tokio::task::LocalSet, Rc<IoState>)> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,6 +102,15 @@ fn build(
     };
     let _ = ctx.io_handle.set(rt.handle().clone());
     let cfg = &ctx.cfg;
+    // The master checked the material; the config is built here, after fork, from what it read.
+    let tls = match tls.map(|m| super::tls::TlsAcceptor::new(m, cfg.suppress_ragged_eofs)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            ctx.log.error(&format!("Cannot set up TLS: {e}"));
+            return None;
+        }
+    };
     let header_timeout = if cfg.timeout > 0 {
         Duration::from_secs(cfg.timeout)
     } else {
@@ -147,6 +159,7 @@ fn build(
         board: ctx.board,
         ctx: ctx.clone(),
         upgrades: upgrades_for(ctx, weak),
+        tls,
     });
     Some((rt, tokio::task::LocalSet::new(), io))
 }
@@ -264,7 +277,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                     // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
                     unsafe { libc::malloc_trim(0) };
                 }
-                if io.shutting_down.get() && io.admission.connections() == 0 {
+                if io.shutting_down.get() && io.open_connections() == 0 {
                     return 0;
                 }
             }
@@ -285,7 +298,7 @@ async fn supervise(ctx: &Arc<WorkerContext>, io: &Rc<IoState>, sigpipe: SignalPi
                                 ctx.cfg.graceful_timeout
                             ));
                             io.begin_stop();
-                            if io.admission.connections() == 0 {
+                            if io.open_connections() == 0 {
                                 return 0;
                             }
                         }

@@ -4,8 +4,8 @@
 //! Which connections it accepts and where each request runs (its threads, their queue, or the overflow
 //! lane for loopback calls) is `admission`'s job. The boot is `boot`, the accept loops `accept`, the I/O
 //! loop and its supervision `io_loop`, one HTTP/1 connection `h1` (static files under `--static-map`
-//! answered on it by `static_files`); this module holds what they share:
-//! the worker's context and the I/O thread's state.
+//! answered on it by `static_files`); this module holds what they share: the worker's context and the
+//! I/O thread's state. A TLS server's handshakes are `tls`'s.
 
 mod accept;
 mod admission;
@@ -21,6 +21,7 @@ pub mod proxy;
 mod snapshot;
 mod static_files;
 mod stop;
+mod tls;
 pub mod transport;
 mod ws;
 // The frame layer and permessage-deflate are the `ferricorn-ws` crate (fuzzed without Python).
@@ -70,6 +71,8 @@ pub struct IoState {
     ctx: Arc<WorkerContext>,
     /// Where a connection upgraded to another protocol goes (see `driver`).
     pub upgrades: driver::Upgrades,
+    /// The TLS acceptor, when the server speaks TLS (`--certfile`).
+    tls: Option<tls::TlsAcceptor>,
 }
 
 impl IoState {
@@ -252,6 +255,12 @@ impl IoState {
             .get(thread)
             .map(|t| t.load(Ordering::Acquire))
             .unwrap_or(std::ptr::null_mut())
+    }
+
+    /// Connections the worker holds: those counted by admission, and TLS handshakes in progress (which
+    /// hold no capacity but are on their way to becoming connections). A stopping worker waits for them.
+    pub fn open_connections(&self) -> usize {
+        self.admission.connections() + self.tls.as_ref().map_or(0, |t| t.pending())
     }
 
     /// While stopping, how long an idle kept-alive connection is still read for a request on its way.

@@ -1,6 +1,6 @@
 //! The transport a connection runs on: a byte stream (`Transport`) that plain TCP and unix sockets
-//! implement today and a TLS stream will implement next. The connection code is generic over it and never
-//! touches a file descriptor itself; what only some transports can do is a capability it asks for:
+//! implement, and TLS over either (`worker::tls::TlsConn`). The connection code is generic over it and
+//! never touches a file descriptor itself; what only some transports can do is a capability it asks for:
 //!
 //! - `send_file`: every transport can send part of a file. On a plain socket the kernel copies it
 //!   (sendfile(2)); the default, for a transport whose bytes are not the socket's (TLS), reads the file
@@ -8,15 +8,19 @@
 //!   response side can tell before it chooses how to send a file.
 //! - `raw_fd`: the socket underneath, for socket options (`TCP_NOTSENT_LOWAT` while a file is sent), when
 //!   there is one.
+//! - `tls`: what the TLS handshake told (protocol, cipher, client certificate), on a TLS transport.
 
 use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::tls::TlsInfo;
 
 /// How much of a file the default `send_file` reads at a time.
 const FILE_BLOCK: usize = 64 * 1024;
@@ -31,6 +35,11 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     /// The socket under the stream, for socket options; None when the transport has no socket of its own.
     /// Bytes written to it directly bypass the stream unless `sendfile_capable` says they are the same.
     fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// The TLS connection's facts; None on a plain transport.
+    fn tls(&self) -> Option<&Arc<TlsInfo>> {
         None
     }
 

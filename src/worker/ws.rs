@@ -126,6 +126,7 @@ async fn session(mut up: Upgraded, io: &IoState) {
             server: up.server.clone(),
             https: up.https,
             sendfile: false,
+            tls: up.stream.tls().cloned(),
         },
         body: RequestBody {
             prefetched: Vec::new(),

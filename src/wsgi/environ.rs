@@ -1,4 +1,5 @@
 //! Building the WSGI environ (PEP 3333 plus gunicorn's extra keys) from a parsed request, in Rust.
+//! Over TLS it also carries mod_ssl's variables (`HTTPS`, `SSL_PROTOCOL`, `SSL_CLIENT_*`: `tls_keys`).
 //!
 //! Per request the work is: copy a prebuilt dict of the constant keys, then set the request's own keys with
 //! interned key strings. Header names are turned into `HTTP_*` keys once and cached per thread.
@@ -8,8 +9,9 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::exchange::{Peer, ServerAddr};
+use crate::exchange::ConnInfo;
 use crate::http::RequestHead;
+use crate::tls::TlsInfo;
 
 /// How many distinct header names a thread remembers as ready `HTTP_*` keys; a client sending endless new
 /// names must not grow the cache without bound.
@@ -97,11 +99,10 @@ impl EnvironBuilder {
         &mut self,
         py: Python<'py>,
         head: &RequestHead,
-        peer: &Peer,
-        server: &ServerAddr,
-        https: bool,
+        conn: &ConnInfo,
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let (peer, server, https) = (&*conn.peer, &*conn.server, conn.https);
         let env = self.base.bind(py).copy()?;
         let k = &self.keys;
         env.set_item(k.request_method.bind(py), head.method.as_str())?;
@@ -121,6 +122,9 @@ impl EnvironBuilder {
             itoa::Buffer::new().format(peer.port),
         )?;
         env.set_item(k.input.bind(py), input)?;
+        if let Some(tls) = &conn.tls {
+            tls_keys(&env, tls)?;
+        }
         if let Some(proxy) = &peer.proxy {
             // As gunicorn: a PROXY header also tells the app which of the proxy's addresses was used.
             env.set_item("PROXY_PROTOCOL", proxy.protocol)?;
@@ -186,6 +190,38 @@ impl EnvironBuilder {
         env.set_item(k.path_info.bind(py), path_info)?;
         Ok(env)
     }
+}
+
+/// mod_ssl's variables for a TLS connection, under mod_ssl's names (gunicorn itself sets none but
+/// `wsgi.url_scheme`): `HTTPS`, the protocol, cipher and SNI name, and — when the client sent a
+/// certificate, verified against `--ca-certs` — its subject, issuer, serial, validity and PEM.
+fn tls_keys(env: &Bound<'_, PyDict>, tls: &TlsInfo) -> PyResult<()> {
+    env.set_item("HTTPS", "on")?;
+    env.set_item("SSL_PROTOCOL", tls.protocol)?;
+    env.set_item("SSL_CIPHER", tls.cipher)?;
+    if let Some(name) = &tls.server_name {
+        env.set_item("SSL_TLS_SNI", name.as_str())?;
+    }
+    let Some(client) = &tls.client else {
+        env.set_item("SSL_CLIENT_VERIFY", "NONE")?;
+        return Ok(());
+    };
+    env.set_item("SSL_CLIENT_VERIFY", "SUCCESS")?;
+    env.set_item("SSL_CLIENT_S_DN", client.subject.as_str())?;
+    env.set_item("SSL_CLIENT_I_DN", client.issuer.as_str())?;
+    if let Some(cn) = &client.subject_cn {
+        env.set_item("SSL_CLIENT_S_DN_CN", cn.as_str())?;
+    }
+    env.set_item("SSL_CLIENT_M_SERIAL", client.serial.as_str())?;
+    env.set_item("SSL_CLIENT_V_START", client.not_before.as_str())?;
+    env.set_item("SSL_CLIENT_V_END", client.not_after.as_str())?;
+    if let Some((own, rest)) = client.chain_pem.split_first() {
+        env.set_item("SSL_CLIENT_CERT", own.as_str())?;
+        for (i, c) in rest.iter().enumerate() {
+            env.set_item(format!("SSL_CLIENT_CERT_CHAIN_{i}"), c.as_str())?;
+        }
+    }
+    Ok(())
 }
 
 /// Header bytes as a Python str, one code point per byte (PEP 3333's "native strings" are latin-1).

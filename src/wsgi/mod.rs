@@ -149,14 +149,9 @@ impl Handler for WsgiRunner {
                 return;
             }
         };
-        let environ = self.environ.build(
-            py,
-            &head,
-            &conn.peer,
-            &conn.server,
-            conn.https,
-            input.into_bound(py).into_any(),
-        );
+        let environ = self
+            .environ
+            .build(py, &head, &conn, input.into_bound(py).into_any());
         let environ = environ.and_then(|env| {
             env.set_item(
                 "wsgi.early_hints",

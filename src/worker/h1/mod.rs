@@ -167,8 +167,9 @@ pub async fn serve<S: Transport>(
             }
         };
         first = false;
+        // Over TLS the scheme is https whatever a proxy's headers say (they are still checked).
         let https = match io.forwarded.https(&head, &peer) {
-            Ok(https) => https,
+            Ok(https) => https || stream.tls().is_some(),
             Err(e) => {
                 refuse(&mut stream, &io, &peer, &e, &http::error_response(&e)).await;
                 break;

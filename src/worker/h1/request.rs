@@ -165,6 +165,7 @@ pub(super) async fn run<S: Transport>(
             server: server.clone(),
             https,
             sendfile: stream.sendfile_capable(),
+            tls: stream.tls().cloned(),
         },
         body: RequestBody {
             prefetched,

@@ -1,0 +1,302 @@
+//! TLS on the worker's I/O thread: the handshake of each accepted connection and the stream it then
+//! runs on (`TlsConn`, a `Transport`).
+//!
+//! The handshake runs before the connection counts for admission: a client that opens TCP and sends no
+//! ClientHello (or half of one) holds no unit of capacity, so it never keeps a Python thread from the
+//! others, and it is cut off after the handshake timeout (`--timeout`, as for a request head). Handshakes
+//! in progress are bounded together with the open connections by `--worker-connections`. Plain HTTP sent
+//! to the TLS port is answered `400` in plain text and closed. The ALPN protocols offered are chosen
+//! here (HTTP/1.1 only for now; the connection's `TlsInfo::alpn` tells a driver what was agreed).
+//!
+//! A file body on a TLS connection is read in Rust and written through the stream (`Transport`'s
+//! default `send_file`): the kernel cannot encrypt what sendfile(2) copies.
+//!
+//! A worker that begins to stop gives a handshake in progress the grace it gives an idle connection
+//! (`IoState::stop_idle_grace`): the client's request is on its way, and it is answered (with
+//! `Connection: close`) rather than dropped; the worker waits for it (`IoState::open_connections`).
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use super::driver;
+use super::h1;
+use super::h1::client_text;
+use super::transport::Transport;
+use super::IoState;
+use crate::exchange::{Peer, ServerAddr};
+use crate::tls::{Material, TlsInfo, ALPN_HTTP1};
+
+/// The first byte of a TLS handshake record.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A worker's TLS acceptor: the server config built from the master's material, and the handshakes in
+/// progress.
+pub struct TlsAcceptor {
+    acceptor: tokio_rustls::TlsAcceptor,
+    server_cert: Arc<str>,
+    suppress_ragged_eofs: bool,
+    pending: Cell<usize>,
+}
+
+impl TlsAcceptor {
+    pub fn new(material: &Material, suppress_ragged_eofs: bool) -> Result<TlsAcceptor, String> {
+        Ok(TlsAcceptor {
+            acceptor: material.server_config(&[ALPN_HTTP1])?.into(),
+            server_cert: material.server_pem.clone(),
+            suppress_ragged_eofs,
+            pending: Cell::new(0),
+        })
+    }
+
+    /// Handshakes in progress (they count against `--worker-connections` with the open connections).
+    pub fn pending(&self) -> usize {
+        self.pending.get()
+    }
+}
+
+/// A socket whose first byte can be looked at without taking it.
+pub(super) trait Peek: AsyncRead + AsyncWrite + AsRawFd + Unpin {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+macro_rules! peek_for {
+    ($t:ty) => {
+        impl Peek for $t {
+            async fn readable(&self) -> io::Result<()> {
+                <$t>::readable(self).await
+            }
+            fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+                self.try_io(tokio::io::Interest::READABLE, || {
+                    // SAFETY: the fd is open for the call; `buf` is ours and its length is passed.
+                    let n = unsafe {
+                        libc::recv(
+                            self.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_PEEK,
+                        )
+                    };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                })
+            }
+        }
+    };
+}
+
+peek_for!(tokio::net::TcpStream);
+peek_for!(tokio::net::UnixStream);
+
+/// The first byte the client sends, without taking it; None when it closes first.
+async fn first_byte<S: Peek>(stream: &S) -> io::Result<Option<u8>> {
+    let mut b = [0u8; 1];
+    loop {
+        stream.readable().await?;
+        match stream.try_peek(&mut b) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(b[0])),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An accepted connection on a TLS listener: the handshake (bounded in time, holding no capacity), then
+/// its driver as for any connection.
+pub(super) async fn serve<S: Peek + 'static>(
+    stream: S,
+    peer: Arc<Peer>,
+    server: Arc<ServerAddr>,
+    io: Rc<IoState>,
+) {
+    let Some(tls) = io.tls.as_ref() else {
+        return;
+    };
+    tls.pending.set(tls.pending.get() + 1);
+    let shaken = handshake(tls, stream, &peer, &io).await;
+    tls.pending.set(tls.pending.get() - 1);
+    io.admission.changed.notify_waiters();
+    let Some(conn) = shaken else {
+        return;
+    };
+    let claimed = io.admission.accepted(&peer);
+    driver::run(h1::Http1, conn, peer, server, io, claimed).await;
+}
+
+/// Why a handshake did not complete, for the debug log.
+enum Failed {
+    TimedOut,
+    Stopping,
+    Closed,
+    PlainHttp,
+    Error(io::Error),
+}
+
+async fn handshake<S: Peek>(
+    tls: &TlsAcceptor,
+    mut stream: S,
+    peer: &Peer,
+    io: &IoState,
+) -> Option<TlsConn<S>> {
+    let deadline = Instant::now() + io.header_timeout;
+    let outcome: Result<TlsConn<S>, Failed> = async {
+        match within(deadline, io, first_byte(&stream)).await? {
+            Err(e) => return Err(Failed::Error(e)),
+            Ok(None) => return Err(Failed::Closed),
+            Ok(Some(b)) if b != HANDSHAKE_RECORD && b.is_ascii_alphabetic() => {
+                refuse_plain_http(&mut stream).await;
+                return Err(Failed::PlainHttp);
+            }
+            Ok(Some(_)) => {}
+        }
+        match within(deadline, io, tls.acceptor.accept(stream)).await? {
+            Err(e) => Err(Failed::Error(e)),
+            Ok(inner) => {
+                let info = TlsInfo::of(inner.get_ref().1, &tls.server_cert);
+                Ok(TlsConn {
+                    inner,
+                    info: Arc::new(info),
+                    suppress_ragged_eofs: tls.suppress_ragged_eofs,
+                })
+            }
+        }
+    }
+    .await;
+    match outcome {
+        Ok(conn) => Some(conn),
+        Err(why) => {
+            if io.ctx.log.enabled(crate::log::Level::Debug) {
+                let why = match why {
+                    Failed::TimedOut => {
+                        format!("no handshake within {}s", io.header_timeout.as_secs_f64())
+                    }
+                    Failed::Stopping => {
+                        "the worker stopped before its handshake was done".to_string()
+                    }
+                    Failed::Closed => "the client closed before its ClientHello".to_string(),
+                    Failed::PlainHttp => "it sent plain HTTP (answered 400)".to_string(),
+                    Failed::Error(e) => format!("the handshake failed: {e}"),
+                };
+                io.ctx.log.debug(&format!(
+                    "TLS connection from {} closed: {why}",
+                    client_text(peer)
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// Run `step` until `deadline`, or — once the worker is stopping — for at most the stop's idle grace.
+async fn within<F: std::future::Future>(
+    deadline: Instant,
+    io: &IoState,
+    step: F,
+) -> Result<F::Output, Failed> {
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep, step);
+    let mut graced = false;
+    loop {
+        if io.shutting_down.get() && !graced {
+            graced = true;
+            let cut = Instant::now() + io.stop_idle_grace();
+            if cut < sleep.deadline() {
+                sleep.as_mut().reset(cut);
+            }
+        }
+        tokio::select! {
+            out = &mut step => return Ok(out),
+            _ = &mut sleep => return Err(if graced { Failed::Stopping } else { Failed::TimedOut }),
+            _ = io.shutdown_signal.notified(), if !graced => {}
+        }
+    }
+}
+
+/// Plain HTTP on the TLS port: a plain-text 400 saying so, then the close (as nginx answers it).
+async fn refuse_plain_http<S: AsyncWrite + Unpin>(stream: &mut S) {
+    const BODY: &str = "This port serves HTTPS: use an https:// URL.\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// A connection after its handshake: bytes through rustls, and what the handshake told.
+pub struct TlsConn<S> {
+    inner: tokio_rustls::server::TlsStream<S>,
+    info: Arc<TlsInfo>,
+    suppress_ragged_eofs: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let suppress = self.suppress_ragged_eofs;
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // A close without close_notify: an end like any other with `--suppress-ragged-eofs` (as
+            // Python's ssl module reads it), else a broken connection.
+            Poll::Ready(Err(e)) if suppress && e.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Files are read in Rust and written through the stream (the default `send_file`); the socket is
+/// there for socket options only.
+impl<S: AsyncRead + AsyncWrite + AsRawFd + Unpin> Transport for TlsConn<S> {
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.inner.get_ref().0.as_raw_fd())
+    }
+    fn tls(&self) -> Option<&Arc<TlsInfo>> {
+        Some(&self.info)
+    }
+}
