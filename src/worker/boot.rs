@@ -11,7 +11,7 @@ use pyo3::types::PyTuple;
 
 use super::admission::{self, OverflowLane};
 use super::inline;
-use super::io_loop::{io_inline, io_main};
+use super::io_loop::{io_inline, io_main, IoParts};
 use super::{exit, WorkerContext, WORKER_BOOT_ERROR};
 use crate::config::{Config, WorkerClass};
 use crate::exchange::Ticket;
@@ -188,7 +188,14 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
-        let overflow = OverflowLane::new(threads);
+        let parts = IoParts {
+            listeners,
+            queue: tx,
+            overflow: OverflowLane::new(threads),
+            capacity,
+            sigpipe,
+            tls: tls.as_deref(),
+        };
         let code = if inline {
             log.debug(&format!(
                 "Worker (pid:{pid}) serving: 1 app thread (sync, driving the I/O loop), up to {} connections",
@@ -196,12 +203,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             ));
             io_inline(
                 &ctx,
-                listeners,
-                tx,
-                overflow,
-                capacity,
-                sigpipe,
-                tls.as_deref(),
+                parts,
                 inline::Start {
                     ready,
                     start: |baton| {
@@ -229,16 +231,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             }
             // The run queue's receiving end stays with the I/O side only if it may start more threads.
             let grow = (max > threads).then_some(rx);
-            io_main(
-                &ctx,
-                listeners,
-                tx,
-                grow,
-                overflow,
-                capacity,
-                sigpipe,
-                tls.as_deref(),
-            )
+io_main(&ctx, parts, grow)
         };
         ctx.runtime.stop(
             &ctx,

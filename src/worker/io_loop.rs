@@ -22,18 +22,26 @@ use crate::scoreboard::WorkerState;
 use crate::signals::SignalPipe;
 use crate::sock::{ListenAddr, Listener};
 
-/// The I/O loop on this thread until the worker exits; the app threads wait on the run queue.
+/// What a worker's I/O loop is made of, gathered by the boot: its listeners, the run queue's sending
+/// end, the overflow lane, its capacity, its signal pipe and the TLS material it serves (if any).
+pub(super) struct IoParts<'a> {
+    pub listeners: &'a [Listener],
+    pub queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    pub overflow: OverflowLane,
+    pub capacity: usize,
+    pub sigpipe: SignalPipe,
+    pub tls: Option<&'a crate::tls::Material>,
+}
+
+/// The I/O loop on this thread until the worker exits; the app threads wait on the run queue (`grow`:
+/// its receiving end, when elastic threads may be added).
 pub(super) fn io_main(
     ctx: &Arc<WorkerContext>,
-    listeners: &[Listener],
-    queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    parts: IoParts<'_>,
     grow: Option<crate::runtime::RunQueue>,
-    overflow: OverflowLane,
-    capacity: usize,
-    sigpipe: SignalPipe,
-    tls: Option<&crate::tls::Material>,
 ) -> i32 {
-    let Some((rt, local, io)) = build(ctx, listeners, queue, grow, overflow, capacity, tls) else {
+    let listeners = parts.listeners;
+    let Some((rt, local, io, sigpipe)) = build(ctx, parts, grow) else {
         return 1;
     };
     local.block_on(&rt, async {
@@ -49,16 +57,12 @@ pub(super) fn io_main(
 /// while a request runs long (see `inline::Baton::stand_by`) until the worker exits.
 pub(super) fn io_inline(
     ctx: &Arc<WorkerContext>,
-    listeners: &[Listener],
-    queue: crossbeam_channel::Sender<Arc<Ticket>>,
-    overflow: OverflowLane,
-    capacity: usize,
-    sigpipe: SignalPipe,
-    tls: Option<&crate::tls::Material>,
+    parts: IoParts<'_>,
     app: inline::Start<impl FnOnce(Arc<inline::Baton>) -> std::io::Result<()>>,
 ) -> i32 {
+    let listeners = parts.listeners;
     // A sync worker has one thread and no more to add (`--max-threads` is refused for it).
-    let Some((rt, local, io)) = build(ctx, listeners, queue, None, overflow, capacity, tls) else {
+    let Some((rt, local, io, sigpipe)) = build(ctx, parts, None) else {
         return 1;
     };
     if !local.block_on(&rt, async { listen(ctx, listeners, &io) }) {
@@ -80,16 +84,25 @@ pub(super) fn io_inline(
     baton.stand_by()
 }
 
-/// The worker's I/O runtime and state.
+/// The worker's I/O runtime and state (and the signal pipe, for `supervise`).
 fn build(
     ctx: &Arc<WorkerContext>,
-    listeners: &[Listener],
-    queue: crossbeam_channel::Sender<Arc<Ticket>>,
+    parts: IoParts<'_>,
     grow: Option<crate::runtime::RunQueue>,
-    overflow: OverflowLane,
-    capacity: usize,
-    tls: Option<&crate::tls::Material>,
-) -> Option<(tokio::runtime::Runtime, tokio::task::LocalSet, Rc<IoState>)> {
+) -> Option<(
+    tokio::runtime::Runtime,
+    tokio::task::LocalSet,
+    Rc<IoState>,
+    SignalPipe,
+)> {
+    let IoParts {
+        listeners,
+        queue,
+        overflow,
+        capacity,
+        sigpipe,
+        tls,
+    } = parts;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,7 +174,7 @@ fn build(
         upgrades: upgrades_for(ctx, weak),
         tls,
     });
-    Some((rt, tokio::task::LocalSet::new(), io))
+    Some((rt, tokio::task::LocalSet::new(), io, sigpipe))
 }
 
 /// Start the accept loops and admission's watcher (inside the loop's `LocalSet`). False when a listener
