@@ -44,9 +44,22 @@ pub struct WorkerContext {
     /// The I/O thread's runtime, once it runs: where an app thread that must not block (an event loop)
     /// starts its waits for the connection (room for a response piece, body bytes, a client gone).
     pub io_handle: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Notified after the runtime's own wake whenever requests are queued ([`WorkerContext::wake`]): set
+    /// once by a worker whose app thread waits somewhere the runtime does not know of (a sync worker's
+    /// thread waits in the I/O loop it drives).
+    pub on_wake: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl WorkerContext {
+    /// Requests were just put in a run queue: the runtime wakes its threads ([`super::AppRuntime::wake`]),
+    /// then the registered wake hook, if any.
+    pub fn wake(&self) {
+        self.runtime.wake();
+        if let Some(hook) = self.on_wake.get() {
+            hook.notify_one();
+        }
+    }
+
     /// Call a one-argument worker hook (`worker_int`, `worker_abort`) with the GIL, if defined.
     pub fn worker_hook(&self, name: &str) {
         let Some(w) = &self.hook_worker else { return };

@@ -316,7 +316,7 @@ impl Admission {
         }
         let ticket = Ticket::new(job);
         let sent = self.queue.send(ticket.clone()).is_ok();
-        self.ctx.runtime.wake();
+        self.ctx.wake();
         sent.then_some(Placed::Threads(ticket))
     }
 
@@ -397,7 +397,7 @@ impl Admission {
         }
         lane.in_flight.set(lane.in_flight.get() + 1);
         let sent = lane.tx.send(Ticket::new(job)).is_ok();
-        self.ctx.runtime.wake();
+        self.ctx.wake();
         sent
     }
 

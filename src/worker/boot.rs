@@ -155,16 +155,12 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         .worker_class
         .capacity(cfg.threads, cfg.worker_connections);
     // The worker class's runtime; nothing else in the worker knows which one it is. A sync worker's one
-    // app thread drives the I/O loop itself between requests (`inline`); its runtime's wake reaches it.
-    let ready = Arc::new(tokio::sync::Notify::new());
+    // app thread drives the I/O loop itself between requests (`inline`), woken through the context's
+    // wake hook.
     let inline = cfg.worker_class == WorkerClass::Sync;
     let runtime: Arc<dyn crate::runtime::AppRuntime> = match cfg.worker_class {
         WorkerClass::Asgi => Arc::new(crate::asgi::AsgiRuntime::new()),
-        WorkerClass::Gthread => Arc::new(crate::wsgi::WsgiRuntime),
-        WorkerClass::Sync => Arc::new(inline::Woken::new(
-            Arc::new(crate::wsgi::WsgiRuntime),
-            ready.clone(),
-        )),
+        WorkerClass::Gthread | WorkerClass::Sync => Arc::new(crate::wsgi::WsgiRuntime),
     };
     let ctx = Arc::new(WorkerContext {
         cfg: cfg.clone(),
@@ -185,6 +181,7 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
         empty_tickets: AtomicUsize::new(0),
         runtime,
         io_handle: std::sync::OnceLock::new(),
+        on_wake: std::sync::OnceLock::new(),
     });
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<Ticket>>();
     let code = py.detach(|| {
@@ -204,13 +201,10 @@ pub fn run(py: Python<'_>, boot: Boot<'_>) -> ! {
             io_inline(
                 &ctx,
                 parts,
-                inline::Start {
-                    ready,
-                    start: |baton| {
-                        let waiter = Box::new(inline::InlineWaiter::new(baton));
-                        ctx.runtime
-                            .spawn_waiting_thread(ctx.clone(), 0, rx, "app", waiter)
-                    },
+                |baton| {
+                    let waiter = Box::new(inline::InlineWaiter::new(baton));
+                    ctx.runtime
+                        .spawn_waiting_thread(ctx.clone(), 0, rx, "app", waiter)
                 },
             )
         } else {

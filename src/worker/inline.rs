@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::exchange::Ticket;
 use crate::runtime::pool::Waiter;
-use crate::runtime::{AppRuntime, RunQueue, Stuck, TaskStacks, WorkerContext};
+use crate::runtime::RunQueue;
 
 /// How long one app call may keep the loop without a driver before the main thread takes it over. The
 /// longest any other connection, timer or accept waits for the app; a request shorter than this (hello:
@@ -41,13 +41,6 @@ const TAKE_OVER_AFTER: Duration = Duration::from_millis(1);
 /// Looks in a row during which no app call began, after which the main thread sleeps until the next call
 /// begins (the app thread wakes it then), so an idle worker does not wake every millisecond.
 const PARK_AFTER: u32 = 50;
-
-/// How `io_loop::io_inline` starts the app thread: the notification its runtime's `wake` sends
-/// ([`Woken`]), and the function that starts the thread with the loop's baton.
-pub struct Start<F> {
-    pub ready: Arc<Notify>,
-    pub start: F,
-}
 
 /// The I/O loop itself.
 struct Core {
@@ -100,18 +93,14 @@ pub struct Baton {
     changed: Condvar,
     /// The app thread wants the loop back from the main thread.
     give_back: Notify,
-    /// A request was queued (`Woken::wake`).
+    /// A request was queued: registered as the worker's wake hook (`WorkerContext::on_wake`).
     ready: Arc<Notify>,
     over: AtomicBool,
 }
 
 impl Baton {
     /// The baton for a loop set up on this (the main) thread. The app thread holds it from its start.
-    pub fn new(
-        rt: tokio::runtime::Runtime,
-        local: tokio::task::LocalSet,
-        ready: Arc<Notify>,
-    ) -> Arc<Baton> {
+    pub fn new(rt: tokio::runtime::Runtime, local: tokio::task::LocalSet) -> Arc<Baton> {
         Arc::new(Baton {
             core: Core { rt, local },
             state: Mutex::new(State {
@@ -125,9 +114,15 @@ impl Baton {
             }),
             changed: Condvar::new(),
             give_back: Notify::new(),
-            ready,
+            ready: Arc::new(Notify::new()),
             over: AtomicBool::new(false),
         })
+    }
+
+    /// What wakes the app thread's wait in the loop when a request is queued: the worker registers it as
+    /// its wake hook (`WorkerContext::on_wake`), so the runtime itself stays WSGI's.
+    pub fn wake_hook(&self) -> Arc<Notify> {
+        self.ready.clone()
     }
 
     /// Spawn a task on the loop, from the main thread before the app thread starts.
@@ -337,69 +332,5 @@ impl Waiter for InlineWaiter {
 impl Drop for InlineWaiter {
     fn drop(&mut self) {
         self.baton.app_gone();
-    }
-}
-
-/// The sync worker's runtime: WSGI's, whose `wake` (a request was queued) also wakes the app thread's
-/// wait in the loop it drives.
-pub struct Woken {
-    inner: Arc<dyn AppRuntime>,
-    ready: Arc<Notify>,
-}
-
-impl Woken {
-    pub fn new(inner: Arc<dyn AppRuntime>, ready: Arc<Notify>) -> Woken {
-        Woken { inner, ready }
-    }
-}
-
-impl AppRuntime for Woken {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn spawn_thread(
-        &self,
-        ctx: Arc<WorkerContext>,
-        index: usize,
-        queue: RunQueue,
-        label: &str,
-    ) -> std::io::Result<()> {
-        self.inner.spawn_thread(ctx, index, queue, label)
-    }
-    fn spawn_waiting_thread(
-        &self,
-        ctx: Arc<WorkerContext>,
-        index: usize,
-        queue: RunQueue,
-        label: &str,
-        waiter: Box<dyn Waiter>,
-    ) -> std::io::Result<()> {
-        self.inner
-            .spawn_waiting_thread(ctx, index, queue, label, waiter)
-    }
-    fn wake(&self) {
-        self.inner.wake();
-        self.ready.notify_one();
-    }
-    fn watches_disconnect(&self) -> bool {
-        self.inner.watches_disconnect()
-    }
-    fn runs_tasks(&self) -> bool {
-        self.inner.runs_tasks()
-    }
-    fn task_stacks(&self, ctx: &WorkerContext) -> Option<TaskStacks> {
-        self.inner.task_stacks(ctx)
-    }
-    fn check(&self, ctx: &WorkerContext) -> Option<Stuck> {
-        self.inner.check(ctx)
-    }
-    fn serves_websockets(&self) -> bool {
-        self.inner.serves_websockets()
-    }
-    fn loopback_words(&self) -> (&'static str, &'static str) {
-        self.inner.loopback_words()
-    }
-    fn stop(&self, ctx: &WorkerContext, deadline: Duration) {
-        self.inner.stop(ctx, deadline)
     }
 }

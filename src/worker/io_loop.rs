@@ -53,12 +53,13 @@ pub(super) fn io_main(
 }
 
 /// The I/O loop of a sync worker, driven by its app thread between requests (`inline`): set up here,
-/// then `app.start` starts that thread with the loop's baton, and this thread stands by to drive the loop
-/// while a request runs long (see `inline::Baton::stand_by`) until the worker exits.
+/// then the baton's wake hook is registered on the context (a queued request wakes the app thread's wait
+/// in the loop), `start` starts that thread with the loop's baton, and this thread stands by to drive the
+/// loop while a request runs long (see `inline::Baton::stand_by`) until the worker exits.
 pub(super) fn io_inline(
     ctx: &Arc<WorkerContext>,
     parts: IoParts<'_>,
-    app: inline::Start<impl FnOnce(Arc<inline::Baton>) -> std::io::Result<()>>,
+    start: impl FnOnce(Arc<inline::Baton>) -> std::io::Result<()>,
 ) -> i32 {
     let listeners = parts.listeners;
     // A sync worker has one thread and no more to add (`--max-threads` is refused for it).
@@ -68,7 +69,11 @@ pub(super) fn io_inline(
     if !local.block_on(&rt, async { listen(ctx, listeners, &io) }) {
         return 1;
     }
-    let baton = inline::Baton::new(rt, local, app.ready);
+    let baton = inline::Baton::new(rt, local);
+    if ctx.on_wake.set(baton.wake_hook()).is_err() {
+        ctx.log.error("The worker's wake hook was registered twice");
+        return super::WORKER_BOOT_ERROR;
+    }
     {
         let (ctx, done) = (ctx.clone(), baton.clone());
         // `io` moves into the task: from here on only the loop's driver touches the I/O state.
@@ -77,7 +82,7 @@ pub(super) fn io_inline(
             done.end(code);
         });
     }
-    if let Err(e) = (app.start)(baton.clone()) {
+    if let Err(e) = start(baton.clone()) {
         ctx.log.error(&format!("Cannot start app thread: {e}"));
         return super::WORKER_BOOT_ERROR;
     }
