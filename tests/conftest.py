@@ -724,3 +724,41 @@ class ClientThreads:
         self._stop.set()
         for t in self._threads:
             t.join(self._join_s)
+
+    def finish(self):
+        """Wait (bounded by the deadline and `join_s`) for clients that end by themselves, without asking
+        them to stop."""
+        for t in self._threads:
+            t.join(max(0.0, self._deadline - time.monotonic()) + self._join_s)
+
+
+class Sessions(ClientThreads):
+    """`n` clients, each with its own kept-alive `requests.Session`, making `per_client` calls of
+    `call(session)` one after another (fewer if the deadline passes). `results` holds what each call
+    returned, or the repr of what it raised."""
+
+    def __init__(self, n, per_client, call, limit_s=60):
+        super().__init__(n, limit_s)
+        self.per_client = per_client
+        self.call = call
+        self.results = []
+
+    def _run(self, _i):
+        import requests
+
+        with requests.Session() as s:
+            for _ in range(self.per_client):
+                if not self.running():
+                    return
+                try:
+                    out = self.call(s)
+                except Exception as e:  # noqa: BLE001 - the test compares the results
+                    out = repr(e)
+                with self._lock:
+                    self.results.append(out)
+
+    def run(self):
+        """Start the clients, wait for them to finish; the results."""
+        with self:
+            self.finish()
+        return self.results

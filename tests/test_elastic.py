@@ -6,13 +6,12 @@ Each test starts a real server and loads it with real concurrent clients (reques
 alive), then reads the log lines and the Prometheus metrics the change must show."""
 
 import re
-import threading
 import time
 
 import pytest
 import requests
 
-from conftest import free_port, run_cli, wait_for
+from conftest import Sessions, free_port, run_cli, wait_for
 from test_observability import families, value
 
 pytestmark = pytest.mark.ferricorn_only
@@ -39,26 +38,9 @@ def _scrapes(mport):
 def load(url, path, clients, per_client, timeout=30):
     """`clients` threads, each sending `per_client` requests one after another on its own kept-alive
     session; returns (statuses or errors, seconds taken)."""
-    results = []
-    lock = threading.Lock()
-
-    def run():
-        with requests.Session() as s:
-            for _ in range(per_client):
-                try:
-                    r = s.get(url + path, timeout=timeout)
-                    out = r.status_code
-                except requests.RequestException as e:
-                    out = repr(e)
-                with lock:
-                    results.append(out)
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout * per_client + 10)
+    results = Sessions(clients, per_client, lambda s: s.get(url + path, timeout=timeout).status_code,
+                       limit_s=timeout * per_client + 10).run()
     return results, time.monotonic() - t0
 
 
@@ -217,17 +199,6 @@ def test_loopback_call_with_elastic_threads_runs_on_the_overflow_lane(start_serv
     assert "Loopback call: POST /hello" in log, log
     assert not re.search(GROW, log), log
     # Under load the pool grows, and loopback calls still come back.
-    results = []
-
-    def call():
-        try:
-            results.append(requests.post(f"{srv.url}/call?via=session&depth=1", timeout=30).status_code)
-        except requests.RequestException as e:
-            results.append(repr(e))
-
-    threads = [threading.Thread(target=call) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(40)
+    results = Sessions(12, 1, lambda s: s.post(f"{srv.url}/call?via=session&depth=1", timeout=30).status_code,
+                       limit_s=40).run()
     assert results == [201] * 12, results

@@ -13,13 +13,12 @@ import os
 import signal
 import socket
 import ssl
-import threading
 import time
 
 import pytest
 import requests
 
-from conftest import IS_GUNICORN, run_cli, wait_for
+from conftest import IS_GUNICORN, Sessions, run_cli, wait_for
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
@@ -413,25 +412,15 @@ def test_file_wrapper_body_over_tls_arrives_intact(start_server, pki):
 
 def test_keep_alive_over_tls_under_concurrent_load(start_server, pki):
     srv = start_server(["-w", "2", "-k", "gthread", "--threads", "4", *tls_args(pki), "tlsapp:app"])
-    errors, done = [], []
 
-    def client():
-        try:
-            with requests.Session() as s:
-                for _ in range(40):
-                    r = s.get(url(srv), verify=pki.ca, timeout=15)
-                    assert r.status_code == 200 and r.text == "hello over tls\n"
-                    done.append(1)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
+    def get(s):
+        r = s.get(url(srv), verify=pki.ca, timeout=15)
+        return r.status_code, r.text
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[:3]
-    assert len(done) == 8 * 40
+    results = Sessions(8, 40, get, limit_s=60).run()
+    bad = [r for r in results if r != (200, "hello over tls\n")]
+    assert not bad, bad[:3]
+    assert len(results) == 8 * 40
 
 
 # ---------------------------------------------------------------------------------------------------
