@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -466,6 +467,95 @@ def _one_line_error(res):
     assert res.returncode == 2, (res.returncode, err)
     assert len(err.splitlines()) == 1, err
     return err
+
+
+@ferricorn_only
+@pytest.mark.parametrize("path", ["/wait-disconnect", "/stream"])
+def test_asgi_hears_http_disconnect_when_a_tls_client_closes(start_server, pki, tmp_path, path):
+    # A TLS client ends with close_notify, then its TCP close: the alert sits unread in the socket while
+    # the app waits in `receive` (or streams), and must still become `http.disconnect`. Repeated, on a
+    # worker that served other requests first, with and without the close_notify.
+    marker = tmp_path / "disc.txt"
+    srv = start_server(["-w", "1", "-k", "asgi", "--asgi-lifespan", "off", *tls_args(pki), "tlsapp:asgi"],
+                       env={"ASGI_DISCONNECT_MARKER": str(marker)})
+    ctx = client_context(pki)
+    assert https_get(srv.port, ctx, "/scope")[0] == "HTTP/1.1 200 OK"
+    for i, notify in enumerate([True, False, True, True]):
+        s = tls_connect(srv.port, ctx)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if path == "/stream":
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        time.sleep(0.3)
+        if notify:
+            # Sends close_notify; the wait for the server's own one ends at the timeout.
+            s.settimeout(0.3)
+            try:
+                s = s.unwrap()
+            except (ssl.SSLError, OSError):
+                pass
+        s.close()
+        wait_for(lambda: marker.exists() and marker.read_text().count(f"{path} http.disconnect") == i + 1,
+                 5, message=f"http.disconnect after close {i} (close_notify: {notify})")
+    assert https_get(srv.port, ctx, "/scope")[0] == "HTTP/1.1 200 OK"
+
+
+@ferricorn_only  # gunicorn wraps the socket in TLS before it reads a PROXY header
+def test_proxy_protocol_header_before_the_tls_handshake(start_server, pki):
+    # A load balancer sends the PROXY header in the clear, then the ClientHello: the app sees the client
+    # the header names; a header is optional; one from a peer outside --proxy-allow-from is refused 403 in
+    # the clear, and the server goes on serving.
+    from test_proxy_protocol import v1, v2
+
+    srv = start_server(["-w", "1", "--proxy-protocol", "auto", "--proxy-allow-from", "127.0.0.1",
+                        *tls_args(pki), "tlsapp:app"])
+    ctx = client_context(pki)
+
+    def get_env(header, chunks=1):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        step = max(1, len(header) // chunks)
+        for i in range(0, len(header), step):
+            raw.sendall(header[i:i + step])
+            time.sleep(0.05 if chunks > 1 else 0)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            for _ in range(2):  # kept alive: the second request has the same client
+                s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(65536)
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += s.recv(65536)
+                env = json.loads(body)
+            return env
+
+    assert get_env(v1("TCP4", "203.0.113.7", "192.0.2.1", 56324, 443))["remote"] == ["203.0.113.7", "56324"]
+    env = get_env(v2("2001:db8::7", "2001:db8::1", 4242, 443))
+    assert env["remote"] == ["2001:db8::7", "4242"] and env["url_scheme"] == "https"
+    # In pieces, as a slow balancer might send it.
+    assert get_env(v1("TCP4", "198.51.100.9", "192.0.2.1", 1111, 443), chunks=4)["remote"] == \
+        ["198.51.100.9", "1111"]
+    # No header: the connection's own peer.
+    assert get_env(b"")["remote"][0] == "127.0.0.1"
+    # Malformed: 400 in the clear, closed.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+        raw.sendall(b"PROXY TCP4 not-an-address\r\n")
+        assert read_to_end(raw).startswith(b"HTTP/1.1 400 ")
+    assert "Invalid request from ip=127.0.0.1" in srv.log_text()
+    assert get_env(v1("TCP4", "203.0.113.8", "192.0.2.1", 2222, 443))["remote"] == ["203.0.113.8", "2222"]
+
+
+@ferricorn_only
+def test_proxy_protocol_over_tls_refuses_an_untrusted_peer(start_server, pki):
+    from test_proxy_protocol import v1
+
+    srv = start_server(["-w", "1", "--proxy-protocol", "v1", "--proxy-allow-from", "10.0.0.0/8",
+                        *tls_args(pki), "tlsapp:app"])
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+        raw.sendall(v1("TCP4", "203.0.113.7", "192.0.2.1", 56324, 443))
+        assert read_to_end(raw).startswith(b"HTTP/1.1 403 ")
+    status, _, _, _ = https_get(srv.port, client_context(pki), "/env")
+    assert status == "HTTP/1.1 200 OK"
 
 
 @ferricorn_only

@@ -11,6 +11,13 @@
 //! A file body on a TLS connection is read in Rust and written through the stream (`Transport`'s
 //! default `send_file`): the kernel cannot encrypt what sendfile(2) copies.
 //!
+//! With `--proxy-protocol` the load balancer's PROXY header comes first, in the clear, then the
+//! ClientHello (that is how balancers send it): the header is read from the TCP stream before the
+//! handshake — peeked at until complete, then exactly its bytes taken, so rustls reads from the first byte
+//! after it — and the connection carries what it named to the driver (`Transport::proxy_read`). A
+//! refused header is answered in the clear, as on a plain listener. A connection that starts with its
+//! ClientHello may still send the header inside the TLS stream, where gunicorn reads it.
+//!
 //! A worker that begins to stop gives a handshake in progress the grace it gives an idle connection
 //! (`IoState::stop_idle_grace`): the client's request is on its way, and it is answered (with
 //! `Connection: close`) rather than dropped; the worker waits for it (`IoState::open_connections`).
@@ -24,12 +31,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::driver;
 use super::h1;
 use super::h1::client_text;
+use super::proxy::{Proxied, ProxySettings, Step};
 use super::transport::Transport;
 use super::IoState;
 use crate::exchange::{Peer, ServerAddr};
@@ -142,6 +150,7 @@ enum Failed {
     Stopping,
     Closed,
     PlainHttp,
+    Proxy(String),
     Error(io::Error),
 }
 
@@ -153,6 +162,10 @@ async fn handshake<S: Peek>(
 ) -> Option<TlsConn<S>> {
     let deadline = Instant::now() + io.header_timeout;
     let outcome: Result<TlsConn<S>, Failed> = async {
+        let proxied = match &io.proxy {
+            Some(settings) => proxy_header(&mut stream, settings, peer, io, deadline).await?,
+            None => None,
+        };
         match within(deadline, io, first_byte(&stream)).await? {
             Err(e) => return Err(Failed::Error(e)),
             Ok(None) => return Err(Failed::Closed),
@@ -170,6 +183,7 @@ async fn handshake<S: Peek>(
                     inner,
                     info: Arc::new(info),
                     suppress_ragged_eofs: tls.suppress_ragged_eofs,
+                    proxied,
                 })
             }
         }
@@ -188,6 +202,7 @@ async fn handshake<S: Peek>(
                     }
                     Failed::Closed => "the client closed before its ClientHello".to_string(),
                     Failed::PlainHttp => "it sent plain HTTP (answered 400)".to_string(),
+                    Failed::Proxy(why) => format!("its PROXY header was refused: {why}"),
                     Failed::Error(e) => format!("the handshake failed: {e}"),
                 };
                 io.ctx.log.debug(&format!(
@@ -196,6 +211,70 @@ async fn handshake<S: Peek>(
                 ));
             }
             None
+        }
+    }
+}
+
+/// The PROXY header before the ClientHello, peeked at until complete, then exactly its bytes taken:
+/// `Some` with the ends it names (None: the connection's own). `None` when the connection starts with
+/// something else: a header is optional, and one may still come inside the TLS stream (where gunicorn
+/// reads it), for the driver to read.
+async fn proxy_header<S: Peek>(
+    stream: &mut S,
+    settings: &ProxySettings,
+    peer: &Peer,
+    io: &IoState,
+    deadline: Instant,
+) -> Result<Option<Option<Proxied>>, Failed> {
+    let mut buf = vec![0u8; 1024]; // a version 1 line, or a version 2 header with its usual TLVs
+    let mut seen = 0;
+    loop {
+        let n = within(deadline, io, async {
+            loop {
+                stream.readable().await?;
+                match stream.try_peek(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await?
+        .map_err(Failed::Error)?;
+        if n == 0 {
+            return Err(Failed::Closed);
+        }
+        match settings.inspect(&buf[..n], &peer.ip) {
+            Ok(Step::NotProxy) => return Ok(None),
+            Ok(Step::Header(h)) => {
+                let mut header = vec![0u8; h.len];
+                within(deadline, io, stream.read_exact(&mut header))
+                    .await?
+                    .map_err(Failed::Error)?;
+                return Ok(Some(h.ends));
+            }
+            Ok(Step::Incomplete) => {
+                if n == buf.len() {
+                    // A version 2 header longer than the buffer (its TLVs): room for all of it.
+                    buf.resize(buf.len() * 2, 0);
+                } else if n == seen {
+                    // The peek leaves the socket readable: wait a little for the rest to arrive.
+                    within(deadline, io, tokio::time::sleep(Duration::from_millis(5))).await?;
+                }
+                seen = n;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                // As the HTTP/1 driver refuses one on a plain listener.
+                io.ctx
+                    .log
+                    .warning(&format!("Invalid request from ip={}: {why}", peer.ip));
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(&e.response()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                return Err(Failed::Proxy(why));
+            }
         }
     }
 }
@@ -244,6 +323,8 @@ pub struct TlsConn<S> {
     inner: tokio_rustls::server::TlsStream<S>,
     info: Arc<TlsInfo>,
     suppress_ragged_eofs: bool,
+    /// The PROXY header read before the handshake (`--proxy-protocol`), and the ends it named.
+    proxied: Option<Option<Proxied>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
@@ -298,5 +379,13 @@ impl<S: AsyncRead + AsyncWrite + AsRawFd + Unpin> Transport for TlsConn<S> {
     }
     fn tls(&self) -> Option<&Arc<TlsInfo>> {
         Some(&self.info)
+    }
+    /// A client ends with close_notify before its FIN: the alert lies unread in the socket (the stream is
+    /// not read while the app runs), so the FIN itself tells that it went.
+    fn proxy_read(&self) -> Option<Option<Proxied>> {
+        self.proxied
+    }
+    fn client_gone(&self) -> bool {
+        super::transport::peer_shut_down(self.inner.get_ref().0.as_raw_fd())
     }
 }

@@ -38,6 +38,20 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
         None
     }
 
+    /// Whether the client closed its end (or the connection broke) while a request runs, without
+    /// consuming anything: on a plain socket a read would find the end of the stream (bytes of a next
+    /// request waiting there are kept and mean it is not gone).
+    fn client_gone(&self) -> bool {
+        self.raw_fd().is_some_and(stream_ended)
+    }
+
+    /// The PROXY header's outcome when it was read below the stream (a TLS connection reads it from the
+    /// TCP bytes before its handshake, see `tls`): the ends it named, if any; the driver then looks for
+    /// no header in the stream. None: the driver reads the header itself (`--proxy-protocol`).
+    fn proxy_read(&self) -> Option<Option<super::proxy::Proxied>> {
+        None
+    }
+
     /// The TLS connection's facts; None on a plain transport.
     fn tls(&self) -> Option<&Arc<TlsInfo>> {
         None
@@ -173,6 +187,41 @@ async fn kernel_send_file<S: Socket>(
         }
     }
     Ok(())
+}
+
+/// A one-byte peek finds the end of the stream (or an error other than "nothing yet").
+fn stream_ended(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local buffer on a socket the connection owns; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return true;
+    }
+    n < 0 && {
+        let e = io::Error::last_os_error().raw_os_error();
+        !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR))
+    }
+}
+
+/// The peer shut its sending side (its FIN arrived) or the connection broke, whatever bytes are still
+/// unread before that end: for a stream whose last bytes are framing of its own (a TLS close_notify) that
+/// a peek cannot tell from data.
+pub fn peer_shut_down(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd that lives across the call, no waiting (timeout 0).
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 
 `app` (WSGI): `/env` answers the scheme and the TLS keys of the environ as JSON, `/file?size=N` sends a
 file of N patterned bytes through `wsgi.file_wrapper`, anything else says hello. `asgi` (ASGI): `/scope`
-answers the scope's scheme and `tls` extension as JSON; a websocket echoes with the scope's scheme first.
+answers the scope's scheme and `tls` extension as JSON; `/wait-disconnect` and `/stream` note the
+`http.disconnect` they hear; a websocket echoes with the scope's scheme first.
 """
 
 import json
@@ -35,6 +36,7 @@ def app(environ, start_response):
         body = json.dumps({
             "url_scheme": environ["wsgi.url_scheme"],
             "server_port": environ["SERVER_PORT"],
+            "remote": [environ["REMOTE_ADDR"], environ["REMOTE_PORT"]],
             **{k: environ[k] for k in TLS_KEYS if k in environ},
         }).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
@@ -53,6 +55,9 @@ def app(environ, start_response):
 
 async def asgi(scope, receive, send):
     """Run with `--asgi-lifespan off`."""
+    if scope["type"] == "http" and scope["path"] in ("/wait-disconnect", "/stream"):
+        await _until_disconnect(scope, receive, send)
+        return
     if scope["type"] == "http":
         tls = scope.get("extensions", {}).get("tls")
         body = json.dumps({"scheme": scope["scheme"], "tls": tls}).encode()
@@ -76,3 +81,29 @@ async def asgi(scope, receive, send):
             await send({"type": "websocket.send", "text": msg["text"]})
         else:
             await send({"type": "websocket.send", "bytes": msg.get("bytes") or b""})
+
+
+async def _until_disconnect(scope, receive, send):
+    """/wait-disconnect waits in `receive` for the client to go; /stream sends a chunk every 50 ms
+    meanwhile, and listens for the disconnect beside it (as Starlette's StreamingResponse does). Either
+    writes what it heard to $ASGI_DISCONNECT_MARKER."""
+    import asyncio
+
+    msg = await receive()
+    assert msg["type"] == "http.request"
+    if scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+
+        async def stream():
+            for _ in range(400):
+                await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                await asyncio.sleep(0.05)
+
+        streaming = asyncio.ensure_future(stream())
+        msg = await receive()
+        streaming.cancel()
+    else:
+        msg = await receive()
+    with open(os.environ["ASGI_DISCONNECT_MARKER"], "a") as f:
+        f.write(f"{scope['path']} {msg['type']}\n")

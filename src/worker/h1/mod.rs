@@ -117,7 +117,11 @@ pub async fn serve<S: Transport>(
     // Whether the server, not the client, ends the connection after sending something: then it closes in
     // stages, so that what the client still sends cannot turn into a reset that destroys the answer.
     let mut staged = true;
-    if let Some(settings) = &io.proxy {
+    if let Some(read) = stream.proxy_read() {
+        if let Some(ends) = read {
+            client = Arc::new(proxy::peer(ends));
+        }
+    } else if let Some(settings) = &io.proxy {
         let now = Instant::now();
         let waits = proxy::Waits {
             deadline: now + io.header_timeout,

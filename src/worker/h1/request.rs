@@ -97,28 +97,6 @@ struct Exchange<'a> {
 /// whether its client went away while the app runs.
 const GONE_POLL: Duration = Duration::from_millis(100);
 
-/// The client closed its end (or the connection broke): a read would find the end of the stream. Bytes
-/// of a next request waiting there are not consumed.
-fn client_gone(fd: std::os::fd::RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a local buffer on a socket the connection owns; nothing is consumed.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n == 0 {
-        return true;
-    }
-    n < 0 && {
-        let e = std::io::Error::last_os_error().raw_os_error();
-        !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR))
-    }
-}
-
 /// Run one request through the app runtime and write its response.
 pub(super) async fn run<S: Transport>(
     stream: &mut S,
@@ -254,7 +232,7 @@ pub(super) async fn run<S: Transport>(
             // the socket now and then while the app runs. Dropping the reply channel is the news.
             _ = tokio::time::sleep_until(x.gone_check), if x.watch_gone && x.body.is_done() => {
                 x.gone_check = Instant::now() + GONE_POLL;
-                if stream.raw_fd().is_some_and(client_gone) {
+                if stream.client_gone() {
                     Step::Close
                 } else {
                     Step::Continue
