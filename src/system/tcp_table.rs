@@ -5,7 +5,10 @@
 //! connections to the PostgreSQL backends that serve them (reading `/proc/<worker pid>`).
 //!
 //! `/proc/PID/net/tcp` is the table of the process's network namespace, so a worker in a container is
-//! read in its own namespace. Reading another process's `fd` directory needs the rights to inspect it
+//! read in its own namespace. On a host with tens of thousands of sockets that text takes the kernel
+//! milliseconds to write and us to parse, so a worker asks the kernel through netlink's sock_diag
+//! (`connections_to`) for only the connections to given ports, filtered in the kernel; the `/proc`
+//! table is the fallback where netlink is not available. Reading another process's `fd` directory needs the rights to inspect it
 //! (the same user, or root); a process can always read its own.
 
 use std::collections::HashSet;
@@ -66,6 +69,189 @@ pub fn connections_of(pid: i32) -> io::Result<Vec<TcpEntry>> {
         .into_iter()
         .filter(|e| e.state == ESTABLISHED && inodes.contains(&e.inode))
         .collect())
+}
+
+/// The TCP connections in this process's network namespace whose remote port is one of `ports` and whose
+/// state is in `states` (a bit mask of `1 << state`), of both families, asked of the kernel through
+/// netlink sock_diag (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY` dumps with a bytecode filter on the
+/// destination port, so the kernel sends only the matching sockets). An error means netlink cannot be
+/// used here (a kernel without sock_diag, a sandbox): the caller reads [`table`] instead.
+pub fn connections_to(ports: &[u16], states: u32) -> io::Result<Vec<TcpEntry>> {
+    let sock = diag::Socket::open()?;
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for &port in ports {
+            sock.dump(family, port, states, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Netlink sock_diag: the request and the parsing of the kernel's answer (linux/inet_diag.h layouts).
+mod diag {
+    use super::TcpEntry;
+    use std::io;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_REQ_BYTECODE: u16 = 1;
+    /// Bytecode comparisons of the destination port (`>=`, `<=`; `INET_DIAG_BC_D_EQ` is newer, 4.16).
+    const INET_DIAG_BC_D_GE: u8 = 4;
+    const INET_DIAG_BC_D_LE: u8 = 5;
+    const NLMSG_HDR: usize = 16;
+    /// `struct inet_diag_msg`: family, state, timer, retrans, the socket id (ports, addresses, interface,
+    /// cookie), expires, queues, uid, inode.
+    const DIAG_MSG: usize = 72;
+
+    pub struct Socket(OwnedFd);
+
+    impl Socket {
+        pub fn open() -> io::Result<Socket> {
+            // SAFETY: socket(2) with constant arguments; the result is checked before it is owned.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_SOCK_DIAG,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+            let sock = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
+            // The kernel answers at once; a bound on the wait so that a scan can never hang the loop.
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO and lives across the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.0.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(sock)
+        }
+
+        /// Dump `family`'s TCP sockets in `states` whose remote port is `port` into `out`.
+        pub fn dump(
+            &self,
+            family: u8,
+            port: u16,
+            states: u32,
+            out: &mut Vec<TcpEntry>,
+        ) -> io::Result<()> {
+            let req = request(family, port, states);
+            // SAFETY: `req` is a valid buffer of its length; netlink's kernel address is the default
+            // destination of an unconnected netlink socket.
+            let sent = unsafe { libc::send(self.0.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                // SAFETY: `buf` is a writable buffer of its length.
+                let n = unsafe {
+                    libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if parse(&buf[..n as usize], out)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A `SOCK_DIAG_BY_FAMILY` dump request for TCP in `family`, with bytecode keeping only the sockets
+    /// whose destination port is `port`.
+    fn request(family: u8, port: u16, states: u32) -> Vec<u8> {
+        // `dport >= port && dport <= port`: each comparison is an op (code, jump if true, jump if false)
+        // followed by one carrying the port; true goes on to the next op (the last to the end: accept),
+        // false jumps 4 bytes past the end (reject).
+        let mut bytecode = Vec::with_capacity(16);
+        for (code, reject) in [(INET_DIAG_BC_D_GE, 20u16), (INET_DIAG_BC_D_LE, 12)] {
+            bytecode.extend_from_slice(&[code, 8]);
+            bytecode.extend_from_slice(&reject.to_ne_bytes());
+            bytecode.extend_from_slice(&[0, 0]);
+            bytecode.extend_from_slice(&port.to_ne_bytes());
+        }
+        let attr_len = 4 + bytecode.len();
+        let len = NLMSG_HDR + 56 + attr_len;
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+        m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                  // struct inet_diag_req_v2: family, protocol, extensions, pad, states, socket id (ignored in a dump).
+        m.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+        m.extend_from_slice(&states.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 48]);
+        m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        m.extend_from_slice(&bytecode);
+        m
+    }
+
+    /// The messages of one datagram of the answer into `out`; `true` once the dump is done.
+    fn parse(mut buf: &[u8], out: &mut Vec<TcpEntry>) -> io::Result<bool> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "short sock_diag message");
+        while buf.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(buf[0..4].try_into().map_err(|_| bad())?) as usize;
+            let kind = u16::from_ne_bytes(buf[4..6].try_into().map_err(|_| bad())?);
+            if len < NLMSG_HDR || len > buf.len() {
+                return Err(bad());
+            }
+            let body = &buf[NLMSG_HDR..len];
+            match kind as i32 {
+                libc::NLMSG_DONE => return Ok(true),
+                libc::NLMSG_ERROR => {
+                    let errno = body
+                        .get(0..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i32::from_ne_bytes);
+                    return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
+                }
+                _ if kind == SOCK_DIAG_BY_FAMILY => out.push(entry(body).ok_or_else(bad)?),
+                _ => {}
+            }
+            // Messages are aligned to 4 bytes.
+            buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+        Ok(false)
+    }
+
+    /// One `struct inet_diag_msg`.
+    fn entry(m: &[u8]) -> Option<TcpEntry> {
+        if m.len() < DIAG_MSG {
+            return None;
+        }
+        let be16 = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
+        let addr = |at: usize| -> Option<IpAddr> {
+            Some(if i32::from(m[0]) == libc::AF_INET {
+                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&m[at..at + 4]).ok()?))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&m[at..at + 16]).ok()?))
+            })
+        };
+        Some(TcpEntry {
+            local: (addr(8)?, be16(4)),
+            remote: (addr(24)?, be16(6)),
+            state: m[1],
+            inode: u64::from(u32::from_ne_bytes(m[68..72].try_into().ok()?)),
+        })
+    }
 }
 
 /// An IPv4 address seen through an IPv6 socket (`::ffff:127.0.0.1`) as the IPv4 address it is.
@@ -151,5 +337,30 @@ mod tests {
             "{conns:?} lacks {client_port} -> {port}"
         );
         assert!(connections_of(i32::MAX).is_err(), "no such process");
+    }
+
+    #[test]
+    fn netlink_tells_the_connections_to_a_port_and_only_those() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _elsewhere = std::net::TcpStream::connect(other.local_addr().expect("addr"));
+        let client_port = client.local_addr().expect("addr").port();
+        let states = 1 << ESTABLISHED | 1 << SYN_SENT;
+        let Ok(found) = connections_to(&[port], states) else {
+            return; // no sock_diag here: the /proc table is used instead
+        };
+        assert!(found.iter().all(|e| e.remote.1 == port), "{found:?}");
+        let inodes = socket_inodes(Path::new("/proc/self/fd")).expect("own fds");
+        let mine: Vec<_> = found.iter().filter(|e| inodes.contains(&e.inode)).collect();
+        assert_eq!(mine.len(), 1, "{found:?}");
+        assert_eq!(
+            mine[0].local,
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), client_port)
+        );
+        assert_eq!(mine[0].state, ESTABLISHED);
+        // The same entry as the /proc table's.
+        assert!(table(Path::new("/proc/self")).contains(mine[0]));
     }
 }

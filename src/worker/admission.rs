@@ -501,25 +501,26 @@ impl Admission {
             && self.backlog()
     }
 
-    /// One round of `watch`: publish this worker's waiting count and its loopback calls, and follow the
-    /// fairness and loopback states that decide accepting beyond capacity.
-    fn watch_once(&self, published: &mut bool) {
+    /// Whether this worker's own loopback calls are worth looking for: a request has run a while and
+    /// something waits for a worker.
+    fn loopback_suspect(&self) -> bool {
+        let board = self.board;
+        !self.listen_ports.is_empty()
+            && board.oldest_start_ns().is_some_and(|started| {
+                now_ns().saturating_sub(started) >= LOOPBACK_SUSPECT_AGE.as_nanos() as u64
+            })
+            && (board.board().any_waiting() || self.backlog())
+    }
+
+    /// One round of `watch`: publish this worker's waiting count and its loopback calls (`calls`, just
+    /// looked up), and follow the fairness and loopback states that decide accepting beyond capacity.
+    fn watch_once(&self, published: &mut bool, calls: Vec<u16>) {
         let board = self.board;
         board.set_queued(self.waiting() as u32);
         board.set_threads(self.limit.get());
         if let Some(elastic) = &self.elastic {
             elastic.tick(self);
         }
-        let suspect = !self.listen_ports.is_empty()
-            && board.oldest_start_ns().is_some_and(|started| {
-                now_ns().saturating_sub(started) >= LOOPBACK_SUSPECT_AGE.as_nanos() as u64
-            })
-            && (board.board().any_waiting() || self.backlog());
-        let calls = if suspect {
-            loopback::own_calls_to(&self.listen_ports)
-        } else {
-            Vec::new()
-        };
         if !calls.is_empty() || *published {
             if calls.is_empty() {
                 self.ctx
@@ -560,7 +561,17 @@ impl Admission {
 pub async fn watch(admission: &Admission) {
     let mut published = false;
     loop {
-        admission.watch_once(&mut published);
+        // The lookup asks the kernel about every socket of the host (tens of milliseconds with tens of
+        // thousands of them): on a blocking thread, so the I/O loop goes on meanwhile.
+        let calls = if admission.loopback_suspect() {
+            let ports = admission.listen_ports.clone();
+            tokio::task::spawn_blocking(move || loopback::own_calls_to(&ports))
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        admission.watch_once(&mut published, calls);
         tokio::time::sleep(loopback::SCAN_INTERVAL).await;
     }
 }
