@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use super::admission::{Claim, Placed, WAIT_POLL};
 use super::transport::Transport;
 use super::IoState;
-use crate::exchange::{BodyChunk, BodyStream, Job, Peer, Progress, TaskEvent, Ticket, BODY_QUEUE};
+use crate::exchange::{
+    BodyChunk, BodyStream, ConnInfo, Job, Out, Peer, Progress, RequestBody, TaskEvent, Ticket,
+    BODY_QUEUE, REPLY_QUEUE,
+};
 use crate::http::{self, RequestHead};
 use crate::scoreboard::now_ns;
 
@@ -215,19 +218,53 @@ pub fn client_left(progress: &Progress) {
     }
 }
 
-/// The channels of a request body still to come: the app's half (`BodyStream`, in the job), the signal
-/// that the app first read past what was prefetched, and where the connection pumps the body to.
-pub fn body_channels() -> (BodyStream, oneshot::Receiver<()>, mpsc::Sender<BodyChunk>) {
-    let (s_tx, s_rx) = oneshot::channel();
-    let (b_tx, b_rx) = mpsc::channel::<BodyChunk>(BODY_QUEUE);
-    (
-        BodyStream {
+/// The connection's ends of a job's channels (see [`job`]).
+pub struct JobEnds {
+    /// The response pieces, in order.
+    pub reply: mpsc::Receiver<Out>,
+    pub progress: Arc<Progress>,
+    /// Fires when the app first reads past the prefetched body (None: no body to come).
+    pub start: Option<oneshot::Receiver<()>>,
+    /// Where the body still to come is pumped to (None: no body to come).
+    pub body: Option<mpsc::Sender<BodyChunk>>,
+}
+
+/// A request as a job for the app runtime — its head, the connection's facts, the body read so far
+/// and, when `more_body`, a stream for the rest — and the connection's ends of its channels.
+pub fn job(
+    head: Arc<RequestHead>,
+    conn: ConnInfo,
+    prefetched: Vec<u8>,
+    more_body: bool,
+) -> (Job, JobEnds) {
+    let (reply_tx, reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
+    let progress = Arc::new(Progress::default());
+    let (stream, start, body) = if more_body {
+        let (s_tx, s_rx) = oneshot::channel();
+        let (b_tx, b_rx) = mpsc::channel::<BodyChunk>(BODY_QUEUE);
+        let stream = BodyStream {
             start: Some(s_tx),
             rx: b_rx,
-        },
-        s_rx,
-        b_tx,
-    )
+        };
+        (Some(stream), Some(s_rx), Some(b_tx))
+    } else {
+        (None, None, None)
+    };
+    let job = Job {
+        head,
+        conn,
+        body: RequestBody { prefetched, stream },
+        reply: reply_tx,
+        progress: progress.clone(),
+        websocket: None,
+    };
+    let ends = JobEnds {
+        reply: reply_rx,
+        progress,
+        start,
+        body,
+    };
+    (job, ends)
 }
 
 /// The app's first read past the prefetched body (pending when there is none to wait for).

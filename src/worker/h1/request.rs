@@ -9,22 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::body::{drain, BodyError, BodyStart, BodyState};
 use super::refuse;
 use super::write::{facts, write_piece, Framed};
-use crate::exchange::{
-    BodyChunk, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr, REPLY_QUEUE,
-};
+use crate::exchange::{BodyChunk, ConnInfo, FileBody, Out, Peer, Progress, ServerAddr};
 use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
 use crate::worker::admission::Claim;
 use crate::worker::transport::Transport;
-use crate::worker::watch::{
-    body_channels, client_left, reserve, wait_start, H1Answer, Tick, Watch,
-};
+use crate::worker::watch::{client_left, job, reserve, wait_start, H1Answer, JobEnds, Tick, Watch};
 use crate::worker::IoState;
 
 /// A parsed request, ready for the app.
@@ -137,35 +132,20 @@ pub(super) async fn run<S: Transport>(
         prefetched,
         expect_continue,
     } = start;
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
-    let progress = Arc::new(Progress::default());
-    let mut start_rx: Option<oneshot::Receiver<()>> = None;
-    let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
-    let stream_parts = if body.is_done() {
-        None
-    } else {
-        let (parts, s_rx, b_tx) = body_channels();
-        start_rx = Some(s_rx);
-        body_tx = Some(b_tx);
-        Some(parts)
+    let conn = ConnInfo {
+        peer: peer.clone(),
+        server: server.clone(),
+        https,
+        sendfile: stream.sendfile_capable(),
+        tls: stream.tls().cloned(),
     };
-    let job = Job {
-        head: head.clone(),
-        conn: ConnInfo {
-            peer: peer.clone(),
-            server: server.clone(),
-            https,
-            sendfile: stream.sendfile_capable(),
-            tls: stream.tls().cloned(),
-        },
-        body: RequestBody {
-            prefetched,
-            stream: stream_parts,
-        },
-        reply: reply_tx,
-        progress: progress.clone(),
-        websocket: None,
-    };
+    let (job, ends) = job(head.clone(), conn, prefetched, !body.is_done());
+    let JobEnds {
+        reply: mut reply_rx,
+        progress,
+        start: mut start_rx,
+        body: mut body_tx,
+    } = ends;
     let mut x = Exchange {
         io,
         h1: H1Response::new(

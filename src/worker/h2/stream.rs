@@ -15,18 +15,14 @@ use std::sync::Arc;
 use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::Conn;
-use crate::exchange::{
-    BodyChunk, ConnInfo, FileBody, HeadInfo, Job, Out, Packed, Piece, Progress, RequestBody,
-    REPLY_QUEUE,
-};
+use crate::exchange::{BodyChunk, ConnInfo, FileBody, HeadInfo, Out, Packed, Piece};
 use crate::http::{self as fhttp, HttpError, RequestHead};
 use crate::worker::admission::Claim;
 use crate::worker::watch::{
-    body_channels, client_left, reserve, wait_start, OwnAnswer, Tick, Watch,
+    client_left, job, reserve, wait_start, JobEnds, OwnAnswer, Tick, Watch,
 };
 use crate::worker::IoState;
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
@@ -156,20 +152,16 @@ async fn exchange(
 ) {
     let (parts, mut recv) = request.into_parts();
     let peer = &conn.peer;
-    let head = match head_of(&parts, io) {
-        Ok(head) => Arc::new(head),
-        Err(e) => {
-            io.ctx
-                .log
-                .warning(&format!("Invalid request from ip={}: {e}", peer.ip));
-            reply.send(e.status(), &format!("{e}\n")).await;
-            return;
-        }
-    };
+    // Over TLS the scheme is https whatever a proxy's headers say (they are still checked).
+    let checked = head_of(&parts, io).and_then(|head| {
+        let https = io.forwarded.https(&head, peer)? || conn.tls.is_some();
+        Ok((Arc::new(head), https))
+    });
     drop(parts);
-    let https = match io.forwarded.https(&head, peer) {
-        Ok(https) => https || conn.tls.is_some(),
+    let (head, https) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
+            // As HTTP/1 refuses it: the status from `http`'s table, one WARNING naming the client.
             io.ctx
                 .log
                 .warning(&format!("Invalid request from ip={}: {e}", peer.ip));
@@ -205,35 +197,20 @@ async fn exchange(
         }
     }
     let dispatched = Instant::now();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Out>(REPLY_QUEUE);
-    let progress = Arc::new(Progress::default());
-    let mut start_rx: Option<oneshot::Receiver<()>> = None;
-    let mut body_tx: Option<mpsc::Sender<BodyChunk>> = None;
-    let stream_parts = if body_done {
-        None
-    } else {
-        let (parts, s_rx, b_tx) = body_channels();
-        start_rx = Some(s_rx);
-        body_tx = Some(b_tx);
-        Some(parts)
+    let info = ConnInfo {
+        peer: peer.clone(),
+        server: conn.server.clone(),
+        https,
+        sendfile: false,
+        tls: conn.tls.clone(),
     };
-    let job = Job {
-        head: head.clone(),
-        conn: ConnInfo {
-            peer: peer.clone(),
-            server: conn.server.clone(),
-            https,
-            sendfile: false,
-            tls: conn.tls.clone(),
-        },
-        body: RequestBody {
-            prefetched,
-            stream: stream_parts,
-        },
-        reply: reply_tx,
-        progress: progress.clone(),
-        websocket: None,
-    };
+    let (job, ends) = job(head.clone(), info, prefetched, !body_done);
+    let JobEnds {
+        reply: mut reply_rx,
+        progress,
+        start: mut start_rx,
+        body: mut body_tx,
+    } = ends;
     let mut watch = Watch::new(io);
     if !watch.place(io, job, peer, claim) {
         reply.reset(Reason::REFUSED_STREAM);
