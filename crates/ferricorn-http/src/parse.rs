@@ -159,6 +159,24 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The protocol as WSGI's `SERVER_PROTOCOL` and the access log's `%(H)s` name it.
+    pub fn protocol(&self) -> &'static str {
+        match (self.version.0, self.version_minor) {
+            (2, _) => "HTTP/2.0",
+            (_, 0) => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
+    /// The version as ASGI's `http_version` names it.
+    pub fn http_version(&self) -> &'static str {
+        match (self.version.0, self.version_minor) {
+            (2, _) => "2",
+            (_, 0) => "1.0",
+            _ => "1.1",
+        }
+    }
+
     /// The first value of the named field (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -296,6 +314,76 @@ pub fn parse_request(buf: &[u8], opts: &ParserOptions) -> Result<Parsed, HttpErr
         head,
         consumed: hdr_start + hdr_len,
     })
+}
+
+/// An HTTP/2 request's head (RFC 9113 §8.3) under the same policy as an HTTP/1 head: `:method` and
+/// `:path` are checked as a request line's method and target (so no byte a request line could not carry
+/// gets in through a pseudo-header), the fields as header fields (the limits, `--header-map`, `Host`,
+/// `Content-Length`, `Expect`). `:authority` becomes the `Host` field when the request has none; a `Host`
+/// that names another authority is refused (§8.3.1). The frame layer has already refused what HTTP/2
+/// itself forbids (connection-specific fields, uppercase names, pseudo-headers out of place). The version
+/// is `(2, 0)`; `body` is what `Content-Length` says (a stream without one has its end in the frames).
+pub fn h2_request_head(
+    method: &str,
+    target: &str,
+    authority: Option<&str>,
+    fields: &[(&str, &[u8])],
+    opts: &ParserOptions,
+) -> Result<RequestHead, HttpError> {
+    if fields.len() >= opts.fields_limit() {
+        return Err(HttpError::TooManyHeaders);
+    }
+    // A space would split the line differently: say which part was wrong.
+    if method.contains(' ') {
+        return Err(HttpError::InvalidMethod);
+    }
+    if target.contains(' ') {
+        return Err(HttpError::InvalidTarget);
+    }
+    let mut line = Vec::with_capacity(method.len() + target.len() + 10);
+    line.extend_from_slice(method.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(target.as_bytes());
+    line.extend_from_slice(b" HTTP/1.1");
+    if line.len() > opts.request_line_limit() {
+        return Err(HttpError::RequestLineTooLong);
+    }
+    let parsed = parse_request_line(&line, opts)?;
+    let mut sink = FieldSink::new(1, opts);
+    let host = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| trim_ows(v));
+    match (authority, host) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
+            return Err(HttpError::InvalidHost)
+        }
+        (Some(a), None) => sink.add("host", a.as_bytes())?,
+        // RFC 9113 §8.3.1 leaves out :authority when there is none to convey: not HTTP/1.1's
+        // missing Host.
+        (None, None) => sink.host_seen = true,
+        _ => {}
+    }
+    let size_limit = opts.field_size_limit();
+    for (name, value) in fields {
+        if name.len() + value.len() + 4 > size_limit {
+            return Err(HttpError::HeaderFieldTooLarge);
+        }
+        // RFC 9113 §8.2.1: a name is a token; a value carries no NUL, CR or LF (the frame layer
+        // checks this too; the head is refused here whatever hands it over).
+        if !is_token(name.as_bytes()) {
+            return Err(HttpError::InvalidHeaderName);
+        }
+        if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
+            return Err(HttpError::InvalidHeaderValue);
+        }
+        sink.add(name, value)?;
+    }
+    let mut head = parsed.into_head(sink.finish()?)?;
+    head.version = (2, 0);
+    head.keep_alive = true;
+    head.expect_continue = false;
+    Ok(head)
 }
 
 // ---------------------------------------------------------------------------
@@ -1043,6 +1131,77 @@ mod tests {
 
     fn opts() -> ParserOptions {
         ParserOptions::default()
+    }
+
+    #[test]
+    fn an_h2_head_follows_the_http1_policy() {
+        let o = ParserOptions::default();
+        let head = h2_request_head(
+            "GET",
+            "/a%20b?x=1",
+            Some("example.com"),
+            &[("x-a", b"1")],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(
+            (head.version, head.protocol(), head.http_version()),
+            ((2, 0), "HTTP/2.0", "2")
+        );
+        assert_eq!((head.path.as_str(), head.query.as_str()), ("/a%20b", "x=1"));
+        assert_eq!(head.header("host"), Some(&b"example.com"[..]));
+        assert_eq!(head.body, BodyKind::Empty);
+        let post = h2_request_head("POST", "/", None, &[("content-length", b"12")], &o).unwrap();
+        assert_eq!(post.body, BodyKind::Length(12));
+        let err = |m: &str, t: &str, a: Option<&str>, f: &[(&str, &[u8])]| {
+            h2_request_head(m, t, a, f, &o).unwrap_err()
+        };
+        // What a request line could not carry does not come in through a pseudo-header.
+        assert_eq!(err("GET", "/a b", None, &[]), HttpError::InvalidTarget);
+        assert_eq!(err("G(T", "/", None, &[]), HttpError::InvalidMethod);
+        assert_eq!(err("GET", "/\x01", None, &[]), HttpError::InvalidTarget);
+        // Host and :authority must agree; one Content-Length; values without CR/LF/NUL.
+        assert_eq!(
+            err("GET", "/", Some("a"), &[("host", b"b")]),
+            HttpError::InvalidHost
+        );
+        assert!(h2_request_head("GET", "/", Some("A"), &[("host", b"a")], &o).is_ok());
+        assert_eq!(
+            err(
+                "GET",
+                "/",
+                None,
+                &[("content-length", b"1"), ("content-length", b"1")]
+            ),
+            HttpError::DuplicateContentLength
+        );
+        assert_eq!(
+            err("GET", "/", None, &[("x", b"a\r\nb: c")]),
+            HttpError::InvalidHeaderValue
+        );
+        assert_eq!(
+            err("GET", "/", None, &[("x y", b"1")]),
+            HttpError::InvalidHeaderName
+        );
+        // `--header-map`: a name with `_` is dropped by default, refused when asked.
+        let h = h2_request_head("GET", "/", None, &[("x_a", b"1")], &o).unwrap();
+        assert!(h.header("x_a").is_none());
+        let refuse = ParserOptions {
+            header_map: HeaderMap::Refuse,
+            ..o.clone()
+        };
+        assert_eq!(
+            h2_request_head("GET", "/", None, &[("x_a", b"1")], &refuse).unwrap_err(),
+            HttpError::UnderscoreInHeaderName
+        );
+        let few = ParserOptions {
+            limit_request_fields: 2,
+            ..o.clone()
+        };
+        assert_eq!(
+            h2_request_head("GET", "/", None, &[("a", b"1"), ("b", b"2")], &few).unwrap_err(),
+            HttpError::TooManyHeaders
+        );
     }
 
     fn parse(raw: &[u8]) -> Result<Parsed, HttpError> {
