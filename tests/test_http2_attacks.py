@@ -30,8 +30,8 @@ END_STREAM, END_HEADERS = 0x1, 0x4
 
 
 def h2_server(start_server, *extra, kind="wsgi"):
-    app = (["-k", "asgi", "--asgi-lifespan", "off", "h2app:asgi"] if kind == "asgi"
-           else ["--threads", "4", *(["-k", "gthread"] if IS_GUNICORN else []), "h2app:app"])
+    app = (["-k", "asgi", "--asgi-lifespan", "off", "h2conf:asgi"] if kind == "asgi"
+           else ["--threads", "4", *(["-k", "gthread"] if IS_GUNICORN else []), "h2conf:app"])
     srv = start_server(["-w", "1", "--http-protocols", "h2,h1", "--http2-cleartext",
                         "prior-knowledge", *extra, *app])
     try:

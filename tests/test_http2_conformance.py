@@ -64,9 +64,9 @@ def h2_args(tls_pki=None):
 
 def app_args(kind):
     if kind == "asgi":
-        return ["-k", "asgi", "-w", "1", "--asgi-lifespan", "off", "h2app:asgi"]
+        return ["-k", "asgi", "-w", "1", "--asgi-lifespan", "off", "h2conf:asgi"]
     # gunicorn serves HTTP/2 on its gthread worker only
-    return ["-w", "1", "--threads", "4", *(["-k", "gthread"] if IS_GUNICORN else []), "h2app:app"]
+    return ["-w", "1", "--threads", "4", *(["-k", "gthread"] if IS_GUNICORN else []), "h2conf:app"]
 
 
 @pytest.fixture(scope="module")
@@ -1054,7 +1054,7 @@ def test_h2_connection_state_machine_client(target):
 
 def _app_module():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("h2app", os.path.join(APPS_DIR, "h2app.py"))
+    spec = importlib.util.spec_from_file_location("h2conf", os.path.join(APPS_DIR, "h2conf.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
