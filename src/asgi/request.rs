@@ -680,14 +680,7 @@ impl AsgiRequest {
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
         d.set_item("asgi", asgi)?;
-        d.set_item(
-            "http_version",
-            if head.version_minor == 0 {
-                "1.0"
-            } else {
-                "1.1"
-            },
-        )?;
+        d.set_item("http_version", head.http_version())?;
         let scheme = match (ws, self.conn.https) {
             (false, false) => "http",
             (false, true) => "https",

@@ -234,6 +234,15 @@ pub struct Config {
     pub ciphers: Option<String>,
     pub do_handshake_on_connect: bool,
     pub suppress_ragged_eofs: bool,
+    /// `h1`, `h2` (and `h3`, not served) in order of preference.
+    pub http_protocols: Vec<String>,
+    /// One of `settings::HTTP2_CLEARTEXT_MODES`.
+    pub http2_cleartext: String,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_initial_window_size: u32,
+    pub http2_max_frame_size: u32,
+    /// 0: no limit.
+    pub http2_max_header_list_size: u32,
 }
 
 impl Default for Config {
@@ -337,6 +346,12 @@ impl Default for Config {
             ciphers: None,
             do_handshake_on_connect: false,
             suppress_ragged_eofs: true,
+            http_protocols: vec!["h1".to_string()],
+            http2_cleartext: "off".to_string(),
+            http2_max_concurrent_streams: 100,
+            http2_initial_window_size: 65535,
+            http2_max_frame_size: 16384,
+            http2_max_header_list_size: 65536,
         }
     }
 }
@@ -345,6 +360,31 @@ impl Config {
     /// Whether the server speaks TLS (gunicorn's `is_ssl`: a certificate or a key is set).
     pub fn is_ssl(&self) -> bool {
         self.certfile.is_some() || self.keyfile.is_some()
+    }
+
+    /// `h2` is in `--http-protocols`.
+    pub fn http2(&self) -> bool {
+        self.http_protocols.iter().any(|p| p == "h2")
+    }
+
+    /// Cleartext connections from trusted peers must open with the HTTP/2 preface (gunicorn's
+    /// `prior_knowledge_allowed`): `--http2-cleartext` prior-knowledge or both, h2 on, no TLS.
+    pub fn h2c_prior_knowledge(&self) -> bool {
+        self.http2()
+            && !self.is_ssl()
+            && matches!(self.http2_cleartext.as_str(), "prior-knowledge" | "both")
+    }
+
+    /// The ALPN protocols a TLS server offers, in `--http-protocols`' order (`h3` is not offered).
+    pub fn alpn_protocols(&self) -> Vec<&'static [u8]> {
+        self.http_protocols
+            .iter()
+            .filter_map(|p| match p.as_str() {
+                "h2" => Some(&b"h2"[..]),
+                "h1" => Some(&b"http/1.1"[..]),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every setting as `name = value`, one per line, sorted by name with the names padded to one

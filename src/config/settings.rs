@@ -30,6 +30,14 @@ pub const ASGI_LOOPS: &[&str] = &["auto", "asyncio", "uvloop"];
 /// `--asgi-lifespan`'s values.
 pub const ASGI_LIFESPAN_MODES: &[&str] = &["auto", "on", "off"];
 
+/// Values of `--http2-cleartext` (a config file's `True`/`False` are `prior-knowledge`/`off`, as gunicorn).
+pub const HTTP2_CLEARTEXT_MODES: &[&str] = &["off", "prior-knowledge", "upgrade", "both"];
+/// Protocols `--http-protocols` names (`h3` is accepted for gunicorn configs and not served).
+pub const HTTP_PROTOCOLS: &[&str] = &["h1", "h2", "h3"];
+/// RFC 9113 §6.5.2's bounds: a window of at most 2^31-1, frames of 2^14 to 2^24-1 bytes.
+pub const HTTP2_MAX_WINDOW: i64 = (1 << 31) - 1;
+pub const HTTP2_FRAME_SIZES: (i64, i64) = (1 << 14, (1 << 24) - 1);
+
 /// Values of `--reload-engine`.
 pub const RELOAD_ENGINES: &[&str] = &["auto", "poll", "inotify"];
 
@@ -177,6 +185,7 @@ pub enum Section {
     WorkerProcesses,
     Security,
     Ssl,
+    Http2,
     ServerMechanics,
     Logging,
     ProcessNaming,
@@ -184,13 +193,14 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::ConfigFile,
         Section::Debugging,
         Section::ServerSocket,
         Section::WorkerProcesses,
         Section::Security,
         Section::Ssl,
+        Section::Http2,
         Section::ServerMechanics,
         Section::Logging,
         Section::ProcessNaming,
@@ -205,6 +215,7 @@ impl Section {
             Section::WorkerProcesses => "Worker Processes",
             Section::Security => "Security",
             Section::Ssl => "SSL",
+            Section::Http2 => "HTTP/2",
             Section::ServerMechanics => "Server Mechanics",
             Section::Logging => "Logging",
             Section::ProcessNaming => "Process Naming",
@@ -535,6 +546,45 @@ fn choice(v: SettingValue, choices: &'static [&'static str]) -> Result<String, V
             choices,
         })
     }
+}
+
+/// `--http-protocols`: a comma-separated list of [`HTTP_PROTOCOLS`] in order of preference, no
+/// duplicates; empty is `h1`.
+fn http_protocols(v: SettingValue) -> Result<Vec<String>, ValueError> {
+    let list: Vec<String> = comma_list(v)?
+        .into_iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    for (i, p) in list.iter().enumerate() {
+        if !HTTP_PROTOCOLS.contains(&p.as_str()) {
+            return Err(ValueError::InvalidChoice {
+                value: p.clone(),
+                choices: HTTP_PROTOCOLS,
+            });
+        }
+        if list[..i].contains(p) {
+            return Err(ValueError::Invalid(format!("'{p}' is listed twice")));
+        }
+    }
+    if list.is_empty() {
+        return Ok(vec!["h1".to_string()]);
+    }
+    Ok(list)
+}
+
+/// `--http2-cleartext`: one of [`HTTP2_CLEARTEXT_MODES`]; a boolean is `prior-knowledge`/`off`.
+fn http2_cleartext(v: SettingValue) -> Result<String, ValueError> {
+    match v {
+        SettingValue::None | SettingValue::Bool(false) => Ok("off".to_string()),
+        SettingValue::Bool(true) => Ok("prior-knowledge".to_string()),
+        v => choice(v, HTTP2_CLEARTEXT_MODES),
+    }
+}
+
+/// A u32 HTTP/2 setting within `min..=max`.
+fn h2_u32(v: SettingValue, min: i64, max: i64) -> Result<u32, ValueError> {
+    // The bounds are within u32.
+    Ok(int(v, min, max)? as u32)
 }
 
 /// `--proxy-protocol`: one of [`PROXY_PROTOCOL_MODES`]; a boolean (or the bare flag) is `auto`/`off`.
@@ -1871,6 +1921,96 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| py_opt(c.ciphers.as_deref()),
+    },
+    Setting {
+        name: "http_protocols",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http-protocols"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "h1",
+        help: "HTTP versions served, in order of preference (h1, h2; e.g. h2,h1): over TLS the ALPN offer, in cleartext see --http2-cleartext",
+        apply: |c, v| {
+            c.http_protocols = http_protocols(v)?;
+            Ok(())
+        },
+        show: |c| py_list(c.http_protocols.iter().cloned()),
+    },
+    Setting {
+        name: "http2_cleartext",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http2-cleartext"],
+        hidden_aliases: &[],
+        meta: "STRING",
+        default: "off",
+        help: "HTTP/2 without TLS (h2c) from peers in --forwarded-allow-ips: off, prior-knowledge (the connection opens with the HTTP/2 preface), upgrade, both; needs h2 in --http-protocols",
+        apply: |c, v| {
+            c.http2_cleartext = http2_cleartext(v)?;
+            Ok(())
+        },
+        show: |c| c.http2_cleartext.clone(),
+    },
+    Setting {
+        name: "http2_max_concurrent_streams",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http2-max-concurrent-streams"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "100",
+        help: "Streams (requests) one HTTP/2 connection may have open at once",
+        apply: |c, v| {
+            c.http2_max_concurrent_streams = h2_u32(v, 0, HTTP2_MAX_WINDOW)?;
+            Ok(())
+        },
+        show: |c| c.http2_max_concurrent_streams.to_string(),
+    },
+    Setting {
+        name: "http2_initial_window_size",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http2-initial-window-size"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "65535",
+        help: "Request body bytes a client may send on one HTTP/2 stream before the app reads them (flow-control window; at most 2147483647)",
+        apply: |c, v| {
+            c.http2_initial_window_size = h2_u32(v, 0, HTTP2_MAX_WINDOW)?;
+            Ok(())
+        },
+        show: |c| c.http2_initial_window_size.to_string(),
+    },
+    Setting {
+        name: "http2_max_frame_size",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http2-max-frame-size"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "16384",
+        help: "Largest HTTP/2 frame payload the server accepts (16384 to 16777215)",
+        apply: |c, v| {
+            c.http2_max_frame_size = h2_u32(v, HTTP2_FRAME_SIZES.0, HTTP2_FRAME_SIZES.1)?;
+            Ok(())
+        },
+        show: |c| c.http2_max_frame_size.to_string(),
+    },
+    Setting {
+        name: "http2_max_header_list_size",
+        section: Section::Http2,
+        kind: Kind::Value,
+        cli: &["--http2-max-header-list-size"],
+        hidden_aliases: &[],
+        meta: "INT",
+        default: "65536",
+        help: "Largest HTTP/2 request header list, decompressed, in bytes (0 = no limit, not recommended); a larger one is refused with 431",
+        apply: |c, v| {
+            c.http2_max_header_list_size = h2_u32(v, 0, i64::from(u32::MAX))?;
+            Ok(())
+        },
+        show: |c| c.http2_max_header_list_size.to_string(),
     },
     Setting {
         name: "do_handshake_on_connect",

@@ -34,6 +34,13 @@ unsafe impl Send for AppBytes {}
 // SAFETY: as above; a shared `&AppBytes` only ever reads the immutable buffer.
 unsafe impl Sync for AppBytes {}
 
+/// An app's bytes as a buffer another owner can hold (HTTP/2 sends them without a copy).
+impl AsRef<[u8]> for AppBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl AppBytes {
     /// The first `len` bytes of `bytes` (`len` at most its length).
     pub fn new(bytes: &Bound<'_, PyBytes>, len: usize) -> AppBytes {

@@ -66,11 +66,7 @@ impl<'a> AccessRecord<'a> {
             target: &head.target,
             path: &head.path,
             query: &head.query,
-            version: if head.version_minor == 0 {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            },
+            version: head.protocol(),
             status,
             response_length,
             request_headers: &head.headers,

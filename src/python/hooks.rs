@@ -239,7 +239,12 @@ impl HookRunner {
         d.set_item("uri", head.target.as_str())?;
         d.set_item("path", head.path.as_str())?;
         d.set_item("query", head.query.as_str())?;
-        d.set_item("version", (1u8, head.version_minor))?;
+        let version = if head.version.0 == 2 {
+            (2u8, 0u8)
+        } else {
+            (1, head.version_minor)
+        };
+        d.set_item("version", version)?;
         let headers = PyList::empty(py);
         for (name, value) in &head.headers {
             let value: String = value.iter().map(|&b| b as char).collect();

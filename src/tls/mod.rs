@@ -28,6 +28,8 @@ pub use cert::ClientCert;
 /// The ALPN protocol of HTTP/1.1. The server offers only it for now; a client that offers ALPN without
 /// it is refused in the handshake (RFC 7301's `no_application_protocol`).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// The ALPN name of HTTP/2 (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// What the server needs to serve TLS, read and checked from the TLS settings' files.
 pub struct Material {

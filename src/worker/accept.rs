@@ -7,8 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::driver;
-use super::h1;
+use super::h2;
 use super::tls;
 use super::IoState;
 use crate::exchange::{Peer, ServerAddr};
@@ -72,8 +71,9 @@ macro_rules! accept_loop {
                             continue;
                         }
                         let claimed = io.admission.accepted(&peer);
-                        tokio::task::spawn_local(driver::run(
-                            h1::Http1,
+                        // HTTP/1, or HTTP/2 when the peer opens with its preface and
+                        // `--http2-cleartext` allows it (`h2::plain`).
+                        tokio::task::spawn_local(h2::plain(
                             stream,
                             peer,
                             server.clone(),

@@ -29,7 +29,8 @@ impl ForwardedTrust {
         }
     }
 
-    fn trusts(&self, peer: &Peer) -> bool {
+    /// Whether `peer` is in `--forwarded-allow-ips` (also who may speak cleartext HTTP/2).
+    pub(super) fn trusts(&self, peer: &Peer) -> bool {
         // A unix-socket peer is the local proxy itself.
         self.any || peer.ip.is_empty() || self.ips.contains(&peer.ip)
     }

@@ -116,7 +116,7 @@ fn build(
     let _ = ctx.io_handle.set(rt.handle().clone());
     let cfg = &ctx.cfg;
     // The master checked the material; the config is built here, after fork, from what it read.
-    let tls = match tls.map(|m| super::tls::TlsAcceptor::new(m, cfg.suppress_ragged_eofs)) {
+    let tls = match tls.map(|m| super::tls::TlsAcceptor::new(m, cfg)) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -172,6 +172,7 @@ fn build(
         board: ctx.board,
         ctx: ctx.clone(),
         upgrades: upgrades_for(ctx, weak),
+        h2c_prior_knowledge: cfg.h2c_prior_knowledge(),
         tls,
     });
     Some((rt, tokio::task::LocalSet::new(), io, sigpipe))

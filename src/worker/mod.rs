@@ -14,6 +14,7 @@ pub mod driver;
 mod elastic;
 mod forwarded;
 pub mod h1;
+mod h2;
 mod inline;
 mod io_loop;
 mod loopback;
@@ -23,6 +24,7 @@ mod static_files;
 mod stop;
 mod tls;
 pub mod transport;
+mod watch;
 mod ws;
 // The frame layer and permessage-deflate are the `ferricorn-ws` crate (fuzzed without Python).
 use ferricorn_ws::{deflate as ws_deflate, frames as ws_frames};
@@ -71,6 +73,8 @@ pub struct IoState {
     ctx: Arc<WorkerContext>,
     /// Where a connection upgraded to another protocol goes (see `driver`).
     pub upgrades: driver::Upgrades,
+    /// Cleartext connections from trusted peers are HTTP/2 with prior knowledge (`--http2-cleartext`).
+    pub h2c_prior_knowledge: bool,
     /// The TLS acceptor, when the server speaks TLS (`--certfile`).
     tls: Option<tls::TlsAcceptor>,
 }

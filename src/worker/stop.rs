@@ -18,13 +18,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::transport::Transport;
+use super::watch::OwnAnswer;
 use super::IoState;
 use crate::exchange::{Peer, Progress, Ticket};
-use crate::http::{self, RequestHead};
+use crate::http::RequestHead;
 
 /// How long before `--graceful-timeout` is up the worker answers what still runs: a quarter of it, at most
 /// a second (the master kills at the deadline itself; the answers and the exit need only milliseconds).
@@ -138,8 +137,8 @@ pub async fn deadline(io: &IoState) {
 /// error log names the request and why, with the Python stack of the thread running it; the access log
 /// has the 503.
 #[allow(clippy::too_many_arguments)]
-pub async fn answer_cut_off<S: Transport>(
-    stream: &mut S,
+pub async fn answer_cut_off<A: OwnAnswer>(
+    answer: &mut A,
     io: &IoState,
     head: &RequestHead,
     peer: &Peer,
@@ -215,9 +214,8 @@ pub async fn answer_cut_off<S: Transport>(
     }
     // What the app returns later (if it ever does) is not sent: no access line for it.
     progress.timed_out.store(true, Ordering::Release);
-    let answer = http::simple_response(503, &body, true);
     let limit = write_limit(Duration::from_secs(graceful));
-    let _ = tokio::time::timeout(limit, stream.write_all(&answer)).await;
+    let _ = tokio::time::timeout(limit, answer.send(503, &body)).await;
     io.log_own_answer(head, peer, 503, body.len(), Duration::from_secs_f64(waited));
 }
 

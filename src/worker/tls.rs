@@ -6,7 +6,8 @@
 //! others, and it is cut off after the handshake timeout (`--timeout`, as for a request head). Handshakes
 //! in progress are bounded together with the open connections by `--worker-connections`. Plain HTTP sent
 //! to the TLS port is answered `400` in plain text and closed. The ALPN protocols offered are chosen
-//! here (HTTP/1.1 only for now; the connection's `TlsInfo::alpn` tells a driver what was agreed).
+//! here, from `--http-protocols` (`h2`, `http/1.1`, in its order); a connection that agreed on `h2` runs the
+//! HTTP/2 driver, any other the HTTP/1 one.
 //!
 //! A file body on a TLS connection is read in Rust and written through the stream (`Transport`'s
 //! default `send_file`): the kernel cannot encrypt what sendfile(2) copies.
@@ -28,12 +29,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::driver;
-use super::h1;
 use super::h1::client_text;
 use super::transport::Transport;
 use super::IoState;
+use super::{h1, h2};
 use crate::exchange::{Peer, ServerAddr};
-use crate::tls::{Material, TlsInfo, ALPN_HTTP1};
+use crate::tls::{Material, TlsInfo, ALPN_H2};
 
 /// The first byte of a TLS handshake record.
 const HANDSHAKE_RECORD: u8 = 0x16;
@@ -48,11 +49,11 @@ pub struct TlsAcceptor {
 }
 
 impl TlsAcceptor {
-    pub fn new(material: &Material, suppress_ragged_eofs: bool) -> Result<TlsAcceptor, String> {
+    pub fn new(material: &Material, cfg: &crate::config::Config) -> Result<TlsAcceptor, String> {
         Ok(TlsAcceptor {
-            acceptor: material.server_config(&[ALPN_HTTP1])?.into(),
+            acceptor: material.server_config(&cfg.alpn_protocols())?.into(),
             server_cert: material.server_pem.clone(),
-            suppress_ragged_eofs,
+            suppress_ragged_eofs: cfg.suppress_ragged_eofs,
             pending: Cell::new(0),
         })
     }
@@ -133,7 +134,13 @@ pub(super) async fn serve<S: Peek + 'static>(
         return;
     };
     let claimed = io.admission.accepted(&peer);
-    driver::run(h1::Http1, conn, peer, server, io, claimed).await;
+    // ALPN agreed on h2: the HTTP/2 driver; otherwise (http/1.1, or a client that offered no ALPN)
+    // HTTP/1.
+    if conn.tls().and_then(|t| t.alpn.as_deref()) == Some(ALPN_H2) {
+        driver::run(h2::Http2, conn, peer, server, io, claimed).await;
+    } else {
+        driver::run(h1::Http1, conn, peer, server, io, claimed).await;
+    }
 }
 
 /// Why a handshake did not complete, for the debug log.

@@ -54,6 +54,7 @@ pub struct EnvironBuilder {
     https: Py<PyString>,
     proto_10: Py<PyString>,
     proto_11: Py<PyString>,
+    proto_20: Py<PyString>,
 }
 
 impl EnvironBuilder {
@@ -71,6 +72,7 @@ impl EnvironBuilder {
             https: PyString::intern(py, "https").unbind(),
             proto_10: PyString::intern(py, "HTTP/1.0").unbind(),
             proto_11: PyString::intern(py, "HTTP/1.1").unbind(),
+            proto_20: PyString::intern(py, "HTTP/2.0").unbind(),
         }
     }
 
@@ -110,10 +112,10 @@ impl EnvironBuilder {
         env.set_item(k.query_string.bind(py), head.query.as_str())?;
         env.set_item(
             k.server_protocol.bind(py),
-            if head.version_minor == 0 {
-                self.proto_10.bind(py)
-            } else {
-                self.proto_11.bind(py)
+            match head.protocol() {
+                "HTTP/1.0" => self.proto_10.bind(py),
+                "HTTP/2.0" => self.proto_20.bind(py),
+                _ => self.proto_11.bind(py),
             },
         )?;
         env.set_item(k.remote_addr.bind(py), peer.ip.as_str())?;

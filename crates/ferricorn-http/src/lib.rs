@@ -13,8 +13,8 @@ pub mod static_files;
 pub use body::ChunkedDecoder;
 pub use errors::HttpError;
 pub use parse::{
-    max_head_size, parse_request, percent_decode, BodyKind, HeaderMap, Parsed, ParserOptions,
-    RequestHead,
+    h2_request_head, max_head_size, parse_request, percent_decode, BodyKind, HeaderMap, Parsed,
+    ParserOptions, RequestHead,
 };
 pub use response::{
     error_response, is_hop_by_hop, reason_phrase, simple_response, valid_header_name,

@@ -159,6 +159,24 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The protocol as WSGI's `SERVER_PROTOCOL` and the access log's `%(H)s` name it.
+    pub fn protocol(&self) -> &'static str {
+        match (self.version.0, self.version_minor) {
+            (2, _) => "HTTP/2.0",
+            (_, 0) => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
+    /// The version as ASGI's `http_version` names it.
+    pub fn http_version(&self) -> &'static str {
+        match (self.version.0, self.version_minor) {
+            (2, _) => "2",
+            (_, 0) => "1.0",
+            _ => "1.1",
+        }
+    }
+
     /// The first value of the named field (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -296,6 +314,58 @@ pub fn parse_request(buf: &[u8], opts: &ParserOptions) -> Result<Parsed, HttpErr
         head,
         consumed: hdr_start + hdr_len,
     })
+}
+
+/// An HTTP/2 request's head (RFC 9113 §8.3) under the same policy as an HTTP/1 head: `:method` and
+/// `:path` are checked as a request line's method and target (so no byte a request line could not carry
+/// gets in through a pseudo-header), the fields as header fields (the limits, `--header-map`, `Host`,
+/// `Content-Length`, `Expect`). `:authority` becomes the `Host` field when the request has none; a `Host`
+/// that names another authority is refused (§8.3.1). The frame layer has already refused what HTTP/2
+/// itself forbids (connection-specific fields, uppercase names, pseudo-headers out of place). The version
+/// is `(2, 0)`; `body` is what `Content-Length` says (a stream without one has its end in the frames).
+pub fn h2_request_head(
+    method: &str,
+    target: &str,
+    authority: Option<&str>,
+    fields: &[(&str, &[u8])],
+    opts: &ParserOptions,
+) -> Result<RequestHead, HttpError> {
+    if fields.len() >= opts.fields_limit() {
+        return Err(HttpError::TooManyHeaders);
+    }
+    let mut line = Vec::with_capacity(method.len() + target.len() + 10);
+    line.extend_from_slice(method.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(target.as_bytes());
+    line.extend_from_slice(b" HTTP/1.1");
+    if line.len() > opts.request_line_limit() {
+        return Err(HttpError::RequestLineTooLong);
+    }
+    let parsed = parse_request_line(&line, opts)?;
+    let mut sink = FieldSink::new(1, opts);
+    let host = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| trim_ows(v));
+    match (authority, host) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
+            return Err(HttpError::InvalidHost)
+        }
+        (Some(a), None) => sink.add("host", a.as_bytes())?,
+        _ => {}
+    }
+    let size_limit = opts.field_size_limit();
+    for (name, value) in fields {
+        if name.len() + value.len() + 4 > size_limit {
+            return Err(HttpError::HeaderFieldTooLarge);
+        }
+        sink.add(name, value)?;
+    }
+    let mut head = parsed.into_head(sink.finish()?)?;
+    head.version = (2, 0);
+    head.keep_alive = true;
+    head.expect_continue = false;
+    Ok(head)
 }
 
 // ---------------------------------------------------------------------------

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::{refuse, DRAIN_LIMIT, PREFETCH_LIMIT};
-use crate::exchange::{BodyChunk, Peer, BODY_CHUNK};
+use crate::exchange::{Peer, BODY_CHUNK};
 use crate::http::{self, BodyKind, ChunkedDecoder, HttpError, RequestHead};
 use crate::worker::transport::Transport;
 use crate::worker::IoState;
@@ -214,24 +213,6 @@ pub(super) fn take_front(buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
     let piece = buf[..n].to_vec();
     buf.drain(..n);
     piece
-}
-
-pub(super) async fn wait_start(
-    rx: Option<&mut oneshot::Receiver<()>>,
-) -> Result<(), oneshot::error::RecvError> {
-    match rx {
-        Some(rx) => rx.await,
-        None => std::future::pending().await,
-    }
-}
-
-pub(super) async fn reserve(
-    tx: Option<&mpsc::Sender<BodyChunk>>,
-) -> Result<mpsc::Permit<'_, BodyChunk>, mpsc::error::SendError<()>> {
-    match tx {
-        Some(tx) => tx.reserve().await,
-        None => std::future::pending().await,
-    }
 }
 
 pub(super) async fn drain<S: Transport>(

@@ -44,8 +44,6 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// ...and at most this much: enough for the rest of a typical upload in flight, while a client that never
 /// stops sending costs a bounded amount of reading before the connection is closed under it.
 const LINGER_LIMIT: usize = 1024 * 1024;
-/// How often a queued request is checked for having started in Python (its timeout clock starts then).
-const TIMEOUT_POLL: Duration = Duration::from_millis(250);
 /// How much body is read before the app is called (see `start_body`). Most form posts and JSON bodies fit,
 /// so the app gets them with the request instead of pulling them across threads piece by piece; it bounds
 /// the memory a connection can hold before its request runs.

@@ -12,18 +12,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
-use super::body::{drain, reserve, wait_start, BodyError, BodyStart, BodyState};
+use super::body::{drain, BodyError, BodyStart, BodyState};
+use super::refuse;
 use super::write::{facts, write_piece, Framed};
-use super::{refuse, TIMEOUT_POLL};
 use crate::exchange::{
-    BodyChunk, BodyStream, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr,
-    TaskEvent, Ticket, BODY_QUEUE, REPLY_QUEUE,
+    BodyChunk, ConnInfo, FileBody, Job, Out, Peer, Progress, RequestBody, ServerAddr, REPLY_QUEUE,
 };
 use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
-use crate::scoreboard::now_ns;
-use crate::worker::admission::{Claim, Placed, WAIT_POLL};
+use crate::worker::admission::Claim;
 use crate::worker::transport::Transport;
+use crate::worker::watch::{
+    body_channels, client_left, reserve, wait_start, H1Answer, Tick, Watch,
+};
 use crate::worker::IoState;
 
 /// A parsed request, ready for the app.
@@ -72,14 +73,8 @@ struct Exchange<'a> {
     /// The response's HTTP/1 framing, decided as its pieces arrive (see `http::framing`).
     h1: H1Response,
     frame: &'a mut Framed,
-    /// The request's ticket, while no thread has taken it (see `admission`).
-    waiting: Option<Arc<Ticket>>,
-    on_overflow: bool,
-    /// When the timers are next looked at: the ticket (every `WAIT_POLL`), `--timeout`, the slow threshold.
-    timeout_check: Instant,
-    /// `--timeout` or `--slow-request-threshold` still watch the request's time in Python.
-    watched: bool,
-    slow_reported: bool,
+    /// Placement, the ticket's looks, `--timeout` and the slow threshold (see `watch`).
+    watch: Watch,
     /// The body could not be read to its end: whatever the app answers, the connection ends after it,
     /// because the framing of anything that follows is unknown.
     framing_lost: bool,
@@ -149,14 +144,10 @@ pub(super) async fn run<S: Transport>(
     let stream_parts = if body.is_done() {
         None
     } else {
-        let (s_tx, s_rx) = oneshot::channel();
-        let (b_tx, b_rx) = mpsc::channel::<BodyChunk>(BODY_QUEUE);
+        let (parts, s_rx, b_tx) = body_channels();
         start_rx = Some(s_rx);
         body_tx = Some(b_tx);
-        Some(BodyStream {
-            start: Some(s_tx),
-            rx: b_rx,
-        })
+        Some(parts)
     };
     let job = Job {
         head: head.clone(),
@@ -189,13 +180,7 @@ pub(super) async fn run<S: Transport>(
         expect_continue,
         continue_sent: false,
         frame,
-        waiting: None,
-        on_overflow: false,
-        // `--timeout` is checked here, on the I/O thread, so the client gets an answer even when the app
-        // thread never comes back. Until Python has taken the request, the check just polls.
-        timeout_check: Instant::now() + TIMEOUT_POLL,
-        watched: io.request_timeout.is_some() || io.slow_threshold.is_some(),
-        slow_reported: false,
+        watch: Watch::new(io),
         framing_lost: false,
         body_error: None,
         response_started: false,
@@ -203,15 +188,8 @@ pub(super) async fn run<S: Transport>(
         watch_gone: io.ctx.runtime.watches_disconnect(),
         gone_check: Instant::now() + GONE_POLL,
     };
-    // Until a thread takes the request, the connection keeps its ticket and looks every `WAIT_POLL`
-    // whether it is a loopback call to move to the overflow lane (the invariant in `admission`).
-    match io.admission.place(job, conn_peer, claim) {
-        Some(Placed::Threads(ticket)) => {
-            x.waiting = Some(ticket);
-            x.timeout_check = Instant::now() + WAIT_POLL;
-        }
-        Some(Placed::Overflow) => x.on_overflow = true,
-        None => return x.ended(false),
+    if !x.watch.place(io, job, conn_peer, claim) {
+        return x.ended(false);
     }
 
     let keep_alive = loop {
@@ -231,18 +209,31 @@ pub(super) async fn run<S: Transport>(
                     x.send_continue(stream).await
                 }
             }
-            _ = tokio::time::sleep_until(x.timeout_check), if x.watched || x.waiting.is_some() => {
-                x.on_timer(stream, conn_peer, claim).await
+            _ = tokio::time::sleep_until(x.watch.check), if x.watch.armed() => {
+                let tick = x.watch.tick(
+                    io,
+                    &x.progress,
+                    &x.head,
+                    peer,
+                    conn_peer,
+                    claim,
+                    x.response_started,
+                    &mut H1Answer(&mut *stream),
+                ).await;
+                match tick {
+                    Tick::Continue => Step::Continue,
+                    Tick::TimedOut => Step::Close,
+                }
             }
             // The worker is stopping and cannot finish this request (see `stop`).
-            why = io.cut_off(x.waiting.as_deref()) => {
+            why = io.cut_off(x.watch.waiting.as_deref()) => {
                 crate::worker::stop::answer_cut_off(
-                    stream,
+                    &mut H1Answer(&mut *stream),
                     io,
                     &x.head,
                     peer,
                     &x.progress,
-                    x.waiting.as_deref(),
+                    x.watch.waiting.as_deref(),
                     x.response_started,
                     why,
                     x.dispatched,
@@ -281,7 +272,7 @@ pub(super) async fn run<S: Transport>(
             Step::Continue => {}
             Step::Finished(keep) => break keep,
             Step::Close => {
-                x.left_mid_request();
+                client_left(&x.progress);
                 return x.ended(false);
             }
         }
@@ -303,23 +294,10 @@ pub(super) async fn run<S: Transport>(
 }
 
 impl Exchange<'_> {
-    /// The connection ends before the response is complete: a task still running for it is told, so
-    /// it is cancelled after `--asgi-disconnect-grace-period` (a thread cannot be; it finishes).
-    fn left_mid_request(&self) {
-        if self.progress.timed_out.load(Ordering::Acquire)
-            || self.progress.started_ns.load(Ordering::Acquire) == 0
-        {
-            return;
-        }
-        if let Some(task) = self.progress.task.get() {
-            let _ = task.event(TaskEvent::ClientGone);
-        }
-    }
-
     fn ended(&self, keep: bool) -> Ended {
         Ended {
             keep,
-            on_overflow: self.on_overflow,
+            on_overflow: self.watch.on_overflow,
         }
     }
 
@@ -428,88 +406,6 @@ impl Exchange<'_> {
         Step::Continue
     }
 
-    /// The timers: a ticket still waiting is looked at (a loopback call moves to the overflow lane);
-    /// once the request runs, `--timeout` and `--slow-request-threshold`.
-    async fn on_timer<S: Transport>(
-        &mut self,
-        stream: &mut S,
-        conn_peer: &Arc<Peer>,
-        claim: &mut Claim<'_>,
-    ) -> Step {
-        let io = self.io;
-        let started = self.progress.started_ns.load(Ordering::Acquire);
-        if started == 0 {
-            if let Some(ticket) = &self.waiting {
-                if io.admission.recheck(ticket, conn_peer, claim) {
-                    self.on_overflow = true;
-                    self.waiting = None;
-                }
-            }
-            let poll = if self.waiting.is_some() {
-                WAIT_POLL
-            } else {
-                TIMEOUT_POLL
-            };
-            self.timeout_check = Instant::now() + poll;
-            return Step::Continue;
-        }
-        self.waiting = None;
-        if !self.watched {
-            return Step::Continue;
-        }
-        // A task that has begun its response is alive (a stream of server-sent events may run for
-        // hours, as it does under uvicorn's gunicorn worker): `--timeout` measures a task until then.
-        if self.response_started && self.progress.task.get().is_some() {
-            self.watched = false;
-            return Step::Continue;
-        }
-        let elapsed = Duration::from_nanos(now_ns().saturating_sub(started));
-        let thread = self.progress.thread.load(Ordering::Relaxed);
-        if let Some(limit) = io.request_timeout.filter(|l| elapsed >= *l) {
-            // A task is cancelled by its loop; a thread (or a loop that does not come back) is stuck.
-            io.past_timeout(&self.progress, elapsed);
-            if !self.response_started {
-                let body = format!(
-                    "The request ran longer than the server's timeout ({} s).\n",
-                    limit.as_secs()
-                );
-                self.progress.timed_out.store(true, Ordering::Release);
-                let _ = stream
-                    .write_all(&http::simple_response(504, &body, true))
-                    .await;
-                io.log_own_answer(&self.head, self.peer, 504, body.len(), elapsed);
-            }
-            return Step::Close;
-        }
-        if !self.slow_reported && io.slow_threshold.is_some_and(|s| elapsed >= s) {
-            self.slow_reported = true;
-            match self
-                .progress
-                .task
-                .get()
-                .map(|t| t.event(TaskEvent::Slow(elapsed)))
-            {
-                Some(Ok(())) => {}
-                Some(Err(stuck)) => io.request_slow(thread, stuck, elapsed),
-                None => io.request_slow(thread, thread, elapsed),
-            }
-        }
-        // Sleep until the nearest deadline still ahead.
-        let next = [
-            io.request_timeout,
-            io.slow_threshold.filter(|_| !self.slow_reported),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|d| d.saturating_sub(elapsed))
-        .min();
-        match next {
-            Some(d) => self.timeout_check = Instant::now() + d,
-            None => self.watched = false,
-        }
-        Step::Continue
-    }
-
     /// The next piece of body for the app, read within the next timer deadline (so `--timeout` fires even
     /// while the client is slow to send the body the app waits for). None: the timer is due first.
     async fn read_body<S: Transport>(
@@ -518,11 +414,7 @@ impl Exchange<'_> {
         buf: &mut Vec<u8>,
     ) -> Option<BodyChunk> {
         let io = self.io;
-        let deadline = if self.watched {
-            self.timeout_check
-        } else {
-            Instant::now() + io.header_timeout
-        };
+        let deadline = self.watch.read_deadline(io);
         let next =
             tokio::time::timeout_at(deadline, self.body.next(stream, buf, io.header_timeout))
                 .await
