@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-import requests
 
 from conftest import IS_GUNICORN, rss
 from h2wire import (CANCEL, HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS,
@@ -46,16 +45,13 @@ def req(path="/", method="GET"):
 
 
 def served(srv, timeout=5.0):
-    """Another client is served: a fresh HTTP/2 connection gets its response, and so does HTTP/1.1;
-    returns the slower of the two latencies."""
+    """Another client is served: a fresh HTTP/2 connection gets its response; returns how long it
+    took (connection, preface and request)."""
     t0 = time.monotonic()
     with Wire(srv.port, timeout=timeout).handshake() as w:
         status, _, body, _ = w.request("/", timeout=timeout)
     assert (status, body) == (200, b"hello h2\n")
-    t1 = time.monotonic()
-    r = requests.get(f"http://127.0.0.1:{srv.port}/", timeout=timeout)
-    assert r.status_code == 200 and r.text == "hello h2\n"
-    return max(t1 - t0, time.monotonic() - t1)
+    return time.monotonic() - t0
 
 
 def warm(srv):
@@ -315,13 +311,15 @@ def test_too_many_concurrent_streams(start_server):
                     answered.add(f.stream_id)
                 elif isinstance(f, GoAwayFrame):
                     goaway = f
-                    if f.error_code != NO_ERROR:
-                        break
         except (Closed, TimeoutError):
             pass
-    assert 1 <= len(answered) <= 20, (len(answered), refused, other)
-    if goaway is None or goaway.error_code == NO_ERROR:
-        assert refused >= 900, (len(answered), refused, other)
+    # never more than the limit's worth reach the app (a little slack for streams opened as others end)
+    assert len(answered) <= 20, (len(answered), refused, other)
+    if goaway is not None and goaway.error_code != NO_ERROR:
+        # the server gave up on this client (ENHANCE_YOUR_CALM after refusing many), also fine
+        assert refused >= 10, (len(answered), refused, other, goaway.error_code)
+    else:
+        assert len(answered) >= 1 and refused >= 900, (len(answered), refused, other)
     assert latency < 8.0, f"another client waited {latency:.1f}s"
     assert_bounded(srv, before, 24, "stream flood")
     assert served(srv) < 3.0

@@ -129,7 +129,11 @@ async fn session(pieces: Vec<Vec<u8>>, opts: u8) -> Session {
             out.heads_ok += 1;
             // Nothing a request line or a field line could not carry gets into the head.
             for b in head.target.bytes().chain(head.method.bytes()) {
-                assert!(b > b' ' && b != 0x7f, "a control byte or space in {:?}", head.target);
+                assert!(
+                    b > b' ' && b != 0x7f,
+                    "a control byte or space in {:?}",
+                    head.target
+                );
             }
             for (name, value) in &head.headers {
                 assert!(!name.is_empty() && !name.bytes().any(|b| b <= b' ' || b == b':'));
@@ -156,7 +160,10 @@ async fn answer_stream(
     head_ok: bool,
 ) {
     if !head_ok {
-        let res = ::http::Response::builder().status(400).body(()).expect("a response");
+        let res = ::http::Response::builder()
+            .status(400)
+            .body(())
+            .expect("a response");
         let _ = respond.send_response(res, true);
         return;
     }
@@ -175,11 +182,18 @@ async fn answer_stream(
         }
         Answer::Now | Answer::Large => {}
     }
-    let res = ::http::Response::builder().status(200).body(()).expect("a response");
+    let res = ::http::Response::builder()
+        .status(200)
+        .body(())
+        .expect("a response");
     let Ok(mut send) = respond.send_response(res, false) else {
         return;
     };
-    let size = if matches!(answer, Answer::Large) { 200_000 } else { 5 };
+    let size = if matches!(answer, Answer::Large) {
+        200_000
+    } else {
+        5
+    };
     let mut left = size;
     // Each piece waits for the client's window, as the driver's responses do.
     while left > 0 {
@@ -189,7 +203,10 @@ async fn answer_stream(
             _ => return,
         };
         let n = cap.min(left);
-        if send.send_data(Bytes::from(vec![b'x'; n]), n == left).is_err() {
+        if send
+            .send_data(Bytes::from(vec![b'x'; n]), n == left)
+            .is_err()
+        {
             return;
         }
         left -= n;
