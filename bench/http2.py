@@ -18,10 +18,8 @@ bench/results/<date>-h2.md and .json. Target (issue 17): h2 hello ≥ 1.2× gran
 import argparse
 import datetime
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from static import free_port, stop  # bench/static.py: a free loopback port; stop a server's group
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -95,12 +95,6 @@ def parse_h2load(text):
 # --------------------------------------------------------------------------- servers
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def argv_for(server, transport, app, port, bin_dir, tls):
     module = APPS[app]
     if server == "granian":
@@ -153,18 +147,6 @@ def start(server, transport, app, bin_dir, tls, work):
         time.sleep(0.2)
     stop(proc)
     raise RuntimeError(f"{tag} did not serve HTTP/2 (log: {work / (tag + '.log')}): {last[-200:]}")
-
-
-def stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def make_tls(work):

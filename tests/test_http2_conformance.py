@@ -1100,6 +1100,9 @@ def test_h2_connection_state_machine_client(target):
 
 def _app_module():
     import importlib.util
+    import sys
+    if APPS_DIR not in sys.path:
+        sys.path.append(APPS_DIR)  # h2conf imports its sibling asgi_raw
     spec = importlib.util.spec_from_file_location("h2conf", os.path.join(APPS_DIR, "h2conf.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

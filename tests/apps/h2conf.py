@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+from asgi_raw import read_body
 from flask import Flask, Response, request
 
 CHUNK = 16384
@@ -80,17 +81,6 @@ def slow():
     return Response("slow done\n", mimetype="text/plain")
 
 
-async def _body(receive):
-    body = b""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return None
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            return body
-
-
 async def asgi(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -106,7 +96,7 @@ async def asgi(scope, receive, send):
     if path == "/":
         await answer(200, b"hello h2\n")
     elif path == "/echo":
-        body = await _body(receive)
+        body = await read_body(receive)
         if body is None:
             return
         await answer(200, body, b"application/octet-stream",
@@ -121,7 +111,7 @@ async def asgi(scope, receive, send):
             sent += len(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
     elif path == "/req":
-        body = await _body(receive)
+        body = await read_body(receive)
         seen = {
             "method": scope["method"],
             "path": path,
