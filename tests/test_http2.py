@@ -228,15 +228,19 @@ def test_a_reset_stream_fails_the_apps_read(start_server, tmp_path):
     srv = start_server(["-w", "1", "--threads", "2", *H2C, "h2app:app"],
                        env={"H2_MARKER": str(marker)})
     c = RawH2(srv.port)
+    # After other traffic (the app loaded: a request reset while still queued is withdrawn unrun).
+    first = c.request("/")
+    c.pump(c.ended(first))
     sid = c.request("/read-slowly", method="POST", end=False)
     c.conn.send_data(sid, b"x" * 15000)
     c.conn.send_data(sid, b"x" * 15000)
     c.flush()
     time.sleep(0.3)
-    c.conn.reset_stream(sid)
+    c.conn.reset_stream(sid, error_code=8)  # CANCEL
     c.flush()
     wait_for(lambda: marker.exists() and "read failed" in marker.read_text(), 5,
              message="the app's read to fail")
+    assert "the client reset the stream (CANCEL)" in marker.read_text()
     # The connection goes on.
     sid2 = c.request("/")
     c.pump(c.ended(sid2))

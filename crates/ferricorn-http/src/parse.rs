@@ -333,6 +333,13 @@ pub fn h2_request_head(
     if fields.len() >= opts.fields_limit() {
         return Err(HttpError::TooManyHeaders);
     }
+    // A space would split the line differently: say which part was wrong.
+    if method.contains(' ') {
+        return Err(HttpError::InvalidMethod);
+    }
+    if target.contains(' ') {
+        return Err(HttpError::InvalidTarget);
+    }
     let mut line = Vec::with_capacity(method.len() + target.len() + 10);
     line.extend_from_slice(method.as_bytes());
     line.push(b' ');
@@ -352,12 +359,23 @@ pub fn h2_request_head(
             return Err(HttpError::InvalidHost)
         }
         (Some(a), None) => sink.add("host", a.as_bytes())?,
+        // RFC 9113 §8.3.1 leaves out :authority when there is none to convey: not HTTP/1.1's
+        // missing Host.
+        (None, None) => sink.host_seen = true,
         _ => {}
     }
     let size_limit = opts.field_size_limit();
     for (name, value) in fields {
         if name.len() + value.len() + 4 > size_limit {
             return Err(HttpError::HeaderFieldTooLarge);
+        }
+        // RFC 9113 §8.2.1: a name is a token; a value carries no NUL, CR or LF (the frame layer
+        // checks this too; the head is refused here whatever hands it over).
+        if !is_token(name.as_bytes()) {
+            return Err(HttpError::InvalidHeaderName);
+        }
+        if value.iter().any(|&b| matches!(b, 0 | b'\r' | b'\n')) {
+            return Err(HttpError::InvalidHeaderValue);
         }
         sink.add(name, value)?;
     }
@@ -1113,6 +1131,77 @@ mod tests {
 
     fn opts() -> ParserOptions {
         ParserOptions::default()
+    }
+
+    #[test]
+    fn an_h2_head_follows_the_http1_policy() {
+        let o = ParserOptions::default();
+        let head = h2_request_head(
+            "GET",
+            "/a%20b?x=1",
+            Some("example.com"),
+            &[("x-a", b"1")],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(
+            (head.version, head.protocol(), head.http_version()),
+            ((2, 0), "HTTP/2.0", "2")
+        );
+        assert_eq!((head.path.as_str(), head.query.as_str()), ("/a%20b", "x=1"));
+        assert_eq!(head.header("host"), Some(&b"example.com"[..]));
+        assert_eq!(head.body, BodyKind::Empty);
+        let post = h2_request_head("POST", "/", None, &[("content-length", b"12")], &o).unwrap();
+        assert_eq!(post.body, BodyKind::Length(12));
+        let err = |m: &str, t: &str, a: Option<&str>, f: &[(&str, &[u8])]| {
+            h2_request_head(m, t, a, f, &o).unwrap_err()
+        };
+        // What a request line could not carry does not come in through a pseudo-header.
+        assert_eq!(err("GET", "/a b", None, &[]), HttpError::InvalidTarget);
+        assert_eq!(err("G(T", "/", None, &[]), HttpError::InvalidMethod);
+        assert_eq!(err("GET", "/\x01", None, &[]), HttpError::InvalidTarget);
+        // Host and :authority must agree; one Content-Length; values without CR/LF/NUL.
+        assert_eq!(
+            err("GET", "/", Some("a"), &[("host", b"b")]),
+            HttpError::InvalidHost
+        );
+        assert!(h2_request_head("GET", "/", Some("A"), &[("host", b"a")], &o).is_ok());
+        assert_eq!(
+            err(
+                "GET",
+                "/",
+                None,
+                &[("content-length", b"1"), ("content-length", b"1")]
+            ),
+            HttpError::DuplicateContentLength
+        );
+        assert_eq!(
+            err("GET", "/", None, &[("x", b"a\r\nb: c")]),
+            HttpError::InvalidHeaderValue
+        );
+        assert_eq!(
+            err("GET", "/", None, &[("x y", b"1")]),
+            HttpError::InvalidHeaderName
+        );
+        // `--header-map`: a name with `_` is dropped by default, refused when asked.
+        let h = h2_request_head("GET", "/", None, &[("x_a", b"1")], &o).unwrap();
+        assert!(h.header("x_a").is_none());
+        let refuse = ParserOptions {
+            header_map: HeaderMap::Refuse,
+            ..o.clone()
+        };
+        assert_eq!(
+            h2_request_head("GET", "/", None, &[("x_a", b"1")], &refuse).unwrap_err(),
+            HttpError::UnderscoreInHeaderName
+        );
+        let few = ParserOptions {
+            limit_request_fields: 2,
+            ..o.clone()
+        };
+        assert_eq!(
+            h2_request_head("GET", "/", None, &[("a", b"1"), ("b", b"2")], &few).unwrap_err(),
+            HttpError::TooManyHeaders
+        );
     }
 
     fn parse(raw: &[u8]) -> Result<Parsed, HttpError> {

@@ -161,8 +161,11 @@ async fn drive<S: Transport>(
             // HTTP/1 connection's next request is, with `Connection: close`), and a stopping worker's
             // cut-off answers what still runs near --graceful-timeout. Not sooner, because a client may
             // take GOAWAY as the end of everything on the connection (Python's h2, under httpx, accepts
-            // no frame after it), and the responses in flight would be lost.
-            h2.graceful_shutdown();
+            // no frame after it), and the responses in flight would be lost. One GOAWAY naming the last
+            // stream taken, with no PING after it (h2's two-step `graceful_shutdown` sends one, which
+            // such a client reads as a protocol error): with no stream in flight nothing is cut, and a
+            // stream the client opens meanwhile is above the last one named, so it knows to retry it.
+            h2.abrupt_shutdown(::h2::Reason::NO_ERROR);
             goaway = true;
         }
         let idle_deadline = idle_since.map(|t| t + io.idle_timeout(served == 0));
@@ -176,7 +179,10 @@ async fn drive<S: Transport>(
                 h2.poll_closed(cx).map(|r| r.err().map(Err))
             }
         });
+        // Biased: the connection is polled (its queued frames written) before a stream's end is
+        // looked at, so a GOAWAY that follows never overtakes a response.
         tokio::select! {
+            biased;
             accepted = next => match accepted {
                 Some(Ok((request, respond))) => {
                     served += 1;
@@ -197,8 +203,11 @@ async fn drive<S: Transport>(
                 if goaway {
                     return format!("after {served} streams, idle while the worker stops");
                 }
-                h2.graceful_shutdown();
-                goaway = true;
+                if conn.live.get() == 0 {
+                    // Idle: one GOAWAY, as for a stop (no stream is in flight).
+                    h2.abrupt_shutdown(::h2::Reason::NO_ERROR);
+                    goaway = true;
+                }
                 idle_since = None;
             }
         }

@@ -324,7 +324,11 @@ async fn exchange(
                                 body_finished = true;
                             }
                             Ok(Some(Err(e))) => {
-                                permit.send(BodyChunk::Failed(format!("the request body failed: {e}")));
+                                let why = match e.reason() {
+                                    Some(r) if e.is_reset() => format!("the client reset the stream ({r:?})"),
+                                    _ => format!("the request body failed: {e}"),
+                                };
+                                permit.send(BodyChunk::Failed(why));
                                 body_finished = true;
                             }
                         }
@@ -336,7 +340,7 @@ async fn exchange(
         if let Some(reason) = reset {
             if let Some(tx) = body_tx.take() {
                 let _ = tx.try_send(BodyChunk::Failed(format!(
-                    "the client reset the stream ({reason})"
+                    "the client reset the stream ({reason:?})"
                 )));
             }
         }
