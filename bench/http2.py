@@ -269,11 +269,15 @@ def main(argv=None):
                     names = [s for s in servers if s in running]
                     k = rep % max(1, len(names))
                     for s in names[k:] + names[:k]:
-                        out = h2load(url(t, running[s][1]), "-t1", f"-c{args.clients}",
-                                     f"-m{args.streams}", "--warm-up-time=1",
-                                     f"-D{args.duration:g}", timeout=args.duration + 60)
                         try:
+                            out = h2load(url(t, running[s][1]), "-t1", f"-c{args.clients}",
+                                         f"-m{args.streams}", "--warm-up-time=1",
+                                         f"-D{args.duration:g}", timeout=args.duration + 60)
                             r = parse_h2load(out)
+                        except subprocess.TimeoutExpired:
+                            failed.append(f"{s} {t} {app} repeat {rep + 1}: h2load did not finish "
+                                          f"within {args.duration + 60:g} s (the server stalled)")
+                            continue
                         except ValueError as e:
                             failed.append(f"{s} {t} {app} repeat {rep + 1}: {e}")
                             continue
