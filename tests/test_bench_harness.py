@@ -354,3 +354,99 @@ def test_ab_slices_combine_into_one_load_with_the_other_work_of_all_slices():
     assert load["rps"] == 2000 and load["requests"] == 4000
     assert load["others_top"] == [{"name": "rustc", "cores": 1.0}] and load["other_cores"] == 1.0
     assert report.load_problem(load) is None
+
+
+# --------------------------------------------------------------------------- bench/http2.py: h2load
+
+
+import http2 as h2bench  # noqa: E402  (bench/http2.py)
+
+H2LOAD_OK = """starting benchmark...
+spawning thread #0: 2 total client(s). 200 total requests
+Application protocol: h2c
+progress: 100% done
+
+finished in 23.51ms, 8507.38 req/s, 339.96KB/s
+requests: 200 total, 200 started, 200 done, 200 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 200 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 7.99KB (8184) total, 1.83KB (1874) headers (space savings 90.03%), 2.54KB (2600) data
+                     min         max         mean         sd        +/- sd
+time for request:       68us     11.50ms       853us      2.20ms    96.00%
+time for connect:      170us       371us       271us       142us   100.00%
+time to 1st byte:    11.75ms     11.86ms     11.81ms        79us   100.00%
+req/s           :    4308.52     4585.49     4447.00      195.85   100.00%
+"""
+
+
+def test_h2load_output_of_a_clean_run():
+    r = h2bench.parse_h2load(H2LOAD_OK)
+    assert r["protocol"] == "h2c"
+    assert r["seconds"] == pytest.approx(0.02351)
+    assert r["h2load_rps"] == pytest.approx(8507.38)
+    assert r["rps"] == pytest.approx(200 / 0.02351)
+    assert (r["total"], r["done"], r["succeeded"], r["failed"], r["errored"], r["timeout"]) == \
+        (200, 200, 200, 0, 0, 0)
+    assert r["status"] == {"2xx": 200, "3xx": 0, "4xx": 0, "5xx": 0}
+    assert r["request_us"] == {"min": 68.0, "max": 11500.0, "mean": 853.0}
+    assert r["errors"] == 0
+
+
+def test_h2load_failures_and_non_2xx_are_errors_and_not_counted_in_rps():
+    text = H2LOAD_OK.replace("finished in 23.51ms", "finished in 2.00s").replace(
+        "200 done, 200 succeeded, 0 failed, 0 errored", "190 done, 155 succeeded, 35 failed, 10 errored"
+    ).replace("200 2xx, 0 3xx, 0 4xx, 0 5xx", "150 2xx, 5 3xx, 10 4xx, 20 5xx")
+    r = h2bench.parse_h2load(text)
+    # h2load's "succeeded" are the 2xx and 3xx answers: the rest of the 200, and the 3xx, are errors
+    assert r["errors"] == 45 + 5
+    assert r["rps"] == pytest.approx(150 / 2.0)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "starting benchmark...\nspawning thread #0: 1 total client(s). 10 total requests\n"
+    "No protocol negotiated. Aborted.\n",
+    "client could not connect to host\nfinished in 1.2ms, 0.00 req/s, 0B/s\n",  # no requests line
+])
+def test_h2load_output_without_a_result_is_refused(text):
+    with pytest.raises(ValueError):
+        h2bench.parse_h2load(text)
+
+
+@pytest.mark.skipif(not any(os.access(os.path.join(d, "h2load"), os.X_OK) for d in os.environ["PATH"].split(":")),
+                    reason="h2load not installed (bench/run installs nghttp2-client)")
+def test_h2load_run_for_real_against_a_flaky_server():
+    # h2load --h1 speaks HTTP/1.1 with the same report as over HTTP/2
+    FlakyHandler.count = 0
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        out = h2bench.h2load(f"http://127.0.0.1:{srv.server_address[1]}/", "--h1", "-n", "40", "-c", "1",
+                             timeout=30)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    r = h2bench.parse_h2load(out)
+    assert r["protocol"] == "http/1.1"
+    assert r["total"] == 40 and r["done"] == 40 and r["succeeded"] == 30
+    assert r["status"]["5xx"] == 10 and r["status"]["2xx"] == 30
+    assert r["errors"] == 10
+    assert r["rps"] == pytest.approx(30 / r["seconds"])
+
+
+def test_h2_report_reads_the_target_only_with_three_repeats():
+    def sample(rps):
+        return {"rps": rps, "errors": 0, "loadavg": "1.0",
+                "request_us": {"min": 1.0, "max": 2.0, "mean": 1500.0}}
+
+    samples = {("ferricorn", "h2c", "hello"): [sample(13000), sample(12000), sample(12500)],
+               ("granian", "h2c", "hello"): [sample(10000), sample(10000), sample(9000)],
+               ("gunicorn", "h2c", "hello"): [sample(2000)] * 3}
+    cfg = {"date": "2026-12-03", "repeats": 3, "duration": 5.0, "clients": 16, "streams": 10,
+           "apps": ["hello"], "transports": ["h2c"], "failed": []}
+    text, status = h2bench.report(samples, cfg, {"ferricorn": "x"}, "")
+    assert status == "met (lowest 1.25×)"
+    assert "| hello | h2c | 12,500 (1.50) | 10,000 (1.50) | 2,000 (1.50) | 1.25 | 6.25 |" in text
+    samples[("granian", "h2c", "hello")] = [sample(11000)] * 3
+    assert h2bench.report(samples, cfg, {}, "")[1].startswith("not met")
+    cfg["repeats"] = 1
+    assert h2bench.report(samples, cfg, {}, "")[1].startswith("insufficient")

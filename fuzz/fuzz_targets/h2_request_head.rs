@@ -48,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
     // The same request line over HTTP/1 means the same.
     let line = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n");
     if let Ok(Parsed::Complete { head: h1, .. }) = parse_request(line.as_bytes(), &opts) {
-        assert_eq!((h1.method, h1.path, h1.query), (head.method, head.path, head.query));
+        assert_eq!(
+            (h1.method, h1.path, h1.query),
+            (head.method, head.path, head.query)
+        );
     }
 });

@@ -2,7 +2,8 @@
 //! crate (`crates/ferricorn-ws`): the parser and the chunked decoder depend only on httparse, memchr,
 //! itoa and httpdate, the frame layer and permessage-deflate on tokio's I/O traits and flate2, so the
 //! fuzz targets link no Python. A websocket session is driven in memory ([`read_session`]): the
-//! client's bytes arrive in pieces, one per read of the socket.
+//! client's bytes arrive in pieces, one per read of the socket. An HTTP/2 server connection on the `h2`
+//! crate runs over an in-memory duplex pipe ([`h2server`]).
 
 pub use ferricorn_http as http;
 
@@ -38,6 +39,8 @@ pub fn options_from(data: &[u8]) -> (ParserOptions, &[u8]) {
 }
 
 pub use ferricorn_ws as ws;
+
+pub mod h2server;
 
 use std::collections::VecDeque;
 use std::future::Future;
