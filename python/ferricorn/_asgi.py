@@ -175,6 +175,7 @@ class Server:
         self.tasks = {}
         self.state = None
         self.stopping = loop.create_future()
+        bridge.bind_loop(loop)
 
     def beat(self):
         self.bridge.tick()
@@ -224,26 +225,10 @@ class Server:
         task.cancel()
 
     async def run(self, req):
-        loop = self.loop
-
-        async def receive():
-            message = req.receive_now()
-            if message is None:
-                fut = loop.create_future()
-                req.receive_later(fut)
-                message = await fut
-            return message
-
-        async def send(message):
-            if not req.send(message):
-                fut = loop.create_future()
-                req.send_later(fut)
-                if not await fut:
-                    raise OSError("client disconnected")
-
+        # `req.receive` and `req.send` answer with a ready-made awaitable when nothing has to wait,
+        # else with a future of this loop (see `AsgiRequest.receive` / `.send`).
         try:
-            scope = req.scope(self.root_path, self.state)
-            await self.app(scope, receive, send)
+            await self.app(req.scope(self.root_path, self.state), req.receive, req.send)
         except asyncio.CancelledError:
             req.finish(None, True)
         except BaseException as exc:

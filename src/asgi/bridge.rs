@@ -90,6 +90,8 @@ pub struct LoopShared {
     /// The worker's own loop (it runs the lifespan); else an overflow loop for loopback calls.
     main: bool,
     next_id: AtomicU64,
+    /// The loop's `create_future` (set by `LoopBridge::bind_loop`): the futures that waits resolve.
+    create_future: std::sync::OnceLock<Py<PyAny>>,
 }
 
 impl LoopShared {
@@ -131,6 +133,7 @@ impl LoopShared {
             state,
             main,
             next_id: AtomicU64::new(1),
+            create_future: std::sync::OnceLock::new(),
         })
     }
 
@@ -140,6 +143,16 @@ impl LoopShared {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new future of the loop, for a wait that the I/O thread finishes.
+    pub fn new_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.create_future.get() {
+            Some(create) => create.bind(py).call0(),
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "the loop is not bound to its bridge",
+            )),
+        }
     }
 
     pub fn queue_is_empty(&self) -> bool {
@@ -348,8 +361,8 @@ pub struct LoopBridge {
 
 fn resolve(py: Python<'_>, fut: &Py<PyAny>, value: Bound<'_, PyAny>) -> PyResult<()> {
     let fut = fut.bind(py);
-    if !fut.call_method0("done")?.is_truthy()? {
-        fut.call_method1("set_result", (value,))?;
+    if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        fut.call_method1(pyo3::intern!(py, "set_result"), (value,))?;
     }
     Ok(())
 }
@@ -385,6 +398,13 @@ impl LoopBridge {
         });
     }
 
+    /// The loop whose futures `receive()` and `send()` return when they must wait.
+    fn bind_loop(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        let create = event_loop.getattr(pyo3::intern!(py, "create_future"))?;
+        let _ = self.shared.create_future.set(create.unbind());
+        Ok(())
+    }
+
     /// The loop's heartbeat.
     fn tick(&self) {
         let now = now_ns();
@@ -418,11 +438,7 @@ impl LoopBridge {
             match wake {
                 Wake::Sent { req, fut, ok } => {
                     req.borrow_mut(py).piece_sent(ok);
-                    resolve(
-                        py,
-                        &fut,
-                        pyo3::types::PyBool::new(py, ok).to_owned().into_any(),
-                    )?;
+                    request::sent_outcome(py, &fut, ok)?;
                 }
                 Wake::Body {
                     req,

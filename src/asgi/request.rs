@@ -6,14 +6,18 @@
 //! (backpressure), body bytes not read yet — each wait is a task on the worker's I/O thread that
 //! resolves an asyncio future through the loop's bridge.
 //!
-//! The Python half (`ferricorn._asgi`) calls `receive_now`/`receive_later` and `send`/`send_later`
-//! from the two coroutines it hands the app.
+//! The app gets `receive` and `send` of this object itself: each call answers with a ready-made
+//! awaitable ([`Ready`]) when the message is here or the piece is queued — the common case, which then
+//! costs no coroutine, no future and no trip through the loop — and otherwise with a future of the
+//! loop that the I/O thread resolves.
 
 use std::ops::Deref;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,7 +116,7 @@ pub struct AsgiRequest {
 /// `{"type": "http.disconnect"}`.
 pub fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("type", "http.disconnect")?;
+    d.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
     Ok(d)
 }
 
@@ -133,9 +137,9 @@ fn head_of<'a>(
 
 fn request_message<'py>(py: Python<'py>, body: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("type", "http.request")?;
-    d.set_item("body", PyBytes::new(py, body))?;
-    d.set_item("more_body", more)?;
+    d.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+    d.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
+    d.set_item(intern!(py, "more_body"), more)?;
     Ok(d)
 }
 
@@ -294,7 +298,7 @@ impl AsgiRequest {
             ));
         }
         let status: u16 = msg
-            .get_item("status")?
+            .get_item(intern!(msg.py(), "status"))?
             .ok_or_else(|| PyValueError::new_err("http.response.informational without a status"))?
             .extract()?;
         if !(100..200).contains(&status) || status == 101 {
@@ -302,7 +306,7 @@ impl AsgiRequest {
                 "http.response.informational status {status}: must be 1xx, not 101"
             )));
         }
-        let headers = match msg.get_item("headers")? {
+        let headers = match msg.get_item(intern!(msg.py(), "headers"))? {
             Some(h) => Self::fields(&h, None)?,
             None => Vec::new(),
         };
@@ -316,7 +320,7 @@ impl AsgiRequest {
             ));
         }
         let status: u16 = msg
-            .get_item("status")?
+            .get_item(intern!(msg.py(), "status"))?
             .ok_or_else(|| PyValueError::new_err("http.response.start without a status"))?
             .extract()
             .map_err(|_| PyTypeError::new_err("status must be an int"))?;
@@ -328,10 +332,10 @@ impl AsgiRequest {
         }
         let mut headers = Vec::new();
         let mut content_length = None;
-        if let Some(list) = msg.get_item("headers")? {
+        if let Some(list) = msg.get_item(intern!(msg.py(), "headers"))? {
             headers = Self::fields(&list, Some(&mut content_length))?;
         }
-        self.trailers_expected = match msg.get_item("trailers")? {
+        self.trailers_expected = match msg.get_item(intern!(msg.py(), "trailers"))? {
             Some(t) => t.is_truthy()?,
             None => false,
         };
@@ -399,13 +403,13 @@ impl AsgiRequest {
             return Err(self.out_of_order("http.response.body"));
         }
         let py = msg.py();
-        let body = match msg.get_item("body")? {
+        let body = match msg.get_item(intern!(msg.py(), "body"))? {
             Some(b) => b
                 .cast_into::<PyBytes>()
                 .map_err(|_| PyTypeError::new_err("http.response.body's body must be bytes"))?,
             None => PyBytes::new(py, b""),
         };
-        let more = match msg.get_item("more_body")? {
+        let more = match msg.get_item(intern!(msg.py(), "more_body"))? {
             Some(m) => m.is_truthy()?,
             None => false,
         };
@@ -448,11 +452,11 @@ impl AsgiRequest {
         if self.stage != Stage::Trailers {
             return Err(self.out_of_order("http.response.trailers"));
         }
-        let fields = match msg.get_item("headers")? {
+        let fields = match msg.get_item(intern!(msg.py(), "headers"))? {
             Some(list) => Self::fields(&list, None)?,
             None => Vec::new(),
         };
-        let more = match msg.get_item("more_trailers")? {
+        let more = match msg.get_item(intern!(msg.py(), "more_trailers"))? {
             Some(m) => m.is_truthy()?,
             None => false,
         };
@@ -482,7 +486,7 @@ impl AsgiRequest {
             return Err(self.out_of_order("http.response.pathsend"));
         }
         let path: std::path::PathBuf = msg
-            .get_item("path")?
+            .get_item(intern!(msg.py(), "path"))?
             .ok_or_else(|| PyValueError::new_err("http.response.pathsend without a path"))?
             .extract()?;
         let file = std::fs::File::open(&path)
@@ -510,7 +514,7 @@ impl AsgiRequest {
         }
         let py = msg.py();
         let fd: i32 = msg
-            .get_item("file")?
+            .get_item(intern!(msg.py(), "file"))?
             .ok_or_else(|| PyValueError::new_err("http.response.zerocopy without a file"))?
             .call_method0("fileno")?
             .extract()?;
@@ -528,17 +532,17 @@ impl AsgiRequest {
             .metadata()
             .map_err(|e| PyOSError::new_err(format!("http.response.zerocopy: {e}")))?
             .len();
-        let offset = match msg.get_item("offset")? {
+        let offset = match msg.get_item(intern!(msg.py(), "offset"))? {
             Some(o) if !o.is_none() => o.extract::<u64>()?,
             // SAFETY: lseek with SEEK_CUR and 0 only reads the descriptor's position.
             _ => u64::try_from(unsafe { libc::lseek(own, 0, libc::SEEK_CUR) }).unwrap_or(0),
         };
         let rest = size.saturating_sub(offset);
-        let count = match msg.get_item("count")? {
+        let count = match msg.get_item(intern!(msg.py(), "count"))? {
             Some(c) if !c.is_none() => c.extract::<u64>()?.min(rest),
             _ => rest,
         };
-        let more = match msg.get_item("more_body")? {
+        let more = match msg.get_item(intern!(msg.py(), "more_body"))? {
             Some(m) => m.is_truthy()?,
             None => false,
         };
@@ -552,9 +556,9 @@ impl AsgiRequest {
         file.read_exact_at(&mut bytes, offset)
             .map_err(|e| PyOSError::new_err(format!("http.response.zerocopy: {e}")))?;
         let piece = PyDict::new(py);
-        piece.set_item("type", "http.response.body")?;
-        piece.set_item("body", PyBytes::new(py, &bytes))?;
-        piece.set_item("more_body", more)?;
+        piece.set_item(intern!(py, "type"), intern!(py, "http.response.body"))?;
+        piece.set_item(intern!(py, "body"), PyBytes::new(py, &bytes))?;
+        piece.set_item(intern!(py, "more_body"), more)?;
         self.body(&piece)
     }
 
@@ -675,27 +679,47 @@ impl AsgiRequest {
         let head = &self.head;
         let d = PyDict::new(py);
         let ws = self.ws.is_some();
-        d.set_item("type", if ws { "websocket" } else { "http" })?;
+        d.set_item(
+            intern!(py, "type"),
+            if ws {
+                intern!(py, "websocket")
+            } else {
+                intern!(py, "http")
+            },
+        )?;
         let asgi = PyDict::new(py);
-        asgi.set_item("version", "3.0")?;
-        asgi.set_item("spec_version", "2.4")?;
-        d.set_item("asgi", asgi)?;
-        d.set_item("http_version", head.http_version())?;
+        asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+        asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.4"))?;
+        d.set_item(intern!(py, "asgi"), asgi)?;
+        d.set_item(
+            intern!(py, "http_version"),
+            match head.http_version() {
+                "2" => intern!(py, "2"),
+                "1.0" => intern!(py, "1.0"),
+                _ => intern!(py, "1.1"),
+            },
+        )?;
         let scheme = match (ws, self.conn.https) {
             (false, false) => "http",
             (false, true) => "https",
             (true, false) => "ws",
             (true, true) => "wss",
         };
-        d.set_item("scheme", scheme)?;
+        d.set_item(intern!(py, "scheme"), scheme)?;
         if !ws {
-            d.set_item("method", head.method.as_str())?;
+            d.set_item(intern!(py, "method"), head.method.as_str())?;
         }
         let decoded = http::percent_decode(head.path.as_bytes());
-        d.set_item("path", String::from_utf8_lossy(&decoded))?;
-        d.set_item("raw_path", PyBytes::new(py, head.path.as_bytes()))?;
-        d.set_item("query_string", PyBytes::new(py, head.query.as_bytes()))?;
-        d.set_item("root_path", root_path)?;
+        d.set_item(intern!(py, "path"), String::from_utf8_lossy(&decoded))?;
+        d.set_item(
+            intern!(py, "raw_path"),
+            PyBytes::new(py, head.path.as_bytes()),
+        )?;
+        d.set_item(
+            intern!(py, "query_string"),
+            PyBytes::new(py, head.query.as_bytes()),
+        )?;
+        d.set_item(intern!(py, "root_path"), root_path)?;
         let headers = PyList::empty(py);
         for (name, value) in &head.headers {
             let name = name.to_ascii_lowercase();
@@ -704,21 +728,21 @@ impl AsgiRequest {
                 [PyBytes::new(py, name.as_bytes()), PyBytes::new(py, value)],
             )?)?;
         }
-        d.set_item("headers", headers)?;
+        d.set_item(intern!(py, "headers"), headers)?;
         let peer = &self.conn.peer;
         if peer.ip.is_empty() {
-            d.set_item("client", py.None())?;
+            d.set_item(intern!(py, "client"), py.None())?;
         } else {
-            d.set_item("client", (peer.ip.as_str(), peer.port))?;
+            d.set_item(intern!(py, "client"), (peer.ip.as_str(), peer.port))?;
         }
         let server = &self.conn.server;
         match server.port.parse::<u16>() {
-            Ok(port) => d.set_item("server", (server.name.as_str(), port))?,
-            Err(_) => d.set_item("server", (server.name.as_str(), py.None()))?,
+            Ok(port) => d.set_item(intern!(py, "server"), (server.name.as_str(), port))?,
+            Err(_) => d.set_item(intern!(py, "server"), (server.name.as_str(), py.None()))?,
         }
         let ext = PyDict::new(py);
         if ws {
-            ext.set_item("websocket.http.response", PyDict::new(py))?;
+            ext.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
             let offered: Vec<String> = head
                 .headers
                 .iter()
@@ -731,18 +755,21 @@ impl AsgiRequest {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            d.set_item("subprotocols", offered)?;
+            d.set_item(intern!(py, "subprotocols"), offered)?;
         } else {
-            ext.set_item("http.response.trailers", PyDict::new(py))?;
-            ext.set_item("http.response.pathsend", PyDict::new(py))?;
-            ext.set_item("http.response.zerocopy", PyDict::new(py))?;
+            ext.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
+            ext.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+            ext.set_item(intern!(py, "http.response.zerocopy"), PyDict::new(py))?;
         }
         if let Some(tls) = &self.conn.tls {
-            ext.set_item("tls", tls_extension(py, tls)?)?;
+            ext.set_item(intern!(py, "tls"), tls_extension(py, tls)?)?;
         }
-        d.set_item("extensions", ext)?;
+        d.set_item(intern!(py, "extensions"), ext)?;
         if let Some(state) = state {
-            d.set_item("state", state.call_method0("copy")?)?;
+            d.set_item(
+                intern!(py, "state"),
+                state.call_method0(intern!(py, "copy"))?,
+            )?;
         }
         Ok(d)
     }
@@ -826,14 +853,46 @@ impl AsgiRequest {
         Ok(())
     }
 
+    /// `receive()` as the app gets it: an awaitable of the next message. A message that is here
+    /// already (the body read with the head, the end of the response) is a ready-made awaitable, so
+    /// the task goes on without a future or a trip through the loop; else a future of the loop that
+    /// the I/O thread resolves.
+    fn receive<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let now = slf.borrow_mut().receive_now(py)?;
+        if let Some(msg) = now {
+            return Ready::value(py, msg.into_any());
+        }
+        let fut = slf.borrow().shared.new_future(py)?;
+        Self::receive_later(slf, fut.clone().unbind())?;
+        Ok(fut)
+    }
+
+    /// `send(message)` as the app gets it: an awaitable of None. A message queued at once (there is
+    /// room towards the client) is a ready-made awaitable; one that must wait for room is a future of
+    /// the loop, which raises `OSError` if the client goes away meanwhile.
+    fn send<'py>(
+        slf: Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let done = slf.borrow_mut().take_message(message)?;
+        if done {
+            return Ready::none(py);
+        }
+        let fut = slf.borrow().shared.new_future(py)?;
+        Self::send_later(slf, fut.clone().unbind())?;
+        Ok(fut)
+    }
+
     /// Take one `send()` message. True: done; False: await `send_later`'s future (the client reads
     /// slowly). Raises OSError once the client is gone, RuntimeError for a message out of order.
-    fn send(&mut self, msg: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn take_message(&mut self, msg: &Bound<'_, PyAny>) -> PyResult<bool> {
         let msg = msg
             .cast::<PyDict>()
             .map_err(|_| PyTypeError::new_err("an ASGI message must be a dict"))?;
         let kind = msg
-            .get_item("type")?
+            .get_item(intern!(msg.py(), "type"))?
             .ok_or_else(|| PyValueError::new_err("an ASGI message needs a 'type'"))?;
         let kind = kind
             .cast::<PyString>()
@@ -889,21 +948,18 @@ impl AsgiRequest {
         }
     }
 
-    /// Resolve `fut` with True once the piece `send` could not queue is queued (False: client gone).
+    /// Resolve `fut` with None once the piece `send` could not queue is queued (an `OSError` once the
+    /// client is gone).
     fn send_later(slf: Bound<'_, Self>, fut: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let mut this = slf.borrow_mut();
         let out = match this.pending.take() {
-            None => {
-                let yes = pyo3::types::PyBool::new(py, true).to_owned().into_any();
-                return resolve_now(py, &fut, yes);
-            }
+            None => return resolve_now(py, &fut, py.None().into_bound(py)),
             Some(Pending::Ws(m)) => {
                 let shared = this.shared.clone();
                 let sender = this.ws.as_ref().and_then(|w| w.sender());
                 let (Some(io), Some(tx)) = (this.io().cloned(), sender) else {
-                    let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
-                    return resolve_now(py, &fut, no);
+                    return sent_outcome(py, &fut, false);
                 };
                 let req = slf.clone().unbind();
                 this.set_wait(Wait::ClientRead);
@@ -918,11 +974,7 @@ impl AsgiRequest {
         let shared = this.shared.clone();
         let reply = this.sender.reply().clone();
         let Some(io) = this.io().cloned() else {
-            return resolve_now(
-                py,
-                &fut,
-                pyo3::types::PyBool::new(py, false).to_owned().into_any(),
-            );
+            return sent_outcome(py, &fut, false);
         };
         let req = slf.clone().unbind();
         this.set_wait(Wait::ClientRead);
@@ -1063,8 +1115,70 @@ impl Drop for AsgiRequest {
 }
 
 fn resolve_now(py: Python<'_>, fut: &Py<PyAny>, value: Bound<'_, PyAny>) -> PyResult<()> {
-    fut.bind(py).call_method1("set_result", (value,))?;
+    fut.bind(py)
+        .call_method1(intern!(py, "set_result"), (value,))?;
     Ok(())
+}
+
+/// Settle a `send()` future that waited for room: None once the piece is queued, `OSError` when the
+/// client went away first (a future already cancelled is left alone).
+pub fn sent_outcome(py: Python<'_>, fut: &Py<PyAny>, ok: bool) -> PyResult<()> {
+    let fut = fut.bind(py);
+    if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    if ok {
+        fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+    } else {
+        let err = PyOSError::new_err("client disconnected");
+        fut.call_method1(intern!(py, "set_exception"), (err.value(py),))?;
+    }
+    Ok(())
+}
+
+/// A value that is already there, as an awaitable: `await` gives it at once, without suspending the
+/// task (what `receive()` and `send()` return when nothing has to wait).
+#[pyclass(frozen, module = "ferricorn")]
+pub struct Ready {
+    value: Option<Py<PyAny>>,
+}
+
+impl Ready {
+    fn value<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(Bound::new(
+            py,
+            Ready {
+                value: Some(value.unbind()),
+            },
+        )?
+        .into_any())
+    }
+
+    /// The one awaitable of None.
+    fn none(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        static NONE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
+        let none = NONE.get_or_try_init(py, || Py::new(py, Ready { value: None }))?;
+        Ok(none.bind(py).clone().into_any())
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &self.value {
+            // The awaitable's result travels in StopIteration's value.
+            Some(v) => Err(PyStopIteration::new_err((v.clone_ref(py),))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The ASGI TLS extension's dict (asgiref's "TLS" extension spec): the server certificate, the
