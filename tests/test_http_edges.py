@@ -264,6 +264,39 @@ def test_staged_close_is_bounded(edges):
     assert sent[0] < 64 << 20, sent[0]
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /closing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /closing HTTP/1.0\r\n\r\n",
+], ids=["http11-close", "http10"])
+def test_clients_that_ask_to_close_get_whole_answers_under_load(edges, request_bytes):
+    """Clients that ask to close and send nothing more, many at once and after other traffic, each get
+    the whole answer and then the server's FIN, with no reset (such a connection is closed without the
+    staged close's reads)."""
+    with RawConnection(edges.port) as c:  # a kept-alive client beside them, before and after
+        c.send(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().status == 200
+        problems = []
+
+        def client():
+            for _ in range(25):
+                out, errors = upload_then_read(edges.port, request_bytes, timeout=10)
+                try:
+                    line, fields, body = one_response(out)
+                    assert not errors and line.split(b" ")[1] == b"200", (errors, line)
+                    assert json.loads(body)["raw_uri"] == "/closing"
+                except (AssertionError, ValueError, KeyError) as e:
+                    problems.append(repr(e)[:300])
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not problems, problems[:3]
+        c.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().status == 200
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. absolute-form targets
 

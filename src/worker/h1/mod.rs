@@ -223,6 +223,7 @@ pub async fn serve<S: Transport>(
         };
         let dispatched = Instant::now();
         let asked_to_close = !head.keep_alive;
+        let sent_no_body = matches!(head.body, http::BodyKind::Empty);
         let request = request::Request {
             head,
             start,
@@ -246,6 +247,13 @@ pub async fn serve<S: Transport>(
         // A stopping worker still answers what arrives on a kept-alive connection (with
         // `Connection: close`) rather than closing it under a client that may be sending right now.
         if !keep {
+            // A client that asked to close, sent no body and nothing after its request has nothing on
+            // its way: on a plain socket the close alone sends the FIN after the answer, without the
+            // staged close's shutdown and reads until the client's FIN (bench/README.md, `Connection:
+            // close`). TLS keeps the staged close, whose shutdown sends the close_notify alert.
+            if asked_to_close && sent_no_body && buf.is_empty() && stream.tls().is_none() {
+                staged = false;
+            }
             closed_because = if asked_to_close {
                 "the client asked for it (Connection: close, or HTTP/1.0 without keep-alive)"
             } else if io.ctx.cfg.keepalive == 0 {
