@@ -287,14 +287,24 @@ pub fn accept_queue_len(fd: RawFd) -> u32 {
 
 /// Whether a listening socket of any kind has a connection waiting to be accepted (no wait).
 pub fn has_pending(fd: RawFd) -> bool {
+    poll_now(fd, libc::POLLIN) & libc::POLLIN != 0
+}
+
+/// The events of `fd` now (`poll(2)` with a zero timeout, never blocking): the `revents` of those asked
+/// for in `events` (and the error and hang-up ones the kernel always reports), 0 when none is ready.
+pub fn poll_now(fd: RawFd, events: libc::c_short) -> libc::c_short {
     let mut pfd = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: poll reads and writes the one pollfd we own; a zero timeout never blocks.
     let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    rc > 0 && pfd.revents & libc::POLLIN != 0
+    if rc > 0 {
+        pfd.revents
+    } else {
+        0
+    }
 }
 
 /// Listening sockets handed to a master started by `USR2`: their descriptor numbers, comma-separated.

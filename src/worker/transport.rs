@@ -214,14 +214,8 @@ fn stream_ended(fd: RawFd) -> bool {
 /// unread before that end: for a stream whose last bytes are framing of its own (a TLS close_notify) that
 /// a peek cannot tell from data.
 pub fn peer_shut_down(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one pollfd that lives across the call, no waiting (timeout 0).
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    crate::sock::poll_now(fd, libc::POLLRDHUP) & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR)
+        != 0
 }
 
 #[cfg(test)]
