@@ -41,7 +41,7 @@ use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -152,6 +152,9 @@ pub struct Admission {
     listen_fds: ListenFds,
     last_loopback_warning: Cell<Option<tokio::time::Instant>>,
     loopback_warnings_suppressed: Cell<u64>,
+    /// When `watch` last published a loopback call of this worker it had not published before: until
+    /// its connection has looked again (`WAIT_POLL`), the call may still be counted as waiting.
+    loopback_news: Cell<Option<Instant>>,
     board: WorkerHandle,
     ctx: Arc<WorkerContext>,
     /// Elastic threads: present when the worker may run more threads than it started with.
@@ -184,6 +187,7 @@ impl Admission {
             listen_fds,
             last_loopback_warning: Cell::new(None),
             loopback_warnings_suppressed: Cell::new(0),
+            loopback_news: Cell::new(None),
             board: ctx.board,
             ctx,
             elastic,
@@ -354,6 +358,14 @@ impl Admission {
         self.limit.get()
     }
 
+    /// Whether a loopback call of this worker was first published less than `within` ago: its queued
+    /// request may not have moved to the overflow lane yet.
+    pub fn loopback_call_found_within(&self, within: Duration) -> bool {
+        self.loopback_news
+            .get()
+            .is_some_and(|t| t.elapsed() < within)
+    }
+
     /// Requests queued for this worker's threads and not taken yet.
     pub fn waiting(&self) -> usize {
         self.queue
@@ -513,15 +525,14 @@ impl Admission {
     }
 
     /// One round of `watch`: publish this worker's waiting count and its loopback calls (`calls`, just
-    /// looked up), and follow the fairness and loopback states that decide accepting beyond capacity.
-    fn watch_once(&self, published: &mut bool, calls: Vec<u16>) {
+    /// looked up; `published`, those published last round), then let elastic threads look (after the
+    /// calls are known, so a call found in this round is not taken for a request that needs a thread),
+    /// and follow the fairness and loopback states that decide accepting beyond capacity.
+    fn watch_once(&self, published: &mut Vec<u16>, calls: Vec<u16>) {
         let board = self.board;
         board.set_queued(self.waiting() as u32);
         board.set_threads(self.limit.get());
-        if let Some(elastic) = &self.elastic {
-            elastic.tick(self);
-        }
-        if !calls.is_empty() || *published {
+        if !calls.is_empty() || !published.is_empty() {
             if calls.is_empty() {
                 self.ctx
                     .log
@@ -531,8 +542,14 @@ impl Admission {
                     "Loopback calls open in this worker, from client ports {calls:?}"
                 ));
             }
+            if calls.iter().any(|port| !published.contains(port)) {
+                self.loopback_news.set(Some(Instant::now()));
+            }
             board.publish_loopback_ports(&calls);
-            *published = !calls.is_empty();
+            *published = calls;
+        }
+        if let Some(elastic) = &self.elastic {
+            elastic.tick(self);
         }
         let fair = self.should_accept_for_fairness();
         // A unix-socket client is known only once accepted (by its pid): look while a request of this
@@ -559,7 +576,7 @@ impl Admission {
 /// The publishing half of the invariant, for the worker's whole life: a stopping worker still finishes
 /// requests that may be waiting for their own loopback calls.
 pub async fn watch(admission: &Admission) {
-    let mut published = false;
+    let mut published = Vec::new();
     loop {
         // The lookup asks the kernel about every socket of the host (tens of milliseconds with tens of
         // thousands of them): on a blocking thread, so the I/O loop goes on meanwhile.

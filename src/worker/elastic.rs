@@ -41,6 +41,11 @@ pub const GROW_WINDOW: Duration = Duration::from_millis(500);
 /// too, so growth stops earlier there: conservative, since another thread would wait for a CPU as well.
 pub const GIL_BOUND: f64 = 0.8;
 
+/// How long a loopback call just published may take to leave the run queue: its connection looks every
+/// `admission::WAIT_POLL`, twice for a late timer.
+const LOOPBACK_MOVE: Duration =
+    Duration::from_millis(2 * super::admission::WAIT_POLL.as_millis() as u64);
+
 /// At most one line per this period saying that threads were not added because the views compute.
 const COMPUTE_NOTE_PERIOD: Duration = Duration::from_secs(60);
 
@@ -110,6 +115,12 @@ impl Elastic {
                         samples: sample(pool.tids()),
                     })
                 }
+                // A loopback call just found may still be queued until its connection looks again:
+                // give it that long (once per window, so calls found round after round cannot hold
+                // growth off) to move to the overflow lane, which no thread more would do.
+                Some(w)
+                    if now.duration_since(w.since) < GROW_WINDOW + LOOPBACK_MOVE
+                        && adm.loopback_call_found_within(LOOPBACK_MOVE) => {}
                 Some(w) if now.duration_since(w.since) >= GROW_WINDOW => {
                     let waited = now.duration_since(w.since);
                     let demand = demand(w, &sample(pool.tids()), waited);
