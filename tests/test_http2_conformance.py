@@ -214,8 +214,6 @@ def _parse_frames(data):
     return out
 
 
-@h2_crate("a preface followed by a frame other than SETTINGS is not refused: the connection waits "
-          "(RFC 9113 3.4 says PROTOCOL_ERROR)")
 def test_3_5_preface_not_followed_by_settings(target):
     with target.wire() as w:
         w.send(PREFACE, ping_frame())

@@ -46,6 +46,8 @@ use crate::tls::TlsInfo;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A frame's header: length (3), type, flags, stream (4).
+const FRAME_HEAD: usize = 9;
 /// The whole preface must arrive within this of its first byte (as gunicorn's budget): a trusted
 /// peer that trickles it is refused, not waited for.
 const PREFACE_TIME: Duration = Duration::from_secs(1);
@@ -137,7 +139,11 @@ async fn drive<S: Transport>(
     tls: Option<Arc<TlsInfo>>,
     mut claim: super::admission::Claim<'_>,
 ) -> String {
-    let handshake = builder(io).handshake::<S, Bytes>(stream);
+    let stream = match opening(stream, io).await {
+        Ok(stream) => stream,
+        Err(why) => return why,
+    };
+    let handshake = builder(io).handshake::<Prefixed<S>, Bytes>(stream);
     let mut h2 = match tokio::time::timeout(io.header_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return format!("the HTTP/2 handshake failed ({e})"),
@@ -214,6 +220,47 @@ async fn drive<S: Transport>(
     }
 }
 
+/// The client's preface and the header of its first frame, which must be SETTINGS (RFC 9113 §3.4): h2
+/// would take any frame there, so it is looked at here, and anything else is a connection error
+/// PROTOCOL_ERROR (the server's SETTINGS, then GOAWAY, as the RFC's preface exchange has it). What was
+/// read is read again by h2. A stream that already read the preface (`plain`) holds it as its prefix.
+async fn opening<S: Transport>(stream: S, io: &IoState) -> Result<Prefixed<S>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = Prefixed::new(stream, Vec::new());
+    let mut got = Vec::with_capacity(1024);
+    let want = PREFACE.len() + FRAME_HEAD;
+    let deadline = Instant::now() + io.header_timeout;
+    while got.len() < want {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            Ok(Ok(_)) => return Err("the client closed before its first frame".to_string()),
+            Ok(Err(e)) => return Err(format!("reading the HTTP/2 preface failed ({e})")),
+            Err(_) => return Err("the HTTP/2 preface timed out".to_string()),
+        }
+        let n = got.len().min(PREFACE.len());
+        if got[..n] != PREFACE[..n] {
+            // h2 answers a wrong preface itself (it closes the connection).
+            break;
+        }
+    }
+    if got.len() >= want && got.starts_with(PREFACE) {
+        let head = &got[PREFACE.len()..want];
+        // type SETTINGS (0x4) without ACK (flag 0x1) on stream 0
+        let settings = head[3] == 0x4 && head[4] & 0x1 == 0 && head[5..9] == [0, 0, 0, 0];
+        if !settings {
+            // An empty SETTINGS frame, then GOAWAY(last stream 0, PROTOCOL_ERROR).
+            let mut refusal = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+            refusal.extend_from_slice(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            let _ = tokio::time::timeout(io.header_timeout, stream.write_all(&refusal)).await;
+            let _ = stream.shutdown().await;
+            return Err("the client's first frame after the preface was not SETTINGS".to_string());
+        }
+    }
+    stream.unread(got);
+    Ok(stream)
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -238,12 +285,7 @@ pub(super) async fn plain<S: Transport + 'static>(
     let mut stream = stream;
     let mut got = Vec::with_capacity(PREFACE.len());
     if read_preface(&mut stream, &mut got, &io).await {
-        let stream = Prefixed {
-            inner: stream,
-            prefix: got,
-            at: 0,
-        };
-        return driver::run(Http2, stream, peer, server, io, claimed).await;
+        return driver::run(Http2, Prefixed::new(stream, got), peer, server, io, claimed).await;
     }
     if !got.is_empty() {
         io.ctx.log.warning(&format!(
@@ -290,6 +332,23 @@ struct Prefixed<S> {
     inner: S,
     prefix: Vec<u8>,
     at: usize,
+}
+
+impl<S> Prefixed<S> {
+    fn new(inner: S, prefix: Vec<u8>) -> Prefixed<S> {
+        Prefixed {
+            inner,
+            prefix,
+            at: 0,
+        }
+    }
+
+    /// Bytes read through this transport are to be read again, before what is still unread.
+    fn unread(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.prefix[self.at..]);
+        self.prefix = bytes;
+        self.at = 0;
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
