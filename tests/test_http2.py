@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import threading
 import time
+from multiprocessing.pool import ThreadPool
 
 import pytest
 
@@ -316,6 +317,63 @@ def test_tls_alpn_serves_h2_and_h1_on_one_port(start_server, tmp_path):
     srv2 = start_server(["-w", "1", "--certfile", pki.cert, "--keyfile", pki.key, "h2app:app"])
     with httpx.Client(http2=True, verify=client_context(pki), timeout=30) as c:
         assert c.get(f"https://127.0.0.1:{srv2.port}/").http_version == "HTTP/1.1"
+
+
+@pytest.mark.parametrize("worker", ["gthread", "asgi"])
+def test_static_map_is_served_over_h2_without_the_app(start_server, tmp_path, worker):
+    """`--static-map` answers HTTP/2 streams on the I/O thread, as it answers HTTP/1 requests: the
+    file, its validators and ranges, HEAD, 404 for a miss, with app requests on the same connection
+    before and after, many at once, and over TLS (ALPN h2) as a browser reaches it."""
+    from test_tls import Pki, client_context
+    root = tmp_path / "static"
+    root.mkdir()
+    small = b"body { color: red; }\n" * 50
+    big = os.urandom(1024 * 1024 + 333)  # many DATA frames and several windows
+    (root / "site.css").write_bytes(small)
+    (root / "big.bin").write_bytes(big)
+    (tmp_path / "secret.txt").write_bytes(b"outside the root")
+    pki = Pki(str(tmp_path))
+    app = "h2app:app" if worker == "gthread" else "h2app:asgi"
+    common = ["-w", "1", "-k", worker, "--static-map", f"/static={root}", "--access-logfile", "-"]
+    srv = start_server([*common, *H2C, app])
+    tls = start_server([*common, "--certfile", pki.cert, "--keyfile", pki.key,
+                        "--http-protocols", "h2,h1", app])
+    for client, base in ((h2c_client(), srv.url),
+                         (httpx.Client(http2=True, verify=client_context(pki), timeout=30),
+                          f"https://127.0.0.1:{tls.port}")):
+        with client as c:
+            assert c.get(f"{base}/").status_code == 200  # the app, first
+            r = c.get(f"{base}/static/site.css")
+            assert r.http_version == "HTTP/2" and r.status_code == 200 and r.content == small
+            assert r.headers["content-type"].startswith("text/css")
+            assert r.headers["content-length"] == str(len(small))
+            assert r.headers["server"] == "ferricorn" and "date" in r.headers
+            etag = r.headers["etag"]
+            assert c.get(f"{base}/static/site.css", headers={"if-none-match": etag}).status_code == 304
+            part = c.get(f"{base}/static/big.bin", headers={"range": "bytes=100-199"})
+            assert part.status_code == 206 and part.content == big[100:200]
+            head = c.head(f"{base}/static/big.bin")
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == str(len(big))
+            miss = c.get(f"{base}/static/nothing.css")
+            # The static answer's own 404, not the app's (Flask's is HTML).
+            assert miss.status_code == 404 and miss.text == "Not Found\n", miss.text
+            assert c.get(f"{base}/static/%2e%2e/secret.txt").status_code == 404
+            assert c.post(f"{base}/static/site.css", content=b"x").status_code == 405
+            # Many streams at once on the one connection, the app's among them.
+            with ThreadPool(8) as pool:
+                got = pool.map(lambda i: c.get(f"{base}/static/big.bin" if i % 2 else f"{base}/"),
+                               range(16))
+            assert all(g.status_code == 200 for g in got)
+            assert all(g.content == big for g in got[1::2])
+            assert c.get(f"{base}/").status_code == 200  # the app, after
+    for s in (srv, tls):
+        wait_for(lambda: sum("/static/" in line for line in access_lines(s)) >= 15, 5,
+                 message="static access lines")
+        lines = access_lines(s)
+        assert any('"GET /static/site.css HTTP/2.0" 200' in line for line in lines), lines
+        assert any('"GET /static/site.css HTTP/2.0" 304' in line for line in lines), lines
+        assert any('"GET /static/big.bin HTTP/2.0" 206' in line for line in lines), lines
 
 
 # ---------------------------------------------------------------------------------------------------

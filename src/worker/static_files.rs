@@ -1,7 +1,8 @@
 //! Static files served by the I/O thread itself (`--static-map PREFIX=DIR`): a request whose path falls
 //! under a mount never becomes a job, so no Python thread (and no unit of capacity) is spent on it — the
 //! field report's "static files served by Django" cause of busy workers. The HTTP/1 driver asks
-//! [`mount_for`] after a head is parsed and, on a match, calls [`serve`] instead of placing the request.
+//! [`mount_for`] after a head is parsed and, on a match, calls [`serve`] instead of placing the request;
+//! an HTTP/2 stream (`h2::stream`) does the same and frames [`answer`]'s result as HEADERS and DATA.
 //!
 //! What it answers: GET and HEAD (others 405 with `Allow`); a regular file below the mount's root, after
 //! `http::static_files::decode_path` refused `..`, NUL and backslashes and the resolved path (symlinks
@@ -69,18 +70,18 @@ pub(super) fn mount_for<'a>(
 }
 
 /// The body of an answer.
-enum Body {
+pub(super) enum Body {
     /// A short text of the server's own (404, 405, 400), or nothing.
     Text(&'static str),
     /// `count` bytes of `file` from `offset`.
     File { file: File, offset: u64, count: u64 },
 }
 
-/// An answer before it is framed.
-struct Answer {
-    status: u16,
-    fields: Vec<(&'static str, String)>,
-    body: Body,
+/// An answer before it is framed (as HTTP/1 by `serve`, as HTTP/2 by `h2::stream`).
+pub(super) struct Answer {
+    pub status: u16,
+    pub fields: Vec<(&'static str, String)>,
+    pub body: Body,
 }
 
 impl Answer {
@@ -100,7 +101,7 @@ impl Answer {
         }
     }
 
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         match &self.body {
             Body::Text(t) => t.len() as u64,
             Body::File { count, .. } => *count,
@@ -121,7 +122,7 @@ fn open_below(root: &Path, rel: &[u8]) -> Option<(File, std::fs::Metadata)> {
 }
 
 /// Decide the answer to a static request (no I/O on the connection; the file is opened here).
-fn answer(io: &IoState, head: &RequestHead, mount: &StaticMount, rest: &str) -> Answer {
+pub(super) fn answer(io: &IoState, head: &RequestHead, mount: &StaticMount, rest: &str) -> Answer {
     let get = head.method == "GET";
     if !get && head.method != "HEAD" {
         let mut a = Answer::text(405, "Method Not Allowed\n");
@@ -316,7 +317,7 @@ pub(super) async fn serve<S: Transport>(
 }
 
 /// The access-log line and the request metrics of a static answer, as for any request.
-fn record(
+pub(super) fn record(
     io: &IoState,
     head: &RequestHead,
     peer: &Peer,

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use tokio::time::{timeout, Instant};
 
 use super::Conn;
-use crate::exchange::{BodyChunk, ConnInfo, FileBody, HeadInfo, Out, Packed, Piece};
+use crate::exchange::{BodyChunk, ConnInfo, FileBody, HeadInfo, Out, Piece};
 use crate::http::{self as fhttp, HttpError, RequestHead};
 use crate::worker::admission::Claim;
+use crate::worker::static_files::{self, Body};
 use crate::worker::watch::{
     client_left, job, reserve, wait_start, JobEnds, OwnAnswer, Tick, Watch,
 };
@@ -169,6 +170,13 @@ async fn exchange(
             return;
         }
     };
+    // A path under a `--static-map` mount is answered here, on the I/O thread, without Python (as on
+    // HTTP/1).
+    if let Some((mount, rest)) = static_files::mount_for(&io.ctx.cfg.static_map, &head.path) {
+        claim.release();
+        serve_static(io, peer, &head, mount, rest, reply).await;
+        return;
+    }
     // A small body is read before the app runs, without holding capacity.
     let mut prefetched = Vec::new();
     let mut body_done = recv.is_end_stream();
@@ -394,7 +402,11 @@ async fn on_out(io: &IoState, reply: &mut Reply, claim: &mut Claim<'_>, out: Opt
 /// The HTTP/2 head of an app's response: its status and fields, less the fields HTTP/2 forbids
 /// (connection-specific ones), with `server` and `date` as HTTP/1 adds them and the length when the
 /// whole body is known.
-fn response_head(info: &HeadInfo, fields: Packed<'_>, total: Option<u64>) -> Option<Response<()>> {
+fn response_head<'a>(
+    info: &HeadInfo,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    total: Option<u64>,
+) -> Option<Response<()>> {
     let mut b = Response::builder().status(info.status);
     let (mut has_server, mut has_date, mut has_length) = (false, false, false);
     for (name, value) in fields {
@@ -561,11 +573,26 @@ async fn send_file(reply: &mut Reply, body: FileBody) -> bool {
     let Some(tx) = start(reply, head, empty) else {
         return empty && had_head;
     };
-    let (mut offset, end) = (body.offset, body.offset + body.count);
+    if !send_file_range(tx, &body.file, body.offset, body.count).await {
+        return false;
+    }
+    *reply = Reply::Done;
+    true
+}
+
+/// `count` bytes of `file` from `offset`, read in blocks and sent as the window allows, the last with
+/// END_STREAM; false when the stream broke.
+async fn send_file_range(
+    tx: &mut SendStream<Bytes>,
+    file: &std::fs::File,
+    mut offset: u64,
+    count: u64,
+) -> bool {
+    let end = offset + count;
     while offset < end {
         let n = ((end - offset) as usize).min(FILE_BLOCK);
         let mut block = vec![0u8; n];
-        match body.file.read_at(&mut block, offset) {
+        match file.read_at(&mut block, offset) {
             Ok(0) | Err(_) => return false,
             Ok(got) => {
                 block.truncate(got);
@@ -576,6 +603,62 @@ async fn send_file(reply: &mut Reply, body: FileBody) -> bool {
             }
         }
     }
-    *reply = Reply::Done;
     true
+}
+
+/// A request under a `--static-map` mount: `static_files` decides the answer, sent here as HEADERS
+/// (with the length, `server` and `date` as for an app's response) and DATA, then logged as any
+/// request. A request body is not read (h2 resets the stream's receiving side when it is dropped).
+async fn serve_static(
+    io: &IoState,
+    peer: &crate::exchange::Peer,
+    head: &RequestHead,
+    mount: &crate::config::StaticMount,
+    rest: &str,
+    reply: &mut Reply,
+) {
+    let t0 = std::time::Instant::now();
+    let started_at = std::time::SystemTime::now();
+    let a = static_files::answer(io, head, mount, rest);
+    let total = a.len();
+    let info = HeadInfo {
+        status: a.status,
+        content_length: None,
+        close: false,
+        packed_len: 0,
+    };
+    let fields = a.fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+    let bodiless = head.method == "HEAD" || a.status == 304 || total == 0;
+    let sent = match response_head(&info, fields, Some(total)) {
+        None => false,
+        Some(response) => timeout(io.header_timeout * 4, async {
+            match start(reply, Some(response), bodiless) {
+                None => bodiless,
+                Some(tx) => match &a.body {
+                    Body::Text(t) => send_data(tx, Bytes::from_static(t.as_bytes()), true).await,
+                    Body::File {
+                        file,
+                        offset,
+                        count,
+                    } => send_file_range(tx, file, *offset, *count).await,
+                },
+            }
+        })
+        .await
+        .unwrap_or(false),
+    };
+    if !sent {
+        reply.reset(Reason::CANCEL);
+    }
+    *reply = Reply::Done;
+    let body_sent = (sent && !bodiless).then_some(total);
+    static_files::record(
+        io,
+        head,
+        peer,
+        &a,
+        if sent { body_sent.or(Some(0)) } else { None },
+        started_at,
+        t0.elapsed(),
+    );
 }
