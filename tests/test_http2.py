@@ -53,8 +53,8 @@ def h2c_client(**kw):
 class RawH2:
     """An HTTP/2 client connection on a plain socket, driven frame by frame."""
 
-    def __init__(self, port, window=None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port, window=None, sock=None):
+        self.sock = sock or socket.create_connection(("127.0.0.1", port), timeout=10)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         if window is not None:
@@ -374,6 +374,61 @@ def test_static_map_is_served_over_h2_without_the_app(start_server, tmp_path, wo
         assert any('"GET /static/site.css HTTP/2.0" 200' in line for line in lines), lines
         assert any('"GET /static/site.css HTTP/2.0" 304' in line for line in lines), lines
         assert any('"GET /static/big.bin HTTP/2.0" 206' in line for line in lines), lines
+
+
+def test_a_proxy_header_before_the_h2c_preface_and_before_tls_names_the_client(start_server, tmp_path):
+    """`--proxy-protocol` with HTTP/2: the load balancer's header comes first (before the cleartext
+    preface, or before the TLS handshake whose ALPN picks h2), and the app sees the client it names,
+    on every stream of the connection; a broken header is refused, never served."""
+    from test_tls import Pki, client_context
+    pki = Pki(str(tmp_path))
+    proxy = ["--proxy-protocol", "v1", "--proxy-allow-from", "127.0.0.1"]
+    srv = start_server(["-w", "1", "--threads", "4", *proxy, *H2C, "h2app:app"])
+    tls = start_server(["-w", "1", "--threads", "4", *proxy, "--certfile", pki.cert, "--keyfile", pki.key,
+                        "--http-protocols", "h2,h1", "h2app:app"])
+
+    def env_over(conn, n):
+        envs = []
+        for _ in range(n):  # several streams, one after the other, on the one connection
+            sid = conn.request("/env")
+            conn.pump(conn.ended(sid))
+            envs.append(json.loads(conn.body(sid)))
+        return envs
+
+    for i in range(3):
+        header = f"PROXY TCP4 203.0.113.{i + 7} 192.0.2.1 {40000 + i} 443\r\n".encode()
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        sock.sendall(header)
+        conn = RawH2(srv.port, sock=sock)
+        for env in env_over(conn, 3):
+            assert env["SERVER_PROTOCOL"] == "HTTP/2.0"
+            assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (f"203.0.113.{i + 7}", str(40000 + i))
+        conn.close()
+
+        raw = socket.create_connection(("127.0.0.1", tls.port), timeout=10)
+        raw.sendall(header)
+        ctx = client_context(pki)
+        ctx.set_alpn_protocols(["h2"])
+        wrapped = ctx.wrap_socket(raw, server_hostname="localhost")
+        assert wrapped.selected_alpn_protocol() == "h2"
+        conn = RawH2(tls.port, sock=wrapped)
+        for env in env_over(conn, 3):
+            assert env["wsgi.url_scheme"] == "https"
+            assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (f"203.0.113.{i + 7}", str(40000 + i))
+        conn.close()
+    # A header that is not one: refused with 400 before any HTTP/2, and the server goes on.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"PROXY TCP4 not-an-ip 192.0.2.1 1 2\r\n" + h2.connection.H2Connection().data_to_send())
+        s.settimeout(10)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    sock.sendall(b"PROXY TCP4 198.51.100.1 192.0.2.1 5000 80\r\n")
+    conn = RawH2(srv.port, sock=sock)
+    assert env_over(conn, 1)[0]["REMOTE_ADDR"] == "198.51.100.1"
+    conn.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -114,6 +114,12 @@ pub struct Claim<'a> {
 }
 
 impl Claim<'_> {
+    /// Hand the unit (if still held) to whoever takes the returned flag, as the accept loop hands a
+    /// connection its claim (`claim(true)` takes it up again).
+    pub fn keep(mut self) -> bool {
+        std::mem::replace(&mut self.held, false)
+    }
+
     pub fn release(&mut self) {
         if self.held {
             self.held = false;

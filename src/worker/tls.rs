@@ -387,11 +387,11 @@ impl<S: AsyncRead + AsyncWrite + AsRawFd + Unpin> Transport for TlsConn<S> {
     fn tls(&self) -> Option<&Arc<TlsInfo>> {
         Some(&self.info)
     }
-    /// A client ends with close_notify before its FIN: the alert lies unread in the socket (the stream is
-    /// not read while the app runs), so the FIN itself tells that it went.
     fn proxy_read(&self) -> Option<Option<Proxied>> {
         self.proxied
     }
+    /// A client ends with close_notify before its FIN: the alert lies unread in the socket (the stream is
+    /// not read while the app runs), so the FIN itself tells that it went.
     fn client_gone(&self) -> bool {
         super::transport::peer_shut_down(self.inner.get_ref().0.as_raw_fd())
     }

@@ -20,7 +20,7 @@ def hello():
 def env():
     e = request.environ
     keys = ["SERVER_PROTOCOL", "wsgi.url_scheme", "HTTP_HOST", "HTTP_COOKIE", "HTTP_X_THING",
-            "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH"]
+            "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH", "REMOTE_ADDR", "REMOTE_PORT"]
     return {k: e.get(k) for k in keys}
 
 

@@ -34,7 +34,7 @@ use head::read_head;
 /// How long a freshly accepted connection keeps its claim on the worker's capacity while its first request
 /// head arrives. A client slower than this stops counting as "about to run", so a trickling client cannot
 /// stop the worker from accepting others.
-const RESERVATION_GRACE: Duration = Duration::from_millis(200);
+pub(super) const RESERVATION_GRACE: Duration = Duration::from_millis(200);
 /// Body left unread by the app is drained (to keep the connection) up to this much; beyond it the
 /// connection is closed instead, so an unwanted upload never costs more than this.
 const DRAIN_LIMIT: u64 = 1024 * 1024;

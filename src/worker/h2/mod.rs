@@ -81,7 +81,10 @@ impl ConnectionDriver for Http2 {
 
 /// What a connection's stream tasks share.
 pub(super) struct Conn {
+    /// The connection's own peer: trust (`--forwarded-allow-ips`) and loopback calls are judged by it.
     pub peer: Arc<Peer>,
+    /// The client the app sees: the one a PROXY header named (`--proxy-protocol`), else `peer`.
+    pub client: Arc<Peer>,
     pub server: Arc<ServerAddr>,
     pub tls: Option<Arc<TlsInfo>>,
     /// Streams whose task still runs (their request may still be in the app after a reset).
@@ -117,10 +120,14 @@ pub async fn serve<S: Transport>(
 ) -> ConnEnd<S> {
     let trace = io.ctx.log.enabled(crate::log::Level::Debug);
     let tls = stream.tls().cloned();
+    let client = match stream.proxy_read() {
+        Some(Some(ends)) => Arc::new(super::proxy::peer(ends)),
+        _ => peer.clone(),
+    };
     // The connection's claim from accept keeps capacity for its first request while the preface and
     // SETTINGS are exchanged; each stream then claims its own unit when it is placed.
     let claim = io.admission.claim(claimed);
-    let why = drive(stream, &peer, server, &io, tls, claim).await;
+    let why = drive(stream, &peer, client, server, &io, tls, claim).await;
     if trace {
         io.ctx.log.debug(&format!(
             "HTTP/2 connection from {} closed: {why}",
@@ -134,6 +141,7 @@ pub async fn serve<S: Transport>(
 async fn drive<S: Transport>(
     stream: S,
     peer: &Arc<Peer>,
+    client: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: &Rc<IoState>,
     tls: Option<Arc<TlsInfo>>,
@@ -152,6 +160,7 @@ async fn drive<S: Transport>(
     claim.release();
     let conn = Rc::new(Conn {
         peer: peer.clone(),
+        client,
         server,
         tls,
         live: Cell::new(0),
@@ -284,8 +293,43 @@ pub(super) async fn plain<S: Transport + 'static>(
     }
     let mut stream = stream;
     let mut got = Vec::with_capacity(PREFACE.len());
+    let mut claimed = claimed;
+    // With `--proxy-protocol` the load balancer's header comes before the preface (as before an
+    // HTTP/1 request, or a TLS handshake): read here, and carried to the driver.
+    let mut proxied = None;
+    if let Some(settings) = &io.proxy {
+        let mut claim = io.admission.claim(claimed);
+        let now = Instant::now();
+        let waits = super::proxy::Waits {
+            deadline: now + io.header_timeout,
+            grace: now + super::h1::RESERVATION_GRACE,
+            slow: &mut || claim.release(),
+            stopping: &io.shutting_down,
+            stop_signal: &io.shutdown_signal,
+        };
+        let outcome =
+            super::proxy::read_header(&mut stream, &mut got, settings, &peer.ip, waits).await;
+        claimed = claim.keep();
+        match outcome {
+            super::proxy::Outcome::Accepted(ends) => proxied = Some(ends),
+            super::proxy::Outcome::Refused(err) => {
+                if let Some(err) = err {
+                    io.ctx
+                        .log
+                        .warning(&format!("Invalid request from ip={}: {err}", peer.ip));
+                    let _ =
+                        tokio::time::timeout(io.header_timeout, stream.write_all(&err.response()))
+                            .await;
+                    let _ = stream.shutdown().await;
+                }
+                return end_refused(stream, &io, claimed);
+            }
+        }
+    }
     if read_preface(&mut stream, &mut got, &io).await {
-        return driver::run(Http2, Prefixed::new(stream, got), peer, server, io, claimed).await;
+        let mut stream = Prefixed::new(stream, got);
+        stream.proxied = proxied;
+        return driver::run(Http2, stream, peer, server, io, claimed).await;
     }
     if !got.is_empty() {
         io.ctx.log.warning(&format!(
@@ -300,6 +344,11 @@ pub(super) async fn plain<S: Transport + 'static>(
         .await;
         let _ = stream.shutdown().await;
     }
+    end_refused(stream, &io, claimed);
+}
+
+/// A cleartext connection refused before either driver took it: its claim and its count go back.
+fn end_refused<S>(stream: S, io: &IoState, claimed: bool) {
     drop(stream);
     drop(io.admission.claim(claimed));
     io.admission.connection_closed();
@@ -309,9 +358,20 @@ pub(super) async fn plain<S: Transport + 'static>(
 async fn read_preface<S: Transport>(stream: &mut S, got: &mut Vec<u8>, io: &IoState) -> bool {
     use tokio::io::AsyncReadExt;
     let mut deadline = Instant::now() + io.header_timeout;
-    while got.len() < PREFACE.len() {
+    if !got.is_empty() {
+        // Bytes that came with a PROXY header.
+        deadline = Instant::now() + PREFACE_TIME;
+    }
+    loop {
+        let n = got.len().min(PREFACE.len());
+        if got[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
         let mut byte = [0u8; PREFACE.len()];
-        let want = PREFACE.len() - got.len();
+        let want = PREFACE.len() - n;
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut byte[..want])).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => return false,
@@ -320,11 +380,7 @@ async fn read_preface<S: Transport>(stream: &mut S, got: &mut Vec<u8>, io: &IoSt
             deadline = Instant::now() + PREFACE_TIME;
         }
         got.extend_from_slice(&byte[..n]);
-        if !PREFACE.starts_with(got) {
-            return false;
-        }
     }
-    true
 }
 
 /// A transport whose first bytes were already read (the preface): they are read again first.
@@ -332,6 +388,8 @@ struct Prefixed<S> {
     inner: S,
     prefix: Vec<u8>,
     at: usize,
+    /// The PROXY header's outcome when it was read before the preface (`plain`).
+    proxied: Option<Option<super::proxy::Proxied>>,
 }
 
 impl<S> Prefixed<S> {
@@ -340,6 +398,7 @@ impl<S> Prefixed<S> {
             inner,
             prefix,
             at: 0,
+            proxied: None,
         }
     }
 
@@ -404,5 +463,11 @@ impl<S: Transport> Transport for Prefixed<S> {
     }
     fn tls(&self) -> Option<&Arc<TlsInfo>> {
         self.inner.tls()
+    }
+    fn proxy_read(&self) -> Option<Option<super::proxy::Proxied>> {
+        self.proxied.or_else(|| self.inner.proxy_read())
+    }
+    fn client_gone(&self) -> bool {
+        self.inner.client_gone()
     }
 }

@@ -152,7 +152,10 @@ async fn exchange(
     claim: &mut Claim<'_>,
 ) {
     let (parts, mut recv) = request.into_parts();
+    // The connection's own peer decides trust and loopback calls; the client a PROXY header named is
+    // the one the app, the log and the answers see (as on HTTP/1).
     let peer = &conn.peer;
+    let client = &conn.client;
     // Over TLS the scheme is https whatever a proxy's headers say (they are still checked).
     let checked = head_of(&parts, io).and_then(|head| {
         let https = io.forwarded.https(&head, peer)? || conn.tls.is_some();
@@ -174,7 +177,7 @@ async fn exchange(
     // HTTP/1).
     if let Some((mount, rest)) = static_files::mount_for(&io.ctx.cfg.static_map, &head.path) {
         claim.release();
-        serve_static(io, peer, &head, mount, rest, reply).await;
+        serve_static(io, client, &head, mount, rest, reply).await;
         return;
     }
     // A small body is read before the app runs, without holding capacity.
@@ -206,7 +209,7 @@ async fn exchange(
     }
     let dispatched = Instant::now();
     let info = ConnInfo {
-        peer: peer.clone(),
+        peer: client.clone(),
         server: conn.server.clone(),
         https,
         sendfile: false,
@@ -257,7 +260,7 @@ async fn exchange(
             }
             _ = tokio::time::sleep_until(watch.check), if watch.armed() => {
                 let tick = watch
-                    .tick(io, &progress, &head, peer, peer, claim, response_started, reply)
+                    .tick(io, &progress, &head, client, peer, claim, response_started, reply)
                     .await;
                 match tick {
                     Tick::Continue => Step::Continue,
@@ -265,7 +268,7 @@ async fn exchange(
                         if response_started {
                             io.ctx.log.error(&format!(
                                 "{} {} from {} (HTTP/2 stream) passed --timeout after its response had begun: the stream was reset (RST_STREAM CANCEL)",
-                                head.method, head.target, peer.label()
+                                head.method, head.target, client.label()
                             ));
                         }
                         reply.reset(Reason::CANCEL);
@@ -279,7 +282,7 @@ async fn exchange(
                     reply,
                     io,
                     &head,
-                    peer,
+                    client,
                     &progress,
                     watch.waiting.as_deref(),
                     response_started,
