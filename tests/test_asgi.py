@@ -141,6 +141,36 @@ def test_bodies_stream_both_ways_on_kept_alive_connections(start_server):
             assert c.get("/").text == "hello"
 
 
+PIECE_SIZES = [5, 0, 20000, 1, 70000, 0, 16384, 3, 100, 40000, 7, 0]  # as in apps/asgi_raw.py
+
+
+def test_pieces_sent_in_one_step_arrive_whole_and_in_order(start_server):
+    # Pieces queued together go out in one write: their framing must be each piece's, in order, on a
+    # connection that goes on carrying requests.
+    srv = asgi(start_server)
+    want = b"".join(bytes([65 + i % 26]) * n for i, n in enumerate(PIECE_SIZES)) + b"end"
+    with httpx.Client(base_url=srv.url, timeout=20) as c:
+        for _ in range(5):
+            r = c.get("/pieces")
+            assert r.headers.get("transfer-encoding") == "chunked"
+            assert r.content == want
+            assert c.get("/").text == "hello"
+    data = wire(srv, b"GET /pieces?trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    got = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        got += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    assert got == want
+    assert body == b"x-n: %d\r\n\r\n" % len(PIECE_SIZES)
+
+
 def test_concurrent_requests_run_as_tasks_of_one_loop(start_server):
     srv = asgi(start_server)
     warm_up(srv)

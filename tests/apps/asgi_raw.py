@@ -90,6 +90,10 @@ async def websocket(scope, receive, send):
                 return
 
 
+# /pieces: sizes of the body messages (below and above the size the server writes without a copy).
+PIECE_SIZES = [5, 0, 20000, 1, 70000, 0, 16384, 3, 100, 40000, 7, 0]
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -188,6 +192,17 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
         return
+    elif path == "/pieces":
+        # Pieces of every kind sent in one step of the task (none of the sends waits): small ones the
+        # server copies, large ones it writes from the app's bytes, empty ones; then trailers if asked.
+        trailers = b"trailers" in scope["query_string"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"trailer", b"x-n")] if trailers else [], "trailers": trailers})
+        for i, size in enumerate(PIECE_SIZES):
+            await send({"type": "http.response.body", "body": bytes([65 + i % 26]) * size, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end", "more_body": trailers})
+        if trailers:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.trailers", "headers": [(b"x-n", b"%d" % len(PIECE_SIZES))], "more_trailers": False})
     elif path == "/trailers":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"trailer", b"x-checksum")], "trailers": True})
         await send({"type": "http.response.body", "body": b"data", "more_body": False})

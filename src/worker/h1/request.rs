@@ -13,7 +13,7 @@ use tokio::time::{timeout, Instant};
 
 use super::body::{drain, BodyError, BodyStart, BodyState};
 use super::refuse;
-use super::write::{facts, write_piece, Framed};
+use super::write::{facts, write_piece, write_pieces, Framed, BATCH_MAX};
 use crate::exchange::{BodyChunk, ConnInfo, FileBody, Out, Peer, Progress, ServerAddr};
 use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
@@ -150,13 +150,28 @@ pub(super) async fn run<S: Transport>(
         return x.ended(false);
     }
 
+    // What the runtime queued after a batch of pieces that is not a piece (see `on_out`): taken next.
+    let mut held: Option<Out> = None;
     let keep_alive = loop {
+        if let Some(out) = held.take() {
+            match x
+                .on_out(stream, claim, Some(out), &mut reply_rx, &mut held)
+                .await
+            {
+                Step::Continue => continue,
+                Step::Finished(keep) => break keep,
+                Step::Close => {
+                    client_left(&x.progress);
+                    return x.ended(false);
+                }
+            }
+        }
         let pumping = start_rx.is_none() && body_tx.is_some();
         // The pump branch borrows `body_tx` for the whole select; it is dropped after it instead.
         let mut body_finished = false;
         let step = tokio::select! {
             biased;
-            out = reply_rx.recv() => x.on_out(stream, claim, out).await,
+            out = reply_rx.recv() => x.on_out(stream, claim, out, &mut reply_rx, &mut held).await,
             r = wait_start(start_rx.as_mut()) => {
                 start_rx = None;
                 if r.is_err() {
@@ -259,12 +274,16 @@ impl Exchange<'_> {
         }
     }
 
-    /// A response piece from the app runtime (None: the runtime dropped the request).
+    /// A response piece from the app runtime (None: the runtime dropped the request). Pieces queued
+    /// behind a piece go out with it in one write (`write_pieces`); what follows them that is not a
+    /// piece is left in `held`.
     async fn on_out<S: Transport>(
         &mut self,
         stream: &mut S,
         claim: &mut Claim<'_>,
         out: Option<Out>,
+        reply_rx: &mut tokio::sync::mpsc::Receiver<Out>,
+        held: &mut Option<Out>,
     ) -> Step {
         let io = self.io;
         if matches!(out, Some(Out::Piece(_) | Out::File(_))) {
@@ -279,6 +298,49 @@ impl Exchange<'_> {
         let stopping = io.ctx.shutting_down.load(Ordering::Acquire);
         let h1 = &mut self.h1;
         match out {
+            Some(Out::Piece(piece)) if !piece.end => {
+                let mut batch = vec![piece];
+                while batch.len() < BATCH_MAX && batch.last().is_some_and(|p| !p.end) {
+                    match reply_rx.try_recv() {
+                        Ok(Out::Piece(next)) => batch.push(next),
+                        Ok(other) => {
+                            *held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let end = batch.last().is_some_and(|p| p.end);
+                if end {
+                    claim.release();
+                }
+                if batch.len() > 1 {
+                    let written = timeout(
+                        io.header_timeout,
+                        write_pieces(stream, &mut *self.frame, h1, &batch, stopping),
+                    )
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        return Step::Close;
+                    }
+                } else {
+                    let piece = &batch[0];
+                    let body = self.frame.piece(h1, piece, stopping);
+                    let written = timeout(
+                        io.header_timeout,
+                        write_piece(stream, &mut *self.frame, piece, body),
+                    )
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        return Step::Close;
+                    }
+                }
+                if end {
+                    Step::Finished(h1.keep_alive())
+                } else {
+                    Step::Continue
+                }
+            }
             Some(Out::Piece(piece)) => {
                 if piece.end {
                     // Python is done with the request: the write that remains is the I/O thread's alone,
