@@ -132,7 +132,8 @@ pub(in crate::worker) const BATCH_MAX: usize = 16;
 /// streamed row (4 pieces of 25 KiB). Measured on that row: `writev` per request 3.97 → 1.00 and the
 /// worker's CPU per request 62 → 49 µs (one worker, `perf stat`); A/B with 2 workers, 3 interleaved
 /// repeats, 1.09× req/s, CPU per request 56.8 → 51.0 µs, p99 7.38 → 6.73 ms
-/// (bench/results/2026-12-04-asgiperf2-ab-batchwrite.md). The pieces are already queued when the I/O
+/// (bench/results/2026-12-04-asgiperf2-ab-batchwrite.md); with 5 repeats 1.17×, CPU per request
+/// 66.5 → 55.0 µs, p99 7.11 → 6.41 ms (`-batchwrite-5x.md`). The pieces are already queued when the I/O
 /// thread wakes for the first, so holding them back on the app side (tried) saved no write and cost
 /// the event loop an extra turn per response.
 pub(in crate::worker) async fn write_pieces<S: Transport>(
