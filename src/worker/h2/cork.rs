@@ -31,7 +31,10 @@ use crate::tls::TlsInfo;
 use crate::worker::transport::Transport;
 
 /// Held bytes leave after this at the latest, whatever streams are still in the app: the delay a fast
-/// response can take when a slow request runs beside it on the same connection.
+/// response can take when a slow request runs beside it on the same connection. 2 ms was measured
+/// beside it (bench/results/2026-12-04-h2-ab-hold2ms.md, a busy machine): 500 µs ÷ 2 ms = 0.98 on
+/// hello (h2c and TLS), 0.93 and 0.80 on Flask with per-repeat ratios of 0.46–2.07 — within the noise,
+/// and not worth four times the delay.
 pub(super) const HOLD: Duration = Duration::from_micros(500);
 /// Held bytes leave once this much is buffered (a large response is not copied whole into the buffer).
 const LIMIT: usize = 64 * 1024;
