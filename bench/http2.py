@@ -235,6 +235,8 @@ def report(samples, cfg, versions, note):
     errors = {" ".join(k): sum(x["errors"] for x in v) for k, v in samples.items()}
     lines += ["", "Errors (requests not succeeded or not 2xx, all repeats): "
               + ", ".join(f"{k} {v}" for k, v in errors.items())]
+    if cfg.get("skipped"):
+        lines += ["", "Not run (`--skip`): " + ", ".join(cfg["skipped"])]
     if cfg.get("failed"):
         lines += ["", "Not measured: " + "; ".join(cfg["failed"])]
     lines += ["", "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()), ""]
@@ -282,6 +284,9 @@ def main(argv=None):
     ap.add_argument("--ab-bin", type=Path, default=None,
                     help="bin directory of a second ferricorn build: adds the server ferricorn-ab")
     ap.add_argument("--ab-label", default=None, help="the A/B build's name in the report")
+    ap.add_argument("--skip", default="",
+                    help="server:transport pairs not to run, comma-separated (gunicorn:tls: its TLS h2 "
+                         "has stalled h2load past a minute)")
     args = ap.parse_args(argv)
     apps = [a for a in args.apps.split(",") if a]
     transports = [t for t in args.transports.split(",") if t]
@@ -299,13 +304,17 @@ def main(argv=None):
             sys.exit(f"http2.py: {exe} not found")
     work = Path(tempfile.mkdtemp(prefix="fcn-bench-h2-"))
     tls = make_tls(work) if "tls" in transports else None
-    samples = {(s, t, a): [] for s in servers for t in transports for a in apps}
+    skip = {tuple(x.split(":", 1)) for x in args.skip.split(",") if ":" in x}
+    samples = {(s, t, a): [] for s in servers for t in transports for a in apps
+               if (s, t) not in skip}
     failed = []
     for app in apps:
         for t in transports:
             running = {}
             try:
                 for s in servers:
+                    if (s, t) in skip:
+                        continue
                     try:
                         running[s] = start(s, t, app, args.bin, tls, work, args.ab_bin)
                     except RuntimeError as e:
@@ -345,7 +354,8 @@ def main(argv=None):
     versions["h2load"] = (out.stdout.strip().splitlines() or ["?"])[0]
     cfg = {"date": stamp, "repeats": args.repeats, "duration": args.duration, "clients": args.clients,
            "streams": args.streams, "apps": apps, "transports": transports, "failed": failed,
-           "ab_label": args.ab_label or (str(args.ab_bin) if args.ab_bin else None)}
+           "ab_label": args.ab_label or (str(args.ab_bin) if args.ab_bin else None),
+           "skipped": sorted(f"{s}:{t}" for s, t in skip)}
     text, status = report(samples, cfg, versions, args.note)
     RESULTS.mkdir(exist_ok=True)
     stem = args.out or f"{stamp}-h2"
