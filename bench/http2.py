@@ -13,6 +13,12 @@ TLS with ALPN h2 (`tls`: a self-signed certificate made with openssl). The apps 
 load by load, their order rotating each repeat, so a burst of other work on the machine falls on all of
 them alike; the tables give the median over the repeats and the ratios of the medians. Results:
 bench/results/<date>-h2.md and .json. Target (issue 17): h2 hello ≥ 1.2× granian.
+
+A/B of two ferricorn builds: `--ab-bin DIR` adds the server `ferricorn-ab`, the ferricorn installed in DIR
+(a venv's bin), to the run; it takes its turns beside the others like any server (`--servers
+ferricorn,ferricorn-ab` for the pair alone), and the report gains an A/B table: each build's median, new ÷
+old of the medians and of each repeat's pair of loads (the two ran one after the other, so a burst of
+other work falls on both alike), named `--ab-label` (default: the directory).
 """
 
 import argparse
@@ -38,6 +44,7 @@ WORKERS = 2
 THREADS = 4
 APPS = {"hello": "hello:app", "flask": "flask_json:app"}
 SERVERS = ("ferricorn", "granian", "gunicorn")
+AB = "ferricorn-ab"  # the other ferricorn build of an A/B run (--ab-bin)
 TRANSPORTS = ("h2c", "tls")
 TARGET = ("hello", 1.2)  # ferricorn ÷ granian on this app, both transports
 
@@ -95,7 +102,12 @@ def parse_h2load(text):
 # --------------------------------------------------------------------------- servers
 
 
-def argv_for(server, transport, app, port, bin_dir, tls):
+def exe_for(server, bin_dir, ab_bin):
+    """The server's executable: ferricorn-ab is the ferricorn of the A/B build's bin directory."""
+    return ab_bin / "ferricorn" if server == AB else bin_dir / server
+
+
+def argv_for(server, transport, app, port, bin_dir, tls, ab_bin=None):
     module = APPS[app]
     if server == "granian":
         argv = [str(bin_dir / "granian"), "--interface", "wsgi", "--workers", str(WORKERS),
@@ -104,7 +116,7 @@ def argv_for(server, transport, app, port, bin_dir, tls):
         if transport == "tls":
             argv += ["--ssl-certificate", tls["cert"], "--ssl-keyfile", tls["key"]]
         return argv + [module]
-    argv = [str(bin_dir / server), "-k", "gthread", "-w", str(WORKERS), "--threads", str(THREADS),
+    argv = [str(exe_for(server, bin_dir, ab_bin)), "-k", "gthread", "-w", str(WORKERS), "--threads", str(THREADS),
             "-b", f"{HOST}:{port}", "--http-protocols", "h2,h1"]
     if transport == "tls":
         argv += ["--certfile", tls["cert"], "--keyfile", tls["key"]]
@@ -122,11 +134,11 @@ def h2load(target, *args, timeout=120):
     return out.stdout + out.stderr
 
 
-def start(server, transport, app, bin_dir, tls, work):
+def start(server, transport, app, bin_dir, tls, work, ab_bin=None):
     port = free_port()
     tag = f"{server}-{transport}-{app}"
     log = open(work / f"{tag}.log", "ab")
-    proc = subprocess.Popen(argv_for(server, transport, app, port, bin_dir, tls), cwd=APPS_DIR,
+    proc = subprocess.Popen(argv_for(server, transport, app, port, bin_dir, tls, ab_bin), cwd=APPS_DIR,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     log.close()
@@ -218,13 +230,43 @@ def report(samples, cfg, versions, note):
                 hello_ratios[t] = med[f] / med[g]
     status = target_status(hello_ratios, cfg["repeats"])
     lines += ["", f"Target h2 hello ≥ {TARGET[1]}× granian: **{status}**."]
+    if any(k[0] == AB for k in samples):
+        lines += ab_table(samples, med, cfg)
     errors = {" ".join(k): sum(x["errors"] for x in v) for k, v in samples.items()}
     lines += ["", "Errors (requests not succeeded or not 2xx, all repeats): "
               + ", ".join(f"{k} {v}" for k, v in errors.items())]
+    if cfg.get("skipped"):
+        lines += ["", "Not run (`--skip`): " + ", ".join(cfg["skipped"])]
     if cfg.get("failed"):
         lines += ["", "Not measured: " + "; ".join(cfg["failed"])]
     lines += ["", "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()), ""]
     return "\n".join(lines), status
+
+
+def ab_table(samples, med, cfg):
+    """The A/B section: this tree's ferricorn (new) beside the --ab-bin build (old), row by row."""
+    label = cfg.get("ab_label") or AB
+    lines = ["", f"## A/B: ferricorn (new) ÷ {label} (old)", "",
+             "Median req/s (min–max) of each build, new ÷ old of the medians, and new ÷ old of each "
+             "repeat's pair of loads.", "",
+             "| app | transport | new | old | new ÷ old | per repeat |", "|---|---|---|---|---|---|"]
+    for app in cfg["apps"]:
+        for t in cfg["transports"]:
+            a, b = samples.get(("ferricorn", t, app), []), samples.get((AB, t, app), [])
+            if not a or not b:
+                lines.append(f"| {app} | {t} | n/a | n/a | n/a | |")
+                continue
+
+            def rng(v):
+                r = [x["rps"] for x in v]
+                return f"{statistics.median(r):,.0f} ({min(r):,.0f}–{max(r):,.0f})"
+            by_rep = {x["repeat"]: x["rps"] for x in b}
+            pairs = [f"{x['rps'] / by_rep[x['repeat']]:.2f}" for x in a
+                     if by_rep.get(x["repeat"])]
+            m_a, m_b = med[("ferricorn", t, app)], med[(AB, t, app)]
+            lines.append(f"| {app} | {t} | {rng(a)} | {rng(b)} | "
+                         f"{m_a / m_b if m_b else 0:.3f} | {', '.join(pairs)} |")
+    return lines
 
 
 def main(argv=None):
@@ -239,29 +281,42 @@ def main(argv=None):
     ap.add_argument("--bin", type=Path, default=Path(sys.executable).parent)
     ap.add_argument("--out", default=None, help="results file stem (default <date>-h2)")
     ap.add_argument("--note", default="", help="a sentence at the top of the report")
+    ap.add_argument("--ab-bin", type=Path, default=None,
+                    help="bin directory of a second ferricorn build: adds the server ferricorn-ab")
+    ap.add_argument("--ab-label", default=None, help="the A/B build's name in the report")
+    ap.add_argument("--skip", default="",
+                    help="server:transport pairs not to run, comma-separated (gunicorn:tls: its TLS h2 "
+                         "has stalled h2load past a minute)")
     args = ap.parse_args(argv)
     apps = [a for a in args.apps.split(",") if a]
     transports = [t for t in args.transports.split(",") if t]
     servers = [s for s in args.servers.split(",") if s]
+    known_servers = SERVERS + ((AB,) if args.ab_bin else ())
+    if args.ab_bin and AB not in servers:
+        servers.append(AB)
     for bad, known, what in ((apps, APPS, "app"), (transports, TRANSPORTS, "transport"),
-                             (servers, SERVERS, "server")):
+                             (servers, known_servers, "server")):
         for x in bad:
             if x not in known:
                 sys.exit(f"http2.py: unknown {what} {x!r} (known: {', '.join(known)})")
-    for exe in ["h2load", "openssl"] + [str(args.bin / s) for s in servers]:
+    for exe in ["h2load", "openssl"] + [str(exe_for(s, args.bin, args.ab_bin)) for s in servers]:
         if not shutil.which(exe):
             sys.exit(f"http2.py: {exe} not found")
     work = Path(tempfile.mkdtemp(prefix="fcn-bench-h2-"))
     tls = make_tls(work) if "tls" in transports else None
-    samples = {(s, t, a): [] for s in servers for t in transports for a in apps}
+    skip = {tuple(x.split(":", 1)) for x in args.skip.split(",") if ":" in x}
+    samples = {(s, t, a): [] for s in servers for t in transports for a in apps
+               if (s, t) not in skip}
     failed = []
     for app in apps:
         for t in transports:
             running = {}
             try:
                 for s in servers:
+                    if (s, t) in skip:
+                        continue
                     try:
-                        running[s] = start(s, t, app, args.bin, tls, work)
+                        running[s] = start(s, t, app, args.bin, tls, work, args.ab_bin)
                     except RuntimeError as e:
                         failed.append(str(e))
                         print(f"[h2] {e}", flush=True)
@@ -282,6 +337,7 @@ def main(argv=None):
                             failed.append(f"{s} {t} {app} repeat {rep + 1}: {e}")
                             continue
                         r["loadavg"] = loadavg()
+                        r["repeat"] = rep + 1
                         samples[(s, t, app)].append(r)
                         print(f"[h2] repeat {rep + 1} {app:<5} {t:<3} {s:<9} {r['rps']:>9.0f} req/s "
                               f"errors {r['errors']} (load {r['loadavg']})", flush=True)
@@ -291,12 +347,15 @@ def main(argv=None):
     stamp = datetime.date.today().isoformat()
     versions = {}
     for s in servers:
-        out = subprocess.run([str(args.bin / s), "--version"], capture_output=True, text=True)
+        out = subprocess.run([str(exe_for(s, args.bin, args.ab_bin)), "--version"],
+                             capture_output=True, text=True)
         versions[s] = ((out.stdout + out.stderr).strip().splitlines() or ["?"])[0]
     out = subprocess.run(["h2load", "--version"], capture_output=True, text=True)
     versions["h2load"] = (out.stdout.strip().splitlines() or ["?"])[0]
     cfg = {"date": stamp, "repeats": args.repeats, "duration": args.duration, "clients": args.clients,
-           "streams": args.streams, "apps": apps, "transports": transports, "failed": failed}
+           "streams": args.streams, "apps": apps, "transports": transports, "failed": failed,
+           "ab_label": args.ab_label or (str(args.ab_bin) if args.ab_bin else None),
+           "skipped": sorted(f"{s}:{t}" for s, t in skip)}
     text, status = report(samples, cfg, versions, args.note)
     RESULTS.mkdir(exist_ok=True)
     stem = args.out or f"{stamp}-h2"

@@ -450,3 +450,18 @@ def test_h2_report_reads_the_target_only_with_three_repeats():
     assert h2bench.report(samples, cfg, {}, "")[1].startswith("not met")
     cfg["repeats"] = 1
     assert h2bench.report(samples, cfg, {}, "")[1].startswith("insufficient")
+
+
+def test_h2_ab_table_pairs_each_repeat_of_the_two_builds():
+    def sample(rps, rep):
+        return {"rps": rps, "repeat": rep, "errors": 0, "loadavg": "0.1",
+                "request_us": {"min": 1.0, "max": 2.0, "mean": 1000.0}}
+    samples = {("ferricorn", "h2c", "hello"): [sample(120, 1), sample(150, 2), sample(90, 3)],
+               (h2bench.AB, "h2c", "hello"): [sample(100, 1), sample(100, 2), sample(60, 3)]}
+    cfg = {"date": "2026-12-04", "repeats": 3, "duration": 4.0, "clients": 16, "streams": 10,
+           "apps": ["hello"], "transports": ["h2c"], "failed": [], "ab_label": "main"}
+    text, _ = h2bench.report(samples, cfg, {}, "")
+    assert "## A/B: ferricorn (new) ÷ main (old)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| hello | h2c | 120 (90–150)"))
+    # medians 120 and 100; each repeat's pair: 1.20, 1.50, 1.50
+    assert "| 1.200 | 1.20, 1.50, 1.50 |" in row

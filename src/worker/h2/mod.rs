@@ -22,6 +22,7 @@
 //! - a slow or zero-window reader: each piece of a response waits for the client's window, at most
 //!   the header timeout (as an HTTP/1 write), and a stream holds at most `SEND_BUFFER` queued in h2.
 
+mod cork;
 mod stream;
 
 use std::cell::Cell;
@@ -90,6 +91,9 @@ pub(super) struct Conn {
     /// Streams whose task still runs (their request may still be in the app after a reset).
     pub live: Cell<usize>,
     pub changed: Notify,
+    /// Streams whose response is still to come from the app: the connection's writes wait for them
+    /// (`cork`).
+    cork: Rc<cork::Cork>,
 }
 
 fn builder(io: &IoState) -> ::h2::server::Builder {
@@ -151,7 +155,9 @@ async fn drive<S: Transport>(
         Ok(stream) => stream,
         Err(why) => return why,
     };
-    let handshake = builder(io).handshake::<Prefixed<S>, Bytes>(stream);
+    let held = Rc::new(cork::Cork::default());
+    let stream = cork::Corked::new(stream, held.clone());
+    let handshake = builder(io).handshake::<cork::Corked<Prefixed<S>>, Bytes>(stream);
     let mut h2 = match tokio::time::timeout(io.header_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return format!("the HTTP/2 handshake failed ({e})"),
@@ -165,6 +171,7 @@ async fn drive<S: Transport>(
         tls,
         live: Cell::new(0),
         changed: Notify::new(),
+        cork: held,
     });
     let cap = (io.ctx.cfg.http2_max_concurrent_streams as usize).max(1);
     let mut served = 0u64;

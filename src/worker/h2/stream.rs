@@ -227,6 +227,10 @@ async fn exchange(
         reply.reset(Reason::REFUSED_STREAM);
         return;
     }
+    // With the whole request in the app, its response will come without anything more from the
+    // client: until it begins, the connection's writes wait for it (see `cork`). A request whose body
+    // is still to come is not waited for (the client may be waiting for another response first).
+    let mut expecting = body_done.then(|| super::cork::Expecting::new(conn));
     let mut response_started = false;
     let mut ran = true;
     let mut reset: Option<Reason> = None;
@@ -238,6 +242,9 @@ async fn exchange(
             out = reply_rx.recv() => {
                 if matches!(out, Some(Out::Piece(_) | Out::File(_))) {
                     response_started = true;
+                }
+                if let Some(e) = expecting.as_mut() {
+                    e.begun();
                 }
                 on_out(io, reply, claim, out).await
             }
