@@ -14,7 +14,7 @@ use tokio::time::{timeout, Instant};
 use super::body::{drain, BodyError, BodyStart, BodyState};
 use super::refuse;
 use super::write::{facts, write_piece, write_pieces, Framed, BATCH_MAX};
-use crate::exchange::{BodyChunk, ConnInfo, FileBody, Out, Peer, Progress, ServerAddr};
+use crate::exchange::{BodyChunk, ConnInfo, FileBody, Out, Peer, Piece, Progress, ServerAddr};
 use crate::http::framing::H1Response;
 use crate::http::{self, HttpError, RequestHead};
 use crate::worker::admission::Claim;
@@ -298,9 +298,10 @@ impl Exchange<'_> {
         let stopping = io.ctx.shutting_down.load(Ordering::Acquire);
         let h1 = &mut self.h1;
         match out {
-            Some(Out::Piece(piece)) if !piece.end => {
-                let mut batch = vec![piece];
-                while batch.len() < BATCH_MAX && batch.last().is_some_and(|p| !p.end) {
+            Some(Out::Piece(piece)) => {
+                // Pieces already queued behind this one go out with it in one write (`write_pieces`).
+                let mut batch: Vec<Box<Piece>> = Vec::new();
+                while !batch.last().map_or(piece.end, |p| p.end) && batch.len() + 1 < BATCH_MAX {
                     match reply_rx.try_recv() {
                         Ok(Out::Piece(next)) => batch.push(next),
                         Ok(other) => {
@@ -310,55 +311,33 @@ impl Exchange<'_> {
                         Err(_) => break,
                     }
                 }
-                let end = batch.last().is_some_and(|p| p.end);
+                let end = batch.last().map_or(piece.end, |p| p.end);
                 if end {
-                    claim.release();
-                }
-                if batch.len() > 1 {
-                    let written = timeout(
-                        io.header_timeout,
-                        write_pieces(stream, &mut *self.frame, h1, &batch, stopping),
-                    )
-                    .await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        return Step::Close;
-                    }
-                } else {
-                    let piece = &batch[0];
-                    let body = self.frame.piece(h1, piece, stopping);
-                    let written = timeout(
-                        io.header_timeout,
-                        write_piece(stream, &mut *self.frame, piece, body),
-                    )
-                    .await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        return Step::Close;
-                    }
-                }
-                if end {
-                    Step::Finished(h1.keep_alive())
-                } else {
-                    Step::Continue
-                }
-            }
-            Some(Out::Piece(piece)) => {
-                if piece.end {
                     // Python is done with the request: the write that remains is the I/O thread's alone,
                     // so the thread's capacity is free for the next request now.
                     claim.release();
                 }
-                let body = self.frame.piece(h1, &piece, stopping);
                 // A client that stops reading must not hold the app thread: give up after the timeout
                 // (the app's next send then fails and its iterable is closed).
-                let written = timeout(
-                    io.header_timeout,
-                    write_piece(stream, &mut *self.frame, &piece, body),
-                )
-                .await;
+                let written = if batch.is_empty() {
+                    let body = self.frame.piece(h1, &piece, stopping);
+                    timeout(
+                        io.header_timeout,
+                        write_piece(stream, &mut *self.frame, &piece, body),
+                    )
+                    .await
+                } else {
+                    batch.insert(0, piece);
+                    timeout(
+                        io.header_timeout,
+                        write_pieces(stream, &mut *self.frame, h1, &batch, stopping),
+                    )
+                    .await
+                };
                 if !matches!(written, Ok(Ok(()))) {
                     return Step::Close;
                 }
-                if piece.end {
+                if end {
                     Step::Finished(h1.keep_alive())
                 } else {
                     Step::Continue

@@ -88,7 +88,21 @@ pub(in crate::worker) async fn write_piece<S: Transport>(
         frame.pre.extend_from_slice(&frame.post);
         return stream.write_all(&frame.pre).await;
     }
-    // Normally the whole body: the app side already keeps a body within what the response may carry.
+    let [data, borrowed, after] = body_parts(piece, body);
+    let mut parts = [
+        IoSlice::new(&frame.pre),
+        IoSlice::new(data),
+        IoSlice::new(borrowed),
+        IoSlice::new(after),
+        IoSlice::new(&frame.post),
+    ];
+    write_all_vectored(stream, &mut parts).await
+}
+
+/// The piece's body as it is written: its copied part, its borrowed part and what follows, cut to the
+/// `body` bytes the framing allows (normally the whole body: the app side already keeps a body within
+/// what the response may carry).
+fn body_parts(piece: &Piece, body: usize) -> [&[u8]; 3] {
     let mut allowed = body;
     let mut take = |b: &'_ [u8]| -> usize {
         let n = b.len().min(allowed);
@@ -100,14 +114,15 @@ pub(in crate::worker) async fn write_piece<S: Transport>(
     let data = &data[..take(data)];
     let borrowed = &borrowed[..take(borrowed)];
     let after = &piece.after[..take(&piece.after)];
-    let mut parts = [
-        IoSlice::new(&frame.pre),
-        IoSlice::new(data),
-        IoSlice::new(borrowed),
-        IoSlice::new(after),
-        IoSlice::new(&frame.post),
-    ];
-    let mut left = &mut parts[..];
+    [data, borrowed, after]
+}
+
+/// Write every part, in as many vectored writes as the socket takes.
+async fn write_all_vectored<S: Transport>(
+    stream: &mut S,
+    parts: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut left = parts;
     IoSlice::advance_slices(&mut left, 0);
     while !left.is_empty() {
         let n = stream.write_vectored(left).await?;
@@ -156,30 +171,12 @@ pub(in crate::worker) async fn write_pieces<S: Transport>(
     }
     let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(5 * pieces.len());
     for (piece, (pre, body, post)) in pieces.iter().zip(spans) {
-        let mut allowed = body;
-        let mut take = |b: &'_ [u8]| -> usize {
-            let n = b.len().min(allowed);
-            allowed -= n;
-            n
-        };
-        let borrowed = piece.borrowed.as_ref().map_or(&[][..], |b| b.as_slice());
-        let data = piece.data();
-        let data = &data[..take(data)];
-        let borrowed = &borrowed[..take(borrowed)];
-        let after = &piece.after[..take(&piece.after)];
+        let [data, borrowed, after] = body_parts(piece, body);
         for part in [&arena[pre], data, borrowed, after, &arena[post]] {
             if !part.is_empty() {
                 parts.push(IoSlice::new(part));
             }
         }
     }
-    let mut left = &mut parts[..];
-    while !left.is_empty() {
-        let n = stream.write_vectored(left).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut left, n);
-    }
-    Ok(())
+    write_all_vectored(stream, &mut parts).await
 }

@@ -661,13 +661,13 @@ async fn serve_static(
         reply.reset(Reason::CANCEL);
     }
     *reply = Reply::Done;
-    let body_sent = (sent && !bodiless).then_some(total);
+    // As on HTTP/1: `record` counts no body for HEAD and 304.
     static_files::record(
         io,
         head,
         peer,
         &a,
-        if sent { body_sent.or(Some(0)) } else { None },
+        sent.then_some(total),
         started_at,
         t0.elapsed(),
     );
