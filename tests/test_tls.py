@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -422,6 +423,40 @@ def test_keep_alive_over_tls_under_concurrent_load(start_server, pki):
     bad = [r for r in results if r != (200, "hello over tls\n")]
     assert not bad, bad[:3]
     assert len(results) == 8 * 40
+
+
+@ferricorn_only
+def test_a_burst_of_tls_connections_spreads_over_the_workers(start_server, pki):
+    """Connections that arrive together (h2load, a pool warming up, a load balancer's connections after
+    a restart) are all in the backlog before a worker wakes. A handshake holds a unit of its worker's
+    capacity, as a plain connection does until its first request, so one worker does not take the
+    whole burst while the other has free threads (it took all 16 before). A fresh server each time:
+    once its requests have been fast, a worker also accepts beyond its capacity for fairness while
+    connections wait (`admission`), and then the share goes by who runs first."""
+    ctx = client_context(pki)
+    n = 16
+    for attempt in range(3):
+        srv = start_server(["-w", "2", "-k", "gthread", "--threads", "2", *tls_args(pki),
+                            "tlsapp:app"])
+        # Every TCP connection is in the backlog (or accepted) before the first ClientHello.
+        raws = [socket.create_connection(("127.0.0.1", srv.port), timeout=15) for _ in range(n)]
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                tls = list(pool.map(lambda raw: ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+                                    raws))
+            pids = []
+            for s in tls:
+                with s:
+                    s.sendall(b"GET /pid HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    head, _, body = read_to_end(s).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                pids.append(int(body))
+            counts = sorted(pids.count(p) for p in set(pids))
+            assert len(counts) == 2 and counts[0] >= n // 4, (attempt, counts)
+        finally:
+            for raw in raws:
+                raw.close()
+        srv.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------------

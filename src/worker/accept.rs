@@ -1,7 +1,7 @@
 //! Accepting connections: one loop per listening socket that takes a connection only while the worker has
 //! capacity for it (`admission`), names its peer (`Peer`: address, or for a unix socket the client's
 //! process) and spawns its connection task (`h1`) — on a TLS server after its handshake (`tls::serve`),
-//! which holds no capacity while it runs.
+//! which holds the unit a plain connection would (`Admission::reserve`) only while its client keeps up.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,7 +32,8 @@ async fn wait_for_capacity(io: &IoState) -> bool {
         if io.shutting_down.get() {
             return false;
         }
-        // Handshakes in progress hold no capacity, but count against `--worker-connections`.
+        // Handshakes in progress count against `--worker-connections` (and hold a unit of capacity only
+        // while their client keeps up, `tls::serve`).
         if io.admission.can_accept() && io.open_connections() < io.ctx.cfg.worker_connections.max(1)
         {
             return true;
@@ -62,11 +63,16 @@ macro_rules! accept_loop {
                     Ok((stream, addr)) => {
                         let peer = Arc::new($peer(&stream, &addr));
                         if io.tls.is_some() {
+                            // The handshake holds a unit while it runs (when one is free), as a plain
+                            // connection's first request does: the next connections of a burst are
+                            // left to the other workers meanwhile.
+                            let held = io.admission.reserve();
                             tokio::task::spawn_local(tls::serve(
                                 stream,
                                 peer,
                                 server.clone(),
                                 io.clone(),
+                                held,
                             ));
                             continue;
                         }

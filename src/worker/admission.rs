@@ -7,7 +7,7 @@
 //! (`elastic`: added while requests wait on busy threads that wait on I/O, retired when unneeded); every
 //! decision below reads the number at the moment it is made, so the invariant holds for any count. A unit of capacity is held by each request that runs on them or is
 //! queued for them, and for a short grace by a connection just accepted within capacity (its first request
-//! is usually on its way). The worker accepts a new connection while a unit is free — so a request never
+//! is usually on its way; over TLS from accept, through its handshake, while the client keeps up). The worker accepts a new connection while a unit is free — so a request never
 //! queues in a busy worker while another is idle — and, beyond that, in two cases only: for fairness (its
 //! requests are fast and connections wait in the backlog, see `FAST_REQUEST`) and while some worker of the
 //! server has a loopback call open (the call may be in the backlog: it can only be recognised once
@@ -235,7 +235,28 @@ impl Admission {
     /// A connection was just accepted: it claims a unit of capacity if one is free (true). Called in the
     /// accept loop itself, before it looks at capacity again.
     pub fn accepted(&self, peer: &Peer) -> bool {
+        self.accepted_holding(peer, false)
+    }
+
+    /// A unit of capacity for a TLS connection whose handshake is about to run, if one is free (true):
+    /// taken in the accept loop, as `accepted` takes one for a plain connection, so that a TLS
+    /// listener's connections spread over the workers as plain ones do. The handshake gives it back
+    /// early when the client is slow (`tls::serve`).
+    pub fn reserve(&self) -> bool {
+        let held = self.has_free_thread();
+        if held {
+            self.acquire();
+        }
+        held
+    }
+
+    /// `accepted` for a connection that may already hold a unit (`held`, from `reserve`): it now counts
+    /// as open, and claims a unit if it holds none and one is free.
+    pub fn accepted_holding(&self, peer: &Peer, held: bool) -> bool {
         self.connections.set(self.connections.get() + 1);
+        if held {
+            return true;
+        }
         let held = self.has_free_thread();
         if held {
             self.acquire();

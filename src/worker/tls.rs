@@ -1,10 +1,15 @@
 //! TLS on the worker's I/O thread: the handshake of each accepted connection and the stream it then
 //! runs on (`TlsConn`, a `Transport`).
 //!
-//! The handshake runs before the connection counts for admission: a client that opens TCP and sends no
-//! ClientHello (or half of one) holds no unit of capacity, so it never keeps a Python thread from the
-//! others, and it is cut off after the handshake timeout (`--timeout`, as for a request head). Handshakes
-//! in progress are bounded together with the open connections by `--worker-connections`. Plain HTTP sent
+//! A handshake holds the unit of capacity a plain connection holds until its first request
+//! (`Admission::reserve`, when one is free), so that a burst of connections arriving together spreads
+//! over the workers instead of all going to the first one awake (before, one worker took all 16 of
+//! h2load's connections about half the time, and served them on its one I/O thread while the other
+//! idled). It keeps the unit only while the client keeps up: until `CLIENT_HELLO_GRACE` after accept for
+//! the ClientHello, then until `h1::RESERVATION_GRACE` for the rest. A client that opens TCP and sends no
+//! ClientHello (or half of one) gives it back within 20 ms, so it never keeps a Python thread from the
+//! others, and it is cut off after the handshake timeout (`--timeout`, as for a request head).
+//! Handshakes in progress are bounded together with the open connections by `--worker-connections`. Plain HTTP sent
 //! to the TLS port is answered `400` in plain text and closed. The ALPN protocols offered are chosen
 //! here, from `--http-protocols` (`h2`, `http/1.1`, in its order); a connection that agreed on `h2` runs the
 //! HTTP/2 driver, any other the HTTP/1 one.
@@ -34,7 +39,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
 
+use super::admission::Claim;
 use super::driver;
 use super::h1::client_text;
 use super::proxy::{Proxied, ProxySettings, Step};
@@ -50,7 +57,7 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 /// A worker's TLS acceptor: the server config built from the master's material, and the handshakes in
 /// progress.
 pub struct TlsAcceptor {
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     server_cert: Arc<str>,
     suppress_ragged_eofs: bool,
     pending: Cell<usize>,
@@ -59,7 +66,7 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     pub fn new(material: &Material, cfg: &crate::config::Config) -> Result<TlsAcceptor, String> {
         Ok(TlsAcceptor {
-            acceptor: material.server_config(&cfg.alpn_protocols())?.into(),
+            config: material.server_config(&cfg.alpn_protocols())?,
             server_cert: material.server_pem.clone(),
             suppress_ragged_eofs: cfg.suppress_ragged_eofs,
             pending: Cell::new(0),
@@ -123,25 +130,28 @@ async fn first_byte<S: Peek>(stream: &S) -> io::Result<Option<u8>> {
     }
 }
 
-/// An accepted connection on a TLS listener: the handshake (bounded in time, holding no capacity), then
+/// An accepted connection on a TLS listener: the handshake (bounded in time; `held`: the unit of capacity
+/// the accept loop reserved for it, given back if the client is slow), then
 /// its driver as for any connection.
 pub(super) async fn serve<S: Peek + 'static>(
     stream: S,
     peer: Arc<Peer>,
     server: Arc<ServerAddr>,
     io: Rc<IoState>,
+    held: bool,
 ) {
+    let mut claim = io.admission.claim(held);
     let Some(tls) = io.tls.as_ref() else {
         return;
     };
     tls.pending.set(tls.pending.get() + 1);
-    let shaken = handshake(tls, stream, &peer, &io).await;
+    let shaken = handshake(tls, stream, &peer, &io, &mut claim).await;
     tls.pending.set(tls.pending.get() - 1);
     io.admission.changed.notify_waiters();
     let Some(conn) = shaken else {
         return;
     };
-    let claimed = io.admission.accepted(&peer);
+    let claimed = io.admission.accepted_holding(&peer, claim.keep());
     // ALPN agreed on h2: the HTTP/2 driver; otherwise (http/1.1, or a client that offered no ALPN)
     // HTTP/1.
     if conn.tls().and_then(|t| t.alpn.as_deref()) == Some(ALPN_H2) {
@@ -166,14 +176,21 @@ async fn handshake<S: Peek>(
     mut stream: S,
     peer: &Peer,
     io: &IoState,
+    claim: &mut Claim<'_>,
 ) -> Option<TlsConn<S>> {
-    let deadline = Instant::now() + io.header_timeout;
+    let accepted = Instant::now();
+    let mut limits = Limits {
+        deadline: accepted + io.header_timeout,
+        grace: accepted + CLIENT_HELLO_GRACE,
+        claim,
+    };
     let outcome: Result<TlsConn<S>, Failed> = async {
+        let limits = &mut limits;
         let proxied = match &io.proxy {
-            Some(settings) => proxy_header(&mut stream, settings, peer, io, deadline).await?,
+            Some(settings) => proxy_header(&mut stream, settings, peer, io, limits).await?,
             None => None,
         };
-        match within(deadline, io, first_byte(&stream)).await? {
+        match within(limits, io, first_byte(&stream)).await? {
             Err(e) => return Err(Failed::Error(e)),
             Ok(None) => return Err(Failed::Closed),
             Ok(Some(b)) if b != HANDSHAKE_RECORD && b.is_ascii_alphabetic() => {
@@ -182,7 +199,11 @@ async fn handshake<S: Peek>(
             }
             Ok(Some(_)) => {}
         }
-        match within(deadline, io, tls.acceptor.accept(stream)).await? {
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = within(limits, io, hello).await?.map_err(Failed::Error)?;
+        // The ClientHello is in: the client is there, and the rest of the handshake is one round trip.
+        limits.grace = accepted + h1::RESERVATION_GRACE;
+        match within(limits, io, start.into_stream(tls.config.clone())).await? {
             Err(e) => Err(Failed::Error(e)),
             Ok(inner) => {
                 let info = TlsInfo::of(inner.get_ref().1, &tls.server_cert);
@@ -231,12 +252,12 @@ async fn proxy_header<S: Peek>(
     settings: &ProxySettings,
     peer: &Peer,
     io: &IoState,
-    deadline: Instant,
+    limits: &mut Limits<'_, '_>,
 ) -> Result<Option<Option<Proxied>>, Failed> {
     let mut buf = vec![0u8; 1024]; // a version 1 line, or a version 2 header with its usual TLVs
     let mut seen = 0;
     loop {
-        let n = within(deadline, io, async {
+        let n = within(limits, io, async {
             loop {
                 stream.readable().await?;
                 match stream.try_peek(&mut buf) {
@@ -254,7 +275,7 @@ async fn proxy_header<S: Peek>(
             Ok(Step::NotProxy) => return Ok(None),
             Ok(Step::Header(h)) => {
                 let mut header = vec![0u8; h.len];
-                within(deadline, io, stream.read_exact(&mut header))
+                within(limits, io, stream.read_exact(&mut header))
                     .await?
                     .map_err(Failed::Error)?;
                 return Ok(Some(h.ends));
@@ -265,7 +286,7 @@ async fn proxy_header<S: Peek>(
                     buf.resize(buf.len() * 2, 0);
                 } else if n == seen {
                     // The peek leaves the socket readable: wait a little for the rest to arrive.
-                    within(deadline, io, tokio::time::sleep(Duration::from_millis(5))).await?;
+                    within(limits, io, tokio::time::sleep(Duration::from_millis(5))).await?;
                 }
                 seen = n;
             }
@@ -286,14 +307,32 @@ async fn proxy_header<S: Peek>(
     }
 }
 
-/// Run `step` until `deadline`, or — once the worker is stopping — for at most the stop's idle grace.
-async fn within<F: std::future::Future>(
+/// How long after accept the unit a handshake holds (`Admission::reserve`) is kept while its
+/// ClientHello is still to come. A client sends its ClientHello with the last packet of the TCP
+/// handshake, so it is here at accept or within a lost packet's retransmission: one that sends nothing
+/// (or half a hello) gives its unit back after this, and holds it no longer than that from the
+/// connections behind it in the backlog.
+const CLIENT_HELLO_GRACE: Duration = Duration::from_millis(20);
+
+/// The bounds of a handshake: cut off at `deadline`; the unit of capacity taken at accept (`claim`, if
+/// held) given back at `grace` (`CLIENT_HELLO_GRACE`, then `h1::RESERVATION_GRACE` once the
+/// ClientHello is in, as a plain connection's first request gets).
+struct Limits<'a, 'b> {
     deadline: Instant,
+    grace: Instant,
+    claim: &'a mut Claim<'b>,
+}
+
+/// Run `step` until the deadline, or — once the worker is stopping — for at most the stop's idle grace;
+/// the claim is given back at the grace.
+async fn within<F: std::future::Future>(
+    limits: &mut Limits<'_, '_>,
     io: &IoState,
     step: F,
 ) -> Result<F::Output, Failed> {
-    let sleep = tokio::time::sleep_until(deadline);
-    tokio::pin!(sleep, step);
+    let sleep = tokio::time::sleep_until(limits.deadline);
+    let grace = tokio::time::sleep_until(limits.grace);
+    tokio::pin!(sleep, grace, step);
     let mut graced = false;
     loop {
         if io.shutting_down.get() && !graced {
@@ -307,6 +346,7 @@ async fn within<F: std::future::Future>(
             out = &mut step => return Ok(out),
             _ = &mut sleep => return Err(if graced { Failed::Stopping } else { Failed::TimedOut }),
             _ = io.shutdown_signal.notified(), if !graced => {}
+            _ = &mut grace, if limits.claim.held => limits.claim.release(),
         }
     }
 }

@@ -1,7 +1,8 @@
 """Apps for tests/test_tls.py: what a request over TLS sees.
 
 `app` (WSGI): `/env` answers the scheme and the TLS keys of the environ as JSON, `/file?size=N` sends a
-file of N patterned bytes through `wsgi.file_wrapper`, anything else says hello. `asgi` (ASGI): `/scope`
+file of N patterned bytes through `wsgi.file_wrapper`, `/pid` the worker's pid, anything else says
+hello. `asgi` (ASGI): `/scope`
 answers the scope's scheme and `tls` extension as JSON; `/wait-disconnect` and `/stream` note the
 `http.disconnect` they hear; a websocket echoes with the scope's scheme first.
 """
@@ -48,6 +49,10 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                   ("Content-Length", str(size))])
         return environ["wsgi.file_wrapper"](f)
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     body = b"hello over tls\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
